@@ -1,0 +1,94 @@
+//! Command-line types (clap). Only the shape of the CLI and its help text live here; what each command
+//! does is in `commands`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   success (valid, in sync, converged)
+  1   error (I/O, network, a failed rollout)
+  2   bad input (invalid desired state, unknown path, URL or revision); no host was touched
+  3   waiting at a pause or gate (reconcile)
+  4   locked by another reconciler (reconcile)
+  10  changes pending (plan)
+
+Environment:
+  KUBE_FREE_REPO       default for --repo
+  KUBE_FREE_CACHE_DIR  where Git URLs are cloned (default $XDG_CACHE_HOME/kube-free/repos)
+  KUBE_FREE_LOG        log filter, e.g. info or kube_free=debug (default warn); logs go to stderr";
+
+/// Kubernetes-free, GitOps-style zero-downtime deployments to plain Linux hosts.
+///
+/// The desired state (which version of each app runs in each environment, and how to get there) lives
+/// in a Git repository, in `kube-free.yaml` and `environments/<env>.yaml`. kube-free always reads it
+/// from a commit, never from uncommitted files.
+#[derive(Debug, Parser)]
+#[command(name = "kube-free", version, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and check the desired state at a commit; touches no host.
+    ///
+    /// Reports every problem found, each as `FILE:LINE:COLUMN: YAML.PATH: message`, and the commit it
+    /// read. Exit 0 when valid, 2 when not.
+    Validate(ValidateArgs),
+    /// Print the JSON Schema of the desired-state files.
+    ///
+    /// `schema/kube-free.schema.json` in kube-free's repository is this output. Point your editor at it
+    /// with a first line such as `# yaml-language-server: $schema=<path or URL of the schema>`.
+    Schema(SchemaArgs),
+}
+
+/// Where the desired state is read from.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Desired-state directory: a local path inside a Git work tree (or a bare repository), or a Git
+    /// URL (file://, ssh://, https://, user@host:path) that is cloned into the cache.
+    #[arg(
+        long,
+        value_name = "DIR|URL",
+        env = "KUBE_FREE_REPO",
+        default_value = "."
+    )]
+    pub repo: String,
+    /// Branch, tag or commit to read. Default: HEAD for a local path, the remote's default branch for a
+    /// URL.
+    #[arg(long, value_name = "REV")]
+    pub rev: Option<String>,
+    /// Directory where Git URLs are cloned.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "KUBE_FREE_CACHE_DIR",
+        hide_env_values = true
+    )]
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output format: `text` (problems on stderr) or `json` (one JSON object on stdout, with the
+    /// problems as an array under `errors`).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Print the schema of one `environments/<env>.yaml` file instead of `kube-free.yaml`.
+    #[arg(long)]
+    pub environment: bool,
+}

@@ -1,0 +1,212 @@
+//! The validated desired state: what every later stage (plan, execute, status) works from. Built only
+//! by `validate`, so holding one means every name, reference, port and duration in it was checked.
+
+use super::duration;
+use super::template::Template;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Name of a host, app, environment, balancer or slot (`^[a-z0-9][a-z0-9-]{0,62}$`).
+pub type Name = String;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DesiredState {
+    pub hosts: BTreeMap<Name, Host>,
+    pub ssh: SshSettings,
+    pub balancers: BTreeMap<Name, Balancer>,
+    pub apps: BTreeMap<Name, App>,
+    pub environments: BTreeMap<Name, Environment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Host {
+    pub name: Name,
+    pub transport: Transport,
+    /// Absolute directory for kube-free's files on the host.
+    pub state_dir: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Transport {
+    Ssh {
+        address: String,
+        user: String,
+        port: u16,
+    },
+    Local,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SshSettings {
+    /// known_hosts as a path inside the desired-state directory of the commit.
+    pub known_hosts: Option<String>,
+    pub identity_file: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Balancer {
+    pub name: Name,
+    pub kind: BalancerKind,
+    pub host: Name,
+    pub admin_socket: String,
+    pub config_file: String,
+    /// argv, split by shell quoting rules; never run through a shell.
+    pub reload_command: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BalancerKind {
+    Haproxy,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct App {
+    pub name: Name,
+    pub runtime: Runtime,
+    /// Slots in name order; exactly two.
+    pub slots: Vec<Slot>,
+    pub probe: Probe,
+    #[serde(serialize_with = "duration::serialize")]
+    pub drain: Duration,
+    #[serde(serialize_with = "duration::serialize")]
+    pub stop_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Runtime {
+    Process {
+        /// argv; each word a template.
+        command: Vec<Template>,
+        env: BTreeMap<String, Template>,
+    },
+    Docker {
+        image: Template,
+        command: Option<Vec<Template>>,
+        env: BTreeMap<String, Template>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Slot {
+    pub name: Name,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Probe {
+    pub path: String,
+    #[serde(serialize_with = "duration::serialize")]
+    pub interval: Duration,
+    #[serde(serialize_with = "duration::serialize")]
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    #[serde(serialize_with = "duration::serialize")]
+    pub deadline: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Environment {
+    pub name: Name,
+    /// File that defines it, relative to the desired-state directory.
+    pub file: String,
+    pub balancer: Name,
+    pub hosts: Vec<Name>,
+    pub apps: BTreeMap<Name, Deployment>,
+}
+
+/// One app in one environment: what should run and how to get there.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Deployment {
+    pub app: Name,
+    pub version: String,
+    pub listen: Listen,
+    pub strategy: Strategy,
+    /// Effective slots: the environment's override or the app's.
+    pub slots: Vec<Slot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Listen {
+    /// Bind address as HAProxy takes it: an IP (IPv6 in brackets) or `*`.
+    pub address: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.address, self.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Strategy {
+    BlueGreen,
+    Rolling {
+        batch: Batch,
+    },
+    Canary {
+        steps: Vec<CanaryStep>,
+        analysis: Option<Analysis>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Batch {
+    /// This many hosts at a time.
+    Hosts(u32),
+    /// This share of the environment's hosts at a time, rounded up, at least one.
+    Percent(u8),
+}
+
+impl Batch {
+    /// Hosts per batch for an environment of `hosts` hosts.
+    pub fn size(self, hosts: usize) -> usize {
+        let n = match self {
+            Batch::Hosts(n) => n as usize,
+            Batch::Percent(p) => (hosts * p as usize).div_ceil(100),
+        };
+        n.clamp(1, hosts.max(1))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CanaryStep {
+    /// Canary's share of traffic, percent.
+    pub weight: Option<u8>,
+    pub pause: Option<Pause>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pause {
+    #[serde(serialize_with = "duration::serialize")]
+    For(Duration),
+    UntilPromoted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Analysis {
+    pub max_error_rate: f64,
+    pub min_requests: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+
+    #[test]
+    fn batch_sizes_round_up_and_stay_within_the_environment() {
+        assert_eq!(Batch::Hosts(1).size(4), 1);
+        assert_eq!(Batch::Hosts(9).size(4), 4);
+        assert_eq!(Batch::Percent(25).size(4), 1);
+        assert_eq!(Batch::Percent(25).size(5), 2);
+        assert_eq!(Batch::Percent(100).size(3), 3);
+        assert_eq!(Batch::Percent(1).size(3), 1);
+    }
+}

@@ -1,0 +1,904 @@
+//! Validation: from raw types (plus the positioned YAML, for locations and for keys that take several
+//! shapes) to the model. Checks names, versions, durations, references between sections, ports and
+//! strategies, and reports every problem at the file, line, column and YAML path it comes from.
+
+use super::diag::{Diagnostic, Diagnostics, Mark, YamlPath};
+use super::duration;
+use super::model::*;
+use super::raw::*;
+use super::template::{parse_command, split_words, Template};
+use super::yaml::{Kind, Node, Scalar};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+static NAME: LazyLock<regex_lite::Regex> =
+    LazyLock::new(|| regex_lite::Regex::new(NAME_PATTERN).unwrap());
+static VERSION: LazyLock<regex_lite::Regex> =
+    LazyLock::new(|| regex_lite::Regex::new(VERSION_PATTERN).unwrap());
+static ENV_VAR: LazyLock<regex_lite::Regex> =
+    LazyLock::new(|| regex_lite::Regex::new("^[A-Za-z_][A-Za-z0-9_]*$").unwrap());
+static USER: LazyLock<regex_lite::Regex> =
+    LazyLock::new(|| regex_lite::Regex::new("^[a-z_][a-z0-9_-]{0,31}$").unwrap());
+static HOSTNAME: LazyLock<regex_lite::Regex> = LazyLock::new(|| {
+    regex_lite::Regex::new(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+        .unwrap()
+});
+static ABS_PATH: LazyLock<regex_lite::Regex> =
+    LazyLock::new(|| regex_lite::Regex::new(r"^/[A-Za-z0-9._/+@-]*$").unwrap());
+static URL_PATH: LazyLock<regex_lite::Regex> =
+    LazyLock::new(|| regex_lite::Regex::new(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$").unwrap());
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kube-free";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/haproxy/admin.sock";
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/haproxy/kube-free.cfg";
+pub const DEFAULT_RELOAD_COMMAND: &str = "systemctl reload haproxy";
+
+/// One parsed file: its path in the desired-state directory and its YAML tree.
+pub struct FileDoc {
+    pub file: String,
+    pub root: Node,
+}
+
+/// An environment to validate, with the file it comes from and where in that file its body is.
+pub struct EnvSource<'a> {
+    pub name: String,
+    pub raw: &'a RawEnvironment,
+    pub doc: &'a FileDoc,
+    pub base: YamlPath,
+}
+
+/// Where problems are reported: one file, below one path in it.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    doc: &'a FileDoc,
+}
+
+struct Checker<'d> {
+    diags: &'d mut Diagnostics,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, at: At, mark: Mark, path: &YamlPath, message: String) {
+        self.diags.push(Diagnostic {
+            file: at.doc.file.clone(),
+            line: mark.line,
+            column: mark.column,
+            path: path.clone(),
+            message,
+        });
+    }
+
+    /// A problem with the value at `path` (or, when the key is missing, with the mapping that lacks it).
+    fn value(&mut self, at: At, path: &YamlPath, message: String) {
+        let mark = at.doc.root.mark_for(path);
+        self.push(at, mark, path, message);
+    }
+
+    /// A problem with the key that ends `path` (its name).
+    fn key(&mut self, at: At, path: &YamlPath, message: String) {
+        let mark = at.doc.root.key_mark(path);
+        self.push(at, mark, path, message);
+    }
+
+    fn required<'v, T>(&mut self, at: At, path: &YamlPath, value: &'v Option<T>) -> Option<&'v T> {
+        if value.is_none() {
+            let key = path.0.last().map(|s| match s {
+                super::diag::Seg::Key(k) => k.clone(),
+                super::diag::Seg::Index(i) => i.to_string(),
+            });
+            self.value(
+                at,
+                path,
+                format!("missing required key `{}`", key.unwrap_or_default()),
+            );
+        }
+        value.as_ref()
+    }
+
+    fn name(&mut self, at: At, path: &YamlPath, what: &str, name: &str) -> bool {
+        let ok = NAME.is_match(name);
+        if !ok {
+            self.key(
+                at,
+                path,
+                format!(
+                    "invalid {what} name {name:?} (lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)"
+                ),
+            );
+        }
+        ok
+    }
+
+    fn duration(
+        &mut self,
+        at: At,
+        path: &YamlPath,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        match value {
+            None => default,
+            Some(text) => duration::parse(text).unwrap_or_else(|e| {
+                self.value(at, path, e);
+                default
+            }),
+        }
+    }
+
+    fn abs_path(
+        &mut self,
+        at: At,
+        path: &YamlPath,
+        value: &Option<String>,
+        default: &str,
+    ) -> String {
+        match value {
+            None => default.to_owned(),
+            Some(p) if ABS_PATH.is_match(p) && !p.split('/').any(|s| s == "..") => p.clone(),
+            Some(p) => {
+                self.value(
+                    at,
+                    path,
+                    format!("invalid path {p:?} (an absolute path of letters, digits and ._/+@-, without ..)"),
+                );
+                default.to_owned()
+            }
+        }
+    }
+
+    fn reference(
+        &mut self,
+        at: At,
+        path: &YamlPath,
+        what: &str,
+        name: &str,
+        known: &BTreeSet<&String>,
+    ) -> bool {
+        let ok = known.contains(&name.to_owned());
+        if !ok {
+            let listed = if known.is_empty() {
+                format!("no {what}s are declared")
+            } else {
+                format!(
+                    "declared: {}",
+                    known
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            self.value(at, path, format!("unknown {what} {name:?} ({listed})"));
+        }
+        ok
+    }
+}
+
+/// Validates the root file and the environments into the model. `exists` tells whether a file is in
+/// the commit (for `ssh.known_hosts`). Returns `None` when any problem was found.
+pub fn validate(
+    root: &FileDoc,
+    raw: &RawConfig,
+    envs: &[EnvSource<'_>],
+    exists: &dyn Fn(&str) -> bool,
+    diags: &mut Diagnostics,
+) -> Option<DesiredState> {
+    let before = diags.len();
+    let mut c = Checker { diags };
+    let at = At { doc: root };
+    let top = YamlPath::root();
+
+    if let Some(v) = c.required(at, &top.key("version"), &raw.version) {
+        if *v != 1 {
+            c.value(
+                at,
+                &top.key("version"),
+                format!("unsupported format version {v} (this kube-free reads version 1)"),
+            );
+        }
+    }
+
+    let hosts: BTreeMap<Name, Host> = raw
+        .hosts
+        .iter()
+        .filter_map(|(name, h)| host(&mut c, at, &top.key("hosts").key(name), name, h))
+        .map(|h| (h.name.clone(), h))
+        .collect();
+    let host_names: BTreeSet<&String> = raw.hosts.keys().collect();
+
+    let ssh = raw.ssh.as_ref().map_or_else(SshSettings::default, |s| {
+        let path = top.key("ssh");
+        if let Some(kh) = &s.known_hosts {
+            let p = path.key("known_hosts");
+            if kh.starts_with('/') || kh.split('/').any(|s| s == "..") {
+                c.value(
+                    at,
+                    &p,
+                    format!(
+                        "{kh:?} must be a path inside the repository, relative to kube-free.yaml"
+                    ),
+                );
+            } else if !exists(kh) {
+                c.value(at, &p, format!("no file {kh:?} in the commit"));
+            }
+        }
+        if s.identity_file.as_deref() == Some("") {
+            c.value(at, &path.key("identity_file"), "must not be empty".into());
+        }
+        SshSettings {
+            known_hosts: s.known_hosts.clone(),
+            identity_file: s.identity_file.clone(),
+        }
+    });
+
+    let mut balancers = BTreeMap::new();
+    for (name, b) in &raw.balancers {
+        let path = top.key("balancers").key(name);
+        c.name(at, &path, "balancer", name);
+        c.required(at, &path.key("kind"), &b.kind);
+        let host = c
+            .required(at, &path.key("host"), &b.host)
+            .cloned()
+            .unwrap_or_default();
+        if b.host.is_some() {
+            c.reference(at, &path.key("host"), "host", &host, &host_names);
+        }
+        let reload = b
+            .reload_command
+            .as_deref()
+            .unwrap_or(DEFAULT_RELOAD_COMMAND);
+        let reload_command = split_words(reload).unwrap_or_else(|e| {
+            c.value(at, &path.key("reload_command"), e);
+            Vec::new()
+        });
+        balancers.insert(
+            name.clone(),
+            Balancer {
+                name: name.clone(),
+                kind: BalancerKind::Haproxy,
+                host,
+                admin_socket: c.abs_path(
+                    at,
+                    &path.key("admin_socket"),
+                    &b.admin_socket,
+                    DEFAULT_ADMIN_SOCKET,
+                ),
+                config_file: c.abs_path(
+                    at,
+                    &path.key("config_file"),
+                    &b.config_file,
+                    DEFAULT_CONFIG_FILE,
+                ),
+                reload_command,
+            },
+        );
+    }
+
+    let apps: BTreeMap<Name, App> = raw
+        .apps
+        .iter()
+        .filter_map(|(name, a)| app(&mut c, at, &top.key("apps").key(name), name, a))
+        .map(|a| (a.name.clone(), a))
+        .collect();
+
+    let mut environments = BTreeMap::new();
+    for env in envs {
+        if let Some(e) = environment(&mut c, env, &raw.apps, &raw.balancers, &host_names, &apps) {
+            environments.insert(e.name.clone(), e);
+        }
+    }
+    check_ports(&mut c, envs, &environments, &hosts, &balancers);
+
+    (c.diags.len() == before).then_some(DesiredState {
+        hosts,
+        ssh,
+        balancers,
+        apps,
+        environments,
+    })
+}
+
+fn host(c: &mut Checker, at: At, path: &YamlPath, name: &str, h: &RawHost) -> Option<Host> {
+    c.name(at, path, "host", name);
+    let transport = match h.transport {
+        Some(RawTransport::Local) => {
+            for (key, given) in [
+                ("address", h.address.is_some()),
+                ("user", h.user.is_some()),
+                ("port", h.port.is_some()),
+            ] {
+                if given {
+                    c.key(
+                        at,
+                        &path.key(key),
+                        format!("`{key}` does not apply to `transport: local`"),
+                    );
+                }
+            }
+            Transport::Local
+        }
+        None | Some(RawTransport::Ssh) => {
+            let address = c
+                .required(at, &path.key("address"), &h.address)
+                .cloned()
+                .unwrap_or_default();
+            if h.address.is_some() && !valid_address(&address) {
+                c.value(
+                    at,
+                    &path.key("address"),
+                    format!("invalid address {address:?} (an IP address or a DNS name)"),
+                );
+            }
+            let user = h.user.clone().unwrap_or_else(|| "root".into());
+            if !USER.is_match(&user) {
+                c.value(at, &path.key("user"), format!("invalid user name {user:?}"));
+            }
+            let port = h.port.unwrap_or(22);
+            if port == 0 {
+                c.value(
+                    at,
+                    &path.key("port"),
+                    "port must be between 1 and 65535".into(),
+                );
+            }
+            Transport::Ssh {
+                address,
+                user,
+                port,
+            }
+        }
+    };
+    let state_dir = c.abs_path(at, &path.key("state_dir"), &h.state_dir, DEFAULT_STATE_DIR);
+    Some(Host {
+        name: name.to_owned(),
+        transport,
+        state_dir,
+    })
+}
+
+fn valid_address(a: &str) -> bool {
+    a.parse::<Ipv4Addr>().is_ok()
+        || a.parse::<Ipv6Addr>().is_ok()
+        || (a.len() <= 253 && HOSTNAME.is_match(a))
+}
+
+fn templates(c: &mut Checker, at: At, path: &YamlPath, line: &str) -> Vec<Template> {
+    parse_command(line).unwrap_or_else(|e| {
+        c.value(at, path, e);
+        Vec::new()
+    })
+}
+
+fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Option<App> {
+    c.name(at, path, "app", name);
+    let runtime = c.required(at, &path.key("runtime"), &a.runtime).map(|r| {
+        let rp = path.key("runtime");
+        let mut env = BTreeMap::new();
+        for (var, value) in &r.env {
+            let vp = rp.key("env").key(var);
+            if !ENV_VAR.is_match(var) {
+                c.key(
+                    at,
+                    &vp,
+                    format!("invalid environment variable name {var:?}"),
+                );
+            }
+            match Template::parse(value) {
+                Ok(t) => {
+                    env.insert(var.clone(), t);
+                }
+                Err(e) => c.value(at, &vp, e),
+            }
+        }
+        match c.required(at, &rp.key("kind"), &r.kind) {
+            None | Some(RawRuntimeKind::Process) => {
+                if r.image.is_some() {
+                    c.key(
+                        at,
+                        &rp.key("image"),
+                        "`image` applies to `kind: docker` only".into(),
+                    );
+                }
+                let command = match c.required(at, &rp.key("command"), &r.command) {
+                    Some(line) => templates(c, at, &rp.key("command"), line),
+                    None => Vec::new(),
+                };
+                Runtime::Process { command, env }
+            }
+            Some(RawRuntimeKind::Docker) => {
+                let image = c.required(at, &rp.key("image"), &r.image).map(|i| {
+                    Template::parse(i).unwrap_or_else(|e| {
+                        c.value(at, &rp.key("image"), e);
+                        Template { parts: Vec::new() }
+                    })
+                });
+                let command = r
+                    .command
+                    .as_ref()
+                    .map(|line| templates(c, at, &rp.key("command"), line));
+                Runtime::Docker {
+                    image: image.unwrap_or(Template { parts: Vec::new() }),
+                    command,
+                    env,
+                }
+            }
+        }
+    });
+    let slots = slots(c, at, &path.key("slots"), &a.slots);
+    let probe = {
+        let pp = path.key("probe");
+        let p = a.probe.as_ref();
+        let get = |f: fn(&RawProbe) -> &Option<String>| p.and_then(|p| f(p).clone());
+        let probe_path = get(|p| &p.path).unwrap_or_else(|| "/readyz".into());
+        if !URL_PATH.is_match(&probe_path) {
+            c.value(
+                at,
+                &pp.key("path"),
+                format!("invalid probe path {probe_path:?} (must start with / and hold no spaces)"),
+            );
+        }
+        let interval = c.duration(
+            at,
+            &pp.key("interval"),
+            &get(|p| &p.interval),
+            Duration::from_secs(1),
+        );
+        let timeout = c.duration(
+            at,
+            &pp.key("timeout"),
+            &get(|p| &p.timeout),
+            Duration::from_secs(2),
+        );
+        let deadline = c.duration(
+            at,
+            &pp.key("deadline"),
+            &get(|p| &p.deadline),
+            Duration::from_secs(60),
+        );
+        for (key, d) in [("interval", interval), ("timeout", timeout)] {
+            if d.is_zero() {
+                c.value(at, &pp.key(key), format!("{key} must be more than 0s"));
+            }
+        }
+        let healthy_after = p.and_then(|p| p.healthy_after).unwrap_or(3);
+        if healthy_after == 0 {
+            c.value(
+                at,
+                &pp.key("healthy_after"),
+                "healthy_after must be at least 1".into(),
+            );
+        }
+        if deadline < interval * healthy_after {
+            c.value(
+                at,
+                &pp.key("deadline"),
+                format!(
+                    "deadline {} is shorter than healthy_after × interval ({} × {}), so no instance could ever pass",
+                    duration::format(deadline),
+                    healthy_after,
+                    duration::format(interval)
+                ),
+            );
+        }
+        Probe {
+            path: probe_path,
+            interval,
+            timeout,
+            healthy_after,
+            deadline,
+        }
+    };
+    let drain = c.duration(at, &path.key("drain"), &a.drain, Duration::from_secs(10));
+    let stop_timeout = c.duration(
+        at,
+        &path.key("stop_timeout"),
+        &a.stop_timeout,
+        Duration::from_secs(30),
+    );
+    Some(App {
+        name: name.to_owned(),
+        runtime: runtime?,
+        slots,
+        probe,
+        drain,
+        stop_timeout,
+    })
+}
+
+fn slots(c: &mut Checker, at: At, path: &YamlPath, raw: &BTreeMap<String, u16>) -> Vec<Slot> {
+    let mut out: Vec<Slot> = Vec::new();
+    for (name, port) in raw {
+        let sp = path.key(name);
+        c.name(at, &sp, "slot", name);
+        if *port == 0 {
+            c.value(at, &sp, "port must be between 1 and 65535".into());
+        } else if let Some(other) = out.iter().find(|s| s.port == *port) {
+            c.value(
+                at,
+                &sp,
+                format!("port {port} is already used by slot {:?}", other.name),
+            );
+        }
+        out.push(Slot {
+            name: name.clone(),
+            port: *port,
+        });
+    }
+    if out.len() != 2 {
+        c.value(
+            at,
+            path,
+            format!(
+                "exactly two slots are needed (one serving, one to start the next version in), found {}",
+                out.len()
+            ),
+        );
+    }
+    out
+}
+
+fn environment(
+    c: &mut Checker,
+    src: &EnvSource,
+    raw_apps: &BTreeMap<String, RawApp>,
+    raw_balancers: &BTreeMap<String, RawBalancer>,
+    host_names: &BTreeSet<&String>,
+    apps: &BTreeMap<Name, App>,
+) -> Option<Environment> {
+    let at = At { doc: src.doc };
+    let base = &src.base;
+    let e = src.raw;
+    if !NAME.is_match(&src.name) {
+        if base.0.is_empty() {
+            c.value(
+                at,
+                base,
+                format!(
+                    "invalid environment name {:?} taken from the file name (lowercase letters, digits and '-')",
+                    src.name
+                ),
+            );
+        } else {
+            c.name(at, base, "environment", &src.name);
+        }
+    }
+    let balancer_names: BTreeSet<&String> = raw_balancers.keys().collect();
+    let balancer = c
+        .required(at, &base.key("balancer"), &e.balancer)
+        .cloned()
+        .unwrap_or_default();
+    if e.balancer.is_some() {
+        c.reference(
+            at,
+            &base.key("balancer"),
+            "balancer",
+            &balancer,
+            &balancer_names,
+        );
+    }
+    let mut hosts: Vec<Name> = Vec::new();
+    if let Some(list) = c.required(at, &base.key("hosts"), &e.hosts) {
+        if list.is_empty() {
+            c.value(
+                at,
+                &base.key("hosts"),
+                "an environment needs at least one host".into(),
+            );
+        }
+        for (i, h) in list.iter().enumerate() {
+            let hp = base.key("hosts").index(i);
+            if hosts.contains(h) {
+                c.value(at, &hp, format!("host {h:?} is listed twice"));
+            } else if c.reference(at, &hp, "host", h, host_names) {
+                hosts.push(h.clone());
+            }
+        }
+    }
+    if e.apps.is_empty() {
+        c.value(
+            at,
+            &base.key("apps"),
+            "an environment needs at least one app".into(),
+        );
+    }
+    let app_names: BTreeSet<&String> = raw_apps.keys().collect();
+    let mut deployments = BTreeMap::new();
+    for (name, d) in &e.apps {
+        let dp = base.key("apps").key(name);
+        if !c.reference(at, &dp, "app", name, &app_names) {
+            continue;
+        }
+        let version = c
+            .required(at, &dp.key("version"), &d.version)
+            .cloned()
+            .unwrap_or_default();
+        if d.version.is_some() && !VERSION.is_match(&version) {
+            c.value(
+                at,
+                &dp.key("version"),
+                format!("invalid version {version:?} (letters, digits and ._+-, starting with a letter or digit, at most 128)"),
+            );
+        }
+        let listen = c.required(at, &dp.key("listen"), &d.listen).and_then(|l| {
+            parse_listen(l).or_else(|| {
+                c.value(
+                    at,
+                    &dp.key("listen"),
+                    format!("invalid listen address {l:?} (write ADDR:PORT, e.g. \"0.0.0.0:80\", \"*:80\" or \"[::]:80\")"),
+                );
+                None
+            })
+        });
+        let strategy = strategy(c, at, &dp.key("strategy"), d.strategy.as_ref());
+        let slots = match &d.slots {
+            Some(s) => slots(c, at, &dp.key("slots"), s),
+            None => apps.get(name).map(|a| a.slots.clone()).unwrap_or_default(),
+        };
+        deployments.insert(
+            name.clone(),
+            Deployment {
+                app: name.clone(),
+                version,
+                listen: listen.unwrap_or(Listen {
+                    address: String::new(),
+                    port: 0,
+                }),
+                strategy,
+                slots,
+            },
+        );
+    }
+    Some(Environment {
+        name: src.name.clone(),
+        file: src.doc.file.clone(),
+        balancer,
+        hosts,
+        apps: deployments,
+    })
+}
+
+fn parse_listen(text: &str) -> Option<Listen> {
+    let (addr, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let address = match addr {
+        "" | "*" => "*".to_owned(),
+        a if a.starts_with('[') && a.ends_with(']') => {
+            a[1..a.len() - 1].parse::<Ipv6Addr>().ok()?;
+            a.to_owned()
+        }
+        a => {
+            a.parse::<Ipv4Addr>().ok()?;
+            a.to_owned()
+        }
+    };
+    Some(Listen { address, port })
+}
+
+fn strategy(c: &mut Checker, at: At, path: &YamlPath, raw: Option<&RawStrategy>) -> Strategy {
+    match raw {
+        None | Some(RawStrategy::BlueGreenShort) | Some(RawStrategy::BlueGreen(_)) => {
+            Strategy::BlueGreen
+        }
+        Some(RawStrategy::Rolling(r)) => {
+            let bp = path.key("rolling").key("batch");
+            let batch = match (r.batch.as_ref(), at.doc.root.at(&bp)) {
+                (Some(_), Some(node)) => batch(node).unwrap_or_else(|| {
+                    c.value(
+                        at,
+                        &bp,
+                        format!("invalid batch {} (a number of hosts such as 1, or a share such as \"25%\")", node.describe()),
+                    );
+                    Batch::Hosts(1)
+                }),
+                _ => Batch::Hosts(1),
+            };
+            Strategy::Rolling { batch }
+        }
+        Some(RawStrategy::Canary(k)) => {
+            let cp = path.key("canary");
+            let mut steps = Vec::new();
+            if let Some(raw_steps) = c.required(at, &cp.key("steps"), &k.steps) {
+                if raw_steps.is_empty() {
+                    c.value(
+                        at,
+                        &cp.key("steps"),
+                        "a canary needs at least one step".into(),
+                    );
+                }
+                let mut last_weight: Option<(u32, usize)> = None;
+                for (i, s) in raw_steps.iter().enumerate() {
+                    let sp = cp.key("steps").index(i);
+                    if s.weight.is_none() && s.pause.is_none() {
+                        c.value(at, &sp, "a step needs `weight`, `pause` or both".into());
+                    }
+                    if let Some(w) = s.weight {
+                        if w > 100 {
+                            c.value(
+                                at,
+                                &sp.key("weight"),
+                                format!("weight {w} is outside 0–100"),
+                            );
+                        } else if let Some((prev, j)) = last_weight.filter(|(prev, _)| w < *prev) {
+                            c.value(
+                                at,
+                                &sp.key("weight"),
+                                format!("weight {w} is lower than the {prev} of step {j}; canary weights never decrease"),
+                            );
+                        }
+                        last_weight = Some((w, i));
+                    }
+                    let pause = s
+                        .pause
+                        .as_ref()
+                        .and(at.doc.root.at(&sp.key("pause")))
+                        .and_then(|node| {
+                            pause(node)
+                                .map_err(|e| c.value(at, &sp.key("pause"), e))
+                                .ok()
+                        });
+                    steps.push(CanaryStep {
+                        weight: s.weight.map(|w| w.min(100) as u8),
+                        pause,
+                    });
+                }
+            }
+            let analysis = k.analysis.as_ref().map(|a| {
+                let ap = cp.key("analysis");
+                let max_error_rate = c
+                    .required(at, &ap.key("max_error_rate"), &a.max_error_rate)
+                    .copied()
+                    .unwrap_or(0.0);
+                if !(0.0..=1.0).contains(&max_error_rate) {
+                    c.value(
+                        at,
+                        &ap.key("max_error_rate"),
+                        format!("max_error_rate {max_error_rate} is outside 0–1 (0.01 means 1%)"),
+                    );
+                }
+                Analysis {
+                    max_error_rate,
+                    min_requests: a.min_requests.unwrap_or(100),
+                }
+            });
+            Strategy::Canary { steps, analysis }
+        }
+    }
+}
+
+fn batch(node: &Node) -> Option<Batch> {
+    match &node.kind {
+        Kind::Scalar(Scalar::Plain(s)) if !s.ends_with('%') => {
+            s.parse::<u32>().ok().filter(|n| *n >= 1).map(Batch::Hosts)
+        }
+        Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) => {
+            let p: u8 = s.strip_suffix('%')?.parse().ok()?;
+            (1..=100).contains(&p).then_some(Batch::Percent(p))
+        }
+        _ => None,
+    }
+}
+
+fn pause(node: &Node) -> Result<Pause, String> {
+    match &node.kind {
+        Kind::Map(entries) if entries.is_empty() => Ok(Pause::UntilPromoted),
+        Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) => duration::parse(s).map(Pause::For),
+        _ => Err(format!(
+            "invalid pause {} (a duration such as \"2m\", or {{}} to wait for `kube-free promote`)",
+            node.describe()
+        )),
+    }
+}
+
+/// Two things may not listen on one port of one machine: slots of every app in every environment on
+/// each of its hosts, and the frontends on each balancer's host.
+fn check_ports(
+    c: &mut Checker,
+    envs: &[EnvSource<'_>],
+    environments: &BTreeMap<Name, Environment>,
+    hosts: &BTreeMap<Name, Host>,
+    balancers: &BTreeMap<Name, Balancer>,
+) {
+    // All `local` hosts are this one machine.
+    let machine = |h: &str| match hosts.get(h).map(|h| &h.transport) {
+        Some(Transport::Local) => "this machine (transport: local)".to_owned(),
+        _ => format!("host {h:?}"),
+    };
+    let mut used: BTreeMap<(String, u16), String> = BTreeMap::new();
+    for src in envs {
+        let Some(env) = environments.get(&src.name) else {
+            continue;
+        };
+        let at = At { doc: src.doc };
+        for (app, d) in &env.apps {
+            let dp = src.base.key("apps").key(app);
+            let slot_path = |slot: &str| {
+                if src.raw.apps.get(app).is_some_and(|a| a.slots.is_some()) {
+                    dp.key("slots").key(slot)
+                } else {
+                    dp.clone()
+                }
+            };
+            let mut claims: Vec<(String, u16, String, YamlPath)> = Vec::new();
+            for h in &env.hosts {
+                for s in &d.slots {
+                    claims.push((
+                        machine(h),
+                        s.port,
+                        format!(
+                            "slot {:?} of app {app:?} in environment {:?}{}",
+                            s.name,
+                            env.name,
+                            if machine(h).starts_with("this") {
+                                format!(" (host {h:?})")
+                            } else {
+                                String::new()
+                            }
+                        ),
+                        slot_path(&s.name),
+                    ));
+                }
+            }
+            if let Some(b) = balancers.get(&env.balancer) {
+                if d.listen.port != 0 {
+                    claims.push((
+                        machine(&b.host),
+                        d.listen.port,
+                        format!("the frontend of app {app:?} in environment {:?}", env.name),
+                        dp.key("listen"),
+                    ));
+                }
+            }
+            for (m, port, what, path) in claims {
+                match used.get(&(m.clone(), port)) {
+                    Some(other) => c.value(
+                        at,
+                        &path,
+                        format!("port {port} on {m} is already taken by {other}; give this one other ports (per environment: `slots:` under the app)"),
+                    ),
+                    None => {
+                        used.insert((m, port), what);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen("0.0.0.0:80").unwrap().to_string(),
+            "0.0.0.0:80"
+        );
+        assert_eq!(parse_listen("*:8080").unwrap().to_string(), "*:8080");
+        assert_eq!(parse_listen(":8080").unwrap().to_string(), "*:8080");
+        assert_eq!(parse_listen("[::]:443").unwrap().to_string(), "[::]:443");
+        for bad in [
+            "80",
+            "0.0.0.0",
+            "0.0.0.0:0",
+            "0.0.0.0:70000",
+            "example.com:80",
+            "[::1:80",
+            "1.2.3:80",
+        ] {
+            assert!(parse_listen(bad).is_none(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        for good in ["10.0.0.1", "::1", "web-1.internal", "localhost"] {
+            assert!(valid_address(good), "{good}");
+        }
+        for bad in ["", "a b", "-x", "web_1", "x;rm", "a..b"] {
+            assert!(!valid_address(bad), "{bad}");
+        }
+    }
+}

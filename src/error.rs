@@ -1,0 +1,50 @@
+//! The library's top-level error and the process exit codes of design §3. Each error maps to one
+//! documented exit code; `main` prints it once, with its causes.
+
+use crate::desired::{Diagnostic, LoadError};
+use crate::source::SourceError;
+
+/// Process exit codes (design §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    Failed = 1,
+    BadInput = 2,
+    Waiting = 3,
+    Locked = 4,
+    Pending = 10,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("the desired state at commit {commit} of {origin} has {} problem{}", diagnostics.len(), if diagnostics.len() == 1 { "" } else { "s" })]
+    Invalid {
+        origin: String,
+        commit: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+    #[error("no kube-free.yaml in {origin} at commit {commit}")]
+    NoRootFile { origin: String, commit: String },
+    #[error("cannot read the desired state from {origin} at commit {commit}")]
+    Read {
+        origin: String,
+        commit: String,
+        #[source]
+        source: LoadError,
+    },
+    #[error("cannot write output")]
+    Output(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Source(e) if e.is_bad_input() => Exit::BadInput,
+            Error::Invalid { .. } | Error::NoRootFile { .. } => Exit::BadInput,
+            Error::Source(_) | Error::Read { .. } | Error::Output(_) => Exit::Failed,
+        }
+    }
+}

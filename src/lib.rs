@@ -1,0 +1,11 @@
+//! kube-free: a Kubernetes-free, GitOps-style deployment reconciler for plain Linux hosts.
+//!
+//! The desired state is read from a Git commit (`source`), parsed and validated (`desired`); later
+//! stages observe hosts, plan and execute. `commands` ties them to the CLI (`cli`).
+pub mod cli;
+pub mod commands;
+pub mod desired;
+pub mod error;
+pub mod source;
+
+pub use error::{Error, Exit};

@@ -1,0 +1,52 @@
+//! The `kube-free` binary: parses arguments, sets up logging, runs one command, prints an error once
+//! (with its causes) and exits with the code of design §3.
+
+use clap::Parser;
+use kube_free::cli::{Cli, Command};
+use kube_free::{commands, Error, Exit};
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBE_FREE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let result = match &cli.command {
+        Command::Validate(args) => commands::validate(args, &mut out, &mut err),
+        Command::Schema(args) => commands::schema(args, &mut out),
+    };
+    let _ = out.flush();
+    let code = match result {
+        Ok(exit) => exit,
+        // A closed stdout (`kube-free schema | head`) is not worth a message.
+        Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
+        Err(e) => {
+            report(&e, &mut err);
+            e.exit()
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+/// Prints an error once: located problems first, then the error and its chain of causes.
+fn report(e: &Error, err: &mut dyn Write) {
+    if let Error::Invalid { diagnostics, .. } = e {
+        for d in diagnostics {
+            let _ = writeln!(err, "{d}");
+        }
+    }
+    let _ = write!(err, "error: {e}");
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let _ = write!(err, ": {c}");
+        cause = c.source();
+    }
+    let _ = writeln!(err);
+}

@@ -1,0 +1,469 @@
+//! Where the desired state comes from: a Git repository (a local path, possibly a subdirectory of a
+//! work tree, or a URL cloned and fetched into a cache directory), one resolved commit, and the files
+//! of the desired-state directory read from that commit's tree with git2, never from the work tree.
+//! Knows nothing of the desired-state format.
+
+use crate::desired::{Files, FilesError};
+use git2::{
+    AutotagOption, Cred, CredentialType, FetchOptions, ObjectType, Oid, RemoteCallbacks,
+    Repository, Status, StatusOptions,
+};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: no such directory")]
+    NotFound { path: String },
+    #[error(
+        "{path}: not inside a Git repository (kube-free reads the desired state from commits)"
+    )]
+    NotARepository { path: String },
+    #[error("{path}: the desired-state directory must be inside the work tree of {repo}")]
+    OutsideWorkTree { path: String, repo: String },
+    #[error("revision {rev:?} not found in {origin}")]
+    UnknownRevision {
+        rev: String,
+        origin: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("{origin} has no commits yet")]
+    NoCommits { origin: String },
+    #[error("directory {dir:?} is not in commit {commit} of {origin}")]
+    NoSuchDirectory {
+        dir: String,
+        commit: String,
+        origin: String,
+    },
+    #[error("cannot fetch {url} into {cache}")]
+    Fetch {
+        url: String,
+        cache: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("cannot use cache directory {path}")]
+    Cache {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {origin}")]
+    Git {
+        origin: String,
+        #[source]
+        source: git2::Error,
+    },
+}
+
+impl SourceError {
+    /// Whether the problem is in what the user gave (a path, URL or revision), as opposed to the
+    /// machine or the network.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            SourceError::NotFound { .. }
+                | SourceError::NotARepository { .. }
+                | SourceError::OutsideWorkTree { .. }
+                | SourceError::UnknownRevision { .. }
+                | SourceError::NoCommits { .. }
+                | SourceError::NoSuchDirectory { .. }
+        )
+    }
+}
+
+/// Where to read the desired state from, as given on the command line.
+#[derive(Clone, Debug)]
+pub struct SourceSpec {
+    /// A local path or a Git URL (`file://`, `ssh://`, `https://`, or `user@host:path`).
+    pub repo: String,
+    /// Branch, tag or commit id; default: HEAD (local) or the remote's default branch (URL).
+    pub rev: Option<String>,
+    /// Where URLs are cloned; default `$XDG_CACHE_HOME/kube-free/repos`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The desired-state directory at one commit.
+pub struct Snapshot {
+    repo: Repository,
+    /// The repository as the user named it (path or URL), for messages.
+    pub origin: String,
+    /// The commit read.
+    pub commit: Oid,
+    /// The desired-state directory inside the repository ("" for its root).
+    pub dir: String,
+    tree: Oid,
+    /// Uncommitted changes under the directory (local work trees only), as `git status --short` lines;
+    /// they are ignored.
+    pub uncommitted: Vec<String>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("origin", &self.origin)
+            .field("commit", &self.commit)
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+pub fn is_url(repo: &str) -> bool {
+    repo.contains("://") || {
+        // scp-like `user@host:path`, as git takes it (a path with a slash before the colon is local).
+        let colon = repo.find(':');
+        let slash = repo.find('/');
+        repo.contains('@') && colon.is_some_and(|c| slash.is_none_or(|s| c < s))
+    }
+}
+
+/// Opens the repository, fetching it first when it is a URL, and resolves the commit.
+pub fn open(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
+    let (repo, dir, origin) = if is_url(&spec.repo) {
+        let cache = match &spec.cache_dir {
+            Some(d) => d.clone(),
+            None => default_cache_dir(),
+        };
+        (fetch(&spec.repo, &cache)?, String::new(), spec.repo.clone())
+    } else {
+        let (repo, dir) = open_local(&spec.repo)?;
+        (repo, dir, spec.repo.clone())
+    };
+    let (commit, tree) = resolve(&repo, &origin, &dir, spec.rev.as_deref())?;
+    let uncommitted = uncommitted(&repo, &dir).map_err(|source| SourceError::Git {
+        origin: origin.clone(),
+        source,
+    })?;
+    Ok(Snapshot {
+        repo,
+        origin,
+        commit,
+        dir,
+        tree,
+        uncommitted,
+    })
+}
+
+/// The commit `rev` names (default HEAD) and the id of the tree of `dir` in it.
+fn resolve(
+    repo: &Repository,
+    origin: &str,
+    dir: &str,
+    rev: Option<&str>,
+) -> Result<(Oid, Oid), SourceError> {
+    let git = |source| SourceError::Git {
+        origin: origin.into(),
+        source,
+    };
+    let commit = match rev {
+        Some(rev) => repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|source| SourceError::UnknownRevision {
+                rev: rev.into(),
+                origin: origin.into(),
+                source,
+            })?,
+        None => match repo.head() {
+            Ok(head) => head.peel_to_commit().map_err(git)?,
+            Err(e)
+                if matches!(
+                    e.code(),
+                    git2::ErrorCode::UnbornBranch | git2::ErrorCode::NotFound
+                ) =>
+            {
+                return Err(SourceError::NoCommits {
+                    origin: origin.into(),
+                })
+            }
+            Err(e) => return Err(git(e)),
+        },
+    };
+    let root = commit.tree().map_err(git)?;
+    if dir.is_empty() {
+        return Ok((commit.id(), root.id()));
+    }
+    match root.get_path(Path::new(dir)) {
+        Ok(entry) if entry.kind() == Some(ObjectType::Tree) => Ok((commit.id(), entry.id())),
+        _ => Err(SourceError::NoSuchDirectory {
+            dir: dir.into(),
+            commit: commit.id().to_string(),
+            origin: origin.into(),
+        }),
+    }
+}
+
+fn open_local(path: &str) -> Result<(Repository, String), SourceError> {
+    let abs =
+        std::fs::canonicalize(path).map_err(|_| SourceError::NotFound { path: path.into() })?;
+    if !abs.is_dir() {
+        return Err(SourceError::NotFound { path: path.into() });
+    }
+    let repo = Repository::discover(&abs)
+        .map_err(|_| SourceError::NotARepository { path: path.into() })?;
+    let dir = match repo.workdir() {
+        None => String::new(),
+        Some(workdir) => {
+            let workdir = std::fs::canonicalize(workdir).unwrap_or_else(|_| workdir.to_path_buf());
+            let rel = abs
+                .strip_prefix(&workdir)
+                .map_err(|_| SourceError::OutsideWorkTree {
+                    path: path.into(),
+                    repo: workdir.display().to_string(),
+                })?;
+            rel.to_string_lossy().into_owned()
+        }
+    };
+    Ok((repo, dir))
+}
+
+fn uncommitted(repo: &Repository, dir: &str) -> Result<Vec<String>, git2::Error> {
+    if repo.is_bare() {
+        return Ok(Vec::new());
+    }
+    let mut opts = StatusOptions::new();
+    opts.include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_ignored(false);
+    if !dir.is_empty() {
+        opts.pathspec(format!("{dir}/"));
+    }
+    let statuses = repo.statuses(Some(&mut opts))?;
+    Ok(statuses
+        .iter()
+        .filter_map(|s| {
+            let code = match s.status() {
+                st if st.contains(Status::WT_NEW) && !st.intersects(Status::INDEX_NEW) => "??",
+                st if st.intersects(Status::INDEX_NEW | Status::WT_NEW) => "A",
+                st if st.intersects(Status::INDEX_DELETED | Status::WT_DELETED) => "D",
+                st if st.intersects(Status::INDEX_RENAMED | Status::WT_RENAMED) => "R",
+                st if st.is_empty() || st.contains(Status::IGNORED) => return None,
+                _ => "M",
+            };
+            Some(format!("{code} {}", s.path().unwrap_or("(non-UTF-8 path)")))
+        })
+        .collect())
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("kube-free").join("repos")
+}
+
+/// Directory in the cache for `url`: readable, and unique per URL.
+pub fn cache_entry(cache: &Path, url: &str) -> PathBuf {
+    // FNV-1a: stable across Rust releases, unlike std's hasher.
+    let hash = url.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let tail = url.trim_end_matches('/').trim_end_matches(".git");
+    let name: String = tail
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("repo")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    cache.join(format!("{name}-{hash:016x}"))
+}
+
+/// Clones or updates a bare mirror of `url`'s branches and tags in the cache, with HEAD at the remote's
+/// default branch.
+fn fetch(url: &str, cache: &Path) -> Result<Repository, SourceError> {
+    let path = cache_entry(cache, url);
+    std::fs::create_dir_all(cache).map_err(|source| SourceError::Cache {
+        path: cache.display().to_string(),
+        source,
+    })?;
+    let err = |source| SourceError::Fetch {
+        url: url.into(),
+        cache: path.display().to_string(),
+        source,
+    };
+    let repo = match Repository::open_bare(&path) {
+        Ok(r) => r,
+        Err(_) => Repository::init_bare(&path).map_err(err)?,
+    };
+    {
+        let mut remote = repo.remote_anonymous(url).map_err(err)?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks())
+            .download_tags(AutotagOption::All);
+        tracing::info!(url, cache = %path.display(), "fetching desired-state repository");
+        remote
+            .fetch(
+                &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                Some(&mut opts),
+                None,
+            )
+            .map_err(err)?;
+        if let Ok(default) = remote.default_branch() {
+            if let Ok(name) = default.as_str() {
+                repo.set_head(name).map_err(err)?;
+            }
+        }
+    }
+    Ok(repo)
+}
+
+/// Credentials for fetching: the SSH agent, then the usual key files; for HTTPS, git's credential
+/// helpers. Each kind is tried once, so a refused credential ends in an error, not a loop.
+fn callbacks() -> RemoteCallbacks<'static> {
+    let mut tried = Vec::new();
+    let mut cbs = RemoteCallbacks::new();
+    cbs.credentials(move |url, username, allowed| {
+        let user = username.unwrap_or("git");
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if !tried.contains(&"agent") {
+                tried.push("agent");
+                return Cred::ssh_key_from_agent(user);
+            }
+            let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
+            for (label, key) in [
+                ("ed25519", "id_ed25519"),
+                ("rsa", "id_rsa"),
+                ("ecdsa", "id_ecdsa"),
+            ] {
+                let file = home.join(".ssh").join(key);
+                if !tried.contains(&label) && file.exists() {
+                    tried.push(label);
+                    return Cred::ssh_key(user, None, &file, None);
+                }
+            }
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) && !tried.contains(&"helper") {
+            tried.push("helper");
+            let config = git2::Config::open_default()?;
+            return Cred::credential_helper(&config, url, username);
+        }
+        Err(git2::Error::from_str("no credentials accepted"))
+    });
+    cbs
+}
+
+impl Snapshot {
+    fn tree(&self) -> Result<git2::Tree<'_>, FilesError> {
+        self.repo
+            .find_tree(self.tree)
+            .map_err(|e| FilesError(e.to_string()))
+    }
+
+    /// The commit id, shortened the way `git log --oneline` does.
+    pub fn short_commit(&self) -> String {
+        self.commit.to_string()[..12].to_owned()
+    }
+
+    /// `origin` with the directory, for messages.
+    pub fn describe(&self) -> String {
+        self.origin.clone()
+    }
+
+    fn blob_entry(&self, path: &str) -> Result<Option<Oid>, FilesError> {
+        let tree = self.tree()?;
+        let entry = match tree.get_path(Path::new(path)) {
+            Ok(e) => e,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(FilesError(e.to_string())),
+        };
+        // Regular and executable files only; symlinks and submodules are not files here.
+        let is_file = entry.kind() == Some(ObjectType::Blob)
+            && matches!(entry.filemode(), 0o100644 | 0o100755);
+        Ok(is_file.then(|| entry.id()))
+    }
+}
+
+impl Files for Snapshot {
+    fn size(&self, path: &str) -> Result<Option<u64>, FilesError> {
+        let Some(oid) = self.blob_entry(path)? else {
+            return Ok(None);
+        };
+        let odb = self.repo.odb().map_err(|e| FilesError(e.to_string()))?;
+        let (size, _) = odb
+            .read_header(oid)
+            .map_err(|e| FilesError(e.to_string()))?;
+        Ok(Some(size as u64))
+    }
+
+    fn read(&self, path: &str) -> Result<Vec<u8>, FilesError> {
+        let oid = self
+            .blob_entry(path)?
+            .ok_or_else(|| FilesError(format!("no file {path:?}")))?;
+        let blob = self
+            .repo
+            .find_blob(oid)
+            .map_err(|e| FilesError(e.to_string()))?;
+        Ok(blob.content().to_vec())
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<String>, FilesError> {
+        let tree = self.tree()?;
+        let sub = match tree.get_path(Path::new(dir)) {
+            Ok(e) if e.kind() == Some(ObjectType::Tree) => self
+                .repo
+                .find_tree(e.id())
+                .map_err(|e| FilesError(e.to_string()))?,
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(FilesError(e.to_string())),
+        };
+        Ok(sub
+            .iter()
+            .filter(|e| e.kind() == Some(ObjectType::Blob))
+            .filter_map(|e| e.name().ok().map(str::to_owned))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_paths_are_told_apart_like_git_does() {
+        for url in [
+            "file:///srv/repo.git",
+            "ssh://git@host/repo",
+            "https://host/repo.git",
+            "git@host:org/repo.git",
+        ] {
+            assert!(is_url(url), "{url}");
+        }
+        for path in [
+            ".",
+            "examples/quickstart",
+            "/srv/repo",
+            "./a@b:c/../x",
+            "dir/user@host:x",
+        ] {
+            assert!(!is_url(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn cache_entries_are_readable_and_distinct() {
+        let a = cache_entry(Path::new("/c"), "https://host/org/deploy.git");
+        let b = cache_entry(Path::new("/c"), "ssh://git@other/org/deploy.git");
+        assert!(a
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("deploy-"));
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            cache_entry(Path::new("/c"), "https://host/org/deploy.git")
+        );
+    }
+}
