@@ -51,6 +51,7 @@ pub fn from_node<'de, T: de::Deserialize<'de>>(node: &Node) -> (Option<T>, Vec<P
     let sink = RefCell::new(Vec::new());
     let de = De {
         node,
+        mark: node.mark,
         path: YamlPath::root(),
         sink: &sink,
     };
@@ -74,6 +75,9 @@ pub fn from_node<'de, T: de::Deserialize<'de>>(node: &Node) -> (Option<T>, Vec<P
 
 struct De<'a> {
     node: &'a Node,
+    /// Where problems with this value are reported: the node's own mark, or for a value that is not
+    /// written (an enum's missing payload), the mark of what stands for it.
+    mark: Mark,
     path: YamlPath,
     sink: &'a RefCell<Vec<Problem>>,
 }
@@ -121,7 +125,18 @@ impl<'a> De<'a> {
     fn child(&self, node: &'a Node, path: YamlPath) -> De<'a> {
         De {
             node,
+            mark: node.mark,
             path,
+            sink: self.sink,
+        }
+    }
+
+    /// The missing payload of the enum written at this node.
+    fn absent(&self) -> De<'a> {
+        De {
+            node: &NULL,
+            mark: self.mark,
+            path: self.path.clone(),
             sink: self.sink,
         }
     }
@@ -136,7 +151,7 @@ impl<'a> De<'a> {
 
     fn wrong_type(&self, expected: &str) {
         self.record(
-            self.node.mark,
+            self.mark,
             self.path.clone(),
             format!("expected {expected}, found {}", self.node.describe()),
         );
@@ -145,7 +160,7 @@ impl<'a> De<'a> {
     /// Gives a visitor error the location of this node unless it already has one.
     fn locate(&self, mut e: Error) -> Error {
         if e.at.is_none() {
-            e.at = Some((self.path.clone(), self.node.mark));
+            e.at = Some((self.path.clone(), self.mark));
         }
         e
     }
@@ -162,7 +177,7 @@ impl<'a> De<'a> {
             Some(Plain::Int(n)) if (min..=max).contains(&n) => n,
             Some(Plain::Int(n)) => {
                 self.record(
-                    self.node.mark,
+                    self.mark,
                     self.path.clone(),
                     format!("{n} is out of range for {expected} ({min} to {max})"),
                 );
@@ -415,7 +430,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
             None => {
                 if !written.is_empty() {
                     self.record(
-                        self.node.mark,
+                        self.mark,
                         self.path.clone(),
                         format!(
                             "unknown value {:?}, expected one of {}",
@@ -430,14 +445,14 @@ impl<'de> de::Deserializer<'de> for De<'_> {
                     .visit_enum(EnumAccess {
                         variant: variants[0],
                         written_with_payload: false,
-                        de: self.child(&NULL, self.path.clone()),
+                        de: self.absent(),
                         quiet: true,
                     })
                     .map_err(|e| self.locate(e));
             }
         };
         let written_with_payload = payload.is_some();
-        let de = payload.unwrap_or_else(|| self.child(&NULL, self.path.clone()));
+        let de = payload.unwrap_or_else(|| self.absent());
         visitor
             .visit_enum(EnumAccess {
                 variant,
@@ -457,7 +472,7 @@ impl<'de> de::Deserializer<'de> for De<'_> {
     }
 }
 
-/// Stands in for a missing payload; its mark (line 0) is never shown.
+/// Stands in for a missing payload; problems with it are reported at the enum's mark.
 static NULL: Node = Node::null(Mark { line: 0, column: 0 });
 
 fn list(names: &[&str]) -> String {
@@ -591,7 +606,7 @@ impl<'de> de::VariantAccess<'de> for VariantAccess<'_> {
     fn unit_variant(self) -> Result<(), Error> {
         if self.written_with_payload && !self.quiet {
             self.de.record(
-                self.de.node.mark,
+                self.de.mark,
                 self.de.path.clone(),
                 format!("`{}` takes no settings; write it alone", self.variant),
             );
@@ -602,7 +617,7 @@ impl<'de> de::VariantAccess<'de> for VariantAccess<'_> {
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
         if !self.written_with_payload && !self.quiet {
             self.de.record(
-                self.de.node.mark,
+                self.de.mark,
                 self.de.path.clone(),
                 format!(
                     "`{v}` takes settings; write it as a mapping: `{{ {v}: {{ ... }} }}`",

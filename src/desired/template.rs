@@ -199,6 +199,11 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
                     None => return Err(format!("trailing backslash in {line:?}")),
                 }
             }
+            '#' if !in_word => {
+                return Err(format!(
+                    "{c:?} in {line:?} would start a comment in a shell; kube-free runs commands without one (remove the comment, or quote it with '...')"
+                ))
+            }
             '|' | ';' | '&' | '>' | '<' | '$' | '`' | '*' | '?' | '(' | ')' => {
                 return Err(format!(
                     "{c:?} in {line:?} needs a shell; kube-free runs commands without one (quote it with '...')"
@@ -259,6 +264,7 @@ mod tests {
             "",
             "  ",
             "ls *",
+            "reload # hitless",
         ] {
             assert!(split_words(bad).is_err(), "{bad:?} was accepted");
         }

@@ -2,7 +2,7 @@
 //! shapes) to the model. Checks names, versions, durations, references between sections, ports and
 //! strategies, and reports every problem at the file, line, column and YAML path it comes from.
 
-use super::diag::{Diagnostic, Diagnostics, Mark, YamlPath};
+use super::diag::{Diagnostic, Diagnostics, Mark, Seg, YamlPath};
 use super::duration;
 use super::model::*;
 use super::raw::*;
@@ -82,17 +82,18 @@ impl Checker<'_> {
         self.push(at, mark, path, message);
     }
 
+    /// Reports a missing required key at the key of the mapping that lacks it.
     fn required<'v, T>(&mut self, at: At, path: &YamlPath, value: &'v Option<T>) -> Option<&'v T> {
         if value.is_none() {
-            let key = path.0.last().map(|s| match s {
-                super::diag::Seg::Key(k) => k.clone(),
-                super::diag::Seg::Index(i) => i.to_string(),
-            });
-            self.value(
-                at,
-                path,
-                format!("missing required key `{}`", key.unwrap_or_default()),
-            );
+            if let Some((Seg::Key(key), parent)) = path.0.split_last() {
+                let parent = YamlPath(parent.to_vec());
+                let mark = if parent.0.is_empty() {
+                    at.doc.root.mark
+                } else {
+                    at.doc.root.key_mark(&parent)
+                };
+                self.push(at, mark, path, format!("missing required key `{key}`"));
+            }
         }
         value.as_ref()
     }
@@ -791,8 +792,36 @@ fn pause(node: &Node) -> Result<Pause, String> {
     }
 }
 
+/// One use of a port on a machine.
+struct Claim<'a> {
+    /// Environment, app and host that use it: one owner never clashes with itself (two slots of one
+    /// app with one port are reported with the app's slots).
+    owner: (&'a str, &'a str, &'a str),
+    machine: String,
+    port: u16,
+    /// Bind address, `None` for all addresses (slots, whose bind address kube-free cannot know).
+    address: Option<&'a str>,
+    what: String,
+    path: YamlPath,
+    /// How to resolve a clash.
+    hint: &'static str,
+}
+
+impl Claim<'_> {
+    fn clashes_with(&self, other: &Claim) -> bool {
+        self.machine == other.machine
+            && self.port == other.port
+            && self.owner != other.owner
+            && match (self.address, other.address) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
 /// Two things may not listen on one port of one machine: slots of every app in every environment on
-/// each of its hosts, and the frontends on each balancer's host.
+/// each of its hosts, and the frontends on each balancer's host (these may share a port on different
+/// addresses).
 fn check_ports(
     c: &mut Checker,
     envs: &[EnvSource<'_>],
@@ -801,11 +830,15 @@ fn check_ports(
     balancers: &BTreeMap<Name, Balancer>,
 ) {
     // All `local` hosts are this one machine.
-    let machine = |h: &str| match hosts.get(h).map(|h| &h.transport) {
-        Some(Transport::Local) => "this machine (transport: local)".to_owned(),
-        _ => format!("host {h:?}"),
+    let is_local = |h: &str| matches!(hosts.get(h).map(|h| &h.transport), Some(Transport::Local));
+    let machine = |h: &str| {
+        if is_local(h) {
+            "this machine (transport: local)".to_owned()
+        } else {
+            format!("host {h:?}")
+        }
     };
-    let mut used: BTreeMap<(String, u16), String> = BTreeMap::new();
+    let mut claimed: Vec<Claim> = Vec::new();
     for src in envs {
         let Some(env) = environments.get(&src.name) else {
             continue;
@@ -813,53 +846,56 @@ fn check_ports(
         let at = At { doc: src.doc };
         for (app, d) in &env.apps {
             let dp = src.base.key("apps").key(app);
-            let slot_path = |slot: &str| {
-                if src.raw.apps.get(app).is_some_and(|a| a.slots.is_some()) {
-                    dp.key("slots").key(slot)
-                } else {
-                    dp.clone()
-                }
-            };
-            let mut claims: Vec<(String, u16, String, YamlPath)> = Vec::new();
+            let overridden = src.raw.apps.get(app).is_some_and(|a| a.slots.is_some());
+            let mut claims = Vec::new();
             for h in &env.hosts {
                 for s in &d.slots {
-                    claims.push((
-                        machine(h),
-                        s.port,
-                        format!(
-                            "slot {:?} of app {app:?} in environment {:?}{}",
-                            s.name,
-                            env.name,
-                            if machine(h).starts_with("this") {
-                                format!(" (host {h:?})")
-                            } else {
-                                String::new()
-                            }
+                    let on = if is_local(h) {
+                        format!(" (host {h:?})")
+                    } else {
+                        String::new()
+                    };
+                    claims.push(Claim {
+                        owner: (&env.name, app, h),
+                        machine: machine(h),
+                        port: s.port,
+                        address: None,
+                        what: format!(
+                            "slot {:?} of app {app:?} in environment {:?}{on}",
+                            s.name, env.name
                         ),
-                        slot_path(&s.name),
-                    ));
+                        path: if overridden {
+                            dp.key("slots").key(&s.name)
+                        } else {
+                            dp.clone()
+                        },
+                        hint: "give this environment its own ports with `slots:` under the app",
+                    });
                 }
             }
-            if let Some(b) = balancers.get(&env.balancer) {
-                if d.listen.port != 0 {
-                    claims.push((
-                        machine(&b.host),
-                        d.listen.port,
-                        format!("the frontend of app {app:?} in environment {:?}", env.name),
-                        dp.key("listen"),
-                    ));
-                }
+            if let Some(b) = balancers.get(&env.balancer).filter(|_| d.listen.port != 0) {
+                let wildcard = matches!(d.listen.address.as_str(), "*" | "0.0.0.0" | "[::]");
+                claims.push(Claim {
+                    owner: (&env.name, app, &b.host),
+                    machine: machine(&b.host),
+                    port: d.listen.port,
+                    address: (!wildcard).then_some(d.listen.address.as_str()),
+                    what: format!("the frontend of app {app:?} in environment {:?}", env.name),
+                    path: dp.key("listen"),
+                    hint: "choose another `listen` port or address",
+                });
             }
-            for (m, port, what, path) in claims {
-                match used.get(&(m.clone(), port)) {
+            for claim in claims {
+                match claimed.iter().find(|other| claim.clashes_with(other)) {
                     Some(other) => c.value(
                         at,
-                        &path,
-                        format!("port {port} on {m} is already taken by {other}; give this one other ports (per environment: `slots:` under the app)"),
+                        &claim.path,
+                        format!(
+                            "port {} on {} is already taken by {}; {}",
+                            claim.port, claim.machine, other.what, claim.hint
+                        ),
                     ),
-                    None => {
-                        used.insert((m, port), what);
-                    }
+                    None => claimed.push(claim),
                 }
             }
         }

@@ -1,0 +1,785 @@
+//! Bad input: each case commits a broken desired state to a real Git repository, runs
+//! `kube-free validate`, and asserts exit code 2 and every expected problem as
+//! `FILE:LINE:COLUMN: YAML.PATH: message`. The location is where an anchor string stands in the file.
+
+mod common;
+use common::*;
+
+/// One expected problem: the file, an anchor whose first occurrence in that file is the location
+/// (`None`: line 1, column 1), the YAML path and a part of the message.
+type Expect<'a> = (&'a str, Option<&'a str>, &'a str, &'a str);
+
+fn check(files: &[(&str, &[u8])], expects: &[Expect]) -> Run {
+    let repo = Repo::new();
+    for (path, content) in files {
+        repo.write(path, content);
+    }
+    let commit = repo.commit("broken desired state");
+    let run = kube_free(&["validate", "--repo", repo.path_str()]);
+    run.code(2);
+    run.stderr_has(&format!("at commit {commit}"));
+    for (file, anchor, path, message) in expects {
+        let text = String::from_utf8_lossy(files.iter().find(|(p, _)| p == file).unwrap().1);
+        let (line, column) = anchor.map_or((1, 1), |a| position(&text, a));
+        let prefix = format!("{file}:{line}:{column}: {path}: ");
+        let found = run
+            .stderr
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(message));
+        assert!(
+            found,
+            "expected a line starting {prefix:?} containing {message:?}\nstderr:\n{}",
+            run.stderr
+        );
+    }
+    let problems = run
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("error:"))
+        .count();
+    assert_eq!(
+        problems,
+        expects.len(),
+        "expected exactly {} problems\nstderr:\n{}",
+        expects.len(),
+        run.stderr
+    );
+    run
+}
+
+fn root(text: &str) -> Vec<(&'static str, Vec<u8>)> {
+    vec![("kube-free.yaml", text.as_bytes().to_vec())]
+}
+
+macro_rules! case {
+    ($name:ident, $files:expr, [$($expect:expr),+ $(,)?]) => {
+        #[test]
+        fn $name() {
+            let files: Vec<(&str, Vec<u8>)> = $files;
+            let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (*p, c.as_slice())).collect();
+            check(&borrowed, &[$($expect),+]);
+        }
+    };
+}
+
+const ROOT: &str = "kube-free.yaml";
+const PROD: &str = "environments/production.yaml";
+
+case!(
+    yaml_syntax_error,
+    root(&base_with(
+        "slots: { blue: 8000, green: 8001 }",
+        "slots: { blue: 8000, green: 8001 ]"
+    )),
+    [(ROOT, Some("]\n    probe"), "apps.api.slots", "invalid YAML")]
+);
+
+case!(
+    duplicate_key,
+    root(&base_with(
+        "  lb-1: {",
+        "  web-1: { address: 192.0.2.13 }\n  lb-1: {"
+    )),
+    [(
+        ROOT,
+        Some("web-1: { address: 192.0.2.13"),
+        "hosts.web-1",
+        "duplicate key \"web-1\" (first defined on line 3)"
+    )]
+);
+
+case!(
+    unknown_top_level_key,
+    root(&format!("{BASE}hostz: {{}}\n")),
+    [(
+        ROOT,
+        Some("hostz"),
+        "hostz",
+        "unknown key \"hostz\" (did you mean `hosts`?)"
+    )]
+);
+
+case!(
+    unknown_nested_key_with_suggestion,
+    root(&base_with(
+        "{ address: 192.0.2.11 }",
+        "{ adress: 192.0.2.11 }"
+    )),
+    [
+        (
+            ROOT,
+            Some("adress"),
+            "hosts.web-1.adress",
+            "did you mean `address`?"
+        ),
+        (
+            ROOT,
+            Some("web-1: {"),
+            "hosts.web-1.address",
+            "missing required key `address`"
+        ),
+    ]
+);
+
+case!(
+    wrong_type_for_port,
+    root(&base_with("port: 2222", "port: twenty")),
+    [(
+        ROOT,
+        Some("twenty"),
+        "hosts.web-2.port",
+        "expected a whole number, found \"twenty\""
+    )]
+);
+
+case!(
+    port_out_of_range,
+    root(&base_with("port: 2222", "port: 70000")),
+    [(
+        ROOT,
+        Some("70000"),
+        "hosts.web-2.port",
+        "70000 is out of range"
+    )]
+);
+
+case!(
+    quoted_number_is_not_a_number,
+    root(&base_with("healthy_after: 3", "healthy_after: \"3\"")),
+    [(
+        ROOT,
+        Some("\"3\""),
+        "apps.api.probe.healthy_after",
+        "expected a whole number, found \"3\""
+    )]
+);
+
+case!(
+    bad_host_name,
+    root(&base_with("  web-1: {", "  Web_1: {").replace("[web-1, web-2]", "[web-2]")),
+    [(
+        ROOT,
+        Some("Web_1"),
+        "hosts.Web_1",
+        "invalid host name \"Web_1\""
+    )]
+);
+
+case!(
+    bad_version_in_environment_file,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            PROD,
+            PRODUCTION_FILE
+                .replace("\"1.4.2\"", "\"1.4 2\"")
+                .into_bytes()
+        ),
+    ],
+    [(
+        PROD,
+        Some("\"1.4 2\""),
+        "apps.api.version",
+        "invalid version \"1.4 2\""
+    )]
+);
+
+case!(
+    bad_duration,
+    root(&base_with("drain: 10s", "drain: 10 sec")),
+    [(
+        ROOT,
+        Some("10 sec"),
+        "apps.api.drain",
+        "invalid duration \"10 sec\""
+    )]
+);
+
+case!(
+    bad_pause_duration,
+    root(&base_with("pause: 2m", "pause: 2 minutes")),
+    [(
+        ROOT,
+        Some("2 minutes"),
+        "environments.production.apps.api.strategy.canary.steps[0].pause",
+        "invalid duration"
+    )]
+);
+
+case!(
+    undeclared_host_in_environment,
+    root(&base_with("[web-1, web-2]", "[web-1, web-3]")),
+    [(
+        ROOT,
+        Some("web-3"),
+        "environments.production.hosts[1]",
+        "unknown host \"web-3\" (declared: lb-1, web-1, web-2)"
+    )]
+);
+
+case!(
+    undeclared_balancer,
+    root(&base_with("balancer: edge", "balancer: edge-2")),
+    [(
+        ROOT,
+        Some("edge-2"),
+        "environments.production.balancer",
+        "unknown balancer \"edge-2\""
+    )]
+);
+
+case!(
+    undeclared_app,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            PROD,
+            PRODUCTION_FILE.replace("  api:", "  web:").into_bytes()
+        ),
+    ],
+    [(
+        PROD,
+        Some("version"),
+        "apps.web",
+        "unknown app \"web\" (declared: api)"
+    )]
+);
+
+case!(
+    undeclared_balancer_host,
+    root(&base_with("host: lb-1", "host: lb-9")),
+    [(
+        ROOT,
+        Some("lb-9"),
+        "balancers.edge.host",
+        "unknown host \"lb-9\""
+    )]
+);
+
+case!(
+    same_port_for_two_slots,
+    root(&base_with("green: 8001", "green: 8000")),
+    [(
+        ROOT,
+        Some("8000 }"),
+        "apps.api.slots.green",
+        "port 8000 is already used by slot \"blue\""
+    )]
+);
+
+case!(
+    only_one_slot,
+    root(&base_with(
+        "slots: { blue: 8000, green: 8001 }",
+        "slots: { blue: 8000 }"
+    )),
+    [(
+        ROOT,
+        Some("blue: 8000"),
+        "apps.api.slots",
+        "exactly two slots are needed"
+    )]
+);
+
+case!(
+    canary_weight_over_100,
+    root(&base_with("weight: 50", "weight: 150")),
+    [(
+        ROOT,
+        Some("150"),
+        "environments.production.apps.api.strategy.canary.steps[1].weight",
+        "weight 150 is outside 0–100"
+    )]
+);
+
+case!(
+    canary_weights_decreasing,
+    root(&base_with("weight: 50", "weight: 5")),
+    [(
+        ROOT,
+        Some("5, pause: 5m"),
+        "environments.production.apps.api.strategy.canary.steps[1].weight",
+        "lower than the 10 of step 0"
+    )]
+);
+
+case!(
+    canary_step_without_weight_or_pause,
+    root(&base_with("- { pause: {} }", "- {}")),
+    [(
+        ROOT,
+        Some("{}\n"),
+        "environments.production.apps.api.strategy.canary.steps[2]",
+        "a step needs `weight`, `pause` or both"
+    )]
+);
+
+case!(
+    canary_pause_of_the_wrong_shape,
+    root(&base_with("pause: {} }", "pause: [1] }")),
+    [(
+        ROOT,
+        Some("[1]"),
+        "environments.production.apps.api.strategy.canary.steps[2].pause",
+        "invalid pause a sequence"
+    )]
+);
+
+case!(
+    analysis_error_rate_outside_0_1,
+    root(&base_with("max_error_rate: 0.01", "max_error_rate: 5")),
+    [(
+        ROOT,
+        Some("5, min_requests"),
+        "environments.production.apps.api.strategy.canary.analysis.max_error_rate",
+        "outside 0–1"
+    )]
+);
+
+case!(
+    empty_environment,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (PROD, b"balancer: edge\nhosts: []\napps: {}\n".to_vec()),
+    ],
+    [
+        (
+            PROD,
+            Some("[]"),
+            "hosts",
+            "an environment needs at least one host"
+        ),
+        (
+            PROD,
+            Some("{}"),
+            "apps",
+            "an environment needs at least one app"
+        ),
+    ]
+);
+
+case!(
+    environment_file_clashes_with_inline_environment,
+    vec![
+        (ROOT, BASE.as_bytes().to_vec()),
+        (PROD, PRODUCTION_FILE.as_bytes().to_vec())
+    ],
+    [(
+        PROD,
+        None,
+        "(root)",
+        "environment \"production\" is defined both here and inline in kube-free.yaml (line 18)"
+    )]
+);
+
+case!(
+    environment_file_name_is_not_a_name,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            "environments/Prod.yaml",
+            PRODUCTION_FILE.as_bytes().to_vec()
+        ),
+    ],
+    [(
+        "environments/Prod.yaml",
+        Some("balancer"),
+        "(root)",
+        "invalid environment name \"Prod\" taken from the file name"
+    )]
+);
+
+case!(
+    yml_environment_file_is_reported,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            "environments/production.yml",
+            PRODUCTION_FILE.as_bytes().to_vec()
+        ),
+    ],
+    [(
+        "environments/production.yml",
+        None,
+        "(root)",
+        "environment files end in .yaml"
+    )]
+);
+
+case!(
+    file_over_one_mebibyte,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            PROD,
+            format!("{PRODUCTION_FILE}# {}\n", "x".repeat(1024 * 1024)).into_bytes()
+        ),
+    ],
+    [(
+        PROD,
+        None,
+        "(root)",
+        "more than the limit of 1048576 bytes (1 MiB)"
+    )]
+);
+
+case!(
+    alias_expansion_bomb,
+    root(&{
+        let mut s = base_with(
+            "apps:\n  api:",
+            "x0: &x0 [a, a, a, a, a, a, a, a, a, a]\napps:\n  api:",
+        );
+        for i in 1..8 {
+            let line = format!(
+                "x{i}: &x{i} [{}]\n",
+                vec![format!("*x{}", i - 1); 10].join(", ")
+            );
+            s = s.replacen("apps:\n  api:", &format!("{line}apps:\n  api:"), 1);
+        }
+        s
+    }),
+    [(
+        ROOT,
+        Some("*x3, *x3, *x3]"),
+        "x4[7]",
+        "document expands to more than 100000 nodes"
+    )]
+);
+
+case!(
+    non_utf8_input,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (PROD, [PRODUCTION_FILE.as_bytes(), b"# caf\xe9\n"].concat()),
+    ],
+    [(PROD, Some("\u{FFFD}"), "(root)", "not valid UTF-8")]
+);
+
+case!(
+    missing_format_version,
+    root(BASE.strip_prefix("version: 1\n").unwrap()),
+    [(
+        ROOT,
+        Some("hosts"),
+        "version",
+        "missing required key `version`"
+    )]
+);
+
+case!(
+    unsupported_format_version,
+    root(&base_with("version: 1", "version: 2")),
+    [(ROOT, Some("2\n"), "version", "unsupported format version 2")]
+);
+
+case!(
+    missing_app_version,
+    root(&base_with("        version: \"1.4.2\"\n", "")),
+    [(
+        ROOT,
+        Some("api:\n        listen"),
+        "environments.production.apps.api.version",
+        "missing required key `version`"
+    )]
+);
+
+case!(
+    bad_listen_address,
+    root(&base_with("\"0.0.0.0:80\"", "\"0.0.0.0\"")),
+    [(
+        ROOT,
+        Some("\"0.0.0.0\""),
+        "environments.production.apps.api.listen",
+        "invalid listen address \"0.0.0.0\""
+    )]
+);
+
+case!(
+    unknown_strategy,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (PROD, PRODUCTION_FILE.replace("blue-green", "red-black").into_bytes()),
+    ],
+    [(PROD, Some("red-black"), "apps.api.strategy", "unknown value \"red-black\", expected one of `blue-green`, `blue_green`, `rolling`, `canary`")]
+);
+
+case!(
+    rolling_batch_over_100_percent,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            PROD,
+            PRODUCTION_FILE
+                .replace(
+                    "strategy: blue-green",
+                    "strategy: { rolling: { batch: \"150%\" } }"
+                )
+                .into_bytes()
+        ),
+    ],
+    [(
+        PROD,
+        Some("\"150%\""),
+        "apps.api.strategy.rolling.batch",
+        "invalid batch \"150%\""
+    )]
+);
+
+case!(
+    rolling_without_settings,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            PROD,
+            PRODUCTION_FILE
+                .replace("strategy: blue-green", "strategy: rolling")
+                .into_bytes()
+        ),
+    ],
+    [(
+        PROD,
+        Some("rolling"),
+        "apps.api.strategy",
+        "`rolling` takes settings"
+    )]
+);
+
+case!(
+    unknown_placeholder_in_command,
+    root(&base_with("/opt/api/{version}", "/opt/api/{vesion}")),
+    [(
+        ROOT,
+        Some("\"/opt/api"),
+        "apps.api.runtime.command",
+        "unknown placeholder {vesion}"
+    )]
+);
+
+case!(
+    shell_syntax_in_command,
+    root(&base_with(
+        "0.0.0.0:{port}\"",
+        "0.0.0.0:{port} && rm -rf /\""
+    )),
+    [(
+        ROOT,
+        Some("\"/opt/api"),
+        "apps.api.runtime.command",
+        "needs a shell"
+    )]
+);
+
+case!(
+    top_level_is_not_a_mapping,
+    root("- version: 1\n"),
+    [(
+        ROOT,
+        None,
+        "(root)",
+        "expected a mapping at the top of the file, found a sequence"
+    )]
+);
+
+case!(
+    more_than_one_document,
+    root(&format!("{BASE}---\nversion: 1\n")),
+    [(ROOT, Some("---"), "(root)", "more than one YAML document")]
+);
+
+case!(
+    known_hosts_not_in_commit,
+    root(&base_with(
+        "balancers:",
+        "ssh: { known_hosts: ssh/known_hosts }\nbalancers:"
+    )),
+    [(
+        ROOT,
+        Some("ssh/known_hosts"),
+        "ssh.known_hosts",
+        "no file \"ssh/known_hosts\" in the commit"
+    )]
+);
+
+case!(
+    port_clash_between_environments_on_one_host,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (PROD, PRODUCTION_FILE.as_bytes().to_vec()),
+        ("environments/staging.yaml", b"balancer: edge\nhosts: [web-1]\napps:\n  api: { version: 1.5.0-rc.1, listen: \"0.0.0.0:8080\" }\n".to_vec()),
+    ],
+    [("environments/staging.yaml", Some("version"), "apps.api", "port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"production\"; give this environment its own ports with `slots:` under the app")]
+);
+
+case!(
+    frontend_port_clash_on_the_balancer,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (PROD, PRODUCTION_FILE.as_bytes().to_vec()),
+        ("environments/staging.yaml", b"balancer: edge\nhosts: [web-1]\napps:\n  api:\n    version: 1.5.0\n    listen: \"0.0.0.0:80\"\n    slots: { blue: 9000, green: 9001 }\n".to_vec()),
+    ],
+    [("environments/staging.yaml", Some("\"0.0.0.0:80\""), "apps.api.listen", "port 80 on host \"lb-1\" is already taken by the frontend of app \"api\" in environment \"production\"; choose another `listen` port or address")]
+);
+
+case!(
+    local_transport_with_ssh_settings,
+    root(&base_with(
+        "lb-1: { address: 192.0.2.10 }",
+        "lb-1: { transport: local, address: 192.0.2.10 }"
+    )),
+    [(
+        ROOT,
+        Some("address: 192.0.2.10"),
+        "hosts.lb-1.address",
+        "`address` does not apply to `transport: local`"
+    )]
+);
+
+case!(
+    probe_path_without_slash,
+    root(&base_with("path: /readyz", "path: readyz")),
+    [(
+        ROOT,
+        Some("readyz,"),
+        "apps.api.probe.path",
+        "invalid probe path \"readyz\""
+    )]
+);
+
+case!(
+    probe_deadline_too_short_to_ever_pass,
+    root(&base_with("deadline: 60s", "deadline: 2s")),
+    [(
+        ROOT,
+        Some("2s }"),
+        "apps.api.probe.deadline",
+        "shorter than healthy_after × interval"
+    )]
+);
+
+case!(
+    docker_runtime_without_image,
+    root(&base_with("kind: process", "kind: docker")),
+    [(
+        ROOT,
+        Some("runtime:"),
+        "apps.api.runtime.image",
+        "missing required key `image`"
+    )]
+);
+
+case!(
+    every_problem_in_every_file_is_reported_at_once,
+    vec![
+        (
+            ROOT,
+            base_without_environments()
+                .replace("port: 2222", "port: x")
+                .replace("drain: 10s", "drain: soon")
+                .replace("kind: haproxy", "kind: nginx")
+                .into_bytes()
+        ),
+        (
+            PROD,
+            PRODUCTION_FILE
+                .replace("[web-1, web-2]", "[web-1, web-1]")
+                .replace("\"1.4.2\"", "\"\"")
+                .into_bytes()
+        ),
+    ],
+    [
+        (
+            ROOT,
+            Some("x }"),
+            "hosts.web-2.port",
+            "expected a whole number"
+        ),
+        (
+            ROOT,
+            Some("nginx"),
+            "balancers.edge.kind",
+            "unknown value \"nginx\", expected one of `haproxy`"
+        ),
+        (
+            ROOT,
+            Some("soon"),
+            "apps.api.drain",
+            "invalid duration \"soon\""
+        ),
+        (
+            PROD,
+            Some("web-1]"),
+            "hosts[1]",
+            "host \"web-1\" is listed twice"
+        ),
+        (
+            PROD,
+            Some("\"\""),
+            "apps.api.version",
+            "invalid version \"\""
+        ),
+    ]
+);
+
+#[test]
+fn json_output_lists_the_same_errors_as_an_array() {
+    let repo = Repo::new();
+    repo.write("kube-free.yaml", base_with("drain: 10s", "drain: 10 sec"));
+    let commit = repo.commit("broken");
+    let run = kube_free(&["validate", "--repo", repo.path_str(), "--output", "json"]);
+    run.code(2);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["commit"], commit.as_str());
+    let errors = report["errors"].as_array().expect("errors is an array");
+    assert_eq!(errors.len(), 1);
+    let (line, column) = position(&base_with("drain: 10s", "drain: 10 sec"), "10 sec");
+    assert_eq!(errors[0]["file"], "kube-free.yaml");
+    assert_eq!(errors[0]["line"], line);
+    assert_eq!(errors[0]["column"], column);
+    assert_eq!(errors[0]["path"], "apps.api.drain");
+    assert_eq!(
+        errors[0]["message"],
+        "invalid duration \"10 sec\" (write e.g. \"500ms\", \"10s\", \"2m\", \"1h\", \"1m30s\")"
+    );
+}
+
+case!(
+    frontend_on_a_wildcard_address_clashes_with_a_specific_one,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (PROD, PRODUCTION_FILE.replace("0.0.0.0:80", "192.0.2.10:80").into_bytes()),
+        ("environments/staging.yaml", b"balancer: edge\nhosts: [web-1]\napps:\n  api:\n    version: 1.5.0\n    listen: \"*:80\"\n    slots: { blue: 9000, green: 9001 }\n".to_vec()),
+    ],
+    [("environments/staging.yaml", Some("\"*:80\""), "apps.api.listen", "port 80 on host \"lb-1\" is already taken")]
+);
+
+case!(
+    shell_comment_in_reload_command,
+    root(&base_with(
+        "kind: haproxy, host: lb-1 }",
+        "kind: haproxy, host: lb-1, reload_command: \"systemctl reload haproxy # hitless\" }"
+    )),
+    [(
+        ROOT,
+        Some("\"systemctl"),
+        "balancers.edge.reload_command",
+        "would start a comment in a shell"
+    )]
+);
+
+#[test]
+fn frontends_on_different_addresses_may_share_a_port() {
+    let repo = Repo::new();
+    repo.write("kube-free.yaml", base_without_environments());
+    repo.write(
+        "environments/production.yaml",
+        PRODUCTION_FILE.replace("0.0.0.0:80", "192.0.2.10:80"),
+    );
+    repo.write(
+        "environments/staging.yaml",
+        "balancer: edge\nhosts: [web-1]\napps:\n  api:\n    version: 1.5.0\n    listen: \"127.0.0.1:80\"\n    slots: { blue: 9000, green: 9001 }\n",
+    );
+    repo.commit("two frontends on port 80, two addresses");
+    kube_free(&["validate", "--repo", repo.path_str()]).code(0);
+}
