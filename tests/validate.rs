@@ -34,9 +34,10 @@ fn the_design_documents_example_is_understood() {
         .stderr_has("environments.staging.apps.api: port 8000 on host \"web-1\" is already taken");
     assert_eq!(run.stderr.lines().count(), 3, "{}", run.stderr);
     repo.write("ssh/known_hosts", "# keys go here\n");
+    // `./` before a path in the repository is fine.
     repo.write(
         "kube-free.yaml",
-        include_str!("fixtures/design-example.yaml").replace(
+        include_str!("fixtures/design-example.yaml").replace("known_hosts: ssh/known_hosts", "known_hosts: ./ssh/known_hosts").replace(
             "listen: \"0.0.0.0:8080\", strategy: blue-green }",
             "listen: \"0.0.0.0:8080\", strategy: blue-green, slots: { blue: 9000, green: 9001 } }",
         ),

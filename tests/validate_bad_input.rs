@@ -321,7 +321,7 @@ case!(
         ROOT,
         Some("[1]"),
         "environments.production.apps.api.strategy.canary.steps[2].pause",
-        "invalid pause a sequence"
+        "invalid pause: found a sequence"
     )]
 );
 
@@ -783,3 +783,9 @@ fn frontends_on_different_addresses_may_share_a_port() {
     repo.commit("two frontends on port 80, two addresses");
     kube_free(&["validate", "--repo", repo.path_str()]).code(0);
 }
+
+case!(
+    frontend_on_the_port_of_its_own_slot,
+    root(&base_with("host: lb-1 }", "host: web-1 }").replace("\"0.0.0.0:80\"", "\"0.0.0.0:8000\"")),
+    [(ROOT, Some("\"0.0.0.0:8000\""), "environments.production.apps.api.listen", "port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"production\"")]
+);

@@ -69,7 +69,7 @@ pub fn load(files: &dyn Files) -> Result<DesiredState, LoadError> {
                 line: 1,
                 column: 1,
                 path: YamlPath::root(),
-                message: "environment files end in .yaml; rename this file or it is ignored".into(),
+                message: "environment files end in .yaml; rename this file (it is not read)".into(),
             });
         }
     }

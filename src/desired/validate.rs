@@ -211,7 +211,11 @@ pub fn validate(
 
     let ssh = raw.ssh.as_ref().map_or_else(SshSettings::default, |s| {
         let path = top.key("ssh");
-        if let Some(kh) = &s.known_hosts {
+        let known_hosts = s
+            .known_hosts
+            .as_deref()
+            .map(|kh| kh.trim_start_matches("./").to_owned());
+        if let Some(kh) = &known_hosts {
             let p = path.key("known_hosts");
             if kh.starts_with('/') || kh.split('/').any(|s| s == "..") {
                 c.value(
@@ -229,7 +233,7 @@ pub fn validate(
             c.value(at, &path.key("identity_file"), "must not be empty".into());
         }
         SshSettings {
-            known_hosts: s.known_hosts.clone(),
+            known_hosts,
             identity_file: s.identity_file.clone(),
         }
     });
@@ -786,7 +790,7 @@ fn pause(node: &Node) -> Result<Pause, String> {
         Kind::Map(entries) if entries.is_empty() => Ok(Pause::UntilPromoted),
         Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) => duration::parse(s).map(Pause::For),
         _ => Err(format!(
-            "invalid pause {} (a duration such as \"2m\", or {{}} to wait for `kube-free promote`)",
+            "invalid pause: found {} (a duration such as \"2m\", or {{}} to wait for `kube-free promote`)",
             node.describe()
         )),
     }
@@ -794,9 +798,10 @@ fn pause(node: &Node) -> Result<Pause, String> {
 
 /// One use of a port on a machine.
 struct Claim<'a> {
-    /// Environment, app and host that use it: one owner never clashes with itself (two slots of one
-    /// app with one port are reported with the app's slots).
+    /// Environment, app and host that use it: two slots of one owner never clash here (two slots of
+    /// one app with one port are reported with the app's slots).
     owner: (&'a str, &'a str, &'a str),
+    frontend: bool,
     machine: String,
     port: u16,
     /// Bind address, `None` for all addresses (slots, whose bind address kube-free cannot know).
@@ -811,7 +816,7 @@ impl Claim<'_> {
     fn clashes_with(&self, other: &Claim) -> bool {
         self.machine == other.machine
             && self.port == other.port
-            && self.owner != other.owner
+            && (self.owner != other.owner || self.frontend || other.frontend)
             && match (self.address, other.address) {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
@@ -860,6 +865,7 @@ fn check_ports(
                         machine: machine(h),
                         port: s.port,
                         address: None,
+                        frontend: false,
                         what: format!(
                             "slot {:?} of app {app:?} in environment {:?}{on}",
                             s.name, env.name
@@ -880,6 +886,7 @@ fn check_ports(
                     machine: machine(&b.host),
                     port: d.listen.port,
                     address: (!wildcard).then_some(d.listen.address.as_str()),
+                    frontend: true,
                     what: format!("the frontend of app {app:?} in environment {:?}", env.name),
                     path: dp.key("listen"),
                     hint: "choose another `listen` port or address",
