@@ -37,6 +37,17 @@ pub enum Command {
     /// Reports every problem found, each as `FILE:LINE:COLUMN: YAML.PATH: message`, and the commit it
     /// read. Exit 0 when valid, 2 when not.
     Validate(ValidateArgs),
+    /// Observe the hosts and the balancer, diff against the desired state, print the steps; changes
+    /// nothing. Exit 0 when in sync, 10 when changes are pending.
+    Plan(PlanArgs),
+    /// Converge the hosts to the desired state, then exit.
+    ///
+    /// Starts the new version in the idle slot, probes it, enables it in HAProxy, moves the traffic,
+    /// drains and stops the old version. A step that fails leaves the old version serving and stops
+    /// what got no traffic. Exit 0 when converged, 1 when a step failed, 2 on bad input.
+    Reconcile(ReconcileArgs),
+    /// Show, per environment and app, the desired version and what runs and serves on each host.
+    Status(StatusArgs),
     /// Print the JSON Schema of the desired-state files.
     ///
     /// `schema/kube-free.schema.json` in kube-free's repository is this output. Point your editor at it
@@ -76,6 +87,60 @@ pub struct ValidateArgs {
     pub source: SourceArgs,
     /// Output format: `text` (problems on stderr) or `json` (one JSON object on stdout, with the
     /// problems as an array under `errors`).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Which environments and apps a command looks at.
+#[derive(Debug, Clone, Args)]
+pub struct ScopeArgs {
+    /// Only this environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// Only this app.
+    #[arg(long, value_name = "APP")]
+    pub app: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// `text`, `json`, or `dot` (Graphviz: `kube-free plan --output dot | dot -Tsvg > plan.svg`).
+    #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
+    pub output: PlanOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutput {
+    Text,
+    Json,
+    Dot,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Converge once and exit (the only mode so far; `kube-free watch` will run continuously).
+    #[arg(long, required = true)]
+    pub once: bool,
+    /// Most steps running at once (across hosts).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// `text` or `json`.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }

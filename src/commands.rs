@@ -1,11 +1,18 @@
 //! What each CLI command does, on top of the library: read the desired state, act, print the result.
 //! Output goes to the writers given, so tests can read it; errors are returned, never printed here.
 
-use crate::cli::{Output, SchemaArgs, SourceArgs, ValidateArgs};
-use crate::desired::{self, LoadError};
+use crate::cli::{
+    Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs, ScopeArgs, SourceArgs, StatusArgs,
+    ValidateArgs,
+};
+use crate::desired::{self, DesiredState, Files, LoadError};
+use crate::drivers::haproxy;
 use crate::error::{Error, Exit};
+use crate::plan::{self, Scope};
+use crate::reconcile::{self, World};
 use crate::source::{self, Snapshot, SourceSpec};
 use std::io::Write;
+use std::sync::Arc;
 
 /// Opens the source named on the command line at the commit it names.
 fn open(args: &SourceArgs) -> Result<Snapshot, Error> {
@@ -107,4 +114,208 @@ pub fn schema(args: &SchemaArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     serde_json::to_writer_pretty(&mut *out, &schema).map_err(std::io::Error::from)?;
     writeln!(out)?;
     Ok(Exit::Ok)
+}
+
+/// Loads the desired state and connects to every host it uses. Bad input is reported before any
+/// host is contacted.
+async fn connect(args: &SourceArgs) -> Result<Arc<World>, Error> {
+    let snapshot = open(args)?;
+    let state = desired::load(&snapshot).map_err(|e| load_error(&snapshot, e))?;
+    let known_hosts = match &state.ssh.known_hosts {
+        Some(path) => Some(
+            snapshot
+                .read(path)
+                .map_err(|e| load_error(&snapshot, LoadError::Files(e)))?,
+        ),
+        None => None,
+    };
+    Ok(Arc::new(
+        World::connect(state, snapshot.commit.to_string(), known_hosts).await?,
+    ))
+}
+
+fn scope(args: &ScopeArgs) -> Scope {
+    Scope {
+        env: args.env.clone(),
+        app: args.app.clone(),
+    }
+}
+
+pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    let world = connect(&args.source).await?;
+    let observed = world.observe().await?;
+    let plan = plan::build(
+        &world.desired,
+        &observed,
+        &world.stale_configs(&observed),
+        &scope(&args.scope),
+    );
+    match args.output {
+        PlanOutput::Text => write!(
+            out,
+            "desired state at commit {}\n{}",
+            world.revision,
+            plan.render_text()
+        )?,
+        PlanOutput::Json => {
+            let mut json = plan.render_json();
+            json["commit"] = world.revision.clone().into();
+            serde_json::to_writer_pretty(&mut *out, &json).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        }
+        PlanOutput::Dot => write!(out, "{}", plan.render_dot())?,
+    }
+    Ok(if plan.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Pending
+    })
+}
+
+pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    let world = connect(&args.source).await?;
+    let report =
+        reconcile::once(world.clone(), &scope(&args.scope), args.parallel as usize).await?;
+    if report.steps == 0 {
+        writeln!(out, "in sync at commit {}: nothing to do", world.revision)?;
+    } else {
+        writeln!(
+            out,
+            "converged to commit {} in {}",
+            world.revision,
+            plural(report.steps, "step")
+        )?;
+    }
+    Ok(Exit::Ok)
+}
+
+pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    let world = connect(&args.source).await?;
+    let observed = world.observe().await?;
+    let report = status_report(
+        &world.desired,
+        &observed,
+        &world.stale_configs(&observed),
+        &scope(&args.scope),
+    );
+    match args.output {
+        Output::Json => {
+            let json = serde_json::json!({ "commit": world.revision, "environments": report });
+            serde_json::to_writer_pretty(&mut *out, &json).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        }
+        Output::Text => {
+            writeln!(out, "desired state at commit {}", world.revision)?;
+            for app in &report {
+                writeln!(
+                    out,
+                    "\n{}/{}: desired {} ({}), {}",
+                    app["env"].as_str().unwrap_or_default(),
+                    app["app"].as_str().unwrap_or_default(),
+                    app["desired_version"].as_str().unwrap_or_default(),
+                    app["strategy"].as_str().unwrap_or_default(),
+                    if app["in_sync"] == true {
+                        "in sync"
+                    } else {
+                        "changes pending"
+                    }
+                )?;
+                writeln!(
+                    out,
+                    "  {:<16} {:<8} {:<16} {:<8} {:<6} {:>6}  BALANCER",
+                    "HOST", "SLOT", "VERSION", "PROCESS", "READY", "WEIGHT"
+                )?;
+                for s in app["slots"].as_array().into_iter().flatten() {
+                    let text = |k: &str| {
+                        s[k].as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| "-".into())
+                    };
+                    writeln!(
+                        out,
+                        "  {:<16} {:<8} {:<16} {:<8} {:<6} {:>6}  {}",
+                        text("host"),
+                        text("slot"),
+                        text("version"),
+                        if s["alive"] == true {
+                            "running"
+                        } else if s["version"].is_null() {
+                            "-"
+                        } else {
+                            "dead"
+                        },
+                        match s["ready"].as_bool() {
+                            Some(true) => "yes",
+                            Some(false) => "no",
+                            None => "-",
+                        },
+                        s["weight"].as_u64().map_or("-".into(), |w| w.to_string()),
+                        text("balancer_status"),
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Per environment and app: desired version, in sync or not, and every slot on every host.
+fn status_report(
+    desired: &DesiredState,
+    observed: &crate::observed::ObservedState,
+    stale: &std::collections::BTreeSet<String>,
+    scope: &Scope,
+) -> Vec<serde_json::Value> {
+    let mut apps = Vec::new();
+    for env in desired.environments.values() {
+        for (app, d) in &env.apps {
+            if scope.env.as_deref().is_some_and(|e| e != env.name)
+                || scope.app.as_deref().is_some_and(|a| a != app)
+            {
+                continue;
+            }
+            let only = Scope {
+                env: Some(env.name.clone()),
+                app: Some(app.clone()),
+            };
+            let in_sync = plan::build(desired, observed, stale, &only).is_empty();
+            let mut slots = Vec::new();
+            for host in &env.hosts {
+                for slot in &d.slots {
+                    let inst = observed.instance(host, &env.name, app, &slot.name);
+                    let server = observed.server(
+                        &env.balancer,
+                        &haproxy::backend_name(&env.name, app),
+                        &haproxy::server_name(host, &slot.name),
+                    );
+                    slots.push(serde_json::json!({
+                        "host": host,
+                        "slot": slot.name,
+                        "port": slot.port,
+                        "version": inst.map(|i| i.record.version.clone()),
+                        "revision": inst.map(|i| i.record.revision.clone()),
+                        "alive": inst.map(|i| i.alive),
+                        "ready": inst.and_then(|i| i.ready),
+                        "weight": server.map(|s| s.weight),
+                        "admin": server.map(|s| s.admin),
+                        "balancer_status": server.map(|s| s.status.clone()),
+                    }));
+                }
+            }
+            let strategy = match &d.strategy {
+                desired::Strategy::BlueGreen => "blue-green",
+                desired::Strategy::Rolling { .. } => "rolling",
+                desired::Strategy::Canary { .. } => "canary",
+            };
+            apps.push(serde_json::json!({
+                "env": env.name,
+                "app": app,
+                "desired_version": d.version,
+                "strategy": strategy,
+                "in_sync": in_sync,
+                "slots": slots,
+            }));
+        }
+    }
+    apps
 }

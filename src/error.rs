@@ -37,6 +37,10 @@ pub enum Error {
     },
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Reconcile(Box<crate::reconcile::ReconcileError>),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
 }
 
 impl Error {
@@ -44,7 +48,17 @@ impl Error {
         match self {
             Error::Source(e) if e.is_bad_input() => Exit::BadInput,
             Error::Invalid { .. } | Error::NoRootFile { .. } => Exit::BadInput,
-            Error::Source(_) | Error::Read { .. } | Error::Output(_) => Exit::Failed,
+            Error::Source(_)
+            | Error::Read { .. }
+            | Error::Output(_)
+            | Error::Reconcile(_)
+            | Error::Runtime(_) => Exit::Failed,
         }
+    }
+}
+
+impl From<crate::reconcile::ReconcileError> for Error {
+    fn from(e: crate::reconcile::ReconcileError) -> Self {
+        Error::Reconcile(Box::new(e))
     }
 }

@@ -5,7 +5,13 @@
 pub mod cli;
 pub mod commands;
 pub mod desired;
+pub mod drivers;
 pub mod error;
+pub mod execute;
+pub mod observed;
+pub mod plan;
+pub mod reconcile;
 pub mod source;
+pub mod state;
 
 pub use error::{Error, Exit};

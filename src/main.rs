@@ -16,11 +16,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
+    // Not locked: log lines from worker threads go to stderr too.
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
     let result = match &cli.command {
         Command::Validate(args) => commands::validate(args, &mut out, &mut err),
         Command::Schema(args) => commands::schema(args, &mut out),
+        Command::Plan(args) => block_on(commands::plan(args, &mut out)),
+        Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),
+        Command::Status(args) => block_on(commands::status(args, &mut out)),
     };
     let _ = out.flush();
     let code = match result {
@@ -33,6 +37,14 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code as u8)
+}
+
+fn block_on<F: std::future::Future<Output = Result<Exit, Error>>>(work: F) -> Result<Exit, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?
+        .block_on(work)
 }
 
 /// Prints an error once: located problems first, then the error and its chain of causes.

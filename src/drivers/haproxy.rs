@@ -1,0 +1,400 @@
+//! The HAProxy balancer driver. kube-free owns one config file on the balancer host, rendered here
+//! from the desired state: per environment and app a frontend (`listen`) and a backend with one server
+//! per host and slot. Weights, drain and maintenance change only through the runtime API (admin socket,
+//! reached through the transport); a structural change rewrites the file, checks it with `haproxy -c`,
+//! saves the runtime state of every server (so it survives) and runs the reload command.
+
+use super::process::write_file_cmd;
+use super::{run_ok, Cmd, Transport, TransportError};
+use crate::desired::{DesiredState, Environment, Transport as HostTransport};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Weight of a server that takes its full share.
+pub const FULL_WEIGHT: u32 = 100;
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn backend_name(env: &str, app: &str) -> String {
+    format!("kf_{env}_{app}")
+}
+
+pub fn server_name(host: &str, slot: &str) -> String {
+    format!("{host}_{slot}")
+}
+
+/// Where HAProxy keeps the saved runtime state of a backend, on the balancer host.
+pub fn state_file(state_dir: &str, backend: &str) -> String {
+    format!(
+        "{}/haproxy/{backend}.state",
+        state_dir.trim_end_matches('/')
+    )
+}
+
+/// Address the balancer uses to reach an app host.
+pub fn host_address(desired: &DesiredState, host: &str) -> String {
+    match desired.hosts.get(host).map(|h| &h.transport) {
+        Some(HostTransport::Ssh { address, .. }) if address.contains(':') => format!("[{address}]"),
+        Some(HostTransport::Ssh { address, .. }) => address.clone(),
+        _ => "127.0.0.1".to_owned(),
+    }
+}
+
+/// The config file for `balancer`: every environment it serves, in name order. Servers start in
+/// maintenance with weight 0; their runtime state is restored from the saved state file on reload.
+pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
+    let state_dir = desired
+        .balancers
+        .get(balancer)
+        .and_then(|b| desired.hosts.get(&b.host))
+        .map_or("/var/lib/kube-free", |h| h.state_dir.as_str());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Managed by kube-free from the desired state; changes here are overwritten."
+    );
+    let _ = writeln!(
+        out,
+        "# Weights and server states change at runtime, through the admin socket.\n"
+    );
+    let _ = writeln!(
+        out,
+        "defaults kube-free\n    mode http\n    option idle-close-on-response\n    option redispatch 1\n    retries 3\n    retry-on conn-failure\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    timeout http-keep-alive 10s\n    load-server-state-from-file local"
+    );
+    let envs: Vec<&Environment> = desired
+        .environments
+        .values()
+        .filter(|e| e.balancer == balancer)
+        .collect();
+    for env in envs {
+        for (app_name, d) in &env.apps {
+            let Some(app) = desired.apps.get(app_name) else {
+                continue;
+            };
+            let name = backend_name(&env.name, app_name);
+            let _ = writeln!(
+                out,
+                "\nfrontend {name}\n    bind {}\n    default_backend {name}",
+                d.listen
+            );
+            let _ = writeln!(
+                out,
+                "\nbackend {name}\n    balance roundrobin\n    option httpchk GET {}\n    http-check expect status 200\n    server-state-file-name {}\n    default-server check inter {}ms fall 2 rise 1 weight 0 disabled",
+                app.probe.path,
+                state_file(state_dir, &name),
+                app.probe.interval.as_millis().max(100),
+            );
+            for host in &env.hosts {
+                for slot in &d.slots {
+                    let _ = writeln!(
+                        out,
+                        "    server {} {}:{}",
+                        server_name(host, &slot.name),
+                        host_address(desired, host),
+                        slot.port
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Administrative state of a server, as set through the runtime API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admin {
+    Ready,
+    Drain,
+    Maint,
+}
+
+/// One server as HAProxy reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ServerStat {
+    pub admin: Admin,
+    /// HAProxy considers it up (health checks pass, not in maintenance).
+    pub up: bool,
+    pub weight: u32,
+    /// Current sessions.
+    pub scur: u64,
+    /// `show stat` status text (UP, DOWN, MAINT, DRAIN, ...).
+    pub status: String,
+    /// Responses by class and totals, for analysis.
+    pub hrsp_2xx: u64,
+    pub hrsp_5xx: u64,
+    pub req_tot: u64,
+}
+
+/// (backend, server) → what HAProxy says of it.
+pub type Servers = BTreeMap<(String, String), ServerStat>;
+
+fn csv_index(header: &str) -> BTreeMap<&str, usize> {
+    header
+        .trim_start_matches("# ")
+        .split(',')
+        .enumerate()
+        .map(|(i, n)| (n, i))
+        .collect()
+}
+
+/// Parses `show stat` and `show servers state` into one view per server.
+pub fn parse_servers(show_stat: &str, servers_state: &str) -> Servers {
+    // show servers state: "be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ..."
+    let mut admin_bits: BTreeMap<(String, String), (u32, u32)> = BTreeMap::new();
+    for line in servers_state.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 6 {
+            let op = f[5].parse().unwrap_or(0);
+            let admin = f[6].parse().unwrap_or(0);
+            admin_bits.insert((f[1].to_owned(), f[3].to_owned()), (op, admin));
+        }
+    }
+    let mut lines = show_stat.lines();
+    let Some(header) = lines.next() else {
+        return Servers::new();
+    };
+    let idx = csv_index(header);
+    let mut servers = Servers::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let get = |name: &str| idx.get(name).and_then(|&i| f.get(i)).copied().unwrap_or("");
+        let num = |name: &str| get(name).parse::<u64>().unwrap_or(0);
+        let (backend, server) = (get("pxname"), get("svname"));
+        if backend.is_empty() || server == "FRONTEND" || server == "BACKEND" {
+            continue;
+        }
+        let status = get("status").to_owned();
+        let (op, bits) = admin_bits
+            .get(&(backend.to_owned(), server.to_owned()))
+            .copied()
+            .unwrap_or((0, 0));
+        let admin = if status.starts_with("MAINT") {
+            Admin::Maint
+        } else if bits & 0x08 != 0 {
+            Admin::Drain
+        } else {
+            Admin::Ready
+        };
+        servers.insert(
+            (backend.to_owned(), server.to_owned()),
+            ServerStat {
+                admin,
+                up: op == 2 && !status.starts_with("MAINT"),
+                weight: num("weight") as u32,
+                scur: num("scur"),
+                status,
+                hrsp_2xx: num("hrsp_2xx"),
+                hrsp_5xx: num("hrsp_5xx"),
+                req_tot: num("req_tot"),
+            },
+        );
+    }
+    servers
+}
+
+pub fn set_weight(backend: &str, server: &str, weight: u32) -> String {
+    format!("set server {backend}/{server} weight {weight}")
+}
+
+pub fn set_state(backend: &str, server: &str, admin: Admin) -> String {
+    let state = match admin {
+        Admin::Ready => "ready",
+        Admin::Drain => "drain",
+        Admin::Maint => "maint",
+    };
+    format!("set server {backend}/{server} state {state}")
+}
+
+/// The balancer as kube-free drives it: its host's transport and the paths from the desired state.
+pub struct Haproxy<'a> {
+    pub transport: &'a dyn Transport,
+    pub admin_socket: &'a str,
+    pub config_file: &'a str,
+    pub reload_command: &'a [String],
+    pub state_dir: &'a str,
+}
+
+impl Haproxy<'_> {
+    /// Sends runtime API commands (joined with `;`, one connection) and returns the answer.
+    pub async fn runtime(&self, commands: &[String]) -> Result<String, TransportError> {
+        let io = |what: &str| {
+            let host = self.transport.host().to_owned();
+            let what = format!("{what} {}", self.admin_socket);
+            move |source| TransportError::Io { host, what, source }
+        };
+        let line = commands.join("; ");
+        let changes = commands.iter().any(|c| c.starts_with("set "));
+        tracing::debug!(host = self.transport.host(), changes, cmd = %line, "runtime API");
+        let work = async {
+            let mut stream = self.transport.connect_unix(self.admin_socket).await?;
+            stream
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .map_err(io("cannot write to"))?;
+            stream.shutdown().await.map_err(io("cannot write to"))?;
+            let mut answer = String::new();
+            stream
+                .read_to_string(&mut answer)
+                .await
+                .map_err(io("cannot read from"))?;
+            Ok::<_, TransportError>(answer)
+        };
+        let answer =
+            tokio::time::timeout(TIMEOUT, work)
+                .await
+                .map_err(|_| TransportError::Timeout {
+                    host: self.transport.host().to_owned(),
+                    cmd: format!("runtime API: {line}"),
+                    timeout: TIMEOUT,
+                })??;
+        // Set commands answer nothing on success; anything else is HAProxy's complaint.
+        let complaint = answer.lines().map(str::trim).find(|l| !l.is_empty());
+        if commands.iter().all(|c| c.starts_with("set ")) {
+            if let Some(c) = complaint {
+                return Err(TransportError::Failed {
+                    host: self.transport.host().to_owned(),
+                    cmd: format!("runtime API: {line}"),
+                    status: None,
+                    stderr: c.to_owned(),
+                });
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Every server's state.
+    pub async fn servers(&self) -> Result<Servers, TransportError> {
+        let stat = self.runtime(&["show stat".into()]).await?;
+        let state = self.runtime(&["show servers state".into()]).await?;
+        Ok(parse_servers(&stat, &state))
+    }
+
+    /// The config file as it is on the balancer host (`None` if there is none).
+    pub async fn current_config(&self) -> Result<Option<String>, TransportError> {
+        let out = self
+            .transport
+            .run(&Cmd::read(["cat", self.config_file]), TIMEOUT)
+            .await?;
+        Ok(out.success().then(|| out.stdout_text()))
+    }
+
+    /// Writes a new config: checks it, saves every backend's runtime state, installs it, reloads and
+    /// waits until HAProxy serves every backend of it.
+    pub async fn apply_config(
+        &self,
+        config: &str,
+        backends: &[String],
+    ) -> Result<(), TransportError> {
+        let candidate = format!("{}.kube-free-new", self.config_file);
+        run_ok(
+            self.transport,
+            &write_file_cmd(&candidate, config.as_bytes()),
+            TIMEOUT,
+        )
+        .await?;
+        run_ok(
+            self.transport,
+            &Cmd::read(["haproxy", "-c", "-q", "-f", &candidate]),
+            TIMEOUT,
+        )
+        .await?;
+        let running = self
+            .runtime(&["show backend".into()])
+            .await
+            .unwrap_or_default();
+        for backend in running
+            .lines()
+            .map(str::trim)
+            .filter(|b| b.starts_with("kf_"))
+        {
+            let state = self
+                .runtime(&[format!("show servers state {backend}")])
+                .await?;
+            run_ok(
+                self.transport,
+                &write_file_cmd(&state_file(self.state_dir, backend), state.as_bytes()),
+                TIMEOUT,
+            )
+            .await?;
+        }
+        run_ok(
+            self.transport,
+            &Cmd::change(["mv", "-f", &candidate, self.config_file]),
+            TIMEOUT,
+        )
+        .await?;
+        run_ok(
+            self.transport,
+            &Cmd::change(self.reload_command.iter().cloned()),
+            TIMEOUT,
+        )
+        .await?;
+        // The new worker answers on the admin socket once it has loaded the new config.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let serving = self
+                .runtime(&["show backend".into()])
+                .await
+                .unwrap_or_default();
+            if backends
+                .iter()
+                .all(|b| serving.lines().any(|l| l.trim() == b))
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TransportError::Failed {
+                    host: self.transport.host().to_owned(),
+                    cmd: self.reload_command.join(" "),
+                    status: None,
+                    stderr: "HAProxy did not serve the new backends within 30s of the reload"
+                        .into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,\n\
+kf_p_api,FRONTEND,,,0,0,262,0,0,0,0,0,0,,,,,OPEN,,,,,,,,,1,2,0,,,,0,0,0,0,,,,0,0,0,0,0,0,,0,0,0,\n\
+kf_p_api,web-1_blue,0,0,3,5,,9,0,0,,0,,0,0,0,0,UP,100,1,0,0,0,5,0,,1,3,1,,9,,2,0,,1,L7OK,200,1,0,7,0,0,2,0,,,,9,\n\
+kf_p_api,web-1_green,0,0,0,0,,0,0,0,,0,,0,0,0,0,MAINT,0,1,0,0,0,5,0,,1,3,2,,0,,2,0,,0,,,,0,0,0,0,0,0,,,,0,\n\
+kf_p_api,BACKEND,0,0,3,5,26,9,0,0,0,0,,0,0,0,0,UP,100,1,0,,0,5,0,,1,3,0,,9,,1,0,,1,,,,0,7,0,0,2,0,,,,9,\n";
+    const STATE: &str = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n3 kf_p_api 1 web-1_blue 10.0.0.11 2 4 100 1 0\n3 kf_p_api 2 web-1_green 10.0.0.11 0 5 0 1 0\n";
+
+    #[test]
+    fn show_stat_and_servers_state_combine() {
+        let s = parse_servers(STAT, STATE);
+        assert_eq!(s.len(), 2);
+        let blue = &s[&("kf_p_api".to_owned(), "web-1_blue".to_owned())];
+        assert_eq!(
+            (blue.admin, blue.up, blue.weight, blue.scur),
+            (Admin::Ready, true, 100, 3)
+        );
+        assert_eq!((blue.hrsp_2xx, blue.hrsp_5xx, blue.req_tot), (7, 2, 9));
+        let green = &s[&("kf_p_api".to_owned(), "web-1_green".to_owned())];
+        assert_eq!(
+            (green.admin, green.up, green.weight),
+            (Admin::Maint, false, 0)
+        );
+    }
+
+    #[test]
+    fn runtime_commands_are_exact() {
+        assert_eq!(
+            set_weight("kf_p_api", "web-1_blue", 100),
+            "set server kf_p_api/web-1_blue weight 100"
+        );
+        assert_eq!(
+            set_state("kf_p_api", "web-1_blue", Admin::Drain),
+            "set server kf_p_api/web-1_blue state drain"
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! The process runtime: starts an app instance detached from the session that started it (its own
+//! session, output to a log file), tells whether a recorded pid is still that very process, and stops
+//! it (SIGTERM, then SIGKILL after `stop_timeout`). Commands are built by pure functions; the async
+//! functions run them through a [`Transport`].
+
+use super::{run_ok, Cmd, Transport, TransportError};
+use crate::state::InstanceRecord;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+/// How soon after its start a process that exits counts as a failed start.
+const EXITS_AT_ONCE: Duration = Duration::from_millis(150);
+
+/// Starts argv in its own session with output appended to `log`, in `/`, and prints its pid. Every
+/// value is a positional parameter; the script text is constant.
+pub fn start_cmd(dir: &str, log: &str, argv: &[String]) -> Cmd {
+    let mut words = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        r#"set -e; mkdir -p "$1"; log=$2; shift 2; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & echo "$!""#.to_owned(),
+        "kube-free-start".to_owned(),
+        dir.to_owned(),
+        log.to_owned(),
+    ];
+    words.extend(argv.iter().cloned());
+    Cmd::change(words)
+}
+
+pub fn stat_cmd(pid: u32) -> Cmd {
+    // `|| true`-free: a missing file is a normal answer (exit 1, empty output).
+    Cmd::read(["cat".to_owned(), format!("/proc/{pid}/stat")])
+}
+
+pub fn kill_cmd(pid: u32, signal: &str) -> Cmd {
+    Cmd::change(["kill".to_owned(), format!("-{signal}"), pid.to_string()])
+}
+
+/// Writes a file atomically: a temp file beside it, fsync, rename.
+pub fn write_file_cmd(path: &str, content: &[u8]) -> Cmd {
+    Cmd::change([
+        "sh",
+        "-c",
+        r#"set -e; mkdir -p "$(dirname "$1")"; cat >"$1.tmp"; sync "$1.tmp"; mv -f "$1.tmp" "$1""#,
+        "kube-free-write",
+        path,
+    ])
+    .with_stdin(content)
+}
+
+pub fn remove_cmd(path: &str) -> Cmd {
+    Cmd::change(["rm", "-f", path])
+}
+
+/// Prints every instance file under `state_dir` as a line with its path, then a line with its content.
+pub fn list_instances_cmd(state_dir: &str) -> Cmd {
+    Cmd::read([
+        "sh",
+        "-c",
+        r#"for f in "$1"/*/*/*.json; do if [ -f "$f" ]; then printf '%s\n' "$f"; tr -d '\n' <"$f"; printf '\n'; fi; done"#,
+        "kube-free-list",
+        state_dir,
+    ])
+}
+
+pub fn tail_cmd(path: &str, lines: u32) -> Cmd {
+    Cmd::read([
+        "tail".to_owned(),
+        "-n".to_owned(),
+        lines.to_string(),
+        path.to_owned(),
+    ])
+}
+
+/// State and start time from `/proc/<pid>/stat` (the command name may hold spaces and parentheses,
+/// so fields are counted after its last `)`).
+pub fn parse_stat(text: &str) -> Option<(char, u64)> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// A recorded instance as found on its host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    Record(InstanceRecord),
+    /// A file that is not a valid record (torn or edited): reported, never trusted.
+    Unreadable {
+        path: String,
+        error: String,
+    },
+}
+
+pub fn parse_instances(text: &str) -> Vec<Found> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .chunks(2)
+        .map(|pair| {
+            let path = pair[0].to_owned();
+            let body = pair.get(1).copied().unwrap_or("");
+            match serde_json::from_str::<InstanceRecord>(body) {
+                Ok(r) => Found::Record(r),
+                Err(e) => Found::Unreadable {
+                    path,
+                    error: e.to_string(),
+                },
+            }
+        })
+        .collect()
+}
+
+/// Whether the process of `record` is alive and is the one that was started (not a reused pid).
+pub async fn is_alive(t: &dyn Transport, record: &InstanceRecord) -> Result<bool, TransportError> {
+    let out = t.run(&stat_cmd(record.pid), TIMEOUT).await?;
+    Ok(out.success()
+        && matches!(parse_stat(&out.stdout_text()), Some((state, start)) if state != 'Z' && state != 'X' && start == record.start_ticks))
+}
+
+/// What to start: argv (environment first, through `env`) and where to record it.
+pub struct StartSpec<'a> {
+    pub state_dir: &'a str,
+    pub env: &'a str,
+    pub app: &'a str,
+    pub slot: &'a str,
+    pub version: &'a str,
+    pub revision: &'a str,
+    pub port: u16,
+    pub argv: Vec<String>,
+}
+
+/// Starts the instance and writes its record; fails (with the end of its log) if it exits at once.
+pub async fn start(
+    t: &dyn Transport,
+    spec: &StartSpec<'_>,
+) -> Result<InstanceRecord, TransportError> {
+    let dir = crate::state::app_dir(spec.state_dir, spec.env, spec.app);
+    let log = crate::state::log_file(spec.state_dir, spec.env, spec.app, spec.slot);
+    let out = run_ok(t, &start_cmd(&dir, &log, &spec.argv), TIMEOUT).await?;
+    let failed = |why: String| TransportError::Failed {
+        host: t.host().to_owned(),
+        cmd: spec.argv.join(" "),
+        status: None,
+        stderr: why,
+    };
+    let pid: u32 = out.stdout_text().trim().parse().map_err(|_| {
+        failed(format!(
+            "no pid from the start script: {:?}",
+            out.stdout_text()
+        ))
+    })?;
+    // A command that cannot run at all (not found, bad flags) exits at once: give it a moment.
+    tokio::time::sleep(EXITS_AT_ONCE).await;
+    let stat = t.run(&stat_cmd(pid), TIMEOUT).await?;
+    let Some((_, start_ticks)) =
+        parse_stat(&stat.stdout_text()).filter(|(s, _)| *s != 'Z' && *s != 'X')
+    else {
+        let tail = t
+            .run(&tail_cmd(&log, 20), TIMEOUT)
+            .await
+            .map(|o| o.stdout_text())
+            .unwrap_or_default();
+        return Err(failed(format!(
+            "the process exited at once; end of {log}:\n{tail}"
+        )));
+    };
+    let record = InstanceRecord {
+        env: spec.env.to_owned(),
+        app: spec.app.to_owned(),
+        slot: spec.slot.to_owned(),
+        version: spec.version.to_owned(),
+        revision: spec.revision.to_owned(),
+        port: spec.port,
+        pid,
+        start_ticks,
+        started_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        argv: spec.argv.clone(),
+    };
+    let file = crate::state::instance_file(spec.state_dir, spec.env, spec.app, spec.slot);
+    let json = serde_json::to_vec(&record).expect("a record serializes");
+    run_ok(t, &write_file_cmd(&file, &json), TIMEOUT).await?;
+    Ok(record)
+}
+
+/// Stops the instance (SIGTERM, then SIGKILL after `stop_timeout`) and removes its record. Stopping
+/// what is not running is not an error.
+pub async fn stop(
+    t: &dyn Transport,
+    state_dir: &str,
+    record: &InstanceRecord,
+    stop_timeout: Duration,
+) -> Result<(), TransportError> {
+    if is_alive(t, record).await? {
+        // The process may exit between the check and the signal: `kill` failing then is fine.
+        t.run(&kill_cmd(record.pid, "TERM"), TIMEOUT).await?;
+        let deadline = tokio::time::Instant::now() + stop_timeout;
+        while is_alive(t, record).await? {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    host = t.host(),
+                    pid = record.pid,
+                    "instance did not stop within stop_timeout; sending SIGKILL"
+                );
+                t.run(&kill_cmd(record.pid, "KILL"), TIMEOUT).await?;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let file = crate::state::instance_file(state_dir, &record.env, &record.app, &record.slot);
+    run_ok(t, &remove_cmd(&file), TIMEOUT).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::local::LocalTransport;
+
+    #[test]
+    fn commands_are_exact() {
+        let cmd = start_cmd(
+            "/s/prod/api",
+            "/s/prod/api/blue.log",
+            &["env".into(), "PORT=8000".into(), "/opt/api bin".into()],
+        );
+        assert_eq!(
+            cmd.to_string(),
+            r#"sh -c 'set -e; mkdir -p "$1"; log=$2; shift 2; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & echo "$!"' kube-free-start /s/prod/api /s/prod/api/blue.log env PORT=8000 '/opt/api bin'"#
+        );
+        assert!(cmd.changes);
+        assert_eq!(kill_cmd(42, "TERM").to_string(), "kill -TERM 42");
+        assert_eq!(stat_cmd(42).to_string(), "cat /proc/42/stat");
+        assert!(!stat_cmd(42).changes);
+        assert_eq!(
+            write_file_cmd("/s/x.json", b"{}").to_string(),
+            r#"sh -c 'set -e; mkdir -p "$(dirname "$1")"; cat >"$1.tmp"; sync "$1.tmp"; mv -f "$1.tmp" "$1"' kube-free-write /s/x.json"#
+        );
+    }
+
+    #[test]
+    fn stat_lines_with_odd_command_names_parse() {
+        let line = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345 67 18446744073709551615";
+        assert_eq!(parse_stat(line), Some(('S', 987654)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn torn_instance_files_are_reported_not_trusted() {
+        let found = parse_instances("/s/a/b/blue.json\n{\"env\":\"a\"\n");
+        assert!(matches!(&found[0], Found::Unreadable { path, .. } if path == "/s/a/b/blue.json"));
+    }
+
+    #[tokio::test]
+    async fn start_check_and_stop_a_real_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().to_str().unwrap();
+        let t = LocalTransport::new("here");
+        let spec = StartSpec {
+            state_dir,
+            env: "test",
+            app: "sleeper",
+            slot: "blue",
+            version: "1",
+            revision: "abc",
+            port: 1,
+            argv: vec!["sleep".into(), "30".into()],
+        };
+        let record = start(&t, &spec).await.unwrap();
+        assert!(is_alive(&t, &record).await.unwrap());
+        let listed = t
+            .run(&list_instances_cmd(state_dir), TIMEOUT)
+            .await
+            .unwrap();
+        assert_eq!(
+            parse_instances(&listed.stdout_text()),
+            vec![Found::Record(record.clone())]
+        );
+        // A record whose start time does not match is not our process, even with a live pid.
+        let impostor = InstanceRecord {
+            start_ticks: record.start_ticks + 1,
+            ..record.clone()
+        };
+        assert!(!is_alive(&t, &impostor).await.unwrap());
+        stop(&t, state_dir, &record, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(!is_alive(&t, &record).await.unwrap());
+        let listed = t
+            .run(&list_instances_cmd(state_dir), TIMEOUT)
+            .await
+            .unwrap();
+        assert!(parse_instances(&listed.stdout_text()).is_empty());
+        // A command that exits at once is a failed start, with its log.
+        let bad = StartSpec {
+            argv: vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()],
+            ..spec
+        };
+        let err = start(&t, &bad).await.unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+    }
+}

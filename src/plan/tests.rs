@@ -1,0 +1,295 @@
+//! Planner tests on fake observed snapshots: whole plans against rendered snapshots, ordering with a
+//! happens-before helper.
+
+use super::*;
+use crate::desired::{load, MemFiles};
+use crate::drivers::haproxy::ServerStat;
+use crate::observed::Instance;
+use crate::state::InstanceRecord;
+
+const DESIRED: &str = r#"version: 1
+hosts:
+  web-1: { address: 192.0.2.11 }
+  web-2: { address: 192.0.2.12 }
+  lb-1: { address: 192.0.2.10 }
+balancers:
+  edge: { kind: haproxy, host: lb-1 }
+apps:
+  api:
+    runtime: { kind: process, command: "/opt/api/{version}/api --port {port}" }
+    slots: { blue: 8000, green: 8001 }
+environments:
+  prod:
+    balancer: edge
+    hosts: [web-1, web-2]
+    apps:
+      api: { version: "2.0", listen: "0.0.0.0:80" }
+"#;
+
+fn desired() -> DesiredState {
+    load(&MemFiles::default().with("kube-free.yaml", DESIRED)).unwrap()
+}
+
+fn stat(weight: u32, admin: Admin, up: bool) -> ServerStat {
+    ServerStat {
+        admin,
+        up,
+        weight,
+        scur: 0,
+        status: String::new(),
+        hrsp_2xx: 0,
+        hrsp_5xx: 0,
+        req_tot: 0,
+    }
+}
+
+struct World(ObservedState);
+
+impl World {
+    fn new() -> Self {
+        World(ObservedState::default())
+    }
+    fn instance(mut self, host: &str, slot: &str, version: &str, alive: bool, ready: bool) -> Self {
+        let record = InstanceRecord {
+            env: "prod".into(),
+            app: "api".into(),
+            slot: slot.into(),
+            version: version.into(),
+            revision: "r".into(),
+            port: if slot == "blue" { 8000 } else { 8001 },
+            pid: 1,
+            start_ticks: 1,
+            started_at: 0,
+            argv: vec![],
+        };
+        self.0
+            .hosts
+            .entry(host.into())
+            .or_default()
+            .instances
+            .insert(
+                ("prod".into(), "api".into(), slot.into()),
+                Instance {
+                    record,
+                    alive,
+                    ready: alive.then_some(ready),
+                },
+            );
+        self
+    }
+    fn server(mut self, host: &str, slot: &str, weight: u32, admin: Admin, up: bool) -> Self {
+        self.0
+            .balancers
+            .entry("edge".into())
+            .or_default()
+            .servers
+            .insert(
+                ("kf_prod_api".into(), format!("{host}_{slot}")),
+                stat(weight, admin, up),
+            );
+        self
+    }
+    /// Both hosts serve `version` from blue; green is in maintenance with nothing running.
+    fn serving_blue(self, version: &str) -> Self {
+        self.instance("web-1", "blue", version, true, true)
+            .instance("web-2", "blue", version, true, true)
+            .server("web-1", "blue", 100, Admin::Ready, true)
+            .server("web-2", "blue", 100, Admin::Ready, true)
+            .server("web-1", "green", 0, Admin::Maint, false)
+            .server("web-2", "green", 0, Admin::Maint, false)
+    }
+    fn plan(&self, stale: &[&str]) -> Plan {
+        let stale = stale.iter().map(|s| s.to_string()).collect();
+        build(&desired(), &self.0, &stale, &Scope::default())
+    }
+}
+
+/// Whether step `a` (found by its text) must finish before step `b` starts.
+fn happens_before(plan: &Plan, a: &str, b: &str) -> bool {
+    let find = |text: &str| {
+        plan.graph
+            .node_indices()
+            .find(|n| plan.graph[*n].to_string() == text)
+            .unwrap_or_else(|| panic!("no step {text:?} in\n{}", plan.render_text()))
+    };
+    petgraph::algo::has_path_connecting(&plan.graph, find(a), find(b), None)
+}
+
+#[test]
+fn first_deploy_starts_blue_everywhere_then_shifts() {
+    let plan = World::new().plan(&["edge"]);
+    assert_eq!(
+        plan.render_text(),
+        "\
+8 steps:
+   1. apply config and reload balancer edge
+   2. start prod/api 2.0 in slot blue on web-1  (after 1)
+   3. probe prod/api slot blue on web-1  (after 2)
+   4. enable kf_prod_api/web-1_blue on edge (weight 0, wait UP)  (after 3)
+   5. start prod/api 2.0 in slot blue on web-2  (after 1)
+   6. probe prod/api slot blue on web-2  (after 5)
+   7. enable kf_prod_api/web-2_blue on edge (weight 0, wait UP)  (after 6)
+   8. shift prod/api traffic on edge to [web-1_blue, web-2_blue]  (after 1, 4, 7)
+"
+    );
+}
+
+#[test]
+fn version_change_goes_to_the_idle_slot_and_retires_the_old_one_after_the_shift() {
+    let plan = World::new().serving_blue("1.0").plan(&[]);
+    assert_eq!(
+        plan.render_text(),
+        "\
+11 steps:
+   1. start prod/api 2.0 in slot green on web-1
+   2. probe prod/api slot green on web-1  (after 1)
+   3. enable kf_prod_api/web-1_green on edge (weight 0, wait UP)  (after 2)
+   4. start prod/api 2.0 in slot green on web-2
+   5. probe prod/api slot green on web-2  (after 4)
+   6. enable kf_prod_api/web-2_green on edge (weight 0, wait UP)  (after 5)
+   7. shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]  (after 3, 6)
+   8. drain kf_prod_api/web-1_blue on edge, then maint  (after 7)
+   9. stop prod/api 1.0 in slot blue on web-1  (after 8)
+  10. drain kf_prod_api/web-2_blue on edge, then maint  (after 7)
+  11. stop prod/api 1.0 in slot blue on web-2  (after 10)
+"
+    );
+    // Traffic never moves before every new instance passed the probe and is UP in the balancer, and
+    // nothing old is touched before the shift.
+    let shift = "shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]";
+    for host in ["web-1", "web-2"] {
+        assert!(happens_before(
+            &plan,
+            &format!("probe prod/api slot green on {host}"),
+            shift
+        ));
+        assert!(happens_before(
+            &plan,
+            &format!("enable kf_prod_api/{host}_green on edge (weight 0, wait UP)"),
+            shift
+        ));
+        assert!(happens_before(
+            &plan,
+            shift,
+            &format!("drain kf_prod_api/{host}_blue on edge, then maint")
+        ));
+        assert!(happens_before(
+            &plan,
+            &format!("drain kf_prod_api/{host}_blue on edge, then maint"),
+            &format!("stop prod/api 1.0 in slot blue on {host}")
+        ));
+    }
+}
+
+#[test]
+fn converged_state_plans_nothing() {
+    let world = World::new().serving_blue("2.0");
+    let plan = world.plan(&[]);
+    assert!(plan.is_empty(), "{}", plan.render_text());
+    assert_eq!(plan.render_text(), "in sync: nothing to do\n");
+    assert_eq!(plan.render_json()["in_sync"], true);
+}
+
+#[test]
+fn a_rollout_killed_midway_resumes_without_redoing_what_is_done() {
+    // web-1's green runs 2.0 and is enabled; web-2's green was never started.
+    let world = World::new()
+        .serving_blue("1.0")
+        .instance("web-1", "green", "2.0", true, true)
+        .server("web-1", "green", 0, Admin::Ready, true);
+    let text = world.plan(&[]).render_text();
+    assert!(
+        !text.contains("start prod/api 2.0 in slot green on web-1"),
+        "{text}"
+    );
+    assert!(!text.contains("enable kf_prod_api/web-1_green"), "{text}");
+    assert!(
+        text.contains("start prod/api 2.0 in slot green on web-2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shift prod/api traffic on edge to [web-1_green, web-2_green]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_new_instance_that_died_is_replaced() {
+    let world = World::new()
+        .serving_blue("1.0")
+        .instance("web-1", "green", "2.0", false, false);
+    let text = world.plan(&[]).render_text();
+    assert!(
+        text.contains("stop prod/api 2.0 in slot green on web-1"),
+        "{text}"
+    );
+    let plan = world.plan(&[]);
+    assert!(happens_before(
+        &plan,
+        "stop prod/api 2.0 in slot green on web-1",
+        "start prod/api 2.0 in slot green on web-1"
+    ));
+}
+
+#[test]
+fn after_the_shift_only_the_old_slot_is_retired() {
+    let world = World::new()
+        .instance("web-1", "green", "2.0", true, true)
+        .instance("web-2", "green", "2.0", true, true)
+        .instance("web-1", "blue", "1.0", true, true)
+        .server("web-1", "green", 100, Admin::Ready, true)
+        .server("web-2", "green", 100, Admin::Ready, true)
+        .server("web-1", "blue", 0, Admin::Drain, true)
+        .server("web-2", "blue", 0, Admin::Maint, false);
+    assert_eq!(
+        world.plan(&[]).render_text(),
+        "\
+2 steps:
+   1. drain kf_prod_api/web-1_blue on edge, then maint
+   2. stop prod/api 1.0 in slot blue on web-1  (after 1)
+"
+    );
+}
+
+#[test]
+fn cleanup_takes_out_what_gets_no_traffic_and_leaves_what_serves() {
+    let world = World::new()
+        .serving_blue("1.0")
+        .instance("web-1", "green", "2.0", true, false)
+        .server("web-1", "green", 0, Admin::Ready, true);
+    let plan = cleanup(&desired(), &world.0, "prod", "api");
+    assert_eq!(
+        plan.render_text(),
+        "\
+2 steps:
+   1. drain kf_prod_api/web-1_green on edge, then maint
+   2. stop prod/api 2.0 in slot green on web-1  (after 1)
+"
+    );
+}
+
+#[test]
+fn dot_and_json_renderings_cover_every_step_and_edge() {
+    let plan = World::new().serving_blue("1.0").plan(&["edge"]);
+    let dot = plan.render_dot();
+    assert!(dot.starts_with("digraph plan {"));
+    assert_eq!(dot.matches(" -> ").count(), plan.graph.edge_count());
+    assert_eq!(dot.matches("[label=").count(), plan.graph.node_count());
+    let json = plan.render_json();
+    assert_eq!(json["in_sync"], false);
+    assert_eq!(
+        json["steps"].as_array().unwrap().len(),
+        plan.graph.node_count()
+    );
+    assert_eq!(json["steps"][0]["detail"]["action"], "apply-config");
+}
+
+#[test]
+fn scope_limits_the_plan() {
+    let world = World::new();
+    let scope = Scope {
+        env: Some("staging".into()),
+        app: None,
+    };
+    assert!(build(&desired(), &world.0, &BTreeSet::new(), &scope).is_empty());
+}
