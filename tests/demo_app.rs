@@ -4,44 +4,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+mod common;
+use common::demo_binary;
 
-/// Builds the example (once per test binary) and returns its path.
-fn demo_binary() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "kube-free-demo"])
-            .current_dir(&manifest_dir)
-            .status()
-            .expect("failed to run cargo build --example kube-free-demo");
-        assert!(status.success(), "building kube-free-demo failed: {status}");
-        let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => {
-                let dir = PathBuf::from(dir);
-                if dir.is_absolute() {
-                    dir
-                } else {
-                    manifest_dir.join(dir)
-                }
-            }
-            None => manifest_dir.join("target"),
-        };
-        let bin = target_dir
-            .join("debug")
-            .join("examples")
-            .join("kube-free-demo");
-        assert!(bin.is_file(), "{} not found after build", bin.display());
-        bin
-    })
-}
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {

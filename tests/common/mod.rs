@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// A temporary Git repository, built file by file and commit by commit.
 pub struct Repo {
@@ -225,3 +226,161 @@ apps:
     listen: "0.0.0.0:80"
     strategy: blue-green
 "#;
+
+/// Builds the demo app example (once per test binary) and returns its path.
+pub fn demo_binary() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "kube-free-demo"])
+            .current_dir(&manifest_dir)
+            .status()
+            .expect("failed to run cargo build --example kube-free-demo");
+        assert!(status.success(), "building kube-free-demo failed: {status}");
+        let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+            Some(dir) => manifest_dir.join(dir),
+            None => manifest_dir.join("target"),
+        };
+        let bin = target_dir
+            .join("debug")
+            .join("examples")
+            .join("kube-free-demo");
+        assert!(bin.is_file(), "{} not found after build", bin.display());
+        bin
+    })
+}
+
+/// Panics with the install command unless every tool is on PATH (the README's test command installs
+/// them; this names what is missing when run another way).
+pub fn require_tools(tools: &[&str]) {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    assert!(missing.is_empty(), "missing tools {missing:?}: run the README's test command, which installs them with apt-get");
+}
+
+/// What `examples/quickstart/wrk-count.lua` counted.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub requests: u64,
+    pub failed: u64,
+    /// Responses by the version that served them.
+    pub served: std::collections::BTreeMap<String, u64>,
+    pub text: String,
+}
+
+impl Tally {
+    pub fn parse(text: &str) -> Tally {
+        let mut t = Tally {
+            text: text.to_owned(),
+            ..Tally::default()
+        };
+        let mut failed = None;
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("requests: ") {
+                t.requests = n.trim().parse().unwrap_or(0);
+            } else if let Some(n) = line.strip_prefix("failed: ") {
+                failed = n.trim().parse().ok();
+            } else if let Some(rest) = line.strip_prefix("served by version ") {
+                if let Some((v, n)) = rest.rsplit_once(": ") {
+                    t.served.insert(v.to_owned(), n.trim().parse().unwrap_or(0));
+                }
+            }
+        }
+        t.failed = failed.unwrap_or_else(|| panic!("wrk printed no tally:\n{text}"));
+        t
+    }
+
+    pub fn served_by(&self, version: &str) -> u64 {
+        self.served.get(version).copied().unwrap_or(0)
+    }
+}
+
+/// A wrk run in the background: keep-alive load, bounded by its duration (and killed if it overruns).
+pub struct Load {
+    child: Option<std::process::Child>,
+    seconds: u64,
+}
+
+impl Load {
+    /// `wrk -t2 -c20 -dSECONDS` against `url`, GET or POST, counting responses by version.
+    pub fn start(url: &str, seconds: u64, method: &str) -> Load {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart/wrk-count.lua");
+        let child = Command::new("wrk")
+            .args([
+                "-t2",
+                "-c20",
+                &format!("-d{seconds}s"),
+                "--timeout",
+                "5s",
+                "-s",
+            ])
+            .arg(script)
+            .arg(url)
+            .env("WRK_METHOD", method)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("wrk runs");
+        Load {
+            child: Some(child),
+            seconds,
+        }
+    }
+
+    pub fn finish(mut self) -> Tally {
+        let mut child = self.child.take().unwrap();
+        let limit = std::time::Instant::now() + std::time::Duration::from_secs(self.seconds + 30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < limit,
+                "wrk overran its duration"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        Tally::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 GET over a fresh connection; the body. Panics on any failure.
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "GET {address}{path}: {text}"
+    );
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_owned())
+        .unwrap_or_default()
+}
