@@ -385,7 +385,42 @@ impl Live {
         Ok(servers.get(&(at.backend(), at.server())).cloned())
     }
 
+    /// The instance file of a slot as it is now on its host, if there is a readable one.
+    async fn current_record(
+        &self,
+        at: &SlotRef,
+    ) -> Result<Option<crate::state::InstanceRecord>, String> {
+        let state_dir = &self.world.desired.hosts[&at.host].state_dir;
+        let file = crate::state::instance_file(state_dir, &at.env, &at.app, &at.slot);
+        let out = self
+            .world
+            .transport(&at.host)
+            .run(&crate::drivers::Cmd::read(["cat", &file]), READ_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(out
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten())
+    }
+
     async fn start(&self, at: &SlotRef, version: &str) -> Result<(), String> {
+        // Done already (a resumed run)? Never start over a live instance of another version.
+        if let Some(record) = self.current_record(at).await? {
+            if process::is_alive(self.world.transport(&at.host), &record)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return if record.version == version {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "slot {} on {} already runs {} (pid {})",
+                        at.slot, at.host, record.version, record.pid
+                    ))
+                };
+            }
+        }
         let host = &self.world.desired.hosts[&at.host];
         let app = self.app(at);
         let port = self.port(at);
