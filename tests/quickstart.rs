@@ -10,6 +10,7 @@ use std::process::Command;
 #[test]
 fn the_quickstart_switches_versions_under_load_with_no_failed_request() {
     require_tools(&["haproxy", "wrk", "git", "curl"]);
+    let _turn = load_test_turn();
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(top.join("examples/quickstart/run.sh"))

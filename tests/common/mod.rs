@@ -384,3 +384,21 @@ pub fn http_get(address: &str, path: &str) -> String {
         .map(|(_, b)| b.trim().to_owned())
         .unwrap_or_default()
 }
+
+/// Held by a test that puts load on this machine (wrk through HAProxy), so that such tests take turns
+/// instead of sharing two cores; released when dropped.
+pub struct LoadTestTurn(std::fs::File);
+
+pub fn load_test_turn() -> LoadTestTurn {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/tmp/kube-free-load-tests.lock")
+        .expect("lock file opens");
+    // SAFETY: flock on a valid, owned descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock failed");
+    LoadTestTurn(file)
+}

@@ -1,0 +1,1179 @@
+//! Test fleet: real hosts for integration tests, built and torn down by the tests themselves.
+//!
+//! A [`Fleet`] is a set of Linux network namespaces on this machine, one per host, each with its
+//! own IPv4 address and its own `sshd`, plus a balancer host that also runs HAProxy. Tests reach
+//! the hosts over SSH exactly as kube-free does in production: by address, with strict host-key
+//! checking against [`Fleet::known_hosts`] and the key in [`Fleet::identity_file`].
+//!
+//! Must run as root (namespaces, veths, sshd). Missing system tools are installed once with
+//! `apt-get` (see [`ensure_tools`]).
+//!
+//! # Layout of fleet number `<id>` (1–250)
+//!
+//! * Id claimed by holding `flock(LOCK_EX)` on `/tmp/kube-free-fleet-<id>.lock` for the fleet's
+//!   lifetime, so fleets in parallel test threads or processes never share names or subnets.
+//! * Subnet `10.231.<id>.0/24`. Hosts get `.10`, `.11`, ... in the order of
+//!   [`FleetSpec::app_hosts`], the balancer comes last. `.1` is this machine's (root namespace)
+//!   end of the fleet network, so the test process and kube-free reach every host directly.
+//! * Host namespaces `kf<id>-<host>` with `lo` and `eth0` (address, no default route: no traffic
+//!   can leave the fleet network).
+//! * Bridge `kfbr<id>` lives in its own "switch" namespace `kfsw<id>`; each host's `eth0` is the
+//!   peer of veth `kf<id>v<n>` on that bridge, and the root namespace is attached through the
+//!   veth `kf<id>up` (address `10.231.<id>.1/24`, peer `kf<id>uq` on the bridge). The bridge is
+//!   deliberately not in the root namespace: with `br_netfilter` loaded (as with Docker) frames
+//!   bridged in the root namespace go through the root's iptables FORWARD chain, whose policy is
+//!   often DROP, which silently cut host-to-host traffic (balancer to app hosts). A fresh
+//!   namespace has an empty, accepting ruleset, and the host's firewall stays untouched.
+//! * Everything else in `/tmp/kube-free-fleet-<id>/` ([`Fleet::dir`]): keys, `known_hosts`, per
+//!   host `hosts/<host>/{sshd_config,ssh_host_ed25519_key,sshd.pid,sshd.log,state/}`, and
+//!   `haproxy/{base.cfg,kube-free.cfg,reload.sh,admin.sock,haproxy.pid,haproxy.log}`. The name
+//!   is fixed per id (not random) so leftovers of a killed run can be found and removed.
+//!
+//! # Hosts
+//!
+//! Each host runs `/usr/sbin/sshd -D -e` in its namespace (a child of the test process) on
+//! `<address>:22` with its own ed25519 host key, root login by key only, `MaxStartups` and
+//! `MaxSessions` 100 (kube-free multiplexes commands over one master connection). Hosts share the
+//! machine's filesystem, users, pids and hostname; only the network is separate, so give each
+//! host's files their own place ([`Fleet::state_dir`]).
+//!
+//! # Balancer
+//!
+//! The balancer host also runs HAProxy in master-worker mode (`haproxy -W -db -f base.cfg -f
+//! kube-free.cfg`, foreground, a child of the test process) with the runtime API on
+//! [`Fleet::haproxy_admin_socket`]. kube-free owns [`Fleet::haproxy_config_file`] (empty at
+//! start) and reloads with [`Fleet::haproxy_reload_command`], a synchronous script (HAProxy 2.6
+//! drops a SIGUSR2 that arrives while it starts or re-executes itself, so a bare `kill -USR2`
+//! shortly after a start or another reload is silently lost).
+//!
+//! Keep a `Fleet` in a local of the test (not in a `static`, which is never dropped).
+//!
+//! # Teardown
+//!
+//! [`Drop`] kills every process in the fleet's namespaces and every process whose command line
+//! mentions the fleet's directory, deletes the namespaces (which takes the bridge and veths with
+//! them), deletes `kf<id>up`, waits until they are gone, removes the directory, and only then
+//! releases the id lock. Drop runs on panics too (also on a panic half way through
+//! [`Fleet::start`]: the value under construction owns what was built so far). A run killed with
+//! SIGKILL cannot clean up; its leftovers are removed by the next [`Fleet::start`]: before
+//! building, the fleet cleans its own id, and it sweeps every other id that has leftovers and
+//! whose lock is free.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, Once};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Highest fleet id; ids are 1..=MAX_ID, one /24 each.
+const MAX_ID: u8 = 250;
+/// First host address in the subnet (`10.231.<id>.10`).
+const FIRST_HOST: usize = 10;
+/// How long a process (sshd, HAProxy) may take to come up.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const SSHD: &str = "/usr/sbin/sshd";
+const HAPROXY: &str = "/usr/sbin/haproxy";
+const SSH: &str = "/usr/bin/ssh";
+const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+/// Lock serializing the one-time `apt-get` install across test processes.
+const INSTALL_LOCK: &str = "/tmp/kube-free-fleet-install.lock";
+/// Debian packages providing every tool the fleet and the tests using it need.
+const PACKAGES: &[&str] = &[
+    "openssh-server",
+    "openssh-client",
+    "haproxy",
+    "wrk",
+    "graphviz",
+    "iproute2",
+];
+
+/// What hosts a fleet has.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// Application hosts, e.g. `["web-1", "web-2"]`; addresses `.10`, `.11`, ... in this order.
+    pub app_hosts: Vec<String>,
+    /// The balancer host, e.g. `"lb-1"`: runs sshd like every host, and HAProxy.
+    pub balancer: String,
+}
+
+impl FleetSpec {
+    /// Convenience constructor: `FleetSpec::new(&["web-1", "web-2"], "lb-1")`.
+    pub fn new(app_hosts: &[&str], balancer: &str) -> FleetSpec {
+        FleetSpec {
+            app_hosts: app_hosts.iter().map(|h| h.to_string()).collect(),
+            balancer: balancer.to_string(),
+        }
+    }
+}
+
+/// One host of a fleet.
+#[derive(Debug)]
+struct Host {
+    name: String,
+    netns: String,
+    address: String,
+    dir: PathBuf,
+}
+
+/// A running test fleet; see the module documentation. Torn down when dropped.
+pub struct Fleet {
+    id: u8,
+    dir: PathBuf,
+    hosts: Vec<Host>,
+    balancer: String,
+    known_hosts: PathBuf,
+    identity: PathBuf,
+    /// Per host: the listening sshd (a child of this process: `ip netns exec` execs sshd).
+    sshd: Mutex<HashMap<String, Child>>,
+    /// The HAProxy master (`-W -db`, foreground, a child of this process).
+    haproxy: Mutex<Option<Child>>,
+    /// Held for the fleet's lifetime; dropped last, after [`Drop::drop`] has cleaned everything.
+    _lock: File,
+}
+
+impl Fleet {
+    /// Builds and starts a fleet: installs missing tools, claims an id, removes stale leftovers,
+    /// creates the namespaces and network, starts and verifies sshd on every host (a real
+    /// login with strict host-key checking) and HAProxy on the balancer (admin socket answers,
+    /// a reload gives a new worker that answers too).
+    ///
+    /// Panics with a message naming the failed step (and the daemon's log where there is one)
+    /// if anything fails; what was built so far is torn down by the unwinding.
+    pub fn start(spec: FleetSpec) -> Fleet {
+        ensure_tools();
+        validate_spec(&spec);
+        let (id, lock) = claim_id();
+        if stale_ids(0).contains(&id) {
+            eprintln!("fleet: removing leftovers of fleet {id} (earlier run killed?)");
+        }
+        cleanup_id(id);
+        sweep_stale_ids(id);
+
+        let dir = fleet_dir(id);
+        let mut names: Vec<String> = spec.app_hosts.clone();
+        names.push(spec.balancer.clone());
+        let hosts: Vec<Host> = names
+            .iter()
+            .enumerate()
+            .map(|(n, name)| Host {
+                name: name.clone(),
+                netns: format!("kf{id}-{name}"),
+                address: format!("10.231.{id}.{}", FIRST_HOST + n),
+                dir: dir.join("hosts").join(name),
+            })
+            .collect();
+        // From here on, a panic drops `fleet`, which tears down whatever exists.
+        let fleet = Fleet {
+            id,
+            known_hosts: dir.join("known_hosts"),
+            identity: dir.join("client").join("id_ed25519"),
+            dir,
+            hosts,
+            balancer: spec.balancer.clone(),
+            sshd: Mutex::new(HashMap::new()),
+            haproxy: Mutex::new(None),
+            _lock: lock,
+        };
+        fleet.build_dirs_and_keys();
+        fleet.build_network();
+        for host in &fleet.hosts {
+            fleet.spawn_sshd(&host.name);
+        }
+        for host in &fleet.hosts {
+            fleet.wait_sshd(&host.name);
+        }
+        fleet.start_haproxy();
+        fleet
+    }
+
+    /// The fleet's number, 1–250 (third octet of its subnet, part of every name).
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// Directory holding everything of this fleet (`/tmp/kube-free-fleet-<id>`); removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Names of all hosts: the app hosts in spec order, then the balancer.
+    pub fn hosts(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.name.clone()).collect()
+    }
+
+    /// Name of the balancer host.
+    pub fn balancer(&self) -> &str {
+        &self.balancer
+    }
+
+    /// IPv4 address of the host's namespace, e.g. `10.231.3.10`. Panics on an unknown host.
+    pub fn address(&self, host: &str) -> String {
+        self.host(host).address.clone()
+    }
+
+    /// Name of the host's network namespace, `kf<id>-<host>` (for `ip netns exec`).
+    pub fn netns(&self, host: &str) -> String {
+        self.host(host).netns.clone()
+    }
+
+    /// Address of this machine (root namespace) on the fleet network, `10.231.<id>.1`.
+    pub fn gateway_address(&self) -> String {
+        format!("10.231.{}.1", self.id)
+    }
+
+    /// Name of the bridge (inside namespace [`Fleet::switch_netns`]), `kfbr<id>`.
+    pub fn bridge(&self) -> String {
+        format!("kfbr{}", self.id)
+    }
+
+    /// Namespace holding the bridge, `kfsw<id>`.
+    pub fn switch_netns(&self) -> String {
+        format!("kfsw{}", self.id)
+    }
+
+    /// Per-host state directory `<dir>/hosts/<host>/state` (exists; hosts share one filesystem,
+    /// so give each host's files their own place here).
+    pub fn state_dir(&self, host: &str) -> PathBuf {
+        self.host(host).dir.join("state")
+    }
+
+    /// `known_hosts` file with every host's ed25519 key, keyed by its IP
+    /// (`10.231.<id>.10 ssh-ed25519 AAAA...`).
+    pub fn known_hosts(&self) -> &Path {
+        &self.known_hosts
+    }
+
+    /// Contents of [`Fleet::known_hosts`].
+    pub fn known_hosts_text(&self) -> String {
+        fs::read_to_string(&self.known_hosts).expect("read fleet known_hosts")
+    }
+
+    /// Client private key (ed25519, no passphrase, mode 0600) that every host accepts for root;
+    /// the public key is next to it with `.pub`.
+    pub fn identity_file(&self) -> &Path {
+        &self.identity
+    }
+
+    /// Runs `ip netns exec <netns of host> argv...` and returns its output (does not panic on a
+    /// non-zero exit; does panic if `ip` cannot be run).
+    pub fn exec(&self, host: &str, argv: &[&str]) -> Output {
+        let ns = self.netns(host);
+        Command::new(ip_bin())
+            .args(["netns", "exec", &ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("fleet: ip netns exec {ns} {argv:?}: {e}"))
+    }
+
+    /// An `ssh` command to `root@<address of host>` with this fleet's identity and known_hosts,
+    /// strict host-key checking and batch mode, ignoring the user's ssh config; append the
+    /// remote command with `.arg(...)`.
+    pub fn ssh_command(&self, host: &str) -> Command {
+        let mut cmd = Command::new(SSH);
+        cmd.args(self.ssh_options())
+            .arg(format!("root@{}", self.address(host)))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The ssh client options [`Fleet::ssh_command`] uses (`-F /dev/null -i KEY -o ...`).
+    pub fn ssh_options(&self) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "-F".into(),
+            "/dev/null".into(),
+            "-i".into(),
+            self.identity.display().to_string(),
+        ];
+        for o in [
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "GlobalKnownHostsFile=/dev/null".to_string(),
+            "StrictHostKeyChecking=yes".to_string(),
+            "BatchMode=yes".to_string(),
+            "IdentitiesOnly=yes".to_string(),
+            "ConnectTimeout=5".to_string(),
+            "LogLevel=ERROR".to_string(),
+        ] {
+            v.push("-o".into());
+            v.push(o);
+        }
+        v
+    }
+
+    /// Runs `remote_command` on the host over ssh (see [`Fleet::ssh_command`]); returns the output.
+    pub fn ssh(&self, host: &str, remote_command: &str) -> Output {
+        self.ssh_command(host)
+            .arg(remote_command)
+            .output()
+            .expect("fleet: run ssh")
+    }
+
+    /// Stops sshd on the host: SIGKILL to the listening sshd and to every other sshd process in
+    /// the host's namespace (its per-connection processes), so new connections are refused and
+    /// existing ones (e.g. kube-free's multiplexing master) are cut. Commands started through
+    /// those sessions are not killed here (they may die of SIGHUP/SIGPIPE; drop kills the rest). Returns once port 22 refuses connections. No-op if stopped.
+    pub fn stop_sshd(&self, host: &str) {
+        let h = self.host(host);
+        let child = self.sshd.lock().unwrap().remove(host);
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in netns_pids(&h.netns) {
+            if fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == Path::new(SSHD)) {
+                kill9(pid);
+            }
+        }
+        let addr: SocketAddr = format!("{}:22", h.address).parse().unwrap();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "fleet: sshd on {host} still accepts connections after stop_sshd"
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts sshd on the host again (same host key and config), waits until it accepts
+    /// connections and verifies a login. No-op if it is running.
+    pub fn start_sshd(&self, host: &str) {
+        self.host(host);
+        {
+            let mut map = self.sshd.lock().unwrap();
+            if let Some(child) = map.get_mut(host) {
+                if matches!(child.try_wait(), Ok(None)) {
+                    return;
+                }
+                map.remove(host);
+            }
+        }
+        self.spawn_sshd(host);
+        self.wait_sshd(host);
+    }
+
+    /// The HAProxy runtime API socket (`stats socket ... level admin expose-fd listeners`).
+    pub fn haproxy_admin_socket(&self) -> PathBuf {
+        self.dir.join("haproxy").join("admin.sock")
+    }
+
+    /// The config file kube-free owns; HAProxy loads it after `base.cfg` (`-f base.cfg -f
+    /// kube-free.cfg`); empty at start.
+    pub fn haproxy_config_file(&self) -> PathBuf {
+        self.dir.join("haproxy").join("kube-free.cfg")
+    }
+
+    /// The base config the fleet wrote (`global` + `defaults`).
+    pub fn haproxy_base_config_file(&self) -> PathBuf {
+        self.dir.join("haproxy").join("base.cfg")
+    }
+
+    /// HAProxy's pid file; holds the master's pid (stable across reloads).
+    pub fn haproxy_pid_file(&self) -> PathBuf {
+        self.dir.join("haproxy").join("haproxy.pid")
+    }
+
+    /// HAProxy's log (master and workers' stderr, `log stderr ... notice`).
+    pub fn haproxy_log_file(&self) -> PathBuf {
+        self.dir.join("haproxy").join("haproxy.log")
+    }
+
+    /// The reload script the fleet wrote, `<dir>/haproxy/reload.sh` (see
+    /// [`Fleet::haproxy_reload_command`]).
+    pub fn haproxy_reload_script(&self) -> PathBuf {
+        self.dir.join("haproxy").join("reload.sh")
+    }
+
+    /// Command line that reloads HAProxy hitlessly, in kube-free's desired-state form (words
+    /// split by shell rules, no shell syntax): `sh <dir>/haproxy/reload.sh`. Runs on the
+    /// balancer (over ssh or `ip netns exec`; any namespace works, it only signals a pid).
+    ///
+    /// The script sends SIGUSR2 to the HAProxy master, which re-reads `base.cfg` and
+    /// `kube-free.cfg` and starts a new worker that takes over the listening sockets (`-x`,
+    /// `expose-fd listeners`) while the old one finishes its connections. It is synchronous, like
+    /// `systemctl reload`: it first waits (≤ 10 s) until the master catches SIGUSR2 (HAProxy 2.6
+    /// ignores SIGUSR2 while it starts or re-executes itself, so a signal sent then is lost), then
+    /// waits (≤ 10 s) for `Loading success` / `Loading failure` in the log and for the master to
+    /// be ready again. Exit 0: the new worker serves the new config. Exit 1 with a message on
+    /// stderr: the new config failed to load (the old worker keeps serving the old config) or a
+    /// timeout.
+    pub fn haproxy_reload_command(&self) -> String {
+        format!("sh {}", self.haproxy_reload_script().display())
+    }
+
+    /// Sends one runtime API command (e.g. `show info`, `show servers state`) to the admin
+    /// socket and returns the whole answer. Panics if the socket cannot be used.
+    pub fn haproxy_runtime(&self, command: &str) -> String {
+        self.try_haproxy_runtime(command)
+            .unwrap_or_else(|e| panic!("fleet: HAProxy runtime API {command:?}: {e}"))
+    }
+
+    /// Like [`Fleet::haproxy_runtime`], returning the I/O error instead of panicking.
+    pub fn try_haproxy_runtime(&self, command: &str) -> std::io::Result<String> {
+        let mut s = UnixStream::connect(self.haproxy_admin_socket())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(command.trim_end().as_bytes())?;
+        s.write_all(b"\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    }
+
+    /// Pid of the current HAProxy worker (`Pid:` of `show info`), if the socket answers.
+    pub fn haproxy_worker_pid(&self) -> Option<u32> {
+        let info = self.try_haproxy_runtime("show info").ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    /// Pid of the HAProxy master (stable across reloads), from the pid file.
+    pub fn haproxy_master_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.haproxy_pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Runs [`Fleet::haproxy_reload_command`] in the balancer's namespace, checks it succeeded
+    /// and that a new worker answers on the admin socket; returns the new worker's pid. Panics
+    /// otherwise (e.g. kube-free.cfg is invalid), with the script's stderr and HAProxy's log.
+    pub fn haproxy_reload(&self) -> u32 {
+        let before = self.haproxy_worker_pid();
+        let command = self.haproxy_reload_command();
+        let argv: Vec<&str> = command.split(' ').collect();
+        let out = self.exec(&self.balancer, &argv);
+        assert!(
+            out.status.success(),
+            "fleet: HAProxy reload ({command}) failed: {}\nHAProxy log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            read_lossy(&self.haproxy_log_file())
+        );
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(pid) = self.haproxy_worker_pid() {
+                if Some(pid) != before {
+                    return pid;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "fleet: after a reload the admin socket shows no new worker within {READY_TIMEOUT:?} (still {before:?}); log:\n{}",
+                    read_lossy(&self.haproxy_log_file())
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Pids of all processes currently in the host's namespace.
+    pub fn pids(&self, host: &str) -> Vec<i32> {
+        netns_pids(&self.netns(host))
+    }
+
+    // ---- building ----
+
+    fn host(&self, host: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == host)
+            .unwrap_or_else(|| panic!("fleet: no host {host:?} in this fleet"))
+    }
+
+    fn build_dirs_and_keys(&self) {
+        // World-readable directories (apps kube-free starts may run as other users); only the
+        // private keys are 0600.
+        create_dir(&self.dir);
+        let client = self.dir.join("client");
+        create_dir(&client);
+        keygen(
+            &self.identity,
+            &format!("kube-free-fleet-{}-client", self.id),
+        );
+        fs::set_permissions(&self.identity, fs::Permissions::from_mode(0o600)).unwrap();
+        let public = fs::read_to_string(self.identity.with_extension("pub")).unwrap();
+        fs::write(client.join("authorized_keys"), &public).unwrap();
+
+        // Privilege separation directory sshd insists on.
+        create_dir(Path::new("/run/sshd"));
+        fs::set_permissions("/run/sshd", fs::Permissions::from_mode(0o755)).unwrap();
+
+        let mut known_hosts = String::new();
+        for h in &self.hosts {
+            create_dir(&h.dir.join("state"));
+            let key = h.dir.join("ssh_host_ed25519_key");
+            keygen(&key, &format!("{}@kube-free-fleet-{}", h.name, self.id));
+            let public = fs::read_to_string(key.with_extension("pub")).unwrap();
+            let mut words = public.split_whitespace();
+            let (kind, blob) = (words.next().unwrap(), words.next().unwrap());
+            known_hosts.push_str(&format!("{} {kind} {blob}\n", h.address));
+            let config = format!(
+                "# sshd of fleet host {name} ({address}), written by tests/fleet\n\
+                 ListenAddress {address}:22\n\
+                 HostKey {key}\n\
+                 PidFile {dir}/sshd.pid\n\
+                 AuthorizedKeysFile {authorized}\n\
+                 PermitRootLogin prohibit-password\n\
+                 PubkeyAuthentication yes\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 UsePAM no\n\
+                 StrictModes no\n\
+                 MaxStartups 100\n\
+                 MaxSessions 100\n\
+                 UseDNS no\n\
+                 PrintMotd no\n\
+                 PrintLastLog no\n\
+                 X11Forwarding no\n\
+                 AllowTcpForwarding yes\n\
+                 AllowStreamLocalForwarding yes\n\
+                 LogLevel VERBOSE\n\
+                 Subsystem sftp internal-sftp\n",
+                name = h.name,
+                address = h.address,
+                key = key.display(),
+                dir = h.dir.display(),
+                authorized = client.join("authorized_keys").display(),
+            );
+            fs::write(h.dir.join("sshd_config"), config).unwrap();
+        }
+        fs::write(&self.known_hosts, known_hosts).unwrap();
+    }
+
+    fn build_network(&self) {
+        let id = self.id;
+        let sw = self.switch_netns();
+        let br = self.bridge();
+        ip(&["netns", "add", &sw]);
+        ip(&["-n", &sw, "link", "set", "lo", "up"]);
+        ip(&["-n", &sw, "link", "add", &br, "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", &br, "up"]);
+        let up = format!("kf{id}up");
+        let uq = format!("kf{id}uq");
+        ip(&[
+            "link", "add", &up, "type", "veth", "peer", "name", &uq, "netns", &sw,
+        ]);
+        ip(&["-n", &sw, "link", "set", &uq, "master", &br, "up"]);
+        ip(&["addr", "add", &format!("10.231.{id}.1/24"), "dev", &up]);
+        ip(&["link", "set", &up, "up"]);
+        for (n, h) in self.hosts.iter().enumerate() {
+            let ns = &h.netns;
+            let v = format!("kf{id}v{n}");
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&[
+                "-n", &sw, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]);
+            ip(&["-n", &sw, "link", "set", &v, "master", &br, "up"]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", h.address),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        }
+    }
+
+    fn spawn_sshd(&self, host: &str) {
+        let h = self.host(host);
+        let log = h.dir.join("sshd.log");
+        let stderr = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let config = h.dir.join("sshd_config");
+        let child = Command::new(ip_bin())
+            .args(["netns", "exec", &h.netns, SSHD, "-D", "-e", "-f"])
+            .arg(&config)
+            .arg("-E")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(stderr.try_clone().unwrap())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("fleet: start sshd on {host}: {e}"));
+        self.sshd.lock().unwrap().insert(host.to_string(), child);
+    }
+
+    /// Waits until the host's sshd sends its banner on IP:22, then logs in for real.
+    fn wait_sshd(&self, host: &str) {
+        let h = self.host(host);
+        let addr: SocketAddr = format!("{}:22", h.address).parse().unwrap();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .sshd
+                .lock()
+                .unwrap()
+                .get_mut(host)
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "fleet: sshd on {host} exited ({status}); log:\n{}",
+                    read_lossy(&h.dir.join("sshd.log"))
+                );
+            }
+            if ssh_banner(&addr) {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "fleet: sshd on {host} ({addr}) not accepting connections within {READY_TIMEOUT:?}; log:\n{}",
+                    read_lossy(&h.dir.join("sshd.log"))
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+        let out = self.ssh(host, "true");
+        assert!(
+            out.status.success(),
+            "fleet: ssh login to {host} ({}) failed: {}\nsshd log:\n{}",
+            h.address,
+            String::from_utf8_lossy(&out.stderr),
+            read_lossy(&h.dir.join("sshd.log"))
+        );
+    }
+
+    fn start_haproxy(&self) {
+        let hdir = self.dir.join("haproxy");
+        create_dir(&hdir);
+        let base = format!(
+            "# Base config of the fleet's HAProxy, written by tests/fleet; kube-free owns kube-free.cfg.\n\
+             global\n\
+             \x20   master-worker\n\
+             \x20   stats socket {sock} mode 600 level admin expose-fd listeners\n\
+             \x20   pidfile {pid}\n\
+             \x20   log stderr format short local0 notice\n\
+             \n\
+             defaults\n\
+             \x20   mode http\n\
+             \x20   timeout connect 2s\n\
+             \x20   timeout client 30s\n\
+             \x20   timeout server 30s\n",
+            sock = self.haproxy_admin_socket().display(),
+            pid = self.haproxy_pid_file().display(),
+        );
+        fs::write(self.haproxy_base_config_file(), base).unwrap();
+        fs::write(self.haproxy_config_file(), "").unwrap();
+        let script = RELOAD_SCRIPT
+            .replace("@PIDFILE@", &self.haproxy_pid_file().display().to_string())
+            .replace("@LOG@", &self.haproxy_log_file().display().to_string());
+        fs::write(self.haproxy_reload_script(), script).unwrap();
+        fs::set_permissions(
+            self.haproxy_reload_script(),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let log = File::create(self.haproxy_log_file()).unwrap();
+        let ns = self.netns(&self.balancer);
+        // Foreground master (-W -db) as our child: its pid is stable across reloads (USR2
+        // re-execs it in place) and it stops its workers when killed. The pid file is written
+        // by HAProxy (`pidfile` in base.cfg).
+        let child = Command::new(ip_bin())
+            .args(["netns", "exec", &ns, HAPROXY, "-W", "-db", "-f"])
+            .arg(self.haproxy_base_config_file())
+            .arg("-f")
+            .arg(self.haproxy_config_file())
+            .current_dir(&hdir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("fleet: start HAProxy: {e}"));
+        let master = child.id();
+        *self.haproxy.lock().unwrap() = Some(child);
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let first = loop {
+            if let Some(status) = self
+                .haproxy
+                .lock()
+                .unwrap()
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "fleet: HAProxy exited ({status}); log:\n{}",
+                    read_lossy(&self.haproxy_log_file())
+                );
+            }
+            // Ready: pid file written, first load done, master accepts SIGUSR2, worker answers.
+            let ready = self.haproxy_master_pid() == Some(master)
+                && read_lossy(&self.haproxy_log_file()).contains("Loading success")
+                && catches_sigusr2(master);
+            match self.haproxy_worker_pid() {
+                Some(pid) if ready => break pid,
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "fleet: HAProxy not ready (pid file, `Loading success`, SIGUSR2 handler, admin socket) within {READY_TIMEOUT:?}; log:\n{}",
+                    read_lossy(&self.haproxy_log_file())
+                );
+            }
+            sleep(Duration::from_millis(20));
+        };
+        let second = self.haproxy_reload();
+        assert_ne!(first, second);
+    }
+}
+
+impl Drop for Fleet {
+    /// Kills sshd, HAProxy and every other process in the fleet's namespaces or mentioning its
+    /// directory, deletes namespaces, bridge and veths, removes the directory; then (field drop)
+    /// releases the id lock. Never panics.
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.sshd.lock() {
+            for child in map.values_mut() {
+                let _ = child.kill();
+            }
+        }
+        if let Ok(mut hp) = self.haproxy.lock() {
+            if let Some(child) = hp.as_mut() {
+                let _ = child.kill();
+            }
+        }
+        cleanup_id(self.id);
+        // Reap our children (already killed; does not block).
+        if let Ok(mut map) = self.sshd.lock() {
+            for (_, mut child) in map.drain() {
+                let _ = child.wait();
+            }
+        }
+        if let Ok(mut hp) = self.haproxy.lock() {
+            if let Some(mut child) = hp.take() {
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// True when process `pid` has a handler for SIGUSR2 (`SigCgt` in /proc/PID/status): the
+/// HAProxy master is in its loop and will act on a reload signal.
+fn catches_sigusr2(pid: u32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGUSR2 - 1)) != 0)
+}
+
+/// `<dir>/haproxy/reload.sh`; see [`Fleet::haproxy_reload_command`].
+const RELOAD_SCRIPT: &str = r#"#!/bin/sh
+# Hitless, synchronous HAProxy reload for the kube-free test fleet (written by tests/fleet).
+# Sends SIGUSR2 to the master-worker master once it can take it, and waits for the result.
+# Exit 0: the new configuration is loaded. Exit 1: it failed to load (the old worker keeps
+# serving) or HAProxy did not answer in time.
+pidfile='@PIDFILE@'
+log='@LOG@'
+pid=$(cat "$pidfile") || exit 1
+# The master catches SIGUSR2 (HAProxy ignores it while starting or re-executing itself).
+ready() {
+  cgt=$(sed -n 's/^SigCgt:[[:space:]]*//p' "/proc/$pid/status" 2>/dev/null)
+  [ -n "$cgt" ] && [ $(( 0x$cgt & 0x800 )) -ne 0 ]
+}
+loads() { grep -c -e 'Loading success' -e 'Loading failure' "$log"; }
+i=0
+until ready; do
+  i=$((i + 1))
+  [ "$i" -le 500 ] || { echo "reload: HAProxy master $pid is not ready for a reload" >&2; exit 1; }
+  sleep 0.02
+done
+before=$(loads)
+kill -USR2 "$pid" || exit 1
+i=0
+while [ "$(loads)" -le "$before" ] || ! ready; do
+  i=$((i + 1))
+  [ "$i" -le 500 ] || { echo "reload: HAProxy did not finish reloading within 10 s" >&2; exit 1; }
+  sleep 0.02
+done
+if grep -e 'Loading success' -e 'Loading failure' "$log" | tail -n 1 | grep -q 'Loading success'; then
+  exit 0
+fi
+echo "reload: HAProxy failed to load the new configuration and keeps the old one; see $log" >&2
+exit 1
+"#;
+
+// ---- tools ----
+
+/// Installs the system tools the fleet needs if any is missing: once per process, and under
+/// the global lock file `/tmp/kube-free-fleet-install.lock` so parallel test processes do not
+/// run apt at the same time. Services the packages would start are blocked with a temporary
+/// `/usr/sbin/policy-rc.d` (when none exists); the fleet never uses them anyway.
+pub fn ensure_tools() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if missing_tools().is_empty() {
+            return;
+        }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(INSTALL_LOCK)
+            .unwrap_or_else(|e| panic!("fleet: open {INSTALL_LOCK}: {e}"));
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "fleet: flock {INSTALL_LOCK}");
+        let missing = missing_tools();
+        if missing.is_empty() {
+            return; // another process installed them meanwhile
+        }
+        eprintln!("fleet: missing {missing:?}; installing {PACKAGES:?} with apt-get");
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let own_policy = !policy.exists()
+            && fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok()
+            && fs::set_permissions(policy, fs::Permissions::from_mode(0o755)).is_ok();
+        let apt = |args: &[&str]| {
+            let status = Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("fleet: run apt-get {args:?}: {e}"));
+            status.success()
+        };
+        let ok = apt(&["update"]) && apt(&[&["install", "-y"][..], PACKAGES].concat());
+        if own_policy {
+            let _ = fs::remove_file(policy);
+        }
+        assert!(ok, "fleet: apt-get install {PACKAGES:?} failed");
+        let missing = missing_tools();
+        assert!(
+            missing.is_empty(),
+            "fleet: still missing after apt-get install: {missing:?}"
+        );
+    });
+}
+
+fn missing_tools() -> Vec<String> {
+    let mut missing: Vec<String> = [
+        SSHD,
+        HAPROXY,
+        SSH,
+        SSH_KEYGEN,
+        "/usr/bin/wrk",
+        "/usr/bin/dot",
+    ]
+    .iter()
+    .filter(|p| !Path::new(p).exists())
+    .map(|p| p.to_string())
+    .collect();
+    if find_ip().is_none() {
+        missing.push("ip".to_string());
+    }
+    missing
+}
+
+fn find_ip() -> Option<&'static str> {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
+/// Absolute path of `ip` (PATH of a test run may lack the sbin directories).
+fn ip_bin() -> &'static str {
+    find_ip().expect("fleet: `ip` (iproute2) not found")
+}
+
+/// A `Command` for `ip` (iproute2) by absolute path, for tests that inspect namespaces.
+pub fn ip_command() -> Command {
+    Command::new(ip_bin())
+}
+
+/// Runs `ip args...`, panicking with its stderr on failure.
+fn ip(args: &[&str]) {
+    let out = Command::new(ip_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("fleet: run ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "fleet: `ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Runs `ip args...`, ignoring failure; returns stdout.
+fn ip_quiet(args: &[&str]) -> String {
+    Command::new(ip_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn keygen(path: &Path, comment: &str) {
+    let out = Command::new(SSH_KEYGEN)
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("fleet: run ssh-keygen");
+    assert!(
+        out.status.success(),
+        "fleet: ssh-keygen {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn create_dir(path: &Path) {
+    fs::create_dir_all(path).unwrap_or_else(|e| panic!("fleet: mkdir {}: {e}", path.display()));
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()))
+}
+
+/// True when something on `addr` accepts a connection and sends an SSH banner.
+fn ssh_banner(addr: &SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 8];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"SSH-")
+}
+
+fn validate_spec(spec: &FleetSpec) {
+    let mut all: Vec<&String> = spec.app_hosts.iter().collect();
+    all.push(&spec.balancer);
+    assert!(
+        all.len() <= 240,
+        "fleet: at most 240 hosts ({} asked)",
+        all.len()
+    );
+    for (i, name) in all.iter().enumerate() {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-');
+        assert!(
+            ok,
+            "fleet: bad host name {name:?} (want ^[a-z0-9][a-z0-9-]{{0,62}}$)"
+        );
+        assert!(
+            !all[..i].contains(name),
+            "fleet: host name {name:?} given twice"
+        );
+    }
+}
+
+// ---- ids, leftovers ----
+
+fn fleet_dir(id: u8) -> PathBuf {
+    PathBuf::from(format!("/tmp/kube-free-fleet-{id}"))
+}
+
+fn lock_path(id: u8) -> PathBuf {
+    PathBuf::from(format!("/tmp/kube-free-fleet-{id}.lock"))
+}
+
+/// Takes the lock of `id` without waiting; `None` if another fleet (in any process, this one
+/// included) holds it.
+fn try_lock(id: u8) -> Option<File> {
+    let path = lock_path(id);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("fleet: open {}: {e}", path.display()));
+    // SAFETY: flock on a valid, owned file descriptor (opened with O_CLOEXEC by std, so
+    // daemons we start do not inherit the lock).
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (rc == 0).then_some(file)
+}
+
+/// Claims the first free fleet id.
+fn claim_id() -> (u8, File) {
+    (1..=MAX_ID)
+        .find_map(|id| try_lock(id).map(|f| (id, f)))
+        .unwrap_or_else(|| panic!("fleet: all {MAX_ID} fleet ids are in use"))
+}
+
+/// Ids (other than `own`; 0 for none) that have leftovers: namespaces, root links, directories.
+fn stale_ids(own: u8) -> Vec<u8> {
+    let mut ids = Vec::new();
+    let mut note = |s: &str| {
+        let digits: String = s.chars().take_while(|c| c.is_ascii_digit()).collect();
+        if let Ok(id) = digits.parse::<u8>() {
+            if (1..=MAX_ID).contains(&id) && id != own && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    };
+    for ns in netns_list() {
+        if let Some(rest) = ns.strip_prefix("kfsw").or_else(|| ns.strip_prefix("kf")) {
+            note(rest);
+        }
+    }
+    for link in root_links() {
+        if let Some(rest) = link
+            .strip_prefix("kfbr")
+            .or_else(|| link.strip_prefix("kf"))
+        {
+            note(rest);
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/tmp") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix("kube-free-fleet-") {
+                if e.path().is_dir() && rest.bytes().all(|b| b.is_ascii_digit()) {
+                    note(rest);
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// Cleans up leftovers of other ids whose lock is free (their run was killed).
+fn sweep_stale_ids(own: u8) {
+    for id in stale_ids(own) {
+        if let Some(lock) = try_lock(id) {
+            eprintln!("fleet: removing leftovers of fleet {id} (earlier run killed?)");
+            cleanup_id(id);
+            drop(lock);
+        }
+    }
+}
+
+/// Removes everything of fleet `id`: processes, namespaces, links, directory. The caller holds
+/// the id's lock. Best effort, never panics; waits (bounded) until the names are free again.
+fn cleanup_id(id: u8) {
+    let dir = fleet_dir(id);
+    let prefix = format!("kf{id}-");
+    let sw = format!("kfsw{id}");
+    let ours = |ns: &str| ns.starts_with(&prefix) || ns == sw;
+    let needle = format!("{}/", dir.display());
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let namespaces: Vec<String> = netns_list().into_iter().filter(|n| ours(n)).collect();
+        let mut pids: Vec<i32> = namespaces.iter().flat_map(|ns| netns_pids(ns)).collect();
+        pids.extend(pids_mentioning(&needle));
+        if pids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for pid in pids {
+            kill9(pid);
+        }
+        sleep(Duration::from_millis(20));
+    }
+    for ns in netns_list().into_iter().filter(|n| ours(n)) {
+        ip_quiet(&["netns", "delete", &ns]);
+    }
+    let link_ours = |l: &str| {
+        l == format!("kfbr{id}")
+            || [format!("kf{id}v"), format!("kf{id}p"), format!("kf{id}u")]
+                .iter()
+                .any(|p| l.starts_with(p.as_str()))
+    };
+    // Links of deleted namespaces vanish asynchronously; delete the root-side ones explicitly
+    // and wait until none is left, so the same names and addresses can be used again at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<String> = root_links().into_iter().filter(|l| link_ours(l)).collect();
+        let ns_left = netns_list().into_iter().any(|n| ours(&n));
+        if (left.is_empty() && !ns_left) || Instant::now() > deadline {
+            break;
+        }
+        for l in left {
+            ip_quiet(&["link", "delete", &l]);
+        }
+        for ns in netns_list().into_iter().filter(|n| ours(n)) {
+            ip_quiet(&["netns", "delete", &ns]);
+        }
+        sleep(Duration::from_millis(20));
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Names of all named network namespaces (`ip netns list`).
+fn netns_list() -> Vec<String> {
+    ip_quiet(&["netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+/// Pids of the processes in a named namespace (`ip netns pids`).
+fn netns_pids(ns: &str) -> Vec<i32> {
+    ip_quiet(&["netns", "pids", ns])
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Names of the links in the root namespace.
+fn root_links() -> Vec<String> {
+    ip_quiet(&["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
+/// Pids (other than ours) whose command line contains `needle`, zombies excluded.
+pub fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline: Vec<u8> = cmdline
+            .into_iter()
+            .map(|b| if b == 0 { b' ' } else { b })
+            .collect();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn kill9(pid: i32) {
+    if pid > 1 {
+        // SAFETY: plain kill(2) on a pid we found in our namespaces / matching our directory.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}

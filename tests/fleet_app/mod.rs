@@ -1,0 +1,171 @@
+//! A deployment on a test fleet: the desired state for the demo app on the fleet's hosts, committed
+//! to a real Git repository, and the checks the fleet tests share (what serves, how many processes,
+//! reconcile under load).
+#![allow(dead_code)]
+
+use crate::common::*;
+use crate::fleet::{Fleet, FleetSpec};
+use std::process::Command;
+
+pub struct Setup {
+    /// Dropped last: the fleet is torn down before the next load test starts.
+    pub fleet: Fleet,
+    pub repo: Repo,
+    pub hosts: Vec<String>,
+    /// The `strategy:` value of the app in the environment, as YAML.
+    pub strategy: String,
+    _turn: LoadTestTurn,
+}
+
+impl Setup {
+    pub fn new(app_hosts: &[&str], strategy: &str) -> Setup {
+        require_tools(&["wrk", "dot", "git"]);
+        let turn = load_test_turn();
+        let fleet = Fleet::start(FleetSpec::new(app_hosts, "lb-1"));
+        let repo = Repo::new();
+        let s = Setup {
+            fleet,
+            repo,
+            hosts: app_hosts.iter().map(|h| h.to_string()).collect(),
+            strategy: strategy.to_owned(),
+            _turn: turn,
+        };
+        s.repo.write("ssh/known_hosts", s.fleet.known_hosts_text());
+        s.commit("1.0.0", "", "20s");
+        s
+    }
+
+    /// Commits the desired state with `version`, extra demo-app flags and a probe deadline.
+    pub fn commit(&self, version: &str, extra_flags: &str, deadline: &str) -> String {
+        let f = &self.fleet;
+        let host = |h: &str| {
+            format!(
+                "  {h}: {{ address: {}, state_dir: {} }}\n",
+                f.address(h),
+                f.state_dir(h).display()
+            )
+        };
+        let hosts: String = self.hosts.iter().map(|h| host(h)).collect();
+        let yaml = format!(
+            r#"version: 1
+hosts:
+{hosts}{lb}ssh:
+  known_hosts: ssh/known_hosts
+  identity_file: {identity}
+balancers:
+  edge:
+    kind: haproxy
+    host: lb-1
+    admin_socket: {admin}
+    config_file: {config}
+    reload_command: {reload:?}
+apps:
+  demo:
+    runtime:
+      kind: process
+      command: "{demo} --listen 0.0.0.0:{{port}} --version {{version}}{extra_flags}"
+    slots: {{ blue: 8000, green: 8001 }}
+    probe: {{ path: /readyz, interval: 200ms, timeout: 1s, healthy_after: 3, deadline: {deadline} }}
+    drain: 5s
+    stop_timeout: 10s
+environments:
+  production:
+    balancer: edge
+    hosts: [{host_list}]
+    apps:
+      demo: {{ version: "{version}", listen: "0.0.0.0:80", strategy: {strategy} }}
+"#,
+            lb = host("lb-1"),
+            host_list = self.hosts.join(", "),
+            identity = f.identity_file().display(),
+            admin = f.haproxy_admin_socket().display(),
+            config = f.haproxy_config_file().display(),
+            reload = f.haproxy_reload_command(),
+            demo = demo_binary().display(),
+            strategy = self.strategy,
+        );
+        self.repo.write("kube-free.yaml", yaml);
+        self.repo.commit(&format!("demo {version}{extra_flags}"))
+    }
+
+    pub fn kube_free(&self, args: &[&str]) -> Run {
+        let mut all = args.to_vec();
+        all.extend(["--repo", self.repo.path_str()]);
+        kube_free(&all)
+    }
+
+    pub fn frontend(&self) -> String {
+        format!("{}:80", self.fleet.address("lb-1"))
+    }
+
+    /// Live demo-app processes in a host's namespace (zombies do not count).
+    pub fn demo_processes(&self, host: &str) -> usize {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.fleet.netns(host)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+                String::from_utf8_lossy(&cmdline).contains("kube-free-demo") && state != Some('Z')
+            })
+            .count()
+    }
+
+    /// Every host serves only `version` from one instance, and the balancer sends it everything.
+    pub fn assert_serving_only(&self, version: &str) {
+        let status = self.kube_free(&["status", "--output", "json"]);
+        status.code(0);
+        let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        let app = &json["environments"][0];
+        assert_eq!(app["in_sync"], true, "{}", status.stdout);
+        for host in &self.hosts {
+            let slots: Vec<&serde_json::Value> = app["slots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["host"] == host.as_str())
+                .collect();
+            let running: Vec<_> = slots.iter().filter(|s| s["alive"] == true).collect();
+            assert_eq!(
+                running.len(),
+                1,
+                "one instance on {host}: {}",
+                status.stdout
+            );
+            assert_eq!(running[0]["version"], version, "{}", status.stdout);
+            assert_eq!(running[0]["weight"], 100, "{}", status.stdout);
+            let idle = slots.iter().find(|s| s["alive"] != true).unwrap();
+            assert_eq!(idle["admin"], "maint", "{}", status.stdout);
+            assert_eq!(
+                self.demo_processes(host),
+                1,
+                "exactly one demo process on {host}"
+            );
+            let port = running[0]["port"].as_u64().unwrap();
+            assert_eq!(
+                http_get(&format!("{}:{port}", self.fleet.address(host)), "/version"),
+                version
+            );
+        }
+        for _ in 0..4 {
+            assert_eq!(http_get(&self.frontend(), "/version"), version);
+        }
+    }
+
+    /// Reconciles while wrk loads the frontend; returns the reconcile run and the tally.
+    pub fn reconcile_under_load(&self, method: &str, seconds: u64) -> (Run, Tally) {
+        let load = Load::start(&format!("http://{}/", self.frontend()), seconds, method);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let run = self.kube_free(&["reconcile", "--once"]);
+        let tally = load.finish();
+        eprintln!(
+            "{method} load: {} requests, {} failed, served {:?}",
+            tally.requests, tally.failed, tally.served
+        );
+        (run, tally)
+    }
+}
