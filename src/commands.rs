@@ -118,9 +118,16 @@ pub fn schema(args: &SchemaArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 
 /// Loads the desired state and connects to every host it uses. Bad input is reported before any
 /// host is contacted.
-async fn connect(args: &SourceArgs) -> Result<Arc<World>, Error> {
+/// With `acting_on`, refuses (before contacting any host) what cannot be executed in that scope.
+async fn connect(args: &SourceArgs, acting_on: Option<&Scope>) -> Result<Arc<World>, Error> {
     let snapshot = open(args)?;
     let state = desired::load(&snapshot).map_err(|e| load_error(&snapshot, e))?;
+    if let Some(scope) = acting_on {
+        let unsupported = plan::unsupported(&state, scope);
+        if !unsupported.is_empty() {
+            return Err(Error::Unsupported(unsupported));
+        }
+    }
     let known_hosts = match &state.ssh.known_hosts {
         Some(path) => Some(
             snapshot
@@ -142,13 +149,14 @@ fn scope(args: &ScopeArgs) -> Scope {
 }
 
 pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
-    let world = connect(&args.source).await?;
+    let scope = scope(&args.scope);
+    let world = connect(&args.source, Some(&scope)).await?;
     let observed = world.observe().await?;
     let plan = plan::build(
         &world.desired,
         &observed,
         &world.stale_configs(&observed),
-        &scope(&args.scope),
+        &scope,
     );
     match args.output {
         PlanOutput::Text => write!(
@@ -173,9 +181,9 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 }
 
 pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
-    let world = connect(&args.source).await?;
-    let report =
-        reconcile::once(world.clone(), &scope(&args.scope), args.parallel as usize).await?;
+    let scope = scope(&args.scope);
+    let world = connect(&args.source, Some(&scope)).await?;
+    let report = reconcile::once(world.clone(), &scope, args.parallel as usize).await?;
     if report.steps == 0 {
         writeln!(out, "in sync at commit {}: nothing to do", world.revision)?;
     } else {
@@ -190,7 +198,7 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
 }
 
 pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Error> {
-    let world = connect(&args.source).await?;
+    let world = connect(&args.source, None).await?;
     let observed = world.observe().await?;
     let report = status_report(
         &world.desired,

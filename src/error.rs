@@ -39,6 +39,8 @@ pub enum Error {
     Output(#[from] std::io::Error),
     #[error(transparent)]
     Reconcile(Box<crate::reconcile::ReconcileError>),
+    #[error("not supported yet:\n  {}", .0.join("\n  "))]
+    Unsupported(Vec<String>),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -47,7 +49,9 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Source(e) if e.is_bad_input() => Exit::BadInput,
-            Error::Invalid { .. } | Error::NoRootFile { .. } => Exit::BadInput,
+            Error::Invalid { .. } | Error::NoRootFile { .. } | Error::Unsupported(_) => {
+                Exit::BadInput
+            }
             Error::Source(_)
             | Error::Read { .. }
             | Error::Output(_)

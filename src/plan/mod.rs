@@ -2,7 +2,7 @@
 //! deterministic for the same inputs, and its renderings (text, JSON, Graphviz dot). Pure: no I/O, no
 //! clock, no SSH or HAProxy syntax — balancer servers are named by (backend, server) only.
 
-use crate::desired::{Deployment, DesiredState, Environment};
+use crate::desired::{Deployment, DesiredState, Environment, Strategy};
 use crate::drivers::haproxy::{backend_name, server_name, Admin, FULL_WEIGHT};
 use crate::observed::ObservedState;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -285,6 +285,19 @@ impl Scope {
     }
 }
 
+/// Environments and apps in scope whose strategy kube-free cannot execute yet, with the reason.
+pub fn unsupported(desired: &DesiredState, scope: &Scope) -> Vec<String> {
+    let mut out = Vec::new();
+    for env in desired.environments.values() {
+        for (app, d) in &env.apps {
+            if scope.includes(&env.name, app) && matches!(d.strategy, Strategy::Canary { .. }) {
+                out.push(format!("{}/{app}: the canary strategy is not executed yet (validate accepts it; plan and reconcile refuse it rather than do something else)", env.name));
+            }
+        }
+    }
+    out
+}
+
 /// Steps that converge the observed state to the desired one. `stale_configs` are the balancers whose
 /// config file differs from the one rendered from the desired state.
 pub fn build(
@@ -310,7 +323,22 @@ pub fn build(
         for (app, d) in &env.apps {
             if scope.includes(&env.name, app) {
                 let config = config_steps.get(&env.balancer).copied();
-                blue_green(&mut plan, env, app, d, &d.version, observed, config);
+                let r = Rollout {
+                    env,
+                    app,
+                    d,
+                    version: &d.version,
+                    observed,
+                };
+                match &d.strategy {
+                    Strategy::Rolling { batch } => {
+                        rolling(&mut plan, &r, batch.size(env.hosts.len()), config)
+                    }
+                    // Canary is refused before planning (`unsupported`) until it is implemented.
+                    Strategy::BlueGreen | Strategy::Canary { .. } => {
+                        blue_green(&mut plan, &r, config)
+                    }
+                }
             }
         }
     }
@@ -339,125 +367,221 @@ fn slot_ref(env: &Environment, app: &str, host: &str, slot: &str) -> SlotRef {
     }
 }
 
-/// Blue-green toward `version`: on every host the target slot runs `version`, is probed and enabled;
-/// one shift moves all weight; the other slots are drained, put in maintenance and stopped.
-fn blue_green(
-    plan: &mut Plan,
-    env: &Environment,
-    app: &str,
-    d: &Deployment,
-    version: &str,
-    observed: &ObservedState,
-    config: Option<NodeIndex>,
-) {
+/// One app of one environment going to one version, as seen in one snapshot.
+struct Rollout<'a> {
+    env: &'a Environment,
+    app: &'a str,
+    d: &'a Deployment,
+    version: &'a str,
+    observed: &'a ObservedState,
+}
+
+/// What one host needs for `version`: the slot that will serve it, the steps that make it ready
+/// (start, probe, enable), and what the shift and the retirement of the other slots involve.
+struct HostPrep {
+    target: SlotRef,
+    /// Steps added for this host (empty when the target is ready and enabled already).
+    ready_steps: Vec<NodeIndex>,
+    /// The target is not yet at full weight, or another slot still has weight.
+    shift_needed: bool,
+    /// Other slots that still have weight.
+    from: Vec<SlotRef>,
+    /// Other slots to drain and stop.
+    retire: Vec<SlotRef>,
+}
+
+/// Adds the steps that make `host` ready to serve `version` from its target slot, after `after`.
+#[allow(clippy::too_many_arguments)]
+fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -> HostPrep {
+    let Rollout {
+        env,
+        app,
+        d,
+        version,
+        observed,
+    } = *r;
     let balancer = &env.balancer;
-    let base: Vec<NodeIndex> = config.into_iter().collect();
-    let mut before_shift: Vec<NodeIndex> = base.clone();
-    let mut to = Vec::new();
-    let mut from = Vec::new();
-    let mut retire: Vec<SlotRef> = Vec::new();
-    let mut shift_needed = false;
-    for host in &env.hosts {
-        let refs: Vec<SlotRef> = d
-            .slots
-            .iter()
-            .map(|s| slot_ref(env, app, host, &s.name))
-            .collect();
-        let inst = |r: &SlotRef| observed.instance(host, &r.env, &r.app, &r.slot);
-        let good = |r: &SlotRef| inst(r).is_some_and(|i| i.alive && i.record.version == version);
-        let target = refs
-            .iter()
-            .find(|r| good(r) && serving(observed, balancer, r))
-            .or_else(|| refs.iter().find(|r| good(r)))
-            .or_else(|| {
-                refs.iter()
-                    .find(|r| !serving(observed, balancer, r) && inst(r).is_none())
-            })
-            .or_else(|| refs.iter().find(|r| !serving(observed, balancer, r)))
-            .unwrap_or(&refs[0])
-            .clone();
-        let mut last = base.clone();
-        if !good(&target) {
-            if let Some(old) = inst(&target) {
-                last = vec![plan.add(
-                    Action::Stop {
-                        at: target.clone(),
-                        version: old.record.version.clone(),
-                    },
-                    &last,
-                )];
-            }
-            last = vec![plan.add(
-                Action::Start {
+    let refs: Vec<SlotRef> = d
+        .slots
+        .iter()
+        .map(|s| slot_ref(env, app, host, &s.name))
+        .collect();
+    let inst = |r: &SlotRef| observed.instance(host, &r.env, &r.app, &r.slot);
+    let good = |r: &SlotRef| inst(r).is_some_and(|i| i.alive && i.record.version == version);
+    // Prefer a slot that already runs the version (serving first), then an empty idle one.
+    let target = refs
+        .iter()
+        .find(|r| good(r) && serving(observed, balancer, r))
+        .or_else(|| refs.iter().find(|r| good(r)))
+        .or_else(|| {
+            refs.iter()
+                .find(|r| !serving(observed, balancer, r) && inst(r).is_none())
+        })
+        .or_else(|| refs.iter().find(|r| !serving(observed, balancer, r)))
+        .unwrap_or(&refs[0])
+        .clone();
+    let mut last = after.to_vec();
+    let mut ready_steps = Vec::new();
+    let mut add = |plan: &mut Plan, action: Action, last: &mut Vec<NodeIndex>| {
+        let n = plan.add(action, last);
+        ready_steps.push(n);
+        *last = vec![n];
+    };
+    if !good(&target) {
+        if let Some(old) = inst(&target) {
+            add(
+                plan,
+                Action::Stop {
                     at: target.clone(),
-                    version: version.to_owned(),
+                    version: old.record.version.clone(),
                 },
-                &last,
-            )];
+                &mut last,
+            );
         }
-        let srv = server(observed, balancer, &target);
-        let enabled = srv.is_some_and(|s| s.up && s.admin == Admin::Ready);
-        let ready = inst(&target).is_some_and(|i| i.ready == Some(true)) && good(&target);
-        if !enabled || !ready {
-            last = vec![plan.add(Action::Probe { at: target.clone() }, &last)];
-        }
-        if !enabled || !good(&target) {
-            last = vec![plan.add(
-                Action::Enable {
-                    balancer: balancer.clone(),
-                    at: target.clone(),
-                },
-                &last,
-            )];
-        }
-        before_shift.extend(last.iter().filter(|n| !base.contains(n)));
-        if srv.is_none_or(|s| s.weight != FULL_WEIGHT) || !good(&target) {
-            shift_needed = true;
-        }
-        for other in refs.iter().filter(|r| **r != target) {
-            let known = server(observed, balancer, other);
-            if known.is_some_and(|s| s.weight > 0) {
-                shift_needed = true;
-                from.push(other.clone());
-            }
-            if known.is_some_and(|s| s.admin != Admin::Maint) || inst(other).is_some() {
-                retire.push(other.clone());
-            }
-        }
-        to.push(target);
-    }
-    let shift = shift_needed.then(|| {
-        plan.add(
-            Action::Shift {
-                balancer: balancer.clone(),
-                env: env.name.clone(),
-                app: app.to_owned(),
-                to,
-                from,
+        add(
+            plan,
+            Action::Start {
+                at: target.clone(),
+                version: version.to_owned(),
             },
-            &before_shift,
-        )
-    });
-    let after_shift: Vec<NodeIndex> = shift.into_iter().chain(base.iter().copied()).collect();
-    for other in retire {
-        let mut last = after_shift.clone();
-        if server(observed, balancer, &other).is_some_and(|s| s.admin != Admin::Maint) {
+            &mut last,
+        );
+    }
+    let srv = server(observed, balancer, &target);
+    let enabled = srv.is_some_and(|s| s.up && s.admin == Admin::Ready);
+    let ready = good(&target) && inst(&target).is_some_and(|i| i.ready == Some(true));
+    if !enabled || !ready {
+        add(plan, Action::Probe { at: target.clone() }, &mut last);
+    }
+    if !enabled || !good(&target) {
+        add(
+            plan,
+            Action::Enable {
+                balancer: balancer.clone(),
+                at: target.clone(),
+            },
+            &mut last,
+        );
+    }
+    let mut prep = HostPrep {
+        shift_needed: srv.is_none_or(|s| s.weight != FULL_WEIGHT) || !good(&target),
+        target,
+        ready_steps,
+        from: Vec::new(),
+        retire: Vec::new(),
+    };
+    for other in refs.iter().filter(|r| **r != prep.target) {
+        let known = server(observed, balancer, other);
+        if known.is_some_and(|s| s.weight > 0) {
+            prep.shift_needed = true;
+            prep.from.push(other.clone());
+        }
+        if known.is_some_and(|s| s.admin != Admin::Maint) || inst(other).is_some() {
+            prep.retire.push(other.clone());
+        }
+    }
+    prep
+}
+
+/// Drains (unless in maintenance already) and stops each slot, after `after`; returns the last steps.
+fn retire(
+    plan: &mut Plan,
+    balancer: &str,
+    slots: &[SlotRef],
+    observed: &ObservedState,
+    after: &[NodeIndex],
+) -> Vec<NodeIndex> {
+    let mut ends = Vec::new();
+    for other in slots {
+        let mut last = after.to_vec();
+        if server(observed, balancer, other).is_some_and(|s| s.admin != Admin::Maint) {
             last = vec![plan.add(
                 Action::Drain {
-                    balancer: balancer.clone(),
+                    balancer: balancer.to_owned(),
                     at: other.clone(),
                 },
                 &last,
             )];
         }
         if let Some(i) = observed.instance(&other.host, &other.env, &other.app, &other.slot) {
-            plan.add(
+            last = vec![plan.add(
                 Action::Stop {
                     at: other.clone(),
                     version: i.record.version.clone(),
                 },
                 &last,
-            );
+            )];
+        }
+        ends.extend(last);
+    }
+    ends
+}
+
+/// Blue-green toward `version`: on every host the target slot runs `version`, is probed and enabled;
+/// one shift moves all weight; the other slots are drained, put in maintenance and stopped.
+fn blue_green(plan: &mut Plan, r: &Rollout, config: Option<NodeIndex>) {
+    let Rollout {
+        env, app, observed, ..
+    } = *r;
+    let base: Vec<NodeIndex> = config.into_iter().collect();
+    let preps: Vec<HostPrep> = env
+        .hosts
+        .iter()
+        .map(|h| prepare_host(plan, r, h, &base))
+        .collect();
+    let mut after = base.clone();
+    if preps.iter().any(|p| p.shift_needed) {
+        let mut before: Vec<NodeIndex> = base.clone();
+        before.extend(preps.iter().flat_map(|p| p.ready_steps.last().copied()));
+        let shift = Action::Shift {
+            balancer: env.balancer.clone(),
+            env: env.name.clone(),
+            app: app.to_owned(),
+            to: preps.iter().map(|p| p.target.clone()).collect(),
+            from: preps.iter().flat_map(|p| p.from.iter().cloned()).collect(),
+        };
+        after = vec![plan.add(shift, &before)];
+    }
+    let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
+    retire(plan, &env.balancer, &old, observed, &after);
+}
+
+/// Rolling toward `version`: hosts in batches of `batch`; within a batch each host gets its target
+/// slot ready, moves its own weight to it and retires its old slot; the next batch starts when the
+/// batch before it is done, so at most one batch of hosts is ever changing.
+fn rolling(plan: &mut Plan, r: &Rollout, batch: usize, config: Option<NodeIndex>) {
+    let Rollout {
+        env, app, observed, ..
+    } = *r;
+    let mut after: Vec<NodeIndex> = config.into_iter().collect();
+    for hosts in env.hosts.chunks(batch.max(1)) {
+        let mut ends = Vec::new();
+        for host in hosts {
+            let prep = prepare_host(plan, r, host, &after);
+            let mut last: Vec<NodeIndex> = prep
+                .ready_steps
+                .last()
+                .copied()
+                .map_or_else(|| after.clone(), |n| vec![n]);
+            if prep.shift_needed {
+                let shift = Action::Shift {
+                    balancer: env.balancer.clone(),
+                    env: env.name.clone(),
+                    app: app.to_owned(),
+                    to: vec![prep.target.clone()],
+                    from: prep.from.clone(),
+                };
+                last = vec![plan.add(shift, &last)];
+            }
+            let retired = retire(plan, &env.balancer, &prep.retire, observed, &last);
+            let host_changed =
+                !prep.ready_steps.is_empty() || prep.shift_needed || !retired.is_empty();
+            if host_changed {
+                ends.extend(if retired.is_empty() { last } else { retired });
+            }
+        }
+        if !ends.is_empty() {
+            after = ends;
         }
     }
 }

@@ -293,3 +293,165 @@ fn scope_limits_the_plan() {
     };
     assert!(build(&desired(), &world.0, &BTreeSet::new(), &scope).is_empty());
 }
+
+fn rolling_desired(batch: &str) -> DesiredState {
+    let yaml = DESIRED
+        .replace("  lb-1:", "  web-3: { address: 192.0.2.13 }\n  lb-1:")
+        .replace("hosts: [web-1, web-2]", "hosts: [web-1, web-2, web-3]")
+        .replace(
+            "listen: \"0.0.0.0:80\" }",
+            &format!("listen: \"0.0.0.0:80\", strategy: {{ rolling: {{ batch: {batch} }} }} }}"),
+        );
+    load(&MemFiles::default().with("kube-free.yaml", yaml)).unwrap()
+}
+
+/// Three hosts all serving `version` from blue.
+fn three_serving_blue(version: &str) -> World {
+    let mut w = World::new().serving_blue(version);
+    w = w
+        .instance("web-3", "blue", version, true, true)
+        .server("web-3", "blue", 100, Admin::Ready, true)
+        .server("web-3", "green", 0, Admin::Maint, false);
+    w
+}
+
+#[test]
+fn rolling_one_host_at_a_time_moves_each_hosts_own_weight() {
+    let world = three_serving_blue("1.0");
+    let plan = build(
+        &rolling_desired("1"),
+        &world.0,
+        &BTreeSet::new(),
+        &Scope::default(),
+    );
+    let text = plan.render_text();
+    assert!(text.starts_with("18 steps:\n"), "{text}");
+    for host in ["web-1", "web-2", "web-3"] {
+        let shift = format!("shift prod/api traffic on edge to [{host}_green] from [{host}_blue]");
+        assert!(happens_before(
+            &plan,
+            &format!("enable kf_prod_api/{host}_green on edge (weight 0, wait UP)"),
+            &shift
+        ));
+        assert!(happens_before(
+            &plan,
+            &shift,
+            &format!("drain kf_prod_api/{host}_blue on edge, then maint")
+        ));
+        assert!(happens_before(
+            &plan,
+            &format!("drain kf_prod_api/{host}_blue on edge, then maint"),
+            &format!("stop prod/api 1.0 in slot blue on {host}")
+        ));
+    }
+    // One batch at a time: the next host starts only after the previous one is fully done.
+    assert!(happens_before(
+        &plan,
+        "stop prod/api 1.0 in slot blue on web-1",
+        "start prod/api 2.0 in slot green on web-2"
+    ));
+    assert!(happens_before(
+        &plan,
+        "stop prod/api 1.0 in slot blue on web-2",
+        "start prod/api 2.0 in slot green on web-3"
+    ));
+}
+
+#[test]
+fn rolling_in_batches_of_two_changes_two_hosts_together() {
+    let world = three_serving_blue("1.0");
+    let plan = build(
+        &rolling_desired("2"),
+        &world.0,
+        &BTreeSet::new(),
+        &Scope::default(),
+    );
+    assert!(!happens_before(
+        &plan,
+        "stop prod/api 1.0 in slot blue on web-1",
+        "start prod/api 2.0 in slot green on web-2"
+    ));
+    assert!(!happens_before(
+        &plan,
+        "stop prod/api 1.0 in slot blue on web-2",
+        "start prod/api 2.0 in slot green on web-1"
+    ));
+    for first in ["web-1", "web-2"] {
+        assert!(happens_before(
+            &plan,
+            &format!("stop prod/api 1.0 in slot blue on {first}"),
+            "start prod/api 2.0 in slot green on web-3"
+        ));
+    }
+}
+
+#[test]
+fn rolling_resumes_with_the_hosts_not_done_yet() {
+    // web-1 is done (green 2.0 at full weight, blue stopped); web-2 and web-3 are not.
+    let mut world = World::new()
+        .instance("web-1", "green", "2.0", true, true)
+        .server("web-1", "green", 100, Admin::Ready, true)
+        .server("web-1", "blue", 0, Admin::Maint, false)
+        .instance("web-2", "blue", "1.0", true, true)
+        .server("web-2", "blue", 100, Admin::Ready, true)
+        .server("web-2", "green", 0, Admin::Maint, false);
+    world = world
+        .instance("web-3", "blue", "1.0", true, true)
+        .server("web-3", "blue", 100, Admin::Ready, true)
+        .server("web-3", "green", 0, Admin::Maint, false);
+    let plan = build(
+        &rolling_desired("1"),
+        &world.0,
+        &BTreeSet::new(),
+        &Scope::default(),
+    );
+    let text = plan.render_text();
+    assert!(!text.contains("on web-1"), "web-1 is done:\n{text}");
+    assert!(text.starts_with("12 steps:\n"), "{text}");
+    assert!(happens_before(
+        &plan,
+        "stop prod/api 1.0 in slot blue on web-2",
+        "start prod/api 2.0 in slot green on web-3"
+    ));
+    // Converged: nothing.
+    let done = World::new()
+        .instance("web-1", "green", "2.0", true, true)
+        .instance("web-2", "green", "2.0", true, true)
+        .instance("web-3", "green", "2.0", true, true)
+        .server("web-1", "green", 100, Admin::Ready, true)
+        .server("web-2", "green", 100, Admin::Ready, true)
+        .server("web-3", "green", 100, Admin::Ready, true)
+        .server("web-1", "blue", 0, Admin::Maint, false)
+        .server("web-2", "blue", 0, Admin::Maint, false)
+        .server("web-3", "blue", 0, Admin::Maint, false);
+    assert!(build(
+        &rolling_desired("1"),
+        &done.0,
+        &BTreeSet::new(),
+        &Scope::default()
+    )
+    .is_empty());
+}
+
+#[test]
+fn canary_is_reported_as_not_executed_yet() {
+    let yaml = DESIRED.replace(
+        "listen: \"0.0.0.0:80\" }",
+        "listen: \"0.0.0.0:80\", strategy: { canary: { steps: [{ weight: 10 }] } } }",
+    );
+    let desired = load(&MemFiles::default().with("kube-free.yaml", yaml)).unwrap();
+    let refused = unsupported(&desired, &Scope::default());
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].starts_with("prod/api: the canary strategy is not executed yet"),
+        "{refused:?}"
+    );
+    assert!(unsupported(
+        &desired,
+        &Scope {
+            env: Some("other".into()),
+            app: None
+        }
+    )
+    .is_empty());
+}
