@@ -119,9 +119,36 @@ pub fn schema(args: &SchemaArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 /// Loads the desired state and connects to every host it uses. Bad input is reported before any
 /// host is contacted.
 /// With `acting_on`, refuses (before contacting any host) what cannot be executed in that scope.
-async fn connect(args: &SourceArgs, acting_on: Option<&Scope>) -> Result<Arc<World>, Error> {
+async fn connect(
+    args: &SourceArgs,
+    scope_filter: &Scope,
+    acting_on: Option<&Scope>,
+) -> Result<Arc<World>, Error> {
     let snapshot = open(args)?;
     let state = desired::load(&snapshot).map_err(|e| load_error(&snapshot, e))?;
+    for (what, name, known) in [
+        (
+            "environment",
+            scope_filter.env.as_deref(),
+            state
+                .environments
+                .contains_key(scope_filter.env.as_deref().unwrap_or_default()),
+        ),
+        (
+            "app",
+            scope_filter.app.as_deref(),
+            state
+                .apps
+                .contains_key(scope_filter.app.as_deref().unwrap_or_default()),
+        ),
+    ] {
+        if let (Some(name), false) = (name, known) {
+            return Err(Error::UnknownName {
+                what,
+                name: name.to_owned(),
+            });
+        }
+    }
     if let Some(scope) = acting_on {
         let unsupported = plan::unsupported(&state, scope);
         if !unsupported.is_empty() {
@@ -150,7 +177,7 @@ fn scope(args: &ScopeArgs) -> Scope {
 
 pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
-    let world = connect(&args.source, Some(&scope)).await?;
+    let world = connect(&args.source, &scope, Some(&scope)).await?;
     let observed = world.observe().await?;
     let plan = plan::build(
         &world.desired,
@@ -182,7 +209,7 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 
 pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
-    let world = connect(&args.source, Some(&scope)).await?;
+    let world = connect(&args.source, &scope, Some(&scope)).await?;
     let report = reconcile::once(world.clone(), &scope, args.parallel as usize).await?;
     if report.steps == 0 {
         writeln!(out, "in sync at commit {}: nothing to do", world.revision)?;
@@ -198,7 +225,8 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
 }
 
 pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Error> {
-    let world = connect(&args.source, None).await?;
+    let filter = scope(&args.scope);
+    let world = connect(&args.source, &filter, None).await?;
     let observed = world.observe().await?;
     let report = status_report(
         &world.desired,

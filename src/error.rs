@@ -39,6 +39,8 @@ pub enum Error {
     Output(#[from] std::io::Error),
     #[error(transparent)]
     Reconcile(Box<crate::reconcile::ReconcileError>),
+    #[error("unknown {what} {name:?} (not in the desired state)")]
+    UnknownName { what: &'static str, name: String },
     #[error("not supported yet:\n  {}", .0.join("\n  "))]
     Unsupported(Vec<String>),
     #[error("cannot start the async runtime")]
@@ -49,9 +51,10 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Source(e) if e.is_bad_input() => Exit::BadInput,
-            Error::Invalid { .. } | Error::NoRootFile { .. } | Error::Unsupported(_) => {
-                Exit::BadInput
-            }
+            Error::Invalid { .. }
+            | Error::NoRootFile { .. }
+            | Error::Unsupported(_)
+            | Error::UnknownName { .. } => Exit::BadInput,
             Error::Source(_)
             | Error::Read { .. }
             | Error::Output(_)

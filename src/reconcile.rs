@@ -167,7 +167,7 @@ impl World {
                 let b = world.balancer(&name);
                 let state = BalancerState {
                     config: b.current_config().await?,
-                    servers: b.servers().await.unwrap_or_default(),
+                    servers: b.servers().await?,
                 };
                 Ok::<_, TransportError>((name, state))
             }));
@@ -541,10 +541,24 @@ impl Live {
         }
         loop {
             match self.server(balancer, at).await? {
-                Some(s) if s.up && s.admin == Admin::Ready => return Ok(()),
+                // HAProxy's own health check passed: the balancer reaches the instance.
+                Some(s)
+                    if s.up && s.admin == Admin::Ready && s.check_status.starts_with("L7OK") =>
+                {
+                    return Ok(())
+                }
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    /// Keeps HAProxy's saved state in step with a runtime change, so a reload or restart keeps it.
+    async fn save_state(&self, balancer: &str, backend: &str) -> Result<(), String> {
+        self.world
+            .balancer(balancer)
+            .save_state(backend)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn shift(&self, balancer: &str, to: &[SlotRef], from: &[SlotRef]) -> Result<(), String> {
@@ -666,11 +680,25 @@ impl Effects for Live {
             }
             Action::Start { at, version } => self.start(at, version).await,
             Action::Probe { at } => self.probe(at).await,
-            Action::Enable { balancer, at } => self.enable(balancer, at).await,
+            Action::Enable { balancer, at } => {
+                self.enable(balancer, at).await?;
+                self.save_state(balancer, &at.backend()).await
+            }
             Action::Shift {
-                balancer, to, from, ..
-            } => self.shift(balancer, to, from).await,
-            Action::Drain { balancer, at } => self.drain(balancer, at).await,
+                balancer,
+                to,
+                from,
+                env,
+                app,
+            } => {
+                self.shift(balancer, to, from).await?;
+                self.save_state(balancer, &haproxy::backend_name(env, app))
+                    .await
+            }
+            Action::Drain { balancer, at } => {
+                self.drain(balancer, at).await?;
+                self.save_state(balancer, &at.backend()).await
+            }
             Action::Stop { at, .. } => self.stop(at).await,
         }
     }

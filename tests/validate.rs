@@ -311,3 +311,59 @@ fn help_explains_commands_and_exit_codes() {
         .code(2)
         .stderr_has("invalid value 'yaml'");
 }
+
+/// A desired state on this machine only (so that nothing could reach another address even if a
+/// check below regressed).
+fn local_only(strategy: &str) -> String {
+    format!(
+        r#"version: 1
+hosts:
+  here: {{ transport: local, state_dir: /tmp/kube-free-refusal-test/state }}
+balancers:
+  edge: {{ kind: haproxy, host: here, admin_socket: /tmp/kube-free-refusal-test/none.sock, config_file: /tmp/kube-free-refusal-test/kf.cfg }}
+apps:
+  api:
+    runtime: {{ kind: process, command: "/bin/false {{port}}" }}
+    slots: {{ blue: 18901, green: 18902 }}
+environments:
+  prod:
+    balancer: edge
+    hosts: [here]
+    apps:
+      api: {{ version: "1", listen: "127.0.0.1:18900", strategy: {strategy} }}
+"#
+    )
+}
+
+#[test]
+fn plan_and_reconcile_refuse_unknown_scopes_and_canary_before_touching_any_host() {
+    let repo = Repo::new();
+    repo.write("kube-free.yaml", local_only("{ canary: { steps: [{ weight: 10 }] } }"));
+    repo.commit("canary");
+    for cmd in [&["plan"][..], &["reconcile", "--once"][..]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--repo", repo.path_str()]);
+        kube_free(&args)
+            .code(2)
+            .stderr_has("prod/api: the canary strategy is not executed yet");
+        let mut scoped = args.clone();
+        scoped.extend(["--env", "staging"]);
+        kube_free(&scoped).code(2).stderr_has("error: unknown environment \"staging\"");
+        let mut scoped = args.clone();
+        scoped.extend(["--app", "web"]);
+        kube_free(&scoped).code(2).stderr_has("error: unknown app \"web\"");
+    }
+    assert!(!std::path::Path::new("/tmp/kube-free-refusal-test").exists(), "nothing was written");
+}
+
+#[test]
+fn an_unreachable_admin_socket_stops_the_run_before_anything_changes() {
+    let repo = Repo::new();
+    repo.write("kube-free.yaml", local_only("blue-green"));
+    repo.commit("blue-green");
+    kube_free(&["reconcile", "--once", "--repo", repo.path_str()])
+        .code(1)
+        .stderr_has("cannot connect to /tmp/kube-free-refusal-test/none.sock");
+    kube_free(&["plan", "--repo", repo.path_str()]).code(1).stderr_has("none.sock");
+    let _ = std::fs::remove_dir_all("/tmp/kube-free-refusal-test");
+}

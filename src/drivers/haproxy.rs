@@ -121,6 +121,8 @@ pub struct ServerStat {
     pub scur: u64,
     /// `show stat` status text (UP, DOWN, MAINT, DRAIN, ...).
     pub status: String,
+    /// Result of HAProxy's own last health check (`L7OK` when it reached the app and got a 2xx).
+    pub check_status: String,
     /// Responses by class and totals, for analysis.
     pub hrsp_2xx: u64,
     pub hrsp_5xx: u64,
@@ -185,6 +187,7 @@ pub fn parse_servers(show_stat: &str, servers_state: &str) -> Servers {
                 weight: num("weight") as u32,
                 scur: num("scur"),
                 status,
+                check_status: get("check_status").to_owned(),
                 hrsp_2xx: num("hrsp_2xx"),
                 hrsp_5xx: num("hrsp_5xx"),
                 req_tot: num("req_tot"),
@@ -300,39 +303,80 @@ impl Haproxy<'_> {
             TIMEOUT,
         )
         .await?;
-        let running = self
-            .runtime(&["show backend".into()])
-            .await
-            .unwrap_or_default();
+        // Without the running state saved, the reload would restart every server in maintenance.
+        let running = self.runtime(&["show backend".into()]).await?;
         for backend in running
             .lines()
             .map(str::trim)
             .filter(|b| b.starts_with("kf_"))
         {
-            let state = self
-                .runtime(&[format!("show servers state {backend}")])
-                .await?;
-            run_ok(
-                self.transport,
-                &write_file_cmd(&state_file(self.state_dir, backend), state.as_bytes()),
-                TIMEOUT,
-            )
-            .await?;
+            self.save_state(backend).await?;
         }
+        let previous = self.current_config().await?;
         run_ok(
             self.transport,
             &Cmd::change(["mv", "-f", &candidate, self.config_file]),
             TIMEOUT,
         )
         .await?;
+        let reloaded = self.reload(backends).await;
+        if reloaded.is_err() {
+            // Put the previous file back, so that the next run sees the config as stale and retries.
+            let restore = write_file_cmd(self.config_file, previous.unwrap_or_default().as_bytes());
+            if let Err(e) = run_ok(self.transport, &restore, TIMEOUT).await {
+                tracing::error!(error = %e, "cannot restore the previous HAProxy config file");
+            }
+        }
+        reloaded
+    }
+
+    /// Saves the runtime state of `backend`'s servers (weights, maintenance) where HAProxy reads it on
+    /// a reload or restart (`server-state-file-name`).
+    pub async fn save_state(&self, backend: &str) -> Result<(), TransportError> {
+        let state = self
+            .runtime(&[format!("show servers state {backend}")])
+            .await?;
         run_ok(
             self.transport,
-            &Cmd::change(self.reload_command.iter().cloned()),
+            &write_file_cmd(&state_file(self.state_dir, backend), state.as_bytes()),
             TIMEOUT,
         )
         .await?;
-        // The new worker answers on the admin socket once it has loaded the new config.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        Ok(())
+    }
+
+    /// Runs the reload command until a new worker serves `backends`.
+    async fn reload(&self, backends: &[String]) -> Result<(), TransportError> {
+        // HAProxy drops a reload signal that arrives while it is starting or re-executing itself;
+        // a second reload is harmless, so one is sent when the first shows no effect.
+        for wait in [Duration::from_secs(10), Duration::from_secs(20)] {
+            run_ok(
+                self.transport,
+                &Cmd::change(self.reload_command.iter().cloned()),
+                TIMEOUT,
+            )
+            .await?;
+            if self.wait_for_backends(backends, wait).await {
+                return Ok(());
+            }
+            tracing::warn!(
+                host = self.transport.host(),
+                "HAProxy did not load the new config yet; reloading again"
+            );
+        }
+        Err(TransportError::Failed {
+            host: self.transport.host().to_owned(),
+            cmd: self.reload_command.join(" "),
+            status: None,
+            stderr:
+                "HAProxy did not serve the new backends after two reloads (30 s); check its log"
+                    .into(),
+        })
+    }
+
+    /// Whether HAProxy serves every one of `backends` within `limit`.
+    async fn wait_for_backends(&self, backends: &[String], limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let serving = self
                 .runtime(&["show backend".into()])
@@ -342,16 +386,10 @@ impl Haproxy<'_> {
                 .iter()
                 .all(|b| serving.lines().any(|l| l.trim() == b))
             {
-                return Ok(());
+                return true;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(TransportError::Failed {
-                    host: self.transport.host().to_owned(),
-                    cmd: self.reload_command.join(" "),
-                    status: None,
-                    stderr: "HAProxy did not serve the new backends within 30s of the reload"
-                        .into(),
-                });
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -379,6 +417,7 @@ kf_p_api,BACKEND,0,0,3,5,26,9,0,0,0,0,,0,0,0,0,UP,100,1,0,,0,5,0,,1,3,0,,9,,1,0,
             (Admin::Ready, true, 100, 3)
         );
         assert_eq!((blue.hrsp_2xx, blue.hrsp_5xx, blue.req_tot), (7, 2, 9));
+        assert_eq!(blue.check_status, "L7OK");
         let green = &s[&("kf_p_api".to_owned(), "web-1_green".to_owned())];
         assert_eq!(
             (green.admin, green.up, green.weight),

@@ -104,6 +104,8 @@ pub enum TransportError {
         status: Option<i32>,
         stderr: String,
     },
+    #[error("host {host:?}: {message}")]
+    Process { host: String, message: String },
     #[error("host {host:?}: {what}")]
     Io {
         host: String,

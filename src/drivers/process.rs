@@ -137,11 +137,9 @@ pub async fn start(
     let dir = crate::state::app_dir(spec.state_dir, spec.env, spec.app);
     let log = crate::state::log_file(spec.state_dir, spec.env, spec.app, spec.slot);
     let out = run_ok(t, &start_cmd(&dir, &log, &spec.argv), TIMEOUT).await?;
-    let failed = |why: String| TransportError::Failed {
+    let failed = |why: String| TransportError::Process {
         host: t.host().to_owned(),
-        cmd: spec.argv.join(" "),
-        status: None,
-        stderr: why,
+        message: format!("`{}`: {why}", spec.argv.join(" ")),
     };
     let pid: u32 = out.stdout_text().trim().parse().map_err(|_| {
         failed(format!(

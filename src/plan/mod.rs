@@ -418,7 +418,12 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
                 .find(|r| !serving(observed, balancer, r) && inst(r).is_none())
         })
         .or_else(|| refs.iter().find(|r| !serving(observed, balancer, r)))
-        .unwrap_or(&refs[0])
+        // Every slot serves: reuse the one with the least weight (drained first, below).
+        .or_else(|| {
+            refs.iter()
+                .min_by_key(|r| server(observed, balancer, r).map_or(0, |s| s.weight))
+        })
+        .expect("an app has two slots")
         .clone();
     let mut last = after.to_vec();
     let mut ready_steps = Vec::new();
@@ -429,6 +434,17 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
     };
     if !good(&target) {
         if let Some(old) = inst(&target) {
+            // Never signal an instance the balancer can still send requests to.
+            if server(observed, balancer, &target).is_some_and(|s| s.admin != Admin::Maint) {
+                add(
+                    plan,
+                    Action::Drain {
+                        balancer: balancer.clone(),
+                        at: target.clone(),
+                    },
+                    &mut last,
+                );
+            }
             add(
                 plan,
                 Action::Stop {

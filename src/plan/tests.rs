@@ -37,6 +37,7 @@ fn stat(weight: u32, admin: Admin, up: bool) -> ServerStat {
         weight,
         scur: 0,
         status: String::new(),
+        check_status: String::new(),
         hrsp_2xx: 0,
         hrsp_5xx: 0,
         req_tot: 0,
@@ -454,4 +455,29 @@ fn canary_is_reported_as_not_executed_yet() {
         }
     )
     .is_empty());
+}
+
+#[test]
+fn a_slot_that_serves_is_drained_before_it_is_stopped_for_reuse() {
+    // Abnormal but possible: both slots of web-1 serve the old version (weights 100 and 30).
+    let world = World::new()
+        .serving_blue("1.0")
+        .instance("web-1", "green", "1.0", true, true)
+        .server("web-1", "green", 30, Admin::Ready, true);
+    let plan = World::plan(&world, &[]);
+    // The lower-weight slot is reused, and it is drained before its instance is stopped.
+    assert!(
+        happens_before(
+            &plan,
+            "drain kf_prod_api/web-1_green on edge, then maint",
+            "stop prod/api 1.0 in slot green on web-1"
+        ),
+        "{}",
+        plan.render_text()
+    );
+    assert!(happens_before(
+        &plan,
+        "stop prod/api 1.0 in slot green on web-1",
+        "start prod/api 2.0 in slot green on web-1"
+    ));
 }
