@@ -14,6 +14,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr must not end a run half way (tracing would report it with eprintln!,
+        // which panics).
+        .log_internal_errors(false)
         .init();
 
     // Not locked: log lines from worker threads go to stderr too.

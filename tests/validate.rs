@@ -367,3 +367,21 @@ fn an_unreachable_admin_socket_stops_the_run_before_anything_changes() {
     kube_free(&["plan", "--repo", repo.path_str()]).code(1).stderr_has("none.sock");
     let _ = std::fs::remove_dir_all("/tmp/kube-free-refusal-test");
 }
+
+#[test]
+fn a_closed_stderr_does_not_crash_a_run() {
+    let repo = Repo::new();
+    repo.write("kube-free.yaml", local_only("blue-green"));
+    repo.commit("blue-green");
+    let mut child = std::process::Command::new(bin())
+        .args(["plan", "--repo", repo.path_str()])
+        .env("KUBE_FREE_LOG", "kube_free=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take()); // nobody reads what it logs
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "the run's own error (no admin socket), not a panic (101)");
+    let _ = std::fs::remove_dir_all("/tmp/kube-free-refusal-test");
+}
