@@ -42,10 +42,21 @@ pub enum Command {
     Plan(PlanArgs),
     /// Converge the hosts to the desired state, then exit.
     ///
-    /// Starts the new version in the idle slot, probes it, enables it in HAProxy, moves the traffic,
-    /// drains and stops the old version. A step that fails leaves the old version serving and stops
-    /// what got no traffic. Exit 0 when converged, 1 when a step failed, 2 on bad input.
+    /// Starts the new version in the idle slot, probes it, enables it in HAProxy, moves the traffic
+    /// (all at once, host by host, or in canary steps), drains and stops the old version. A step that
+    /// fails leaves the old version serving (a canary gives its traffic back), stops the new instances
+    /// and quarantines the version. Exit 0 when converged, 1 when a step failed or a version is
+    /// quarantined, 2 on bad input, 3 when a canary pause or gate outlasts --max-wait (run again to
+    /// resume at that step).
     Reconcile(ReconcileArgs),
+    /// End the current pause of a canary (with --all, every remaining pause); the running or next
+    /// reconcile goes on from there.
+    Promote(GateArgs),
+    /// Roll a canary (or any rollout in progress) back now: traffic back to the version that served,
+    /// the new instances stopped, the version quarantined.
+    Abort(GateArgs),
+    /// Lift the quarantine of a rolled-back version, so that the next reconcile rolls it out again.
+    Retry(GateArgs),
     /// Show, per environment and app, the desired version and what runs and serves on each host.
     Status(StatusArgs),
     /// Print the JSON Schema of the desired-state files.
@@ -131,6 +142,34 @@ pub struct ReconcileArgs {
     pub once: bool,
     /// Most steps running at once (across hosts).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Longest to wait at a canary pause or gate (`30s`, `5m`): a pause with more left, or a gate not
+    /// promoted within it, ends the run with exit 3, and the next run resumes at that step. Without
+    /// it, timed pauses are waited out and gates end the run at once.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_wait: Option<std::time::Duration>,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::desired::duration::parse(text)
+}
+
+/// Which rollout a manual gate acts on.
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The app.
+    #[arg(value_name = "APP")]
+    pub app: String,
+    /// Its environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: String,
+    /// promote: skip every remaining pause, not only the current one.
+    #[arg(long)]
+    pub all: bool,
+    /// abort: most steps running at once while rolling back.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..), hide = true)]
     pub parallel: u16,
 }
 

@@ -2,8 +2,8 @@
 //! Output goes to the writers given, so tests can read it; errors are returned, never printed here.
 
 use crate::cli::{
-    Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs, ScopeArgs, SourceArgs, StatusArgs,
-    ValidateArgs,
+    GateArgs, Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs, ScopeArgs, SourceArgs,
+    StatusArgs, ValidateArgs,
 };
 use crate::desired::{self, DesiredState, Files, LoadError};
 use crate::drivers::haproxy;
@@ -118,12 +118,7 @@ pub fn schema(args: &SchemaArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 
 /// Loads the desired state and connects to every host it uses. Bad input is reported before any
 /// host is contacted.
-/// With `acting_on`, refuses (before contacting any host) what cannot be executed in that scope.
-async fn connect(
-    args: &SourceArgs,
-    scope_filter: &Scope,
-    acting_on: Option<&Scope>,
-) -> Result<Arc<World>, Error> {
+async fn connect(args: &SourceArgs, scope_filter: &Scope) -> Result<Arc<World>, Error> {
     let snapshot = open(args)?;
     let state = desired::load(&snapshot).map_err(|e| load_error(&snapshot, e))?;
     for (what, name, known) in [
@@ -149,12 +144,6 @@ async fn connect(
             });
         }
     }
-    if let Some(scope) = acting_on {
-        let unsupported = plan::unsupported(&state, scope);
-        if !unsupported.is_empty() {
-            return Err(Error::Unsupported(unsupported));
-        }
-    }
     let known_hosts = match &state.ssh.known_hosts {
         Some(path) => Some(
             snapshot
@@ -177,7 +166,7 @@ fn scope(args: &ScopeArgs) -> Scope {
 
 pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
-    let world = connect(&args.source, &scope, Some(&scope)).await?;
+    let world = connect(&args.source, &scope).await?;
     let observed = world.observe().await?;
     let plan = plan::build(
         &world.desired,
@@ -209,8 +198,12 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 
 pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
-    let world = connect(&args.source, &scope, Some(&scope)).await?;
-    let report = reconcile::once(world.clone(), &scope, args.parallel as usize).await?;
+    let world = connect(&args.source, &scope).await?;
+    let options = reconcile::Options {
+        parallel: args.parallel as usize,
+        max_wait: args.max_wait,
+    };
+    let report = reconcile::once(world.clone(), &scope, options).await?;
     if report.steps == 0 {
         writeln!(out, "in sync at commit {}: nothing to do", world.revision)?;
     } else {
@@ -224,9 +217,43 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     Ok(Exit::Ok)
 }
 
+/// A manual gate of a rollout.
+#[derive(Clone, Copy, Debug)]
+pub enum Gate {
+    Promote,
+    Abort,
+    Retry,
+}
+
+pub async fn gate(gate: Gate, args: &GateArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    let scope = Scope {
+        env: Some(args.env.clone()),
+        app: Some(args.app.clone()),
+    };
+    let world = connect(&args.source, &scope).await?;
+    if !world.desired.environments[&args.env]
+        .apps
+        .contains_key(&args.app)
+    {
+        return Err(Error::UnknownName {
+            what: "app in that environment",
+            name: args.app.clone(),
+        });
+    }
+    let message = match gate {
+        Gate::Promote => reconcile::promote(&world, &args.env, &args.app, args.all).await?,
+        Gate::Abort => {
+            reconcile::abort(&world, &args.env, &args.app, args.parallel as usize).await?
+        }
+        Gate::Retry => reconcile::retry(&world, &args.env, &args.app).await?,
+    };
+    writeln!(out, "{message}")?;
+    Ok(Exit::Ok)
+}
+
 pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let filter = scope(&args.scope);
-    let world = connect(&args.source, &filter, None).await?;
+    let world = connect(&args.source, &filter).await?;
     let observed = world.observe().await?;
     let report = status_report(
         &world.desired,
@@ -250,12 +277,42 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
                     app["app"].as_str().unwrap_or_default(),
                     app["desired_version"].as_str().unwrap_or_default(),
                     app["strategy"].as_str().unwrap_or_default(),
-                    if app["in_sync"] == true {
+                    if app["quarantined"] == true {
+                        "quarantined (rolled back; `kube-free retry` or a change lifts it)"
+                    } else if app["in_sync"] == true {
                         "in sync"
                     } else {
                         "changes pending"
                     }
                 )?;
+                if let Some(r) = app["rollout"].as_object() {
+                    let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                    write!(
+                        out,
+                        "  rollout: {} of {} at commit {:.12}, {}, step {}",
+                        text("strategy"),
+                        text("version"),
+                        text("revision"),
+                        text("phase"),
+                        r["step"]
+                    )?;
+                    if let Some(outcome) = r["outcome"].as_str() {
+                        write!(out, ": {outcome}")?;
+                    }
+                    writeln!(out)?;
+                    if let Some(last) = r["analysis"].as_array().and_then(|a| a.last()) {
+                        writeln!(
+                            out,
+                            "  last analysis: step {} at {}%: {} requests, {} errors ({:.2}%), {}",
+                            last["step"],
+                            last["weight"],
+                            last["requests"],
+                            last["errors"],
+                            last["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                            last["verdict"].as_str().unwrap_or_default()
+                        )?;
+                    }
+                }
                 writeln!(
                     out,
                     "  {:<16} {:<8} {:<16} {:<8} {:<6} {:>6}  BALANCER",
@@ -305,9 +362,7 @@ fn status_report(
     let mut apps = Vec::new();
     for env in desired.environments.values() {
         for (app, d) in &env.apps {
-            if scope.env.as_deref().is_some_and(|e| e != env.name)
-                || scope.app.as_deref().is_some_and(|a| a != app)
-            {
+            if !scope.includes(&env.name, app) {
                 continue;
             }
             let only = Scope {
@@ -338,17 +393,18 @@ fn status_report(
                     }));
                 }
             }
-            let strategy = match &d.strategy {
-                desired::Strategy::BlueGreen => "blue-green",
-                desired::Strategy::Rolling { .. } => "rolling",
-                desired::Strategy::Canary { .. } => "canary",
-            };
+            // The record of an earlier version is history, not the state of this app.
+            let record = observed
+                .rollout(&env.name, app)
+                .filter(|r| r.version == d.version);
             apps.push(serde_json::json!({
                 "env": env.name,
                 "app": app,
                 "desired_version": d.version,
-                "strategy": strategy,
+                "strategy": d.strategy.name(),
                 "in_sync": in_sync,
+                "quarantined": plan::quarantine(desired, observed, &env.name, app).is_some(),
+                "rollout": record,
                 "slots": slots,
             }));
         }

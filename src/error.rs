@@ -41,8 +41,6 @@ pub enum Error {
     Reconcile(Box<crate::reconcile::ReconcileError>),
     #[error("unknown {what} {name:?} (not in the desired state)")]
     UnknownName { what: &'static str, name: String },
-    #[error("not supported yet:\n  {}", .0.join("\n  "))]
-    Unsupported(Vec<String>),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -51,10 +49,10 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Source(e) if e.is_bad_input() => Exit::BadInput,
-            Error::Invalid { .. }
-            | Error::NoRootFile { .. }
-            | Error::Unsupported(_)
-            | Error::UnknownName { .. } => Exit::BadInput,
+            Error::Invalid { .. } | Error::NoRootFile { .. } | Error::UnknownName { .. } => {
+                Exit::BadInput
+            }
+            Error::Reconcile(e) if e.waits() => Exit::Waiting,
             Error::Source(_)
             | Error::Read { .. }
             | Error::Output(_)

@@ -3,7 +3,8 @@
 
 use clap::Parser;
 use kube_free::cli::{Cli, Command};
-use kube_free::{commands, Error, Exit};
+use kube_free::commands::{self, Gate};
+use kube_free::{Error, Exit};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -28,6 +29,9 @@ fn main() -> ExitCode {
         Command::Plan(args) => block_on(commands::plan(args, &mut out)),
         Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),
         Command::Status(args) => block_on(commands::status(args, &mut out)),
+        Command::Promote(args) => block_on(commands::gate(Gate::Promote, args, &mut out)),
+        Command::Abort(args) => block_on(commands::gate(Gate::Abort, args, &mut out)),
+        Command::Retry(args) => block_on(commands::gate(Gate::Retry, args, &mut out)),
     };
     let _ = out.flush();
     let code = match result {

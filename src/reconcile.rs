@@ -10,9 +10,10 @@ use crate::drivers::probe::Prober;
 use crate::drivers::process::{self, Found, StartSpec};
 use crate::drivers::ssh::{SshOptions, SshTarget, SshTransport};
 use crate::drivers::{Transport, TransportError};
-use crate::execute::{self, Effects, StepFailed};
+use crate::execute::{self, Effects, StepError, StepFailed};
 use crate::observed::{BalancerState, HostState, Instance, ObservedState};
 use crate::plan::{self, Action, Plan, Scope, SlotRef};
+use crate::state::{Counters, Phase, Promote, RolloutRecord, StepFigures};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,7 +28,29 @@ pub enum ReconcileError {
     #[error("cannot create a runtime directory")]
     RuntimeDir(#[source] std::io::Error),
     #[error("{failed}; {outcome}")]
-    RolledBack { failed: StepFailed, outcome: String },
+    RolledBack {
+        failed: Box<StepFailed>,
+        outcome: String,
+    },
+    #[error("{failed}; run again to resume there")]
+    Waiting { failed: Box<StepFailed> },
+    #[error("{}", .0.join("\n"))]
+    Quarantined(Vec<String>),
+    #[error("{0}")]
+    Gate(String),
+    #[error("rollout record {path} on {host}: {message}")]
+    Record {
+        host: String,
+        path: String,
+        message: String,
+    },
+}
+
+impl ReconcileError {
+    /// The run stopped at a pause or gate (exit 3), not on a failure.
+    pub fn waits(&self) -> bool {
+        matches!(self, ReconcileError::Waiting { .. })
+    }
 }
 
 /// Everything needed to reach the world: one transport per host, the prober, the desired state.
@@ -37,6 +60,8 @@ pub struct World {
     pub revision: String,
     transports: BTreeMap<String, Arc<dyn Transport>>,
     prober: Prober,
+    /// One save of HAProxy's server state at a time (parallel steps change one backend).
+    save_lock: tokio::sync::Mutex<()>,
     _runtime_dir: tempfile::TempDir,
 }
 
@@ -117,6 +142,7 @@ impl World {
             revision,
             transports,
             prober: Prober::default(),
+            save_lock: tokio::sync::Mutex::new(()),
             _runtime_dir: runtime_dir,
         })
     }
@@ -172,7 +198,21 @@ impl World {
                 Ok::<_, TransportError>((name, state))
             }));
         }
+        let mut rollouts = Vec::new();
+        for (env, app) in self.deployments() {
+            let world = self.clone();
+            rollouts.push(tokio::spawn(async move {
+                let record = world.read_rollout(&env, &app).await?;
+                Ok::<_, ReconcileError>(((env, app), record))
+            }));
+        }
         let mut observed = ObservedState::default();
+        for r in rollouts {
+            let (key, record) = r.await.expect("observing does not panic")?;
+            if let Some(record) = record {
+                observed.rollouts.insert(key, record);
+            }
+        }
         for h in hosts {
             let (name, state) = h.await.expect("observing does not panic")?;
             observed.hosts.insert(name, state);
@@ -184,12 +224,117 @@ impl World {
         Ok(observed)
     }
 
+    /// Every (environment, app) of the desired state.
+    fn deployments(&self) -> Vec<(String, String)> {
+        self.desired
+            .environments
+            .values()
+            .flat_map(|e| e.apps.keys().map(|a| (e.name.clone(), a.clone())))
+            .collect()
+    }
+
+    /// The balancer host of `env` and the path of the rollout record of `env`/`app` on it.
+    fn rollout_location(&self, env: &str, app: &str) -> (&str, String) {
+        let balancer = &self.desired.balancers[&self.desired.environments[env].balancer];
+        let state_dir = &self.desired.hosts[&balancer.host].state_dir;
+        (
+            &balancer.host,
+            crate::state::rollout_file(state_dir, env, app),
+        )
+    }
+
+    /// The rollout record of `env`/`app`, if there is one. A torn or foreign file is reported and not
+    /// trusted (read as no record: the next step writes a fresh one from what it observes).
+    pub async fn read_rollout(
+        &self,
+        env: &str,
+        app: &str,
+    ) -> Result<Option<RolloutRecord>, ReconcileError> {
+        let (host, path) = self.rollout_location(env, app);
+        let out = crate::drivers::run_ok(
+            self.transport(host),
+            &process::read_file_cmd(&path),
+            READ_TIMEOUT,
+        )
+        .await?;
+        if out.stdout.is_empty() {
+            return Ok(None);
+        }
+        match serde_json::from_slice::<RolloutRecord>(&out.stdout) {
+            Ok(r) if r.env == env && r.app == app => Ok(Some(r)),
+            Ok(_) => {
+                tracing::warn!(%host, %path, "rollout record names another environment or app; ignored");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(%host, %path, error = %e, "unreadable rollout record; ignored");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The record of the rollout of `version`, or a fresh one when there is none for it (another
+    /// version, an earlier desired state, or one that ended).
+    pub async fn record_for(
+        &self,
+        env: &str,
+        app: &str,
+        version: &str,
+    ) -> Result<RolloutRecord, ReconcileError> {
+        let fingerprint = self.desired.fingerprint(env, app);
+        let current = self.read_rollout(env, app).await?;
+        let strategy = self.desired.environments[env].apps[app].strategy.name();
+        Ok(current
+            .filter(|r| {
+                r.version == version
+                    && r.fingerprint == fingerprint
+                    && matches!(r.phase, Phase::Progressing | Phase::Paused)
+            })
+            .unwrap_or_else(|| RolloutRecord {
+                env: env.to_owned(),
+                app: app.to_owned(),
+                version: version.to_owned(),
+                revision: self.revision.clone(),
+                fingerprint,
+                strategy: strategy.to_owned(),
+                phase: Phase::Progressing,
+                step: 0,
+                step_started_at: crate::state::now(),
+                step_base: Counters::default(),
+                started_at: crate::state::now(),
+                updated_at: 0,
+                promote: Promote::No,
+                analysis: Vec::new(),
+                outcome: None,
+            }))
+    }
+
+    /// Writes the rollout record atomically on the balancer host.
+    pub async fn write_rollout(&self, record: &RolloutRecord) -> Result<(), ReconcileError> {
+        let (host, path) = self.rollout_location(&record.env, &record.app);
+        let mut record = record.clone();
+        record.updated_at = crate::state::now();
+        let bytes = serde_json::to_vec_pretty(&record).expect("records serialize");
+        crate::drivers::run_ok(
+            self.transport(host),
+            &process::write_file_cmd(&path, &bytes),
+            READ_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| ReconcileError::Record {
+            host: host.to_owned(),
+            path,
+            message: e.to_string(),
+        })
+    }
+
     async fn observe_host(&self, name: &str) -> Result<HostState, TransportError> {
         let t = self.transport(name);
         let state_dir = &self.desired.hosts[name].state_dir;
-        let listed = t
-            .run(&process::list_instances_cmd(state_dir), READ_TIMEOUT)
-            .await?;
+        let listed =
+            crate::drivers::run_ok(t, &process::list_instances_cmd(state_dir), READ_TIMEOUT)
+                .await?;
         let mut state = HostState::default();
         for found in process::parse_instances(&listed.stdout_text()) {
             match found {
@@ -270,11 +415,22 @@ pub struct PassReport {
     pub steps: usize,
 }
 
-/// One pass: observe, plan, execute; on failure, clean up the failed rollout and report it.
+/// How a pass runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Most steps at once.
+    pub parallel: usize,
+    /// Longest this run waits at a pause or gate before it stops there (exit 3); `None`: timed pauses
+    /// are waited out, gates are not waited for.
+    pub max_wait: Option<Duration>,
+}
+
+/// One pass: observe, plan, execute; on failure, clean up (a canary gives its traffic back to the
+/// stable version first), quarantine the version when the version itself failed, and report it.
 pub async fn once(
     world: Arc<World>,
     scope: &Scope,
-    parallel: usize,
+    options: Options,
 ) -> Result<PassReport, ReconcileError> {
     let observed = world.observe().await?;
     let plan = plan::build(
@@ -283,9 +439,16 @@ pub async fn once(
         &world.stale_configs(&observed),
         scope,
     );
+    let quarantined = |steps| {
+        if plan.notes.is_empty() {
+            Ok(PassReport { steps })
+        } else {
+            Err(ReconcileError::Quarantined(plan.notes.clone()))
+        }
+    };
     if plan.is_empty() {
         tracing::info!("in sync");
-        return Ok(PassReport { steps: 0 });
+        return quarantined(0);
     }
     tracing::info!(
         steps = plan.graph.node_count(),
@@ -295,20 +458,42 @@ pub async fn once(
     let effects = Arc::new(Live {
         world: world.clone(),
         observed: observed.clone(),
+        max_wait: options.max_wait,
     });
-    match execute::run(&plan, effects, parallel).await {
-        Ok(report) => Ok(PassReport {
-            steps: report.done.len(),
+    match execute::run(&plan, effects, options.parallel).await {
+        Ok(report) => quarantined(report.done.len()),
+        Err(failed) if failed.waiting => Err(ReconcileError::Waiting {
+            failed: Box::new(failed),
         }),
         Err(failed) => {
             let outcome = match rollout_of(&failed.action) {
-                Some((env, app)) => match clean_up(&world, &env, &app, parallel).await {
-                    Ok(()) => format!("rolled back: {env}/{app} keeps the version that was serving; instances that got no traffic are stopped"),
-                    Err(e) => format!("cleaning up {env}/{app} failed too: {e}"),
-                },
+                Some((env, app)) => {
+                    let version = world.desired.environments[&env].apps[&app].version.clone();
+                    let canary = matches!(
+                        world.desired.environments[&env].apps[&app].strategy,
+                        crate::desired::Strategy::Canary { .. }
+                    );
+                    let cleaned = match clean_up(&world, &env, &app, options.parallel).await {
+                        Ok(()) if canary => format!("rolled back: {env}/{app} traffic is back on the version that served before, and the instances of {version} are stopped"),
+                        Ok(()) => format!("cleaned up: instances of {version} that got no traffic are stopped; {env}/{app} keeps what serves"),
+                        Err(e) => format!("cleaning up {env}/{app} failed too: {e}"),
+                    };
+                    if failed_by_the_version(&failed.action) {
+                        let mut record = world.record_for(&env, &app, &version).await?;
+                        record.phase = Phase::Failed;
+                        record.outcome = Some(failed.message.clone());
+                        world.write_rollout(&record).await?;
+                        format!("{cleaned}; {version} is quarantined until its desired state changes or `kube-free retry {app} --env {env}`")
+                    } else {
+                        cleaned
+                    }
+                }
                 None => "nothing was moved".to_owned(),
             };
-            Err(ReconcileError::RolledBack { failed, outcome })
+            Err(ReconcileError::RolledBack {
+                failed: Box::new(failed),
+                outcome,
+            })
         }
     }
 }
@@ -320,11 +505,26 @@ fn rollout_of(action: &Action) -> Option<(String, String)> {
         | Action::Enable { at, .. }
         | Action::Drain { at, .. }
         | Action::Stop { at, .. } => Some((at.env.clone(), at.app.clone())),
-        Action::Shift { env, app, .. } => Some((env.clone(), app.clone())),
+        Action::Shift { env, app, .. }
+        | Action::Weigh { env, app, .. }
+        | Action::Pause { env, app, .. }
+        | Action::Conclude { env, app, .. } => Some((env.clone(), app.clone())),
         Action::ApplyConfig { .. } => None,
     }
 }
 
+/// Whether a failure of this step is the new version's fault (it does not start, never becomes
+/// ready, is not UP in the balancer, fails analysis or is aborted), so that it is quarantined; a
+/// balancer or host that fails a step does not quarantine the version.
+fn failed_by_the_version(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Start { .. } | Action::Probe { .. } | Action::Enable { .. } | Action::Pause { .. }
+    )
+}
+
+/// Takes out and stops the instances of the desired version of `env`/`app` that get no traffic; a
+/// canary's that get traffic give it back to the stable version first.
 async fn clean_up(
     world: &Arc<World>,
     env: &str,
@@ -332,7 +532,12 @@ async fn clean_up(
     parallel: usize,
 ) -> Result<(), ReconcileError> {
     let observed = world.observe().await?;
-    let plan: Plan = plan::cleanup(&world.desired, &observed, env, app);
+    let d = &world.desired.environments[env].apps[app];
+    let canary = matches!(d.strategy, crate::desired::Strategy::Canary { .. });
+    let plan: Plan = plan::cleanup(&world.desired, &observed, env, app, &d.version, canary);
+    for note in &plan.notes {
+        tracing::warn!("{note}");
+    }
     tracing::warn!(
         steps = plan.graph.node_count(),
         "cleaning up after the failed rollout\n{}",
@@ -341,14 +546,110 @@ async fn clean_up(
     let effects = Arc::new(Live {
         world: world.clone(),
         observed,
+        max_wait: None,
     });
     execute::run(&plan, effects, parallel)
         .await
         .map(|_| ())
         .map_err(|failed| ReconcileError::RolledBack {
-            failed,
+            failed: Box::new(failed),
             outcome: "cleanup stopped".into(),
         })
+}
+
+/// `kube-free promote`: the current pause (or, with `all`, every remaining one) of the running
+/// canary of `env`/`app` ends; a running or the next reconcile goes on from there.
+pub async fn promote(
+    world: &World,
+    env: &str,
+    app: &str,
+    all: bool,
+) -> Result<String, ReconcileError> {
+    let version = &world.desired.environments[env].apps[app].version;
+    let mut record = match world.read_rollout(env, app).await? {
+        Some(r)
+            if r.version == *version && matches!(r.phase, Phase::Progressing | Phase::Paused) =>
+        {
+            r
+        }
+        other => {
+            return Err(ReconcileError::Gate(format!(
+                "{env}/{app} has no canary of {version} in progress to promote ({})",
+                describe_record(other.as_ref())
+            )))
+        }
+    };
+    record.promote = if all {
+        Promote::All
+    } else {
+        Promote::Step(record.step)
+    };
+    world.write_rollout(&record).await?;
+    Ok(if all {
+        format!("promoted {env}/{app} {version}: every remaining pause is skipped")
+    } else {
+        format!(
+            "promoted {env}/{app} {version}: the pause of step {} ends",
+            record.step
+        )
+    })
+}
+
+/// `kube-free abort`: the running canary of `env`/`app` gives its traffic back to the stable version
+/// and stops; its version is quarantined.
+pub async fn abort(
+    world: &Arc<World>,
+    env: &str,
+    app: &str,
+    parallel: usize,
+) -> Result<String, ReconcileError> {
+    let version = world.desired.environments[env].apps[app].version.clone();
+    let mut record = match world.read_rollout(env, app).await? {
+        Some(r) if r.version == version && r.phase != Phase::Succeeded => r,
+        other => {
+            return Err(ReconcileError::Gate(format!(
+                "{env}/{app} has no rollout of {version} in progress to abort ({})",
+                describe_record(other.as_ref())
+            )))
+        }
+    };
+    record.phase = Phase::Aborted;
+    record.outcome = Some("aborted by `kube-free abort`".into());
+    world.write_rollout(&record).await?;
+    clean_up(world, env, app, parallel).await?;
+    Ok(format!("aborted {env}/{app} {version}: traffic is back on the version that served before and {version} is stopped; it is quarantined until its desired state changes or `kube-free retry {app} --env {env}`"))
+}
+
+/// `kube-free retry`: lifts the quarantine of the desired version of `env`/`app`; the next reconcile
+/// rolls it out again from the start.
+pub async fn retry(world: &World, env: &str, app: &str) -> Result<String, ReconcileError> {
+    let version = &world.desired.environments[env].apps[app].version;
+    let mut record = match world.read_rollout(env, app).await? {
+        Some(r) if r.version == *version && r.phase.quarantines() => r,
+        other => {
+            return Err(ReconcileError::Gate(format!(
+                "{env}/{app} {version} is not quarantined ({})",
+                describe_record(other.as_ref())
+            )))
+        }
+    };
+    // A record that no longer matches any fingerprint: the next rollout starts afresh.
+    record.fingerprint = String::from("retry");
+    record.outcome = Some(format!(
+        "{} (retried)",
+        record.outcome.as_deref().unwrap_or("rolled back")
+    ));
+    world.write_rollout(&record).await?;
+    Ok(format!(
+        "{env}/{app} {version} may be rolled out again: run `kube-free reconcile --once`"
+    ))
+}
+
+fn describe_record(record: Option<&RolloutRecord>) -> String {
+    match record {
+        None => "no rollout record".into(),
+        Some(r) => format!("the last rollout, of {}, is {:?}", r.version, r.phase).to_lowercase(),
+    }
 }
 
 /// The effects of steps on real hosts and balancers.
@@ -356,6 +657,8 @@ pub struct Live {
     world: Arc<World>,
     /// The snapshot the plan was built from (records of instances to stop).
     observed: ObservedState,
+    /// See [`Options::max_wait`].
+    max_wait: Option<Duration>,
 }
 
 impl Live {
@@ -376,13 +679,17 @@ impl Live {
         balancer: &str,
         at: &SlotRef,
     ) -> Result<Option<haproxy::ServerStat>, String> {
-        let servers = self
-            .world
+        let servers = self.servers(balancer).await?;
+        Ok(servers.get(&(at.backend(), at.server())).cloned())
+    }
+
+    /// Every server of the balancer as HAProxy reports it now.
+    async fn servers(&self, balancer: &str) -> Result<haproxy::Servers, String> {
+        self.world
             .balancer(balancer)
             .servers()
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(servers.get(&(at.backend(), at.server())).cloned())
+            .map_err(|e| e.to_string())
     }
 
     /// The instance file of a slot as it is now on its host, if there is a readable one.
@@ -530,30 +837,34 @@ impl Live {
                 at.server()
             )
         })?;
-        if !(current.up && current.admin == Admin::Ready) {
+        let (backend, server) = (at.backend(), at.server());
+        let commands = match current.admin {
             // Weight 0 first: leaving maintenance makes a server UP at once.
-            b.runtime(&[
-                haproxy::set_weight(&at.backend(), &at.server(), 0),
-                haproxy::set_state(&at.backend(), &at.server(), Admin::Ready),
-            ])
-            .await
-            .map_err(|e| e.to_string())?;
+            Admin::Maint => vec![
+                haproxy::set_weight(&backend, &server, 0),
+                haproxy::set_state(&backend, &server, Admin::Ready),
+            ],
+            // Its weight is what the balancer gives it now; only the shift changes that.
+            Admin::Drain => vec![haproxy::set_state(&backend, &server, Admin::Ready)],
+            Admin::Ready => vec![],
+        };
+        if !commands.is_empty() {
+            b.runtime(&commands).await.map_err(|e| e.to_string())?;
         }
-        loop {
-            match self.server(balancer, at).await? {
-                // HAProxy's own health check passed: the balancer reaches the instance.
-                Some(s)
-                    if s.up && s.admin == Admin::Ready && s.check_status.starts_with("L7OK") =>
-                {
-                    return Ok(())
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
+        // Until HAProxy's own health check passed: the balancer reaches the instance.
+        while !self
+            .server(balancer, at)
+            .await?
+            .is_some_and(|s| s.checked_up())
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Ok(())
     }
 
     /// Keeps HAProxy's saved state in step with a runtime change, so a reload or restart keeps it.
     async fn save_state(&self, balancer: &str, backend: &str) -> Result<(), String> {
+        let _one_at_a_time = self.world.save_lock.lock().await;
         self.world
             .balancer(balancer)
             .save_state(backend)
@@ -562,12 +873,38 @@ impl Live {
     }
 
     async fn shift(&self, balancer: &str, to: &[SlotRef], from: &[SlotRef]) -> Result<(), String> {
+        let weights: Vec<(&SlotRef, u32)> = to
+            .iter()
+            .map(|r| (r, FULL_WEIGHT))
+            .chain(from.iter().map(|r| (r, 0)))
+            .collect();
+        self.set_weights(balancer, &weights, to).await
+    }
+
+    /// Sets each server's weight in one runtime command (unless all are right already) and reads
+    /// them back. Refuses unless every server of `must_be_up` is UP with a passed health check, and
+    /// unless some server that is UP keeps a weight above zero.
+    async fn set_weights(
+        &self,
+        balancer: &str,
+        weights: &[(&SlotRef, u32)],
+        must_be_up: &[SlotRef],
+    ) -> Result<(), String> {
         let b = self.world.balancer(balancer);
-        let servers = b.servers().await.map_err(|e| e.to_string())?;
+        let servers = self.servers(balancer).await?;
+        let stat = |r: &SlotRef| servers.get(&(r.backend(), r.server()));
+        if !weights
+            .iter()
+            .any(|(r, w)| *w > 0 && stat(r).is_some_and(|s| s.checked_up()))
+        {
+            return Err(
+                "refusing to change weights: no server that is UP would keep any weight".into(),
+            );
+        }
         // Invariant: weight only goes to servers that HAProxy reports UP and ready.
-        for r in to {
+        for r in must_be_up {
             match servers.get(&(r.backend(), r.server())) {
-                Some(s) if s.up && s.admin == Admin::Ready => {}
+                Some(s) if s.checked_up() => {}
                 other => {
                     return Err(format!(
                         "refusing to move traffic to {}/{}: balancer reports {:?}",
@@ -578,21 +915,19 @@ impl Live {
                 }
             }
         }
-        let mut commands: Vec<String> = to
+        if weights
             .iter()
-            .map(|r| haproxy::set_weight(&r.backend(), &r.server(), FULL_WEIGHT))
-            .collect();
-        commands.extend(
-            from.iter()
-                .map(|r| haproxy::set_weight(&r.backend(), &r.server(), 0)),
-        );
-        b.runtime(&commands).await.map_err(|e| e.to_string())?;
-        let after = b.servers().await.map_err(|e| e.to_string())?;
-        for (r, want) in to
-            .iter()
-            .map(|r| (r, FULL_WEIGHT))
-            .chain(from.iter().map(|r| (r, 0)))
+            .all(|(r, w)| stat(r).is_some_and(|s| s.weight == *w))
         {
+            return Ok(());
+        }
+        let commands: Vec<String> = weights
+            .iter()
+            .map(|(r, w)| haproxy::set_weight(&r.backend(), &r.server(), *w))
+            .collect();
+        b.runtime(&commands).await.map_err(|e| e.to_string())?;
+        let after = self.servers(balancer).await?;
+        for &(r, want) in weights {
             let got = after.get(&(r.backend(), r.server())).map(|s| s.weight);
             if got != Some(want) {
                 return Err(format!(
@@ -608,7 +943,18 @@ impl Live {
     async fn drain(&self, balancer: &str, at: &SlotRef) -> Result<(), String> {
         let b = self.world.balancer(balancer);
         let (backend, server) = (at.backend(), at.server());
-        match self.server(balancer, at).await? {
+        let servers = self.servers(balancer).await?;
+        let current = servers.get(&(backend.clone(), server.clone()));
+        // Never take traffic away from the last server that can take it.
+        if current.is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint) {
+            let others_serve = servers.iter().any(|((b, s), stat)| {
+                *b == backend && *s != server && stat.weight > 0 && stat.checked_up()
+            });
+            if !others_serve {
+                return Err(format!("refusing to drain {backend}/{server}: no other server of the backend is UP with weight"));
+            }
+        }
+        match current {
             None => return Ok(()),
             Some(s) if s.admin == Admin::Maint => return Ok(()),
             Some(s) if s.admin == Admin::Ready => {
@@ -642,6 +988,269 @@ impl Live {
         }
     }
 
+    /// GETs each of `paths` from every canary instance; the first that does not answer 2xx.
+    async fn run_checks(&self, canary: &[SlotRef], paths: &[String]) -> Result<(), String> {
+        for at in canary {
+            let timeout = self.app(at).probe.timeout;
+            let address = haproxy::host_address(&self.world.desired, &at.host);
+            for path in paths {
+                self.world
+                    .prober
+                    .probe(&address, self.port(at), path, timeout)
+                    .await
+                    .map_err(|e| format!("check {path} on {}: {e}", at.host))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The canary's cumulative counters now (summed over its servers).
+    async fn counters(&self, balancer: &str, canary: &[SlotRef]) -> Result<Counters, String> {
+        let servers = self.servers(balancer).await?;
+        Ok(canary
+            .iter()
+            .filter_map(|r| servers.get(&(r.backend(), r.server())))
+            .fold(Counters::default(), |c, s| Counters {
+                requests: c.requests + s.requests,
+                errors: c.errors + s.errors,
+            }))
+    }
+
+    async fn save_record(&self, record: &RolloutRecord) -> Result<(), String> {
+        self.world
+            .write_rollout(record)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Canary step `step`: the canary's share to `weight`%, then the record says the step is in
+    /// progress (its window starts now, unless it already had started).
+    #[allow(clippy::too_many_arguments)]
+    async fn weigh(
+        &self,
+        balancer: &str,
+        env: &str,
+        app: &str,
+        version: &str,
+        step: usize,
+        weight: u8,
+        canary: &[SlotRef],
+        stable: &[SlotRef],
+    ) -> Result<(), String> {
+        let w = u32::from(weight);
+        let weights: Vec<(&SlotRef, u32)> = canary
+            .iter()
+            .map(|r| (r, w))
+            .chain(stable.iter().map(|r| (r, 100 - w)))
+            .collect();
+        let must_be_up = if w > 0 { canary } else { &[] };
+        self.set_weights(balancer, &weights, must_be_up).await?;
+        self.save_state(balancer, &haproxy::backend_name(env, app))
+            .await?;
+        let mut record = self
+            .world
+            .record_for(env, app, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        if record.step != step || record.updated_at == 0 {
+            record.step = step;
+            record.step_started_at = crate::state::now();
+            record.step_base = self.counters(balancer, canary).await?;
+        }
+        record.phase = Phase::Progressing;
+        tracing::info!(%env, %app, %version, step, weight, "canary weight set");
+        self.save_record(&record).await
+    }
+
+    /// Canary step `step`'s pause: waits until it is over (or promoted), polling the record for
+    /// `kube-free promote` and `kube-free abort`; a wait longer than `--max-wait` ends the run here
+    /// (exit 3; the next run resumes). Then the analysis of the step's window: a failure rolls back,
+    /// too few requests extend the window (up to `progress_deadline`).
+    #[allow(clippy::too_many_arguments)]
+    async fn pause(
+        &self,
+        balancer: &str,
+        env: &str,
+        app: &str,
+        version: &str,
+        step: usize,
+        pause: crate::desired::Pause,
+        canary: &[SlotRef],
+    ) -> Result<(), StepError> {
+        let crate::desired::Strategy::Canary {
+            analysis,
+            progress_deadline,
+            ..
+        } = &self.world.desired.environments[env].apps[app].strategy
+        else {
+            return Err(StepError::Failed(format!("{env}/{app} is not a canary")));
+        };
+        let mut record = self
+            .world
+            .record_for(env, app, version)
+            .await
+            .map_err(|e| e.to_string())?;
+        if record.step > step {
+            return Ok(());
+        }
+        if record.step < step || record.updated_at == 0 {
+            record.step = step;
+            record.step_started_at = crate::state::now();
+            record.step_base = self.counters(balancer, canary).await?;
+            self.save_record(&record).await?;
+        }
+        let waited_from = tokio::time::Instant::now();
+        let max_wait = self.max_wait;
+        let pause_secs = match pause {
+            crate::desired::Pause::For(d) => d.as_secs_f64().ceil() as u64,
+            crate::desired::Pause::UntilPromoted => 0,
+        };
+        // The window ends here; too few requests move it (never past the progress deadline).
+        let mut window_end = record.step_started_at + pause_secs;
+        let give_up = record.step_started_at + pause_secs + progress_deadline.as_secs().max(1);
+        loop {
+            // Promote and abort come from other processes, through the record.
+            let current = self
+                .world
+                .read_rollout(env, app)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(c) = current.as_ref().filter(|c| c.version == version) {
+                if c.phase == Phase::Aborted {
+                    return Err(StepError::Failed(format!(
+                        "aborted by `kube-free abort` at step {step}"
+                    )));
+                }
+                record.promote = c.promote;
+            }
+            let promoted =
+                matches!(record.promote, Promote::All) || record.promote == Promote::Step(step);
+            let now = crate::state::now();
+            let gate_open = match pause {
+                crate::desired::Pause::For(_) => true,
+                crate::desired::Pause::UntilPromoted => promoted,
+            };
+            if gate_open && (now >= window_end || promoted) {
+                let Some(a) = analysis else { break };
+                let base = record.step_base;
+                let counters = self.counters(balancer, canary).await?;
+                if counters.requests < base.requests {
+                    // The balancer's counters restarted (a reload): count from here.
+                    record.step_base = counters;
+                    window_end = now + pause_secs.max(1);
+                    continue;
+                }
+                let requests = counters.requests - base.requests;
+                let errors = counters.errors.saturating_sub(base.errors);
+                let error_rate = if requests == 0 {
+                    0.0
+                } else {
+                    errors as f64 / requests as f64
+                };
+                let weight = self.world.desired.environments[env].apps[app]
+                    .strategy
+                    .canary_weight(step);
+                let check_failed = self.run_checks(canary, &a.checks).await.err();
+                let verdict = if check_failed.is_some() {
+                    "failed"
+                } else if requests < a.min_requests {
+                    "inconclusive"
+                } else if error_rate > a.max_error_rate {
+                    "failed"
+                } else {
+                    "passed"
+                };
+                let figures = StepFigures {
+                    step,
+                    weight,
+                    requests,
+                    errors,
+                    error_rate,
+                    verdict: verdict.to_owned(),
+                };
+                tracing::info!(%env, %app, %version, step, requests, errors, error_rate, verdict, "canary analysis");
+                record.analysis.push(figures);
+                if record.analysis.len() > 100 {
+                    record.analysis.remove(0);
+                }
+                match verdict {
+                    // A promote is a person's decision: too few requests do not hold it up (errors
+                    // still do).
+                    "passed" => break,
+                    "inconclusive" if promoted => break,
+                    "failed" => {
+                        record.outcome = Some(match check_failed {
+                            Some(e) => format!("analysis failed at step {step}: {e}"),
+                            None => format!("analysis failed at step {step}: error rate {error_rate:.3} over {requests} requests is above {}", a.max_error_rate),
+                        });
+                        self.save_record(&record).await?;
+                        return Err(StepError::Failed(
+                            record.outcome.clone().unwrap_or_default(),
+                        ));
+                    }
+                    _ if now >= give_up => {
+                        record.outcome = Some(format!("analysis inconclusive at step {step}: {requests} requests, fewer than min_requests {}, within the progress deadline of {}", a.min_requests, crate::desired::duration::format(*progress_deadline)));
+                        self.save_record(&record).await?;
+                        return Err(StepError::Failed(
+                            record.outcome.clone().unwrap_or_default(),
+                        ));
+                    }
+                    _ => {
+                        window_end = (now + pause_secs.max(5)).min(give_up);
+                        self.save_record(&record).await?;
+                        continue;
+                    }
+                }
+            }
+            // Still waiting: how long, and may this run wait that long?
+            let remaining = if gate_open {
+                Some(Duration::from_secs(window_end.saturating_sub(now)))
+            } else {
+                None
+            };
+            let allowed = max_wait.map(|m| m.saturating_sub(waited_from.elapsed()));
+            // A gate waits for a promote at most --max-wait (not at all without it).
+            let must_stop = match remaining {
+                Some(r) => allowed.is_some_and(|a| r > a),
+                None => allowed.is_none_or(|a| a.is_zero()),
+            };
+            if must_stop {
+                let phase = if gate_open {
+                    Phase::Progressing
+                } else {
+                    Phase::Paused
+                };
+                if record.phase != phase {
+                    record.phase = phase;
+                    self.save_record(&record).await?;
+                }
+                return Err(StepError::Waiting(match remaining {
+                    Some(r) => format!(
+                        "canary step {step} pauses {} more, longer than --max-wait",
+                        crate::desired::duration::format(r)
+                    ),
+                    None => format!(
+                        "canary step {step} waits for `kube-free promote {app} --env {env}`"
+                    ),
+                }));
+            }
+            if !gate_open && record.phase != Phase::Paused {
+                record.phase = Phase::Paused;
+                self.save_record(&record).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        record.step = step + 1;
+        record.step_started_at = crate::state::now();
+        record.step_base = self.counters(balancer, canary).await?;
+        record.phase = Phase::Progressing;
+        if record.promote == Promote::Step(step) {
+            record.promote = Promote::No;
+        }
+        self.save_record(&record).await?;
+        Ok(())
+    }
+
     async fn stop(&self, at: &SlotRef) -> Result<(), String> {
         let Some(instance) = self.observed.instance(&at.host, &at.env, &at.app, &at.slot) else {
             return Ok(());
@@ -660,7 +1269,7 @@ impl Live {
 
 #[async_trait::async_trait]
 impl Effects for Live {
-    async fn apply(&self, action: &Action) -> Result<(), String> {
+    async fn apply(&self, action: &Action) -> Result<(), StepError> {
         match action {
             Action::ApplyConfig { balancer } => {
                 let config = haproxy::render_config(&self.world.desired, balancer);
@@ -676,13 +1285,13 @@ impl Effects for Live {
                     .balancer(balancer)
                     .apply_config(&config, &backends)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?
             }
-            Action::Start { at, version } => self.start(at, version).await,
-            Action::Probe { at } => self.probe(at).await,
+            Action::Start { at, version } => self.start(at, version).await?,
+            Action::Probe { at } => self.probe(at).await?,
             Action::Enable { balancer, at } => {
                 self.enable(balancer, at).await?;
-                self.save_state(balancer, &at.backend()).await
+                self.save_state(balancer, &at.backend()).await?
             }
             Action::Shift {
                 balancer,
@@ -693,14 +1302,57 @@ impl Effects for Live {
             } => {
                 self.shift(balancer, to, from).await?;
                 self.save_state(balancer, &haproxy::backend_name(env, app))
-                    .await
+                    .await?
             }
             Action::Drain { balancer, at } => {
                 self.drain(balancer, at).await?;
-                self.save_state(balancer, &at.backend()).await
+                self.save_state(balancer, &at.backend()).await?
             }
-            Action::Stop { at, .. } => self.stop(at).await,
+            Action::Stop { at, .. } => self.stop(at).await?,
+            Action::Weigh {
+                balancer,
+                env,
+                app,
+                version,
+                step,
+                weight,
+                canary,
+                stable,
+            } => {
+                self.weigh(balancer, env, app, version, *step, *weight, canary, stable)
+                    .await?
+            }
+            Action::Pause {
+                balancer,
+                env,
+                app,
+                version,
+                step,
+                pause,
+                canary,
+            } => {
+                self.pause(balancer, env, app, version, *step, *pause, canary)
+                    .await?
+            }
+            Action::Conclude {
+                env, app, version, ..
+            } => {
+                let mut record = self
+                    .world
+                    .record_for(env, app, version)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                record.phase = Phase::Succeeded;
+                record.promote = Promote::No;
+                if let crate::desired::Strategy::Canary { steps, .. } =
+                    &self.world.desired.environments[env].apps[app].strategy
+                {
+                    record.step = steps.len();
+                }
+                self.save_record(&record).await?
+            }
         }
+        Ok(())
     }
 
     fn deadline(&self, action: &Action) -> Duration {
@@ -712,6 +1364,22 @@ impl Effects for Live {
             Action::Probe { at } => app(at).probe.deadline + slack,
             Action::Drain { at, .. } => app(at).drain + slack,
             Action::Stop { at, .. } => app(at).stop_timeout + slack,
+            Action::Weigh { .. } | Action::Conclude { .. } => slack,
+            Action::Pause {
+                env, app, pause, ..
+            } => {
+                let progress = match &self.world.desired.environments[env].apps[app].strategy {
+                    crate::desired::Strategy::Canary {
+                        progress_deadline, ..
+                    } => *progress_deadline,
+                    _ => Duration::ZERO,
+                };
+                let pause = match pause {
+                    crate::desired::Pause::For(d) => *d,
+                    crate::desired::Pause::UntilPromoted => self.max_wait.unwrap_or_default(),
+                };
+                pause + progress + slack
+            }
         }
     }
 }

@@ -34,3 +34,108 @@ pub fn instance_file(state_dir: &str, env: &str, app: &str, slot: &str) -> Strin
 pub fn log_file(state_dir: &str, env: &str, app: &str, slot: &str) -> String {
     format!("{}/{slot}.log", app_dir(state_dir, env, app))
 }
+
+/// `<balancer host's state_dir>/rollouts/<env>/<app>.json`.
+pub fn rollout_file(state_dir: &str, env: &str, app: &str) -> String {
+    format!(
+        "{}/rollouts/{env}/{app}.json",
+        state_dir.trim_end_matches('/')
+    )
+}
+
+/// Where a rollout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Moving through its steps.
+    Progressing,
+    /// Waiting at a `pause: {}` gate for `kube-free promote`.
+    Paused,
+    /// The new version takes all traffic; the old one is stopped.
+    Succeeded,
+    /// Rolled back (failed probe, failed analysis, progress deadline): the version is quarantined.
+    Failed,
+    /// Rolled back by `kube-free abort`: the version is quarantined.
+    Aborted,
+}
+
+impl Phase {
+    /// A rolled-back version is not rolled out again until the desired state of its app changes or
+    /// `kube-free retry` is run.
+    pub fn quarantines(self) -> bool {
+        matches!(self, Phase::Failed | Phase::Aborted)
+    }
+}
+
+/// What `kube-free promote` asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Promote {
+    #[default]
+    No,
+    /// End the pause of this step (its index).
+    Step(usize),
+    /// Skip every remaining pause.
+    All,
+}
+
+/// The canary's figures over one step, from HAProxy's statistics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepFigures {
+    pub step: usize,
+    /// The canary's share of traffic during the step, percent.
+    pub weight: u8,
+    pub requests: u64,
+    /// 5xx responses and failed connections.
+    pub errors: u64,
+    pub error_rate: f64,
+    /// `passed`, `failed` or `inconclusive` (fewer requests than `min_requests`).
+    pub verdict: String,
+}
+
+/// HAProxy's cumulative counters of the canary's servers at a moment: the base of a step's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// `rollouts/<env>/<app>.json` on the balancer host: one app of one environment going to a version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRecord {
+    pub env: String,
+    pub app: String,
+    /// Target version.
+    pub version: String,
+    /// Commit of the desired state the rollout started from.
+    pub revision: String,
+    /// Digest of the app's desired deployment in that commit: a change lifts a quarantine.
+    pub fingerprint: String,
+    /// `canary`, `blue-green` or `rolling`.
+    pub strategy: String,
+    pub phase: Phase,
+    /// Index of the canary step in progress (the number of steps when all are done).
+    pub step: usize,
+    /// Seconds since the Unix epoch when the step in progress set its weight.
+    pub step_started_at: u64,
+    /// The canary's counters when the step's window began (its analysis counts from here).
+    pub step_base: Counters,
+    pub started_at: u64,
+    pub updated_at: u64,
+    #[serde(default)]
+    pub promote: Promote,
+    /// Analysis of each finished window, oldest first.
+    #[serde(default)]
+    pub analysis: Vec<StepFigures>,
+    /// Why it ended, for a failed or aborted rollout.
+    #[serde(default)]
+    pub outcome: Option<String>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

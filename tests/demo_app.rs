@@ -293,6 +293,19 @@ fn version_livez_readyz_and_catch_all() {
 }
 
 #[test]
+fn a_failing_path_always_answers_500() {
+    let demo = Demo::start("f1", &["--fail-path", "/smoke", "--fail-path", "/deep"], &[]);
+    for _ in 0..3 {
+        let r = demo.get("/smoke");
+        assert_eq!((r.status, r.text().as_str()), (500, "failing path\n"));
+        assert_eq!(r.header("x-version"), Some("f1"));
+        assert_eq!(demo.get("/deep").status, 500);
+    }
+    assert_eq!(demo.get("/version").status, 200);
+    assert_eq!(demo.get("/readyz").status, 200);
+}
+
+#[test]
 fn post_bodies_are_read_and_counted() {
     let demo = Demo::start("post-1", &[], &[]);
     let mut conn = demo.connect();

@@ -25,7 +25,7 @@ fn rolling_one_host_at_a_time_under_load_without_failing_a_request() {
             "shift production/demo traffic on edge to [{host}_green] from [{host}_blue]"
         ));
     }
-    let (run, tally) = s.reconcile_under_load("GET", 20);
+    let (run, tally) = s.reconcile_under_load("GET", 120);
     run.code(0);
     assert_eq!(
         tally.failed, 0,

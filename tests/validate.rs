@@ -336,24 +336,49 @@ environments:
 }
 
 #[test]
-fn plan_and_reconcile_refuse_unknown_scopes_and_canary_before_touching_any_host() {
+fn plan_reconcile_and_gates_refuse_unknown_names_before_touching_any_host() {
     let repo = Repo::new();
-    repo.write("kube-free.yaml", local_only("{ canary: { steps: [{ weight: 10 }] } }"));
+    repo.write(
+        "kube-free.yaml",
+        local_only("{ canary: { steps: [{ weight: 10 }] } }"),
+    );
     repo.commit("canary");
     for cmd in [&["plan"][..], &["reconcile", "--once"][..]] {
         let mut args = cmd.to_vec();
         args.extend(["--repo", repo.path_str()]);
-        kube_free(&args)
-            .code(2)
-            .stderr_has("prod/api: the canary strategy is not executed yet");
         let mut scoped = args.clone();
         scoped.extend(["--env", "staging"]);
-        kube_free(&scoped).code(2).stderr_has("error: unknown environment \"staging\"");
+        kube_free(&scoped)
+            .code(2)
+            .stderr_has("error: unknown environment \"staging\"");
         let mut scoped = args.clone();
         scoped.extend(["--app", "web"]);
-        kube_free(&scoped).code(2).stderr_has("error: unknown app \"web\"");
+        kube_free(&scoped)
+            .code(2)
+            .stderr_has("error: unknown app \"web\"");
     }
-    assert!(!std::path::Path::new("/tmp/kube-free-refusal-test").exists(), "nothing was written");
+    for gate in ["promote", "abort", "retry"] {
+        kube_free(&[gate, "web", "--env", "prod", "--repo", repo.path_str()])
+            .code(2)
+            .stderr_has("error: unknown app \"web\"");
+        kube_free(&[gate, "api", "--env", "staging", "--repo", repo.path_str()])
+            .code(2)
+            .stderr_has("error: unknown environment \"staging\"");
+    }
+    kube_free(&[
+        "reconcile",
+        "--once",
+        "--max-wait",
+        "soon",
+        "--repo",
+        repo.path_str(),
+    ])
+    .code(2)
+    .stderr_has("invalid duration");
+    assert!(
+        !std::path::Path::new("/tmp/kube-free-refusal-test").exists(),
+        "nothing was written"
+    );
 }
 
 #[test]
@@ -364,7 +389,9 @@ fn an_unreachable_admin_socket_stops_the_run_before_anything_changes() {
     kube_free(&["reconcile", "--once", "--repo", repo.path_str()])
         .code(1)
         .stderr_has("cannot connect to /tmp/kube-free-refusal-test/none.sock");
-    kube_free(&["plan", "--repo", repo.path_str()]).code(1).stderr_has("none.sock");
+    kube_free(&["plan", "--repo", repo.path_str()])
+        .code(1)
+        .stderr_has("none.sock");
     let _ = std::fs::remove_dir_all("/tmp/kube-free-refusal-test");
 }
 
@@ -382,6 +409,10 @@ fn a_closed_stderr_does_not_crash_a_run() {
         .unwrap();
     drop(child.stderr.take()); // nobody reads what it logs
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "the run's own error (no admin socket), not a panic (101)");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the run's own error (no admin socket), not a panic (101)"
+    );
     let _ = std::fs::remove_dir_all("/tmp/kube-free-refusal-test");
 }

@@ -218,6 +218,17 @@ case!(
 );
 
 case!(
+    reserved_environment_name,
+    root(&base_with("  production:\n", "  rollouts:\n")),
+    [(
+        ROOT,
+        Some("rollouts"),
+        "environments.rollouts",
+        "environment name \"rollouts\" is reserved: kube-free keeps its own files under <state_dir>/rollouts/"
+    )]
+);
+
+case!(
     undeclared_balancer,
     root(&base_with("balancer: edge", "balancer: edge-2")),
     [(
@@ -333,6 +344,17 @@ case!(
         Some("5, min_requests"),
         "environments.production.apps.api.strategy.canary.analysis.max_error_rate",
         "outside 0–1"
+    )]
+);
+
+case!(
+    analysis_check_path_without_slash,
+    root(&base_with("min_requests: 100", "min_requests: 100, checks: [/ok, smoke]")),
+    [(
+        ROOT,
+        Some("smoke"),
+        "environments.production.apps.api.strategy.canary.analysis.checks[1]",
+        "invalid check path \"smoke\" (must start with /"
     )]
 );
 
@@ -788,4 +810,15 @@ case!(
     frontend_on_the_port_of_its_own_slot,
     root(&base_with("host: lb-1 }", "host: web-1 }").replace("\"0.0.0.0:80\"", "\"0.0.0.0:8000\"")),
     [(ROOT, Some("\"0.0.0.0:8000\""), "environments.production.apps.api.listen", "port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"production\"")]
+);
+
+case!(
+    probe_path_with_a_quote_would_break_the_haproxy_config,
+    root(&base_with("path: /readyz", "path: \"/ready'z\"")),
+    [(
+        ROOT,
+        Some("\"/ready'z\""),
+        "apps.api.probe.path",
+        "invalid probe path \"/ready'z\""
+    )]
 );

@@ -10,7 +10,7 @@
 //! ```text
 //! kube-free-demo --listen 127.0.0.1:8080 --version v2 \
 //!     [--start-delay 2s] [--ready-delay 500ms] [--never-ready] \
-//!     [--error-rate 0.1] [--drain-delay 5s]
+//!     [--error-rate 0.1] [--fail-path /smoke] [--drain-delay 5s]
 //! ```
 //!
 //! Endpoints (GET, HEAD and POST; POST bodies are read and discarded, their
@@ -19,6 +19,7 @@
 //! * `/version` and any other path: 200, body `<version>\n`
 //! * `/readyz`: 200 `ready\n`, or 503 `not ready\n`
 //! * `/livez`: 200 `alive\n`
+//! * a path given with `--fail-path`: 500 `failing path\n`
 //!
 //! Every response carries `x-version: <version>`.
 
@@ -80,6 +81,10 @@ struct Args {
           value_parser = parse_rate, default_value = "0")]
     error_rate: f64,
 
+    /// Always answer this path with 500 (repeatable): a smoke test that fails.
+    #[arg(long, value_name = "PATH")]
+    fail_path: Vec<String>,
+
     /// After SIGTERM/SIGINT, keep serving (with /readyz failing) this long.
     #[arg(long, env = "DEMO_DRAIN_DELAY", value_name = "DURATION",
           value_parser = parse_duration, default_value = "0")]
@@ -130,6 +135,7 @@ struct State {
     never_ready: bool,
     draining: AtomicBool,
     error_ppm: u64,
+    fail_paths: Vec<String>,
     /// Requests eligible for error injection seen so far.
     eligible: AtomicU64,
 }
@@ -199,6 +205,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
                 }
             }
             "/livez" => (StatusCode::OK, Bytes::from_static(b"alive\n")),
+            p if state.fail_paths.iter().any(|f| f == p) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Bytes::from_static(b"failing path\n"),
+            ),
             _ if state.inject_error() => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Bytes::from_static(b"injected error\n"),
@@ -378,6 +388,7 @@ async fn main() -> ExitCode {
         never_ready: args.never_ready,
         draining: AtomicBool::new(false),
         error_ppm: (args.error_rate * PPM as f64).round() as u64,
+        fail_paths: args.fail_path.clone(),
         eligible: AtomicU64::new(0),
     });
 

@@ -19,6 +19,27 @@ pub struct DesiredState {
     pub environments: BTreeMap<Name, Environment>,
 }
 
+impl DesiredState {
+    /// A digest of everything that shapes `app` in `env` (its definition, its deployment, the
+    /// environment's hosts and balancer): equal digests mean the same rollout. Stable across runs
+    /// (FNV-1a over the JSON form), not across kube-free versions that change that form.
+    pub fn fingerprint(&self, env: &str, app: &str) -> String {
+        let environment = self.environments.get(env);
+        let json = serde_json::json!({
+            "app": self.apps.get(app),
+            "deployment": environment.and_then(|e| e.apps.get(app)),
+            "hosts": environment.map(|e| &e.hosts),
+            "balancer": environment.map(|e| &e.balancer),
+        });
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in json.to_string().bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Host {
     pub name: Name,
@@ -152,7 +173,35 @@ pub enum Strategy {
     Canary {
         steps: Vec<CanaryStep>,
         analysis: Option<Analysis>,
+        /// Longest a step may run beyond its own pause before the canary is rolled back.
+        #[serde(serialize_with = "duration::serialize")]
+        progress_deadline: Duration,
     },
+}
+
+impl Strategy {
+    /// `blue-green`, `rolling` or `canary`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::BlueGreen => "blue-green",
+            Strategy::Rolling { .. } => "rolling",
+            Strategy::Canary { .. } => "canary",
+        }
+    }
+
+    /// A canary's share of traffic during step `step`: the weight of the last step up to it that
+    /// sets one (0 before any does, and for other strategies).
+    pub fn canary_weight(&self, step: usize) -> u8 {
+        match self {
+            Strategy::Canary { steps, .. } => steps
+                .iter()
+                .take(step + 1)
+                .rev()
+                .find_map(|s| s.weight)
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -190,10 +239,12 @@ pub enum Pause {
     UntilPromoted,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Analysis {
     pub max_error_rate: f64,
     pub min_requests: u64,
+    /// Paths every canary instance must answer with a 2xx at the end of each window.
+    pub checks: Vec<String>,
 }
 
 #[cfg(test)]

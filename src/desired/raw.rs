@@ -242,6 +242,10 @@ pub struct RawCanary {
     pub steps: Option<Vec<RawCanaryStep>>,
     /// Checks between steps, from the balancer's statistics.
     pub analysis: Option<RawAnalysis>,
+    /// Longest a step may run beyond its own pause (an inconclusive analysis extends the pause up to
+    /// this) before the canary is rolled back. Default 10m.
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub progress_deadline: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -264,6 +268,9 @@ pub struct RawAnalysis {
     pub max_error_rate: Option<f64>,
     /// Fewest requests for a conclusive result.
     pub min_requests: Option<u64>,
+    /// Paths that every canary instance must answer with a 2xx to a GET at the end of each step's
+    /// window (for example a smoke-test endpoint).
+    pub checks: Option<Vec<String>>,
 }
 
 /// A key whose value takes several shapes: kept as YAML by the deserializer and judged by

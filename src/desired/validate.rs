@@ -28,7 +28,10 @@ static HOSTNAME: LazyLock<regex_lite::Regex> = LazyLock::new(|| {
 static ABS_PATH: LazyLock<regex_lite::Regex> =
     LazyLock::new(|| regex_lite::Regex::new(r"^/[A-Za-z0-9._/+@-]*$").unwrap());
 static URL_PATH: LazyLock<regex_lite::Regex> =
-    LazyLock::new(|| regex_lite::Regex::new(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$").unwrap());
+    LazyLock::new(|| regex_lite::Regex::new(r"^/[A-Za-z0-9._~!&()*+,;=:@%/?-]*$").unwrap());
+
+/// Directories under a host's `state_dir` that hold kube-free's own files, not environments.
+const RESERVED_DIRS: [&str; 2] = ["rollouts", "haproxy"];
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kube-free";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/haproxy/admin.sock";
@@ -568,6 +571,16 @@ fn environment(
         } else {
             c.name(at, base, "environment", &src.name);
         }
+    } else if RESERVED_DIRS.contains(&src.name.as_str()) {
+        let message = format!(
+            "environment name {:?} is reserved: kube-free keeps its own files under <state_dir>/{}/",
+            src.name, src.name
+        );
+        if base.0.is_empty() {
+            c.value(at, base, message);
+        } else {
+            c.key(at, base, message);
+        }
     }
     let balancer_names: BTreeSet<&String> = raw_balancers.keys().collect();
     let balancer = c
@@ -762,12 +775,35 @@ fn strategy(c: &mut Checker, at: At, path: &YamlPath, raw: Option<&RawStrategy>)
                         format!("max_error_rate {max_error_rate} is outside 0–1 (0.01 means 1%)"),
                     );
                 }
+                let mut checks = Vec::new();
+                for (i, path) in a.checks.iter().flatten().enumerate() {
+                    if URL_PATH.is_match(path) {
+                        checks.push(path.clone());
+                    } else {
+                        c.value(
+                            at,
+                            &ap.key("checks").index(i),
+                            format!("invalid check path {path:?} (must start with / and hold no spaces or quotes)"),
+                        );
+                    }
+                }
                 Analysis {
                     max_error_rate,
                     min_requests: a.min_requests.unwrap_or(100),
+                    checks,
                 }
             });
-            Strategy::Canary { steps, analysis }
+            let progress_deadline = c.duration(
+                at,
+                &cp.key("progress_deadline"),
+                &k.progress_deadline,
+                Duration::from_secs(600),
+            );
+            Strategy::Canary {
+                steps,
+                analysis,
+                progress_deadline,
+            }
         }
     }
 }

@@ -80,7 +80,7 @@ pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
             );
             let _ = writeln!(
                 out,
-                "\nbackend {name}\n    balance roundrobin\n    option httpchk GET {}\n    http-check expect status 200\n    server-state-file-name {}\n    default-server check inter {}ms fall 2 rise 1 weight 0 disabled",
+                "\nbackend {name}\n    balance roundrobin\n    option httpchk GET {}\n    http-check expect rstatus ^2[0-9][0-9]$\n    server-state-file-name {}\n    default-server check inter {}ms fall 2 rise 1 weight 0 disabled",
                 app.probe.path,
                 state_file(state_dir, &name),
                 app.probe.interval.as_millis().max(100),
@@ -127,6 +127,25 @@ pub struct ServerStat {
     pub hrsp_2xx: u64,
     pub hrsp_5xx: u64,
     pub req_tot: u64,
+    /// Every outcome of a request sent to the server: responses of all classes, plus failed
+    /// connections and failed responses.
+    pub requests: u64,
+    /// 5xx responses, failed connections (`econ`) and failed responses (`eresp`).
+    pub errors: u64,
+}
+
+impl ServerStat {
+    /// Ready, UP, and HAProxy's own health check passed: weight may go to it.
+    pub fn checked_up(&self) -> bool {
+        self.up
+            && self.admin == Admin::Ready
+            && self.status == "UP"
+            // `show stat` prefixes the last result with "* " while the next check is running.
+            && self
+                .check_status
+                .trim_start_matches("* ")
+                .starts_with("L7OK")
+    }
 }
 
 /// (backend, server) → what HAProxy says of it.
@@ -191,6 +210,20 @@ pub fn parse_servers(show_stat: &str, servers_state: &str) -> Servers {
                 hrsp_2xx: num("hrsp_2xx"),
                 hrsp_5xx: num("hrsp_5xx"),
                 req_tot: num("req_tot"),
+                requests: [
+                    "hrsp_1xx",
+                    "hrsp_2xx",
+                    "hrsp_3xx",
+                    "hrsp_4xx",
+                    "hrsp_5xx",
+                    "hrsp_other",
+                    "econ",
+                    "eresp",
+                ]
+                .iter()
+                .map(|k| num(k))
+                .sum(),
+                errors: num("hrsp_5xx") + num("econ") + num("eresp"),
             },
         );
     }
@@ -271,6 +304,26 @@ impl Haproxy<'_> {
     pub async fn servers(&self) -> Result<Servers, TransportError> {
         let stat = self.runtime(&["show stat".into()]).await?;
         let state = self.runtime(&["show servers state".into()]).await?;
+        // Anything else (the master CLI, an error) must not read as "no servers".
+        let unexpected = |what: &str, answer: &str| TransportError::Failed {
+            host: self.transport.host().to_owned(),
+            cmd: format!("runtime API: {what} on {}", self.admin_socket),
+            status: None,
+            stderr: format!(
+                "unexpected answer: {:?}",
+                answer.lines().next().unwrap_or("")
+            ),
+        };
+        if !stat.starts_with("# pxname,svname,") {
+            return Err(unexpected("show stat", &stat));
+        }
+        if !state
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("# be_id be_name"))
+        {
+            return Err(unexpected("show servers state", &state));
+        }
         Ok(parse_servers(&stat, &state))
     }
 
@@ -350,13 +403,14 @@ impl Haproxy<'_> {
         // HAProxy drops a reload signal that arrives while it is starting or re-executing itself;
         // a second reload is harmless, so one is sent when the first shows no effect.
         for wait in [Duration::from_secs(10), Duration::from_secs(20)] {
+            let before = self.worker_pid().await;
             run_ok(
                 self.transport,
                 &Cmd::change(self.reload_command.iter().cloned()),
                 TIMEOUT,
             )
             .await?;
-            if self.wait_for_backends(backends, wait).await {
+            if self.wait_for_reload(before, backends, wait).await {
                 return Ok(());
             }
             tracing::warn!(
@@ -374,17 +428,37 @@ impl Haproxy<'_> {
         })
     }
 
-    /// Whether HAProxy serves every one of `backends` within `limit`.
-    async fn wait_for_backends(&self, backends: &[String], limit: Duration) -> bool {
+    /// Pid of the worker answering on the admin socket (`show info`).
+    async fn worker_pid(&self) -> Option<u32> {
+        let info = self.runtime(&["show info".into()]).await.ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("Pid: "))
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    /// Whether, within `limit`, a new worker (other than `before`) answers on the admin socket and
+    /// serves every one of `backends`.
+    async fn wait_for_reload(
+        &self,
+        before: Option<u32>,
+        backends: &[String],
+        limit: Duration,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            let new_worker = match (before, self.worker_pid().await) {
+                (Some(old), Some(now)) => now != old,
+                (None, Some(_)) => true,
+                (_, None) => false,
+            };
             let serving = self
                 .runtime(&["show backend".into()])
                 .await
                 .unwrap_or_default();
-            if backends
-                .iter()
-                .all(|b| serving.lines().any(|l| l.trim() == b))
+            if new_worker
+                && backends
+                    .iter()
+                    .all(|b| serving.lines().any(|l| l.trim() == b))
             {
                 return true;
             }
@@ -423,6 +497,75 @@ kf_p_api,BACKEND,0,0,3,5,26,9,0,0,0,0,,0,0,0,0,UP,100,1,0,,0,5,0,,1,3,0,,9,,1,0,
             (green.admin, green.up, green.weight),
             (Admin::Maint, false, 0)
         );
+    }
+
+    #[test]
+    fn the_rendered_config_passes_haproxy_check() {
+        let yaml = r#"version: 1
+hosts:
+  web-1: { address: 192.0.2.11 }
+  lb-1: { address: 192.0.2.10 }
+balancers:
+  edge: { kind: haproxy, host: lb-1 }
+apps:
+  api:
+    runtime: { kind: process, command: "api {port}" }
+    slots: { blue: 8000, green: 8001 }
+    probe: { path: "/ready/z_~!&()*+,;=:@%-?x=1" }
+environments:
+  prod:
+    balancer: edge
+    hosts: [web-1]
+    apps:
+      api: { version: "1", listen: "127.0.0.1:18999" }
+"#;
+        let desired =
+            crate::desired::load(&crate::desired::MemFiles::default().with("kube-free.yaml", yaml))
+                .unwrap();
+        let config = render_config(&desired, "edge");
+        assert!(
+            config.contains("server web-1_blue 192.0.2.11:8000"),
+            "{config}"
+        );
+        assert!(
+            config.contains("http-check expect rstatus ^2[0-9][0-9]$"),
+            "{config}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kube-free.cfg");
+        std::fs::write(&file, &config).unwrap();
+        let out = std::process::Command::new("haproxy")
+            .args(["-c", "-q", "-f"])
+            .arg(&file)
+            .output()
+            .expect("haproxy is installed (the README's test command installs it)");
+        assert!(
+            out.status.success(),
+            "haproxy -c: {}\n{config}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn a_check_in_progress_keeps_the_last_result() {
+        let mut s = ServerStat {
+            admin: Admin::Ready,
+            up: true,
+            weight: 100,
+            scur: 0,
+            status: "UP".into(),
+            check_status: "* L7OK".into(),
+            hrsp_2xx: 0,
+            hrsp_5xx: 0,
+            req_tot: 0,
+            requests: 0,
+            errors: 0,
+        };
+        assert!(s.checked_up());
+        s.check_status = "* L4CON".into();
+        assert!(!s.checked_up());
+        s.check_status = "L7OKC".into();
+        assert!(s.checked_up());
     }
 
     #[test]

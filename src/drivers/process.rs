@@ -31,8 +31,27 @@ pub fn stat_cmd(pid: u32) -> Cmd {
     Cmd::read(["cat".to_owned(), format!("/proc/{pid}/stat")])
 }
 
+/// Signals the instance's whole process group (it leads its own session and group, by `setsid`), so
+/// that children of a wrapper command stop too.
 pub fn kill_cmd(pid: u32, signal: &str) -> Cmd {
-    Cmd::change(["kill".to_owned(), format!("-{signal}"), pid.to_string()])
+    Cmd::change([
+        "kill".to_owned(),
+        "-s".to_owned(),
+        signal.to_owned(),
+        "--".to_owned(),
+        format!("-{pid}"),
+    ])
+}
+
+/// Prints a file; prints nothing (and succeeds) when there is no such file.
+pub fn read_file_cmd(path: &str) -> Cmd {
+    Cmd::read([
+        "sh",
+        "-c",
+        r#"test ! -e "$1" || cat -- "$1""#,
+        "kube-free-read",
+        path,
+    ])
 }
 
 /// Writes a file atomically: a temp file beside it, fsync, rename.
@@ -40,7 +59,7 @@ pub fn write_file_cmd(path: &str, content: &[u8]) -> Cmd {
     Cmd::change([
         "sh",
         "-c",
-        r#"set -e; mkdir -p "$(dirname "$1")"; cat >"$1.tmp"; sync "$1.tmp"; mv -f "$1.tmp" "$1""#,
+        r#"set -e; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 644 "$tmp"; sync "$tmp"; mv -f "$tmp" "$1""#,
         "kube-free-write",
         path,
     ])
@@ -51,12 +70,13 @@ pub fn remove_cmd(path: &str) -> Cmd {
     Cmd::change(["rm", "-f", path])
 }
 
-/// Prints every instance file under `state_dir` as a line with its path, then a line with its content.
+/// Prints every instance file under `state_dir` (`<env>/<app>/<slot>.json`; `rollouts/` holds rollout
+/// records, not instances) as a line with its path, then a line with its content.
 pub fn list_instances_cmd(state_dir: &str) -> Cmd {
     Cmd::read([
         "sh",
         "-c",
-        r#"for f in "$1"/*/*/*.json; do if [ -f "$f" ]; then printf '%s\n' "$f"; tr -d '\n' <"$f"; printf '\n'; fi; done"#,
+        r#"for f in "$1"/*/*/*.json; do case "$f" in "$1"/rollouts/*) continue;; esac; if [ -f "$f" ]; then printf '%s\n' "$f"; tr -d '\n' <"$f"; printf '\n'; fi; done"#,
         "kube-free-list",
         state_dir,
     ])
@@ -113,8 +133,19 @@ pub fn parse_instances(text: &str) -> Vec<Found> {
 /// Whether the process of `record` is alive and is the one that was started (not a reused pid).
 pub async fn is_alive(t: &dyn Transport, record: &InstanceRecord) -> Result<bool, TransportError> {
     let out = t.run(&stat_cmd(record.pid), TIMEOUT).await?;
-    Ok(out.success()
-        && matches!(parse_stat(&out.stdout_text()), Some((state, start)) if state != 'Z' && state != 'X' && start == record.start_ticks))
+    match out.status {
+        Some(0) => Ok(
+            matches!(parse_stat(&out.stdout_text()), Some((state, start)) if state != 'Z' && state != 'X' && start == record.start_ticks),
+        ),
+        // `cat` of a missing /proc entry: no such process.
+        Some(1) => Ok(false),
+        status => Err(TransportError::Failed {
+            host: t.host().to_owned(),
+            cmd: stat_cmd(record.pid).to_string(),
+            status,
+            stderr: out.stderr_text(),
+        }),
+    }
 }
 
 /// What to start: argv (environment first, through `env`) and where to record it.
@@ -202,6 +233,16 @@ pub async fn stop(
                     "instance did not stop within stop_timeout; sending SIGKILL"
                 );
                 t.run(&kill_cmd(record.pid, "KILL"), TIMEOUT).await?;
+                let gone = tokio::time::Instant::now() + Duration::from_secs(5);
+                while is_alive(t, record).await? {
+                    if tokio::time::Instant::now() >= gone {
+                        return Err(TransportError::Process {
+                            host: t.host().to_owned(),
+                            message: format!("pid {} survived SIGKILL", record.pid),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -229,12 +270,17 @@ mod tests {
             r#"sh -c 'set -e; mkdir -p "$1"; log=$2; shift 2; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & echo "$!"' kube-free-start /s/prod/api /s/prod/api/blue.log env PORT=8000 '/opt/api bin'"#
         );
         assert!(cmd.changes);
-        assert_eq!(kill_cmd(42, "TERM").to_string(), "kill -TERM 42");
+        assert_eq!(kill_cmd(42, "TERM").to_string(), "kill -s TERM -- -42");
         assert_eq!(stat_cmd(42).to_string(), "cat /proc/42/stat");
+        assert_eq!(
+            read_file_cmd("/s/rollouts/prod/api.json").to_string(),
+            r#"sh -c 'test ! -e "$1" || cat -- "$1"' kube-free-read /s/rollouts/prod/api.json"#
+        );
+        assert!(!read_file_cmd("/x").changes);
         assert!(!stat_cmd(42).changes);
         assert_eq!(
             write_file_cmd("/s/x.json", b"{}").to_string(),
-            r#"sh -c 'set -e; mkdir -p "$(dirname "$1")"; cat >"$1.tmp"; sync "$1.tmp"; mv -f "$1.tmp" "$1"' kube-free-write /s/x.json"#
+            r#"sh -c 'set -e; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 644 "$tmp"; sync "$tmp"; mv -f "$tmp" "$1"' kube-free-write /s/x.json"#
         );
     }
 

@@ -15,17 +15,35 @@ use tokio::task::JoinSet;
 /// and verify after.
 #[async_trait::async_trait]
 pub trait Effects: Send + Sync + 'static {
-    async fn apply(&self, action: &Action) -> Result<(), String>;
+    async fn apply(&self, action: &Action) -> Result<(), StepError>;
     /// Longest a step may take.
     fn deadline(&self, action: &Action) -> Duration;
 }
 
+/// Why a step did not finish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepError {
+    /// It failed: the run stops and the rollout is cleaned up.
+    Failed(String),
+    /// It must wait longer than this run may (a pause beyond `--max-wait`, a gate): the run stops
+    /// here, nothing is undone, and a later run resumes at this step.
+    Waiting(String),
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        StepError::Failed(message)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("step {number} ({action}) failed: {message}")]
+#[error("step {number} ({action}) {}: {message}", if *.waiting { "waits" } else { "failed" })]
 pub struct StepFailed {
     pub number: usize,
     pub action: Action,
     pub message: String,
+    /// The step waits (it did not fail): see [`StepError::Waiting`].
+    pub waiting: bool,
 }
 
 /// What ran.
@@ -76,12 +94,13 @@ pub async fn run(
                 tracing::info!(step = num, host = action.host().unwrap_or("-"), %action, "step started");
                 let result = match tokio::time::timeout(deadline, effects.apply(&action)).await {
                     Ok(r) => r,
-                    Err(_) => Err(format!("did not finish within its deadline of {}", crate::desired::duration::format(deadline))),
+                    Err(_) => Err(StepError::Failed(format!("did not finish within its deadline of {}", crate::desired::duration::format(deadline)))),
                 };
                 let took = started.elapsed();
                 match &result {
                     Ok(()) => tracing::info!(step = num, host = action.host().unwrap_or("-"), took_ms = took.as_millis() as u64, %action, "step done"),
-                    Err(e) => tracing::error!(step = num, host = action.host().unwrap_or("-"), took_ms = took.as_millis() as u64, %action, error = %e, "step failed"),
+                    Err(StepError::Failed(e)) => tracing::error!(step = num, host = action.host().unwrap_or("-"), took_ms = took.as_millis() as u64, %action, error = %e, "step failed"),
+                    Err(StepError::Waiting(e)) => tracing::info!(step = num, host = action.host().unwrap_or("-"), %action, reason = %e, "step waits"),
                 }
                 (node, num, action, took, result)
             });
@@ -101,12 +120,18 @@ pub async fn run(
                     }
                 }
             }
-            Err(message) => {
-                if failure.is_none() {
+            Err(e) => {
+                // A failure outranks a wait: it must be cleaned up.
+                if failure.as_ref().is_none_or(|f| f.waiting) {
+                    let (message, waiting) = match e {
+                        StepError::Failed(m) => (m, false),
+                        StepError::Waiting(m) => (m, true),
+                    };
                     failure = Some(StepFailed {
                         number: num,
                         action,
                         message,
+                        waiting,
                     });
                 }
             }
@@ -128,13 +153,14 @@ mod tests {
     struct Fake {
         log: Mutex<Vec<String>>,
         fail: Option<String>,
+        waits: Option<String>,
         delay: Duration,
         in_flight: Mutex<(usize, usize)>,
     }
 
     #[async_trait::async_trait]
     impl Effects for Fake {
-        async fn apply(&self, action: &Action) -> Result<(), String> {
+        async fn apply(&self, action: &Action) -> Result<(), StepError> {
             {
                 let mut f = self.in_flight.lock().unwrap();
                 f.0 += 1;
@@ -145,7 +171,10 @@ mod tests {
             self.log.lock().unwrap().push(format!("end {action}"));
             self.in_flight.lock().unwrap().0 -= 1;
             if self.fail.as_deref() == Some(&action.to_string()) {
-                return Err("it broke".into());
+                return Err(StepError::Failed("it broke".into()));
+            }
+            if self.waits.as_deref() == Some(&action.to_string()) {
+                return Err(StepError::Waiting("not yet".into()));
             }
             Ok(())
         }
@@ -198,6 +227,7 @@ mod tests {
         Arc::new(Fake {
             log: Mutex::new(vec![]),
             fail: fail.map(str::to_owned),
+            waits: None,
             delay: Duration::from_millis(delay_ms),
             in_flight: Mutex::new((0, 0)),
         })
@@ -222,6 +252,26 @@ mod tests {
             2,
             "at most two steps at once"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_step_stops_the_run_and_a_failure_outranks_it() {
+        let mut f = Arc::try_unwrap(fake(None, 10)).ok().unwrap();
+        f.waits = Some("start e/a 2 in slot blue on h1".into());
+        let f = Arc::new(f);
+        let err = run(&plan(), f.clone(), 4).await.unwrap_err();
+        assert!(err.waiting, "{err}");
+        assert_eq!(err.message, "not yet");
+        assert!(err.to_string().contains("waits: not yet"), "{err}");
+        assert!(!f.log.lock().unwrap().iter().any(|l| l.contains("shift")));
+
+        let mut f = Arc::try_unwrap(fake(Some("start e/a 2 in slot blue on h3"), 10))
+            .ok()
+            .unwrap();
+        f.waits = Some("start e/a 2 in slot blue on h1".into());
+        let err = run(&plan(), Arc::new(f), 4).await.unwrap_err();
+        assert!(!err.waiting, "the failure is what is reported: {err}");
+        assert_eq!(err.number, 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,7 +3,7 @@
 //! `observe` through the drivers; the planner reads it and nothing else.
 
 use crate::drivers::haproxy::Servers;
-use crate::state::InstanceRecord;
+use crate::state::{InstanceRecord, RolloutRecord};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 pub struct ObservedState {
     pub hosts: BTreeMap<String, HostState>,
     pub balancers: BTreeMap<String, BalancerState>,
+    /// Rollout records by (env, app), from the balancer hosts.
+    pub rollouts: BTreeMap<(String, String), RolloutRecord>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -49,6 +51,10 @@ fn serialize_servers<S: serde::Serializer>(servers: &Servers, s: S) -> Result<S:
 }
 
 impl ObservedState {
+    pub fn rollout(&self, env: &str, app: &str) -> Option<&RolloutRecord> {
+        self.rollouts.get(&(env.to_owned(), app.to_owned()))
+    }
+
     pub fn instance(&self, host: &str, env: &str, app: &str, slot: &str) -> Option<&Instance> {
         self.hosts
             .get(host)?

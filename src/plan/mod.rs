@@ -2,9 +2,10 @@
 //! deterministic for the same inputs, and its renderings (text, JSON, Graphviz dot). Pure: no I/O, no
 //! clock, no SSH or HAProxy syntax — balancer servers are named by (backend, server) only.
 
-use crate::desired::{Deployment, DesiredState, Environment, Strategy};
+use crate::desired::{CanaryStep, Deployment, DesiredState, Environment, Pause, Strategy};
 use crate::drivers::haproxy::{backend_name, server_name, Admin, FULL_WEIGHT};
 use crate::observed::ObservedState;
+use crate::state::{Phase, RolloutRecord};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 use serde::Serialize;
@@ -53,6 +54,36 @@ pub enum Action {
     Drain { balancer: String, at: SlotRef },
     /// SIGTERM, SIGKILL after `stop_timeout`; remove the instance file.
     Stop { at: SlotRef, version: String },
+    /// Canary step `step`: `weight` on every canary server and `100 - weight` on every stable one, so
+    /// the canary gets `weight`% of the environment's traffic; read back; record the step.
+    Weigh {
+        balancer: String,
+        env: String,
+        app: String,
+        version: String,
+        step: usize,
+        weight: u8,
+        canary: Vec<SlotRef>,
+        stable: Vec<SlotRef>,
+    },
+    /// Wait out canary step `step`'s pause (or its gate, until `kube-free promote`), then judge the
+    /// canary's figures over the step (analysis) and record the step as done.
+    Pause {
+        balancer: String,
+        env: String,
+        app: String,
+        version: String,
+        step: usize,
+        pause: Pause,
+        canary: Vec<SlotRef>,
+    },
+    /// Record the rollout of `version` as succeeded.
+    Conclude {
+        balancer: String,
+        env: String,
+        app: String,
+        version: String,
+    },
 }
 
 impl Action {
@@ -63,7 +94,11 @@ impl Action {
                 Some(&at.host)
             }
             Action::Enable { at, .. } | Action::Drain { at, .. } => Some(&at.host),
-            Action::ApplyConfig { .. } | Action::Shift { .. } => None,
+            Action::ApplyConfig { .. }
+            | Action::Shift { .. }
+            | Action::Weigh { .. }
+            | Action::Pause { .. }
+            | Action::Conclude { .. } => None,
         }
     }
 
@@ -129,6 +164,50 @@ impl std::fmt::Display for Action {
                 "stop {}/{} {version} in slot {} on {}",
                 at.env, at.app, at.slot, at.host
             ),
+            Action::Weigh {
+                balancer,
+                env,
+                app,
+                version,
+                step,
+                weight,
+                canary,
+                stable,
+            } => {
+                write!(
+                    f,
+                    "canary step {step}: {env}/{app} {version} gets {weight}% on {balancer} ([{}] weight {weight}",
+                    list(canary)
+                )?;
+                if !stable.is_empty() {
+                    write!(f, ", [{}] weight {}", list(stable), 100 - weight)?;
+                }
+                f.write_str(")")
+            }
+            Action::Pause {
+                env,
+                app,
+                step,
+                pause: Pause::For(d),
+                ..
+            } => write!(
+                f,
+                "canary step {step}: pause {env}/{app} for {}, then analyse",
+                crate::desired::duration::format(*d)
+            ),
+            Action::Pause {
+                env,
+                app,
+                step,
+                pause: Pause::UntilPromoted,
+                ..
+            } => write!(
+                f,
+                "canary step {step}: wait until `kube-free promote {app} --env {env}`"
+            ),
+            Action::Conclude {
+                env, app, version, ..
+            } => write!(f, "record {env}/{app} {version} as succeeded"),
         }
     }
 }
@@ -137,6 +216,8 @@ impl std::fmt::Display for Action {
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub graph: DiGraph<Action, ()>,
+    /// What the planner chose not to do, and why (a quarantined version).
+    pub notes: Vec<String>,
 }
 
 impl Plan {
@@ -206,12 +287,15 @@ impl Plan {
     }
 
     pub fn render_text(&self) -> String {
+        let mut out: String = self.notes.iter().map(|n| format!("note: {n}\n")).collect();
         if self.is_empty() {
-            return "in sync: nothing to do\n".into();
+            out.push_str("in sync: nothing to do\n");
+            return out;
         }
         let numbers = self.numbers();
-        let mut out = format!(
-            "{} step{}:\n",
+        let _ = writeln!(
+            out,
+            "{} step{}:",
             numbers.len(),
             if numbers.len() == 1 { "" } else { "s" }
         );
@@ -248,7 +332,7 @@ impl Plan {
                 })
             })
             .collect();
-        serde_json::json!({ "in_sync": self.is_empty(), "steps": steps })
+        serde_json::json!({ "in_sync": self.is_empty(), "steps": steps, "notes": self.notes })
     }
 
     pub fn render_dot(&self) -> String {
@@ -280,22 +364,25 @@ pub struct Scope {
 }
 
 impl Scope {
-    fn includes(&self, env: &str, app: &str) -> bool {
+    pub fn includes(&self, env: &str, app: &str) -> bool {
         self.env.as_deref().is_none_or(|e| e == env) && self.app.as_deref().is_none_or(|a| a == app)
     }
 }
 
-/// Environments and apps in scope whose strategy kube-free cannot execute yet, with the reason.
-pub fn unsupported(desired: &DesiredState, scope: &Scope) -> Vec<String> {
-    let mut out = Vec::new();
-    for env in desired.environments.values() {
-        for (app, d) in &env.apps {
-            if scope.includes(&env.name, app) && matches!(d.strategy, Strategy::Canary { .. }) {
-                out.push(format!("{}/{app}: the canary strategy is not executed yet (validate accepts it; plan and reconcile refuse it rather than do something else)", env.name));
-            }
-        }
-    }
-    out
+/// The record of a rollout that quarantines the desired version of `app` in `env`: it was rolled back,
+/// and neither the app's desired state nor the operator (`kube-free retry`) said to try again.
+pub fn quarantine<'o>(
+    desired: &DesiredState,
+    observed: &'o ObservedState,
+    env: &str,
+    app: &str,
+) -> Option<&'o RolloutRecord> {
+    let d = desired.environments.get(env)?.apps.get(app)?;
+    observed.rollout(env, app).filter(|r| {
+        r.phase.quarantines()
+            && r.version == d.version
+            && r.fingerprint == desired.fingerprint(env, app)
+    })
 }
 
 /// Steps that converge the observed state to the desired one. `stale_configs` are the balancers whose
@@ -321,24 +408,35 @@ pub fn build(
     }
     for env in desired.environments.values() {
         for (app, d) in &env.apps {
-            if scope.includes(&env.name, app) {
-                let config = config_steps.get(&env.balancer).copied();
-                let r = Rollout {
-                    env,
-                    app,
-                    d,
-                    version: &d.version,
-                    observed,
-                };
-                match &d.strategy {
-                    Strategy::Rolling { batch } => {
-                        rolling(&mut plan, &r, batch.size(env.hosts.len()), config)
-                    }
-                    // Canary is refused before planning (`unsupported`) until it is implemented.
-                    Strategy::BlueGreen | Strategy::Canary { .. } => {
-                        blue_green(&mut plan, &r, config)
-                    }
+            if !scope.includes(&env.name, app) {
+                continue;
+            }
+            if let Some(q) = quarantine(desired, observed, &env.name, app) {
+                plan.notes.push(format!(
+                    "{}/{app} {} is quarantined ({}): {}; `kube-free retry {app} --env {}` or a change to its desired state lifts it",
+                    env.name,
+                    q.version,
+                    if q.phase == Phase::Aborted { "aborted" } else { "rolled back" },
+                    q.outcome.as_deref().unwrap_or("no reason recorded"),
+                    env.name
+                ));
+                continue;
+            }
+            let config = config_steps.get(&env.balancer).copied();
+            let r = Rollout {
+                env,
+                app,
+                d,
+                version: &d.version,
+                observed,
+                fingerprint: desired.fingerprint(&env.name, app),
+            };
+            match &d.strategy {
+                Strategy::Rolling { batch } => {
+                    rolling(&mut plan, &r, batch.size(env.hosts.len()), config)
                 }
+                Strategy::BlueGreen => blue_green(&mut plan, &r, config),
+                Strategy::Canary { steps, .. } => canary(&mut plan, &r, steps, config),
             }
         }
     }
@@ -355,7 +453,7 @@ fn server<'o>(
 }
 
 fn serving(observed: &ObservedState, balancer: &str, at: &SlotRef) -> bool {
-    server(observed, balancer, at).is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint)
+    server(observed, balancer, at).is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint && s.up)
 }
 
 fn slot_ref(env: &Environment, app: &str, host: &str, slot: &str) -> SlotRef {
@@ -374,6 +472,7 @@ struct Rollout<'a> {
     d: &'a Deployment,
     version: &'a str,
     observed: &'a ObservedState,
+    fingerprint: String,
 }
 
 /// What one host needs for `version`: the slot that will serve it, the steps that make it ready
@@ -399,6 +498,7 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
         d,
         version,
         observed,
+        ..
     } = *r;
     let balancer = &env.balancer;
     let refs: Vec<SlotRef> = d
@@ -416,6 +516,11 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
         .or_else(|| {
             refs.iter()
                 .find(|r| !serving(observed, balancer, r) && inst(r).is_none())
+        })
+        // A dead instance's slot before a live old one (which may be all that can still serve).
+        .or_else(|| {
+            refs.iter()
+                .find(|r| !serving(observed, balancer, r) && inst(r).is_some_and(|i| !i.alive))
         })
         .or_else(|| refs.iter().find(|r| !serving(observed, balancer, r)))
         // Every slot serves: reuse the one with the least weight (drained first, below).
@@ -464,7 +569,7 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
         );
     }
     let srv = server(observed, balancer, &target);
-    let enabled = srv.is_some_and(|s| s.up && s.admin == Admin::Ready);
+    let enabled = srv.is_some_and(|s| s.checked_up());
     let ready = good(&target) && inst(&target).is_some_and(|i| i.ready == Some(true));
     if !enabled || !ready {
         add(plan, Action::Probe { at: target.clone() }, &mut last);
@@ -602,9 +707,104 @@ fn rolling(plan: &mut Plan, r: &Rollout, batch: usize, config: Option<NodeIndex>
     }
 }
 
-/// After a failed rollout: take every slot of the environment's app that gets no traffic out of the
-/// balancer and stop its instance, leaving what serves untouched.
-pub fn cleanup(desired: &DesiredState, observed: &ObservedState, env: &str, app: &str) -> Plan {
+/// Canary toward `version`: on every host the target slot runs `version`, is probed and enabled; then
+/// the steps from the one the rollout record says is in progress: `Weigh` sets the canary's share,
+/// `Pause` waits and analyses; after the last step one shift gives the canary everything, the old
+/// slots are retired and the record says succeeded. With nothing else serving (a first deploy) there
+/// is nothing to compare against, and it goes as blue-green does.
+fn canary(plan: &mut Plan, r: &Rollout, steps: &[CanaryStep], config: Option<NodeIndex>) {
+    let Rollout {
+        env,
+        app,
+        version,
+        observed,
+        ..
+    } = *r;
+    let base: Vec<NodeIndex> = config.into_iter().collect();
+    let preps: Vec<HostPrep> = env
+        .hosts
+        .iter()
+        .map(|h| prepare_host(plan, r, h, &base))
+        .collect();
+    let record = observed.rollout(&env.name, app).filter(|rec| {
+        rec.version == version
+            && rec.fingerprint == r.fingerprint
+            && matches!(rec.phase, Phase::Progressing | Phase::Paused)
+    });
+    let stable: Vec<SlotRef> = preps.iter().flat_map(|p| p.from.iter().cloned()).collect();
+    let canary: Vec<SlotRef> = preps.iter().map(|p| p.target.clone()).collect();
+    let first = record.map_or(0, |rec| rec.step);
+    let walking = !stable.is_empty() || record.is_some_and(|rec| rec.step < steps.len());
+    let mut after = base.clone();
+    after.extend(preps.iter().flat_map(|p| p.ready_steps.last().copied()));
+    let action = |step: usize| (env.balancer.clone(), env.name.clone(), app.to_owned(), step);
+    if walking {
+        for (i, step) in steps.iter().enumerate().skip(first) {
+            if let Some(weight) = step.weight {
+                let (balancer, env, app, step) = action(i);
+                let weigh = Action::Weigh {
+                    balancer,
+                    env,
+                    app,
+                    version: version.to_owned(),
+                    step,
+                    weight,
+                    canary: canary.clone(),
+                    stable: stable.clone(),
+                };
+                after = vec![plan.add(weigh, &after)];
+            }
+            if let Some(pause) = step.pause {
+                let (balancer, env, app, step) = action(i);
+                let wait = Action::Pause {
+                    balancer,
+                    env,
+                    app,
+                    version: version.to_owned(),
+                    step,
+                    pause,
+                    canary: canary.clone(),
+                };
+                after = vec![plan.add(wait, &after)];
+            }
+        }
+    }
+    if preps.iter().any(|p| p.shift_needed) {
+        let shift = Action::Shift {
+            balancer: env.balancer.clone(),
+            env: env.name.clone(),
+            app: app.to_owned(),
+            to: canary.clone(),
+            from: stable,
+        };
+        after = vec![plan.add(shift, &after)];
+    }
+    let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
+    let retired = retire(plan, &env.balancer, &old, observed, &after);
+    if walking || record.is_some() {
+        let conclude = Action::Conclude {
+            balancer: env.balancer.clone(),
+            env: env.name.clone(),
+            app: app.to_owned(),
+            version: version.to_owned(),
+        };
+        plan.add(conclude, if retired.is_empty() { &after } else { &retired });
+    }
+}
+
+/// After a failed or aborted rollout to `version`: the slots running `version` are taken out of the
+/// balancer and stopped; other versions are left alone. With `take_back`, slots of `version` that get
+/// traffic give it back first, in one shift, to the live slots of other versions (the stable ones; the
+/// shift itself refuses servers that are not UP, so traffic never goes to a broken stable version);
+/// without stable slots they keep serving. Without `take_back`, slots that get traffic keep it.
+pub fn cleanup(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    env: &str,
+    app: &str,
+    version: &str,
+    take_back: bool,
+) -> Plan {
     let mut plan = Plan::default();
     let Some(environment) = desired.environments.get(env) else {
         return plan;
@@ -613,32 +813,64 @@ pub fn cleanup(desired: &DesiredState, observed: &ObservedState, env: &str, app:
         return plan;
     };
     let balancer = &environment.balancer;
+    let (mut failed, mut stable) = (Vec::new(), Vec::new());
     for host in &environment.hosts {
         for slot in &d.slots {
             let at = slot_ref(environment, app, host, &slot.name);
-            if serving(observed, balancer, &at) {
-                continue;
-            }
-            let mut last = Vec::new();
-            if server(observed, balancer, &at).is_some_and(|s| s.admin != Admin::Maint) {
-                last = vec![plan.add(
-                    Action::Drain {
-                        balancer: balancer.clone(),
-                        at: at.clone(),
-                    },
-                    &[],
-                )];
-            }
-            if let Some(i) = observed.instance(host, env, app, &slot.name) {
-                plan.add(
-                    Action::Stop {
-                        at: at.clone(),
-                        version: i.record.version.clone(),
-                    },
-                    &last,
-                );
+            match observed.instance(host, env, app, &slot.name) {
+                Some(i) if i.record.version == version => failed.push(at),
+                Some(i) if i.alive => stable.push(at),
+                _ => {}
             }
         }
+    }
+    let (serving_failed, quiet): (Vec<SlotRef>, Vec<SlotRef>) = failed
+        .into_iter()
+        .partition(|at| serving(observed, balancer, at));
+    let mut after = Vec::new();
+    let mut retire_now = quiet;
+    if take_back && !serving_failed.is_empty() {
+        if stable.is_empty() {
+            plan.notes.push(format!(
+                "{env}/{app} {version} keeps its traffic: no other version runs to take it back"
+            ));
+        } else {
+            after = vec![plan.add(
+                Action::Shift {
+                    balancer: balancer.clone(),
+                    env: env.to_owned(),
+                    app: app.to_owned(),
+                    to: stable,
+                    from: serving_failed.clone(),
+                },
+                &[],
+            )];
+            retire_now.extend(serving_failed);
+        }
+    }
+    retire_now.sort();
+    for at in retire_now {
+        let mut last = if serving(observed, balancer, &at) {
+            after.clone()
+        } else {
+            Vec::new()
+        };
+        if server(observed, balancer, &at).is_some_and(|s| s.admin != Admin::Maint) {
+            last = vec![plan.add(
+                Action::Drain {
+                    balancer: balancer.clone(),
+                    at: at.clone(),
+                },
+                &last,
+            )];
+        }
+        plan.add(
+            Action::Stop {
+                at: at.clone(),
+                version: version.to_owned(),
+            },
+            &last,
+        );
     }
     plan
 }

@@ -5,7 +5,7 @@ use super::*;
 use crate::desired::{load, MemFiles};
 use crate::drivers::haproxy::ServerStat;
 use crate::observed::Instance;
-use crate::state::InstanceRecord;
+use crate::state::{InstanceRecord, Phase, RolloutRecord};
 
 const DESIRED: &str = r#"version: 1
 hosts:
@@ -31,16 +31,23 @@ fn desired() -> DesiredState {
 }
 
 fn stat(weight: u32, admin: Admin, up: bool) -> ServerStat {
+    let status = match (admin, up) {
+        (Admin::Maint, _) => "MAINT",
+        (_, true) => "UP",
+        (_, false) => "DOWN",
+    };
     ServerStat {
         admin,
         up,
         weight,
         scur: 0,
-        status: String::new(),
-        check_status: String::new(),
+        status: status.into(),
+        check_status: if up { "L7OK".into() } else { String::new() },
         hrsp_2xx: 0,
         hrsp_5xx: 0,
         req_tot: 0,
+        requests: 0,
+        errors: 0,
     }
 }
 
@@ -258,7 +265,7 @@ fn cleanup_takes_out_what_gets_no_traffic_and_leaves_what_serves() {
         .serving_blue("1.0")
         .instance("web-1", "green", "2.0", true, false)
         .server("web-1", "green", 0, Admin::Ready, true);
-    let plan = cleanup(&desired(), &world.0, "prod", "api");
+    let plan = cleanup(&desired(), &world.0, "prod", "api", "2.0", false);
     assert_eq!(
         plan.render_text(),
         "\
@@ -434,27 +441,198 @@ fn rolling_resumes_with_the_hosts_not_done_yet() {
     .is_empty());
 }
 
-#[test]
-fn canary_is_reported_as_not_executed_yet() {
+fn canary_desired() -> DesiredState {
     let yaml = DESIRED.replace(
         "listen: \"0.0.0.0:80\" }",
-        "listen: \"0.0.0.0:80\", strategy: { canary: { steps: [{ weight: 10 }] } } }",
+        "listen: \"0.0.0.0:80\", strategy: { canary: { steps: [{ weight: 10, pause: 1m }, { weight: 50 }, { pause: {} }] } } }",
     );
-    let desired = load(&MemFiles::default().with("kube-free.yaml", yaml)).unwrap();
-    let refused = unsupported(&desired, &Scope::default());
-    assert_eq!(refused.len(), 1);
+    load(&MemFiles::default().with("kube-free.yaml", yaml)).unwrap()
+}
+
+fn record(desired: &DesiredState, version: &str, phase: Phase, step: usize) -> RolloutRecord {
+    RolloutRecord {
+        env: "prod".into(),
+        app: "api".into(),
+        version: version.into(),
+        revision: "r".into(),
+        fingerprint: desired.fingerprint("prod", "api"),
+        strategy: "canary".into(),
+        phase,
+        step,
+        step_started_at: 0,
+        step_base: Default::default(),
+        started_at: 0,
+        updated_at: 1,
+        promote: Default::default(),
+        analysis: vec![],
+        outcome: Some("analysis failed".into()),
+    }
+}
+
+#[test]
+fn a_canary_walks_its_steps_once_every_host_is_ready() {
+    let desired = canary_desired();
+    let world = World::new().serving_blue("1.0");
+    let plan = build(&desired, &world.0, &BTreeSet::new(), &Scope::default());
+    assert_eq!(
+        plan.render_text(),
+        "\
+16 steps:
+   1. start prod/api 2.0 in slot green on web-1
+   2. probe prod/api slot green on web-1  (after 1)
+   3. enable kf_prod_api/web-1_green on edge (weight 0, wait UP)  (after 2)
+   4. start prod/api 2.0 in slot green on web-2
+   5. probe prod/api slot green on web-2  (after 4)
+   6. enable kf_prod_api/web-2_green on edge (weight 0, wait UP)  (after 5)
+   7. canary step 0: prod/api 2.0 gets 10% on edge ([web-1_green, web-2_green] weight 10, [web-1_blue, web-2_blue] weight 90)  (after 3, 6)
+   8. canary step 0: pause prod/api for 1m, then analyse  (after 7)
+   9. canary step 1: prod/api 2.0 gets 50% on edge ([web-1_green, web-2_green] weight 50, [web-1_blue, web-2_blue] weight 50)  (after 8)
+  10. canary step 2: wait until `kube-free promote api --env prod`  (after 9)
+  11. shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]  (after 10)
+  12. drain kf_prod_api/web-1_blue on edge, then maint  (after 11)
+  13. stop prod/api 1.0 in slot blue on web-1  (after 12)
+  14. drain kf_prod_api/web-2_blue on edge, then maint  (after 11)
+  15. stop prod/api 1.0 in slot blue on web-2  (after 14)
+  16. record prod/api 2.0 as succeeded  (after 13, 15)
+"
+    );
+}
+
+#[test]
+fn a_canary_resumes_at_the_step_its_record_names() {
+    let desired = canary_desired();
+    let mut world = World::new()
+        .instance("web-1", "blue", "1.0", true, true)
+        .instance("web-2", "blue", "1.0", true, true)
+        .instance("web-1", "green", "2.0", true, true)
+        .instance("web-2", "green", "2.0", true, true)
+        .server("web-1", "blue", 50, Admin::Ready, true)
+        .server("web-2", "blue", 50, Admin::Ready, true)
+        .server("web-1", "green", 50, Admin::Ready, true)
+        .server("web-2", "green", 50, Admin::Ready, true);
+    world.0.rollouts.insert(
+        ("prod".into(), "api".into()),
+        record(&desired, "2.0", Phase::Paused, 2),
+    );
+    let text = build(&desired, &world.0, &BTreeSet::new(), &Scope::default()).render_text();
     assert!(
-        refused[0].starts_with("prod/api: the canary strategy is not executed yet"),
-        "{refused:?}"
+        text.starts_with(
+            "7 steps:\n   1. canary step 2: wait until `kube-free promote api --env prod`\n"
+        ),
+        "{text}"
     );
-    assert!(unsupported(
-        &desired,
-        &Scope {
-            env: Some("other".into()),
-            app: None
-        }
-    )
-    .is_empty());
+    assert!(
+        !text.contains("step 0") && !text.contains("step 1"),
+        "{text}"
+    );
+
+    // A record of another version (superseded) starts over at step 0, after the slot is reused.
+    world.0.rollouts.insert(
+        ("prod".into(), "api".into()),
+        record(&desired, "1.5", Phase::Progressing, 2),
+    );
+    let text = build(&desired, &world.0, &BTreeSet::new(), &Scope::default()).render_text();
+    assert!(
+        text.contains("canary step 0: prod/api 2.0 gets 10%"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_canary_with_nothing_to_compare_against_goes_as_blue_green() {
+    let plan = build(
+        &canary_desired(),
+        &ObservedState::default(),
+        &BTreeSet::new(),
+        &Scope::default(),
+    );
+    let text = plan.render_text();
+    assert!(!text.contains("canary step"), "{text}");
+    assert!(!text.contains("record"), "{text}");
+    assert!(
+        text.contains("shift prod/api traffic on edge to [web-1_blue, web-2_blue]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_quarantined_version_is_left_alone_until_its_desired_state_changes() {
+    let desired = canary_desired();
+    let mut world = World::new().serving_blue("1.0");
+    world.0.rollouts.insert(
+        ("prod".into(), "api".into()),
+        record(&desired, "2.0", Phase::Failed, 0),
+    );
+    let plan = build(&desired, &world.0, &BTreeSet::new(), &Scope::default());
+    assert!(plan.is_empty(), "{}", plan.render_text());
+    assert_eq!(plan.notes.len(), 1);
+    assert!(
+        plan.notes[0].starts_with("prod/api 2.0 is quarantined (rolled back): analysis failed;"),
+        "{:?}",
+        plan.notes
+    );
+    assert!(quarantine(&desired, &world.0, "prod", "api").is_some());
+    // Another desired state of the app (here: its steps) lifts it.
+    let changed = load(&MemFiles::default().with(
+        "kube-free.yaml",
+        DESIRED.replace(
+            "listen: \"0.0.0.0:80\" }",
+            "listen: \"0.0.0.0:80\", strategy: { canary: { steps: [{ weight: 20 }] } } }",
+        ),
+    ))
+    .unwrap();
+    let plan = build(&changed, &world.0, &BTreeSet::new(), &Scope::default());
+    assert!(plan.notes.is_empty());
+    assert!(!plan.is_empty());
+}
+
+#[test]
+fn a_canary_rollback_gives_the_traffic_back_before_stopping_the_canary() {
+    let desired = canary_desired();
+    let world = World::new()
+        .instance("web-1", "blue", "1.0", true, true)
+        .instance("web-2", "blue", "1.0", true, true)
+        .instance("web-1", "green", "2.0", true, true)
+        .instance("web-2", "green", "2.0", true, false)
+        .server("web-1", "blue", 90, Admin::Ready, true)
+        .server("web-2", "blue", 90, Admin::Ready, true)
+        .server("web-1", "green", 10, Admin::Ready, true)
+        .server("web-2", "green", 0, Admin::Ready, true);
+    let plan = cleanup(&desired, &world.0, "prod", "api", "2.0", true);
+    let shift = "shift prod/api traffic on edge to [web-1_blue, web-2_blue] from [web-1_green]";
+    assert!(happens_before(
+        &plan,
+        shift,
+        "drain kf_prod_api/web-1_green on edge, then maint"
+    ));
+    assert!(happens_before(
+        &plan,
+        "drain kf_prod_api/web-1_green on edge, then maint",
+        "stop prod/api 2.0 in slot green on web-1"
+    ));
+    assert!(happens_before(
+        &plan,
+        "drain kf_prod_api/web-2_green on edge, then maint",
+        "stop prod/api 2.0 in slot green on web-2"
+    ));
+    assert!(!plan.render_text().contains("1.0 in slot blue"));
+
+    // Without take_back (blue-green), what serves keeps serving.
+    let plan = cleanup(&desired, &world.0, "prod", "api", "2.0", false);
+    assert!(!plan.render_text().contains("shift"));
+    assert!(
+        !plan.render_text().contains("on web-1"),
+        "{}",
+        plan.render_text()
+    );
+
+    // With no other version alive, the canary keeps its traffic and is not stopped.
+    let alone = World::new()
+        .instance("web-1", "green", "2.0", true, true)
+        .server("web-1", "green", 10, Admin::Ready, true);
+    let plan = cleanup(&desired, &alone.0, "prod", "api", "2.0", true);
+    assert!(plan.is_empty(), "{}", plan.render_text());
+    assert_eq!(plan.notes.len(), 1, "{:?}", plan.notes);
 }
 
 #[test]
@@ -479,5 +657,37 @@ fn a_slot_that_serves_is_drained_before_it_is_stopped_for_reuse() {
         &plan,
         "stop prod/api 1.0 in slot green on web-1",
         "start prod/api 2.0 in slot green on web-1"
+    ));
+}
+
+#[test]
+fn a_new_version_that_died_after_the_shift_never_gets_the_old_one_stopped() {
+    // green 2.0 took all weight and died (HAProxy: DOWN); blue 1.0 is alive, weight 0, in maint.
+    let world = World::new()
+        .instance("web-1", "green", "2.0", false, false)
+        .instance("web-1", "blue", "1.0", true, true)
+        .server("web-1", "green", 100, Admin::Ready, false)
+        .server("web-1", "blue", 0, Admin::Maint, false)
+        .instance("web-2", "green", "2.0", true, true)
+        .server("web-2", "green", 100, Admin::Ready, true)
+        .server("web-2", "blue", 0, Admin::Maint, false);
+    // The cleanup of a failed rollout to 2.0 leaves 1.0 alone.
+    let cleanup_text = cleanup(&desired(), &world.0, "prod", "api", "2.0", false).render_text();
+    assert!(!cleanup_text.contains("1.0"), "{cleanup_text}");
+    // The next plan restarts 2.0 in the dead slot, not over the live 1.0.
+    let plan = world.plan(&[]);
+    let text = plan.render_text();
+    assert!(
+        text.contains("start prod/api 2.0 in slot green on web-1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("start prod/api 2.0 in slot blue on web-1"),
+        "{text}"
+    );
+    assert!(happens_before(
+        &plan,
+        "shift prod/api traffic on edge to [web-1_green, web-2_green]",
+        "stop prod/api 1.0 in slot blue on web-1"
     ));
 }

@@ -338,6 +338,17 @@ impl Load {
         }
     }
 
+    /// Ends the load now, the way Ctrl-C does: wrk stops, prints its tally and exits.
+    pub fn interrupt(self) -> Tally {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+        }
+        self.finish()
+    }
+
+    /// Waits for wrk to end (it is killed if it overruns its duration by 30 s) and reads its tally.
     pub fn finish(mut self) -> Tally {
         let mut child = self.child.take().unwrap();
         let limit = std::time::Instant::now() + std::time::Duration::from_secs(self.seconds + 30);

@@ -98,13 +98,13 @@ environments:
         format!("{}:80", self.fleet.address("lb-1"))
     }
 
-    /// Live demo-app processes in a host's namespace (zombies do not count).
-    pub fn demo_processes(&self, host: &str) -> usize {
+    /// Pids of the live demo-app processes in a host's namespace (zombies do not count), sorted.
+    pub fn demo_pids(&self, host: &str) -> Vec<u32> {
         let out = Command::new("ip")
             .args(["netns", "pids", &self.fleet.netns(host)])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout)
+        let mut pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|pid| {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -112,7 +112,35 @@ environments:
                 let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
                 String::from_utf8_lossy(&cmdline).contains("kube-free-demo") && state != Some('Z')
             })
-            .count()
+            .filter_map(|pid| pid.trim().parse().ok())
+            .collect();
+        pids.sort();
+        pids
+    }
+
+    /// Live demo-app processes in a host's namespace.
+    pub fn demo_processes(&self, host: &str) -> usize {
+        self.demo_pids(host).len()
+    }
+
+    /// `kube-free status --output json`: the one environment/app of the setup.
+    pub fn status_json(&self) -> serde_json::Value {
+        let status = self.kube_free(&["status", "--output", "json"]);
+        status.code(0);
+        let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+        json["environments"][0].clone()
+    }
+
+    /// Weights of the servers running `version`, as status reports them.
+    pub fn weights_of(&self, version: &str) -> Vec<u64> {
+        let app = self.status_json();
+        app["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["version"] == version && s["alive"] == true)
+            .map(|s| s["weight"].as_u64().unwrap_or(0))
+            .collect()
     }
 
     /// Every host serves only `version` from one instance, and the balancer sends it everything.
@@ -121,7 +149,13 @@ environments:
         status.code(0);
         let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
         let app = &json["environments"][0];
-        assert_eq!(app["in_sync"], true, "{}", status.stdout);
+        if app["in_sync"] != true {
+            let plan = self.kube_free(&["plan"]);
+            panic!(
+                "not in sync:\n{}\nplan:\n{}{}",
+                status.stdout, plan.stdout, plan.stderr
+            );
+        }
         for host in &self.hosts {
             let slots: Vec<&serde_json::Value> = app["slots"]
                 .as_array()
@@ -156,12 +190,14 @@ environments:
         }
     }
 
-    /// Reconciles while wrk loads the frontend; returns the reconcile run and the tally.
-    pub fn reconcile_under_load(&self, method: &str, seconds: u64) -> (Run, Tally) {
-        let load = Load::start(&format!("http://{}/", self.frontend()), seconds, method);
+    /// Reconciles while wrk loads the frontend: load for 3 s before, through the whole run and 2 s
+    /// after it (at most `max_seconds` in all); returns the reconcile run and the tally.
+    pub fn reconcile_under_load(&self, method: &str, max_seconds: u64) -> (Run, Tally) {
+        let load = Load::start(&format!("http://{}/", self.frontend()), max_seconds, method);
         std::thread::sleep(std::time::Duration::from_secs(3));
         let run = self.kube_free(&["reconcile", "--once"]);
-        let tally = load.finish();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let tally = load.interrupt();
         eprintln!(
             "{method} load: {} requests, {} failed, served {:?}",
             tally.requests, tally.failed, tally.served
