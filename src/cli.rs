@@ -42,6 +42,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Converge the hosts to the desired state, then exit.
     ///
+    /// Takes the lease on every balancer host first: one run acts at a time (exit 4, or
+    /// --lock-wait). SIGTERM or SIGINT: the current steps finish, nothing new starts, the lease is
+    /// released, exit 1; the next run resumes.
+    ///
     /// Starts the new version in the idle slot, probes it, enables it in HAProxy, moves the traffic
     /// (all at once, host by host, or in canary steps), drains and stops the old version. A step that
     /// fails leaves the old version serving (a canary gives its traffic back), stops the new instances
@@ -148,6 +152,15 @@ pub struct ReconcileArgs {
     /// it, timed pauses are waited out and gates end the run at once.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_wait: Option<std::time::Duration>,
+    /// When another run holds the lease, wait this long for it (`2m`) before giving up with exit 4.
+    /// Default: do not wait.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
+    /// How long the lease (`<state_dir>/lock` on each balancer host) lasts at least without renewal.
+    /// A run renews it every quarter of this; the lease of a run that died is taken over once it
+    /// expired.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub lease_ttl: std::time::Duration,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

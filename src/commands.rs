@@ -203,7 +203,25 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         parallel: args.parallel as usize,
         max_wait: args.max_wait,
     };
-    let report = reconcile::once(world.clone(), &scope, options).await?;
+    world.acquire_lease(args.lock_wait, args.lease_ttl).await?;
+    let heartbeat = {
+        let (world, ttl) = (world.clone(), args.lease_ttl);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 4).await;
+                if let Err(e) = world.renew_lease(ttl).await {
+                    // The next step's fencing check stops the run.
+                    tracing::error!(error = %e, "lease not renewed");
+                }
+            }
+        })
+    };
+    let signals = tokio::spawn(interrupt_on_signal(world.clone()));
+    let result = reconcile::once(world.clone(), &scope, options).await;
+    heartbeat.abort();
+    signals.abort();
+    world.release_lease().await;
+    let report = result?;
     if report.steps == 0 {
         writeln!(out, "in sync at commit {}: nothing to do", world.revision)?;
     } else {
@@ -215,6 +233,25 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         )?;
     }
     Ok(Exit::Ok)
+}
+
+/// On SIGTERM or SIGINT, asks the run to stop after its current steps.
+async fn interrupt_on_signal(world: Arc<World>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("signal received: finishing the current steps, then stopping");
+    world
+        .interrupted
+        .store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// A manual gate of a rollout.

@@ -53,6 +53,7 @@ impl Error {
                 Exit::BadInput
             }
             Error::Reconcile(e) if e.waits() => Exit::Waiting,
+            Error::Reconcile(e) if e.locked() => Exit::Locked,
             Error::Source(_)
             | Error::Read { .. }
             | Error::Output(_)

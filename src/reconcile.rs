@@ -5,6 +5,7 @@
 
 use crate::desired::{DesiredState, Transport as HostTransport};
 use crate::drivers::haproxy::{self, Admin, Haproxy, FULL_WEIGHT};
+use crate::drivers::lease;
 use crate::drivers::local::LocalTransport;
 use crate::drivers::probe::Prober;
 use crate::drivers::process::{self, Found, StartSpec};
@@ -34,8 +35,18 @@ pub enum ReconcileError {
     },
     #[error("{failed}; run again to resume there")]
     Waiting { failed: Box<StepFailed> },
+    #[error("interrupted by a signal before step {} ({}); the steps before it are done; run again to resume there", .failed.number, .failed.action)]
+    Interrupted { failed: Box<StepFailed> },
     #[error("{}", .0.join("\n"))]
     Quarantined(Vec<String>),
+    #[error("locked: the lease on {host} is held by {holder}, for {expires_in}s more (wait for it with --lock-wait)")]
+    Locked {
+        host: String,
+        holder: crate::drivers::lease::Holder,
+        expires_in: u64,
+    },
+    #[error("lease on {host}: {message}")]
+    Lease { host: String, message: String },
     #[error("{0}")]
     Gate(String),
     #[error("rollout record {path} on {host}: {message}")]
@@ -51,6 +62,11 @@ impl ReconcileError {
     pub fn waits(&self) -> bool {
         matches!(self, ReconcileError::Waiting { .. })
     }
+
+    /// Another run holds the lease (exit 4).
+    pub fn locked(&self) -> bool {
+        matches!(self, ReconcileError::Locked { .. })
+    }
 }
 
 /// Everything needed to reach the world: one transport per host, the prober, the desired state.
@@ -62,6 +78,12 @@ pub struct World {
     prober: Prober,
     /// One save of HAProxy's server state at a time (parallel steps change one backend).
     save_lock: tokio::sync::Mutex<()>,
+    /// Set by SIGTERM/SIGINT: start no new step, end pauses, finish the current steps.
+    pub interrupted: std::sync::atomic::AtomicBool,
+    /// Leases this run holds: (balancer host, lock file, epoch).
+    leases: std::sync::Mutex<Vec<(String, String, u64)>>,
+    /// This run's id in lock files.
+    run_id: String,
     _runtime_dir: tempfile::TempDir,
 }
 
@@ -143,6 +165,15 @@ impl World {
             transports,
             prober: Prober::default(),
             save_lock: tokio::sync::Mutex::new(()),
+            leases: std::sync::Mutex::new(Vec::new()),
+            interrupted: std::sync::atomic::AtomicBool::new(false),
+            run_id: format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() % 1_000_000_000)
+            ),
             _runtime_dir: runtime_dir,
         })
     }
@@ -168,6 +199,163 @@ impl World {
             .values()
             .map(|e| e.balancer.clone())
             .collect()
+    }
+
+    /// The hosts of the balancers in use, each once, in name order: where the leases live.
+    fn lease_hosts(&self) -> BTreeSet<String> {
+        self.balancers_in_use()
+            .iter()
+            .map(|b| self.desired.balancers[b].host.clone())
+            .collect()
+    }
+
+    async fn lease_command(
+        &self,
+        host: &str,
+        cmd: &crate::drivers::Cmd,
+    ) -> Result<lease::Answer, ReconcileError> {
+        let out = crate::drivers::run_ok(self.transport(host), cmd, READ_TIMEOUT).await?;
+        lease::parse_answer(&out.stdout_text()).ok_or_else(|| ReconcileError::Lease {
+            host: host.to_owned(),
+            message: format!("unexpected answer {:?}", out.stdout_text().trim()),
+        })
+    }
+
+    /// Takes the lease on every balancer host in use, waiting up to `wait` for another run's to
+    /// end or expire. Fails with [`ReconcileError::Locked`] (having released what it took).
+    pub async fn acquire_lease(&self, wait: Duration, ttl: Duration) -> Result<(), ReconcileError> {
+        let me = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .and_then(|h| h.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        let until = tokio::time::Instant::now() + wait;
+        for host in self.lease_hosts() {
+            let path = lease::lock_file(&self.desired.hosts[&host].state_dir);
+            let cmd = lease::acquire_cmd(
+                &path,
+                &self.run_id,
+                lease_secs(ttl),
+                &me,
+                std::process::id(),
+            );
+            loop {
+                match self.lease_command(&host, &cmd).await {
+                    Ok(lease::Answer::Held { epoch, .. }) => {
+                        tracing::info!(%host, epoch, run = %self.run_id, "lease taken");
+                        self.leases.lock().expect("not poisoned").push((
+                            host.clone(),
+                            path.clone(),
+                            epoch,
+                        ));
+                        break;
+                    }
+                    Ok(lease::Answer::Taken { holder, now })
+                        if tokio::time::Instant::now() >= until =>
+                    {
+                        self.release_lease().await;
+                        return Err(ReconcileError::Locked {
+                            host,
+                            expires_in: holder.expires.saturating_sub(now),
+                            holder,
+                        });
+                    }
+                    Ok(lease::Answer::Taken { holder, .. }) => {
+                        tracing::info!(%host, %holder, "waiting for the lease");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Ok(other) => {
+                        self.release_lease().await;
+                        return Err(ReconcileError::Lease {
+                            host,
+                            message: format!("unexpected answer {other:?}"),
+                        });
+                    }
+                    Err(e) => {
+                        self.release_lease().await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Extends every lease this run holds by `ttl`; a lease that was lost is an error.
+    pub async fn renew_lease(&self, ttl: Duration) -> Result<(), ReconcileError> {
+        let held = self.leases.lock().expect("not poisoned").clone();
+        for (host, path, epoch) in held {
+            let cmd = lease::renew_cmd(&path, &self.run_id, lease_secs(ttl), epoch);
+            match self.lease_command(&host, &cmd).await? {
+                lease::Answer::Held { .. } => {}
+                lease::Answer::Lost { holder: Some(h) } if h.run_id == self.run_id => {
+                    return Err(ReconcileError::Lease {
+                        host,
+                        message: "expired before it was renewed (this run was stalled for longer than --lease-ttl)".into(),
+                    })
+                }
+                lease::Answer::Lost { holder: Some(h) } => {
+                    return Err(ReconcileError::Lease {
+                        host,
+                        message: format!("lost to {h} before it was renewed"),
+                    })
+                }
+                other => {
+                    return Err(ReconcileError::Lease {
+                        host,
+                        message: format!("lost before it was renewed: {other:?}"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fencing: whether this run still holds every lease it took, at the epoch it took it.
+    pub async fn check_lease(&self) -> Result<(), ReconcileError> {
+        let held = self.leases.lock().expect("not poisoned").clone();
+        for (host, path, epoch) in held {
+            match self
+                .lease_command(&host, &lease::check_cmd(&path, &self.run_id, epoch))
+                .await?
+            {
+                lease::Answer::Held { .. } => {}
+                lease::Answer::Lost { holder } => {
+                    return Err(ReconcileError::Lease {
+                        host,
+                        message: match holder {
+                            Some(h) => {
+                                format!("lost: now held by {h}; this run changes nothing more")
+                            }
+                            None => "lost (expired); this run changes nothing more".into(),
+                        },
+                    })
+                }
+                other => {
+                    return Err(ReconcileError::Lease {
+                        host,
+                        message: format!("unexpected answer {other:?}"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Gives back every lease this run holds (errors are logged: an unreleased lease expires).
+    pub async fn release_lease(&self) {
+        let held = std::mem::take(&mut *self.leases.lock().expect("not poisoned"));
+        for (host, path, _) in held {
+            if let Err(e) = self
+                .lease_command(&host, &lease::release_cmd(&path, &self.run_id))
+                .await
+            {
+                tracing::warn!(%host, error = %e, "lease not released; it expires by itself");
+            }
+        }
     }
 
     /// Observes every host and balancer in use, in parallel.
@@ -274,7 +462,9 @@ impl World {
     }
 
     /// The record of the rollout of `version`, or a fresh one when there is none for it (another
-    /// version, an earlier desired state, or one that ended).
+    /// version, an earlier desired state, or one that succeeded). A rollout that was aborted or
+    /// rolled back meanwhile (by `kube-free abort`, or by another run) is an error: nothing may
+    /// write over that.
     pub async fn record_for(
         &self,
         env: &str,
@@ -282,31 +472,46 @@ impl World {
         version: &str,
     ) -> Result<RolloutRecord, ReconcileError> {
         let fingerprint = self.desired.fingerprint(env, app);
-        let current = self.read_rollout(env, app).await?;
-        let strategy = self.desired.environments[env].apps[app].strategy.name();
+        let current = self
+            .read_rollout(env, app)
+            .await?
+            .filter(|r| r.version == version && r.fingerprint == fingerprint);
+        if let Some(ended) = current.as_ref().filter(|r| r.phase.quarantines()) {
+            return Err(ReconcileError::Gate(format!(
+                "the rollout of {version} was {}: {}",
+                if ended.phase == Phase::Aborted {
+                    "aborted"
+                } else {
+                    "rolled back"
+                },
+                ended.outcome.as_deref().unwrap_or("no reason recorded")
+            )));
+        }
         Ok(current
-            .filter(|r| {
-                r.version == version
-                    && r.fingerprint == fingerprint
-                    && matches!(r.phase, Phase::Progressing | Phase::Paused)
-            })
-            .unwrap_or_else(|| RolloutRecord {
-                env: env.to_owned(),
-                app: app.to_owned(),
-                version: version.to_owned(),
-                revision: self.revision.clone(),
-                fingerprint,
-                strategy: strategy.to_owned(),
-                phase: Phase::Progressing,
-                step: 0,
-                step_started_at: crate::state::now(),
-                step_base: Counters::default(),
-                started_at: crate::state::now(),
-                updated_at: 0,
-                promote: Promote::No,
-                analysis: Vec::new(),
-                outcome: None,
-            }))
+            .filter(|r| matches!(r.phase, Phase::Progressing | Phase::Paused))
+            .unwrap_or_else(|| self.new_record(env, app, version)))
+    }
+
+    /// A record of a rollout of `version` that starts now.
+    fn new_record(&self, env: &str, app: &str, version: &str) -> RolloutRecord {
+        let strategy = self.desired.environments[env].apps[app].strategy.name();
+        RolloutRecord {
+            env: env.to_owned(),
+            app: app.to_owned(),
+            version: version.to_owned(),
+            revision: self.revision.clone(),
+            fingerprint: self.desired.fingerprint(env, app),
+            strategy: strategy.to_owned(),
+            phase: Phase::Progressing,
+            step: 0,
+            step_started_at: crate::state::now(),
+            step_base: Counters::default(),
+            started_at: crate::state::now(),
+            updated_at: 0,
+            promote: Promote::No,
+            analysis: Vec::new(),
+            outcome: None,
+        }
     }
 
     /// Writes the rollout record atomically on the balancer host.
@@ -409,6 +614,12 @@ fn expand_home(path: &str) -> PathBuf {
     }
 }
 
+/// Seconds to ask the balancer host for: the host's clock counts whole seconds, so one more makes the
+/// lease last at least `ttl`.
+fn lease_secs(ttl: Duration) -> u64 {
+    ttl.as_secs_f64().ceil() as u64 + 1
+}
+
 /// What a finished pass did.
 #[derive(Debug)]
 pub struct PassReport {
@@ -459,13 +670,21 @@ pub async fn once(
         world: world.clone(),
         observed: observed.clone(),
         max_wait: options.max_wait,
+        cleaning_up: false,
     });
     match execute::run(&plan, effects, options.parallel).await {
         Ok(report) => quarantined(report.done.len()),
+        Err(failed) if failed.waiting && world.is_interrupted() => {
+            Err(ReconcileError::Interrupted {
+                failed: Box::new(failed),
+            })
+        }
         Err(failed) if failed.waiting => Err(ReconcileError::Waiting {
             failed: Box::new(failed),
         }),
         Err(failed) => {
+            // A run that lost its lease leaves everything to the run that holds it now.
+            world.check_lease().await?;
             let outcome = match rollout_of(&failed.action) {
                 Some((env, app)) => {
                     let version = world.desired.environments[&env].apps[&app].version.clone();
@@ -473,16 +692,30 @@ pub async fn once(
                         world.desired.environments[&env].apps[&app].strategy,
                         crate::desired::Strategy::Canary { .. }
                     );
-                    let cleaned = match clean_up(&world, &env, &app, options.parallel).await {
+                    // Only a canary that is still being judged gives its traffic back: after the
+                    // final shift, a failed drain or stop of the old version leaves it serving.
+                    let take_back = canary
+                        && (failed_by_the_version(&failed.action)
+                            || matches!(failed.action, Action::Weigh { .. }));
+                    let cleaned = match clean_up(&world, &env, &app, take_back, options.parallel).await {
                         Ok(()) if canary => format!("rolled back: {env}/{app} traffic is back on the version that served before, and the instances of {version} are stopped"),
                         Ok(()) => format!("cleaned up: instances of {version} that got no traffic are stopped; {env}/{app} keeps what serves"),
                         Err(e) => format!("cleaning up {env}/{app} failed too: {e}"),
                     };
                     if failed_by_the_version(&failed.action) {
-                        let mut record = world.record_for(&env, &app, &version).await?;
-                        record.phase = Phase::Failed;
-                        record.outcome = Some(failed.message.clone());
-                        world.write_rollout(&record).await?;
+                        let current = world
+                            .read_rollout(&env, &app)
+                            .await?
+                            .filter(|r| r.version == version);
+                        // An abort stays an abort.
+                        if current.as_ref().is_none_or(|r| r.phase != Phase::Aborted) {
+                            let mut record =
+                                current.unwrap_or_else(|| world.new_record(&env, &app, &version));
+                            record.fingerprint = world.desired.fingerprint(&env, &app);
+                            record.phase = Phase::Failed;
+                            record.outcome = Some(failed.message.clone());
+                            world.write_rollout(&record).await?;
+                        }
                         format!("{cleaned}; {version} is quarantined until its desired state changes or `kube-free retry {app} --env {env}`")
                     } else {
                         cleaned
@@ -529,12 +762,12 @@ async fn clean_up(
     world: &Arc<World>,
     env: &str,
     app: &str,
+    take_back: bool,
     parallel: usize,
 ) -> Result<(), ReconcileError> {
     let observed = world.observe().await?;
     let d = &world.desired.environments[env].apps[app];
-    let canary = matches!(d.strategy, crate::desired::Strategy::Canary { .. });
-    let plan: Plan = plan::cleanup(&world.desired, &observed, env, app, &d.version, canary);
+    let plan: Plan = plan::cleanup(&world.desired, &observed, env, app, &d.version, take_back);
     for note in &plan.notes {
         tracing::warn!("{note}");
     }
@@ -547,6 +780,7 @@ async fn clean_up(
         world: world.clone(),
         observed,
         max_wait: None,
+        cleaning_up: true,
     });
     execute::run(&plan, effects, parallel)
         .await
@@ -615,8 +849,16 @@ pub async fn abort(
     };
     record.phase = Phase::Aborted;
     record.outcome = Some("aborted by `kube-free abort`".into());
+    record.fingerprint = world.desired.fingerprint(env, app);
     world.write_rollout(&record).await?;
-    clean_up(world, env, app, parallel).await?;
+    // A reconcile of this app that runs now reads the abort within a second, rolls back and gives
+    // the lease up; then this finds nothing left to do.
+    world
+        .acquire_lease(Duration::from_secs(60), Duration::from_secs(30))
+        .await?;
+    let cleaned = clean_up(world, env, app, true, parallel).await;
+    world.release_lease().await;
+    cleaned?;
     Ok(format!("aborted {env}/{app} {version}: traffic is back on the version that served before and {version} is stopped; it is quarantined until its desired state changes or `kube-free retry {app} --env {env}`"))
 }
 
@@ -659,6 +901,8 @@ pub struct Live {
     observed: ObservedState,
     /// See [`Options::max_wait`].
     max_wait: Option<Duration>,
+    /// A cleanup runs to its end, also after a signal: it takes traffic off a failed version.
+    cleaning_up: bool,
 }
 
 impl Live {
@@ -730,6 +974,16 @@ impl Live {
         }
         let host = &self.world.desired.hosts[&at.host];
         let app = self.app(at);
+        process::stop_orphan(
+            self.world.transport(&at.host),
+            &host.state_dir,
+            &at.env,
+            &at.app,
+            &at.slot,
+            app.stop_timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let port = self.port(at);
         let value = |p: crate::desired::template::Placeholder| {
             use crate::desired::template::Placeholder::*;
@@ -1109,12 +1363,16 @@ impl Live {
         let mut window_end = record.step_started_at + pause_secs;
         let give_up = record.step_started_at + pause_secs + progress_deadline.as_secs().max(1);
         loop {
-            // Promote and abort come from other processes, through the record.
-            let current = self
-                .world
-                .read_rollout(env, app)
-                .await
-                .map_err(|e| e.to_string())?;
+            // Promote and abort come from other processes, through the record. A read that fails
+            // (a slow or dropped connection) is tried again: the step's deadline bounds it.
+            let current = match self.world.read_rollout(env, app).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%env, %app, error = %e, "reading the rollout record failed; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
             if let Some(c) = current.as_ref().filter(|c| c.version == version) {
                 if c.phase == Phase::Aborted {
                     return Err(StepError::Failed(format!(
@@ -1133,11 +1391,19 @@ impl Live {
             if gate_open && (now >= window_end || promoted) {
                 let Some(a) = analysis else { break };
                 let base = record.step_base;
-                let counters = self.counters(balancer, canary).await?;
+                let counters = match self.counters(balancer, canary).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(%env, %app, error = %e, "reading the balancer's counters failed; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
                 if counters.requests < base.requests {
                     // The balancer's counters restarted (a reload): count from here.
                     record.step_base = counters;
-                    window_end = now + pause_secs.max(1);
+                    window_end = (now + pause_secs.max(1)).min(give_up);
+                    self.save_record(&record).await?;
                     continue;
                 }
                 let requests = counters.requests - base.requests;
@@ -1201,6 +1467,11 @@ impl Live {
                         continue;
                     }
                 }
+            }
+            if self.world.is_interrupted() {
+                return Err(StepError::Waiting(format!(
+                    "canary step {step}: interrupted in its pause"
+                )));
             }
             // Still waiting: how long, and may this run wait that long?
             let remaining = if gate_open {
@@ -1270,6 +1541,9 @@ impl Live {
 #[async_trait::async_trait]
 impl Effects for Live {
     async fn apply(&self, action: &Action) -> Result<(), StepError> {
+        if action.changes() {
+            self.world.check_lease().await.map_err(|e| e.to_string())?;
+        }
         match action {
             Action::ApplyConfig { balancer } => {
                 let config = haproxy::render_config(&self.world.desired, balancer);
@@ -1353,6 +1627,11 @@ impl Effects for Live {
             }
         }
         Ok(())
+    }
+
+    fn stopping(&self) -> Option<String> {
+        (!self.cleaning_up && self.world.is_interrupted())
+            .then(|| "interrupted by a signal".to_owned())
     }
 
     fn deadline(&self, action: &Action) -> Duration {

@@ -31,6 +31,12 @@ pub fn instance_file(state_dir: &str, env: &str, app: &str, slot: &str) -> Strin
     format!("{}/{slot}.json", app_dir(state_dir, env, app))
 }
 
+/// `<slot>.pid`: `PID START_TICKS`, written by the start script itself the moment the process
+/// exists, so that a run killed before it wrote the instance file leaves no unknown process.
+pub fn pid_file(state_dir: &str, env: &str, app: &str, slot: &str) -> String {
+    format!("{}/{slot}.pid", app_dir(state_dir, env, app))
+}
+
 pub fn log_file(state_dir: &str, env: &str, app: &str, slot: &str) -> String {
     format!("{}/{slot}.log", app_dir(state_dir, env, app))
 }

@@ -294,7 +294,11 @@ fn version_livez_readyz_and_catch_all() {
 
 #[test]
 fn a_failing_path_always_answers_500() {
-    let demo = Demo::start("f1", &["--fail-path", "/smoke", "--fail-path", "/deep"], &[]);
+    let demo = Demo::start(
+        "f1",
+        &["--fail-path", "/smoke", "--fail-path", "/deep"],
+        &[],
+    );
     for _ in 0..3 {
         let r = demo.get("/smoke");
         assert_eq!((r.status, r.text().as_str()), (500, "failing path\n"));

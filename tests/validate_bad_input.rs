@@ -349,7 +349,10 @@ case!(
 
 case!(
     analysis_check_path_without_slash,
-    root(&base_with("min_requests: 100", "min_requests: 100, checks: [/ok, smoke]")),
+    root(&base_with(
+        "min_requests: 100",
+        "min_requests: 100, checks: [/ok, smoke]"
+    )),
     [(
         ROOT,
         Some("smoke"),

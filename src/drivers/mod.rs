@@ -3,6 +3,7 @@
 //! pure functions in `process` and `haproxy`) that a [`Transport`] runs; tests compare them exactly.
 
 pub mod haproxy;
+pub mod lease;
 pub mod local;
 pub mod probe;
 pub mod process;

@@ -11,16 +11,18 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// How soon after its start a process that exits counts as a failed start.
 const EXITS_AT_ONCE: Duration = Duration::from_millis(150);
 
-/// Starts argv in its own session with output appended to `log`, in `/`, and prints its pid. Every
+/// Starts argv in its own session with output appended to `log`, in `/`, writes `PID START_TICKS` to
+/// `pid_file` (atomically, before anything else can happen to the caller) and prints the pid. Every
 /// value is a positional parameter; the script text is constant.
-pub fn start_cmd(dir: &str, log: &str, argv: &[String]) -> Cmd {
+pub fn start_cmd(dir: &str, log: &str, pid_file: &str, argv: &[String]) -> Cmd {
     let mut words = vec![
         "sh".to_owned(),
         "-c".to_owned(),
-        r#"set -e; mkdir -p "$1"; log=$2; shift 2; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & echo "$!""#.to_owned(),
+        r#"set -e; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & pid=$!; st=$(sed 's/.*)//' "/proc/$pid/stat" | cut -d' ' -f21) || st=0; printf '%s %s\n' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid""#.to_owned(),
         "kube-free-start".to_owned(),
         dir.to_owned(),
         log.to_owned(),
+        pid_file.to_owned(),
     ];
     words.extend(argv.iter().cloned());
     Cmd::change(words)
@@ -167,7 +169,8 @@ pub async fn start(
 ) -> Result<InstanceRecord, TransportError> {
     let dir = crate::state::app_dir(spec.state_dir, spec.env, spec.app);
     let log = crate::state::log_file(spec.state_dir, spec.env, spec.app, spec.slot);
-    let out = run_ok(t, &start_cmd(&dir, &log, &spec.argv), TIMEOUT).await?;
+    let pid_file = crate::state::pid_file(spec.state_dir, spec.env, spec.app, spec.slot);
+    let out = run_ok(t, &start_cmd(&dir, &log, &pid_file, &spec.argv), TIMEOUT).await?;
     let failed = |why: String| TransportError::Process {
         host: t.host().to_owned(),
         message: format!("`{}`: {why}", spec.argv.join(" ")),
@@ -250,7 +253,58 @@ pub async fn stop(
     }
     let file = crate::state::instance_file(state_dir, &record.env, &record.app, &record.slot);
     run_ok(t, &remove_cmd(&file), TIMEOUT).await?;
+    let pid_file = crate::state::pid_file(state_dir, &record.env, &record.app, &record.slot);
+    run_ok(t, &remove_cmd(&pid_file), TIMEOUT).await?;
     Ok(())
+}
+
+/// `PID START_TICKS` from a pid file.
+pub fn parse_pid_file(text: &str) -> Option<(u32, u64)> {
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse().ok()?;
+    let ticks = words.next()?.parse().ok()?;
+    Some((pid, ticks))
+}
+
+/// Stops the process a pid file names when it runs and the slot has no instance file (a run was
+/// killed between the start and the instance file): it never got traffic, as it was never enabled.
+/// Returns whether there was one.
+pub async fn stop_orphan(
+    t: &dyn Transport,
+    state_dir: &str,
+    env: &str,
+    app: &str,
+    slot: &str,
+    stop_timeout: Duration,
+) -> Result<bool, TransportError> {
+    let pid_file = crate::state::pid_file(state_dir, env, app, slot);
+    let out = run_ok(t, &read_file_cmd(&pid_file), TIMEOUT).await?;
+    let Some((pid, start_ticks)) = parse_pid_file(&out.stdout_text()) else {
+        return Ok(false);
+    };
+    let orphan = InstanceRecord {
+        env: env.to_owned(),
+        app: app.to_owned(),
+        slot: slot.to_owned(),
+        version: String::new(),
+        revision: String::new(),
+        port: 0,
+        pid,
+        start_ticks,
+        started_at: 0,
+        argv: Vec::new(),
+    };
+    let alive = is_alive(t, &orphan).await?;
+    if alive {
+        tracing::warn!(
+            host = t.host(),
+            pid,
+            %pid_file,
+            "stopping a process without an instance file (its run was killed while starting it)"
+        );
+    }
+    stop(t, state_dir, &orphan, stop_timeout).await?;
+    Ok(alive)
 }
 
 #[cfg(test)]
@@ -263,12 +317,15 @@ mod tests {
         let cmd = start_cmd(
             "/s/prod/api",
             "/s/prod/api/blue.log",
+            "/s/prod/api/blue.pid",
             &["env".into(), "PORT=8000".into(), "/opt/api bin".into()],
         );
         assert_eq!(
             cmd.to_string(),
-            r#"sh -c 'set -e; mkdir -p "$1"; log=$2; shift 2; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & echo "$!"' kube-free-start /s/prod/api /s/prod/api/blue.log env PORT=8000 '/opt/api bin'"#
+            r#"sh -c 'set -e; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & pid=$!; st=$(sed '\''s/.*)//'\'' "/proc/$pid/stat" | cut -d'\'' '\'' -f21) || st=0; printf '\''%s %s\n'\'' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid"' kube-free-start /s/prod/api /s/prod/api/blue.log /s/prod/api/blue.pid env PORT=8000 '/opt/api bin'"#
         );
+        assert_eq!(parse_pid_file("4242 31337\n"), Some((4242, 31337)));
+        assert_eq!(parse_pid_file("4242"), None);
         assert!(cmd.changes);
         assert_eq!(kill_cmd(42, "TERM").to_string(), "kill -s TERM -- -42");
         assert_eq!(stat_cmd(42).to_string(), "cat /proc/42/stat");
@@ -297,6 +354,54 @@ mod tests {
         assert!(matches!(&found[0], Found::Unreadable { path, .. } if path == "/s/a/b/blue.json"));
     }
 
+    /// A run killed right after the start script ran: a process, its pid file, no instance file.
+    #[tokio::test]
+    async fn an_orphan_of_a_killed_start_is_found_and_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().to_str().unwrap();
+        let t = LocalTransport::new("here");
+        let app_dir = crate::state::app_dir(state_dir, "test", "sleeper");
+        let log = crate::state::log_file(state_dir, "test", "sleeper", "green");
+        let pid_file = crate::state::pid_file(state_dir, "test", "sleeper", "green");
+        let out = run_ok(
+            &t,
+            &start_cmd(&app_dir, &log, &pid_file, &["sleep".into(), "30".into()]),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        let pid: u32 = out.stdout_text().trim().parse().unwrap();
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let stopped = stop_orphan(
+            &t,
+            state_dir,
+            "test",
+            "sleeper",
+            "green",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(stopped);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || parse_stat(&stat).is_some_and(|(s, _)| s == 'Z'),
+            "pid {pid} is gone: {stat}"
+        );
+        assert!(!std::path::Path::new(&pid_file).exists());
+        // Nothing to do the second time, and none without a pid file.
+        assert!(!stop_orphan(
+            &t,
+            state_dir,
+            "test",
+            "sleeper",
+            "green",
+            Duration::from_secs(5)
+        )
+        .await
+        .unwrap());
+    }
+
     #[tokio::test]
     async fn start_check_and_stop_a_real_process() {
         let dir = tempfile::tempdir().unwrap();
@@ -314,6 +419,12 @@ mod tests {
         };
         let record = start(&t, &spec).await.unwrap();
         assert!(is_alive(&t, &record).await.unwrap());
+        // The start script recorded the pid and the start time itself.
+        let pid_file = crate::state::pid_file(state_dir, "test", "sleeper", "blue");
+        assert_eq!(
+            parse_pid_file(&std::fs::read_to_string(&pid_file).unwrap()),
+            Some((record.pid, record.start_ticks))
+        );
         let listed = t
             .run(&list_instances_cmd(state_dir), TIMEOUT)
             .await
@@ -337,6 +448,7 @@ mod tests {
             .await
             .unwrap();
         assert!(parse_instances(&listed.stdout_text()).is_empty());
+        assert!(!std::path::Path::new(&pid_file).exists());
         // A command that exits at once is a failed start, with its log.
         let bad = StartSpec {
             argv: vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()],

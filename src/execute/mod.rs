@@ -18,6 +18,10 @@ pub trait Effects: Send + Sync + 'static {
     async fn apply(&self, action: &Action) -> Result<(), StepError>;
     /// Longest a step may take.
     fn deadline(&self, action: &Action) -> Duration;
+    /// Why no new step may start (the run was asked to stop), if it was.
+    fn stopping(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why a step did not finish.
@@ -86,6 +90,15 @@ pub async fn run(
             let Some((num, node)) = ready.pop_first() else {
                 break;
             };
+            if let Some(reason) = effects.stopping() {
+                failure = Some(StepFailed {
+                    number: num,
+                    action: plan.graph[node].clone(),
+                    message: reason,
+                    waiting: true,
+                });
+                break;
+            }
             let action = plan.graph[node].clone();
             let effects = effects.clone();
             let deadline = effects.deadline(&action);

@@ -138,8 +138,16 @@ pub fn kube_free(args: &[&str]) -> Run {
 }
 
 pub fn kube_free_in(cwd: &Path, args: &[&str]) -> Run {
-    let out = Command::new(bin())
-        .current_dir(cwd)
+    let out = kube_free_command(cwd, args)
+        .output()
+        .expect("kube-free runs");
+    Run::from(out)
+}
+
+/// `kube-free ARGS` as a command to spawn (for runs that tests signal or run side by side).
+pub fn kube_free_command(cwd: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.current_dir(cwd)
         .args(args)
         .env_remove("KUBE_FREE_REPO")
         .env_remove("KUBE_FREE_LOG")
@@ -148,13 +156,17 @@ pub fn kube_free_in(cwd: &Path, args: &[&str]) -> Run {
             std::env::temp_dir().join("kube-free-test-cache"),
         )
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("kube-free runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+    c
+}
+
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 

@@ -94,6 +94,18 @@ environments:
         kube_free(&all)
     }
 
+    /// `kube-free ARGS --repo <the setup's repository>`, started in the background with its output
+    /// captured.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut all = args.to_vec();
+        all.extend(["--repo", self.repo.path_str()]);
+        kube_free_command(std::path::Path::new("."), &all)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kube-free starts")
+    }
+
     pub fn frontend(&self) -> String {
         format!("{}:80", self.fleet.address("lb-1"))
     }

@@ -1,0 +1,110 @@
+//! Crash-resume under fire: on a fleet of three app hosts under keep-alive load, the reconciler is
+//! killed with SIGKILL at random moments of a blue-green, a canary and a rolling rollout, and run again
+//! each time; then it runs until it converges. Asserts, across the whole run, zero failed requests,
+//! and after each rollout exactly the desired version on every host (one instance, no orphans), a
+//! canary record that says succeeded, and nothing left to do.
+
+mod common;
+#[path = "fleet/mod.rs"]
+mod fleet;
+#[path = "fleet_app/mod.rs"]
+mod fleet_app;
+
+use common::*;
+use fleet_app::Setup;
+use std::time::{Duration, Instant};
+
+/// Kills per rollout (three rollouts).
+const KILLS_PER_ROLLOUT: u32 = 8;
+
+/// A small deterministic generator (printed seed: a failure can be replayed with KUBE_FREE_CHAOS_SEED).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+#[test]
+fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
+    let mut s = Setup::new(&["web-1", "web-2", "web-3"], "blue-green");
+    s.kube_free(&["reconcile", "--once"]).code(0);
+    let seed = std::env::var("KUBE_FREE_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("chaos seed {seed}");
+    let mut rng = Lcg(seed);
+    let rollouts = [
+        ("2.0.0", "blue-green"),
+        (
+            "3.0.0",
+            "{ canary: { steps: [{ weight: 20, pause: 2s }, { weight: 60, pause: 2s }], \
+             analysis: { max_error_rate: 0.05, min_requests: 10 } } }",
+        ),
+        ("4.0.0", "{ rolling: { batch: 1 } }"),
+    ];
+    let load = Load::start(&format!("http://{}/", s.frontend()), 900, "GET");
+    let reconcile = ["reconcile", "--once", "--lock-wait", "60s"];
+    // The test knows that a run it killed is gone, so it removes its lease (as an operator may) and
+    // the next run starts at once; the expiry of a dead run's lease is tested in fleet_lease.
+    let lock = s.fleet.state_dir("lb-1").join("lock");
+    let (mut kills, mut runs) = (0, 0);
+    let started = Instant::now();
+    for (version, strategy) in rollouts {
+        s.strategy = strategy.to_owned();
+        s.commit(version, "", "20s");
+        let mut points = Vec::new();
+        for _ in 0..KILLS_PER_ROLLOUT {
+            let mut child = s.spawn(&reconcile);
+            runs += 1;
+            let delay = Duration::from_millis(300 + rng.next(2700));
+            std::thread::sleep(delay);
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+                kills += 1;
+                points.push(format!("{}ms", delay.as_millis()));
+            }
+            let _ = child.wait_with_output();
+            let _ = std::fs::remove_file(&lock);
+        }
+        eprintln!("{version} ({strategy}): killed at {}", points.join(", "));
+        let mut converged = false;
+        for _ in 0..10 {
+            runs += 1;
+            let run = s.kube_free(&reconcile);
+            if run.code == 0 {
+                converged = true;
+                break;
+            }
+            eprintln!("run exited {}: {}", run.code, run.stderr);
+        }
+        assert!(converged, "{version} did not converge after the kills");
+        s.assert_serving_only(version);
+        s.kube_free(&["plan"]).code(0).stdout_has("in sync");
+        if version == "3.0.0" {
+            let app = s.status_json();
+            assert_eq!(app["rollout"]["phase"], "succeeded", "{app}");
+        }
+    }
+    let tally = load.interrupt();
+    eprintln!(
+        "chaos: {kills} kills, {runs} runs, {} requests, {} failed, served {:?}, {:.0}s",
+        tally.requests,
+        tally.failed,
+        tally.served,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(kills >= 20, "only {kills} runs were killed mid-way");
+    assert_eq!(tally.failed, 0, "{}", tally.text);
+}

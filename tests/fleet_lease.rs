@@ -1,0 +1,98 @@
+//! The lease on a real fleet: two reconcilers started together (one acts, the other exits 4, or
+//! waits with --lock-wait and then finds nothing to do), the lease of a run killed with SIGKILL taken
+//! over after it expires (and the rollout resumed), and SIGTERM: the current step finishes, the lease
+//! is released, and the next run completes the rollout.
+
+mod common;
+#[path = "fleet/mod.rs"]
+mod fleet;
+#[path = "fleet_app/mod.rs"]
+mod fleet_app;
+
+use common::*;
+use fleet_app::Setup;
+use std::time::{Duration, Instant};
+
+#[test]
+fn two_reconcilers_at_once_never_both_act() {
+    let s = Setup::new(&["web-1", "web-2"], "blue-green");
+    s.kube_free(&["reconcile", "--once"]).code(0);
+
+    // Started together: exactly one acts, the other exits 4 and names the holder.
+    s.commit("2.0.0", " --ready-delay 2s", "20s");
+    let a = s.spawn(&["reconcile", "--once"]);
+    let b = s.spawn(&["reconcile", "--once"]);
+    let mut runs: Vec<Run> = [a, b]
+        .into_iter()
+        .map(|c| Run::from(c.wait_with_output().unwrap()))
+        .collect();
+    runs.sort_by_key(|r| r.code);
+    runs[0].code(0).stdout_has("converged");
+    runs[1]
+        .code(4)
+        .stderr_has("locked: the lease on lb-1 is held by run");
+    s.assert_serving_only("2.0.0");
+
+    // With --lock-wait, the second waits, then finds everything done: the same outcome as one run.
+    s.commit("3.0.0", " --ready-delay 2s", "20s");
+    let a = s.spawn(&["reconcile", "--once", "--lock-wait", "60s"]);
+    let b = s.spawn(&["reconcile", "--once", "--lock-wait", "60s"]);
+    let mut outs: Vec<String> = [a, b]
+        .into_iter()
+        .map(|c| {
+            let run = Run::from(c.wait_with_output().unwrap());
+            run.code(0);
+            run.stdout
+        })
+        .collect();
+    outs.sort();
+    assert!(outs[0].starts_with("converged"), "{outs:?}");
+    assert!(outs[1].starts_with("in sync"), "{outs:?}");
+    s.assert_serving_only("3.0.0");
+}
+
+#[test]
+fn a_killed_runs_lease_expires_and_a_signalled_run_stops_cleanly() {
+    let s = Setup::new(&["web-1", "web-2"], "blue-green");
+    s.kube_free(&["reconcile", "--once"]).code(0);
+
+    // Killed with SIGKILL in the middle of the probe: its lease (6 s) stays behind.
+    s.commit("2.0.0", " --ready-delay 4s", "20s");
+    let mut victim = s.spawn(&["reconcile", "--once", "--lease-ttl", "6s"]);
+    std::thread::sleep(Duration::from_secs(2));
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    s.kube_free(&["reconcile", "--once"])
+        .code(4)
+        .stderr_has("locked: the lease on lb-1 is held by run");
+    // Taken over once it expired, without anyone removing it; the rollout resumes and completes.
+    let started = Instant::now();
+    s.kube_free(&["reconcile", "--once", "--lock-wait", "60s"])
+        .code(0)
+        .stdout_has("converged");
+    eprintln!(
+        "the dead run's lease was taken over after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    s.assert_serving_only("2.0.0");
+
+    // SIGTERM during the probe: the probe finishes, nothing after it starts, the lease is released.
+    s.commit("3.0.0", " --ready-delay 3s", "20s");
+    let run = s.spawn(&["reconcile", "--once"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = run.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let run = Run::from(run.wait_with_output().unwrap());
+    run.code(1)
+        .stderr_has("signal received: finishing the current steps")
+        .stderr_has("interrupted by a signal before step");
+    // 3.0.0 runs but got no traffic; the next run (no waiting: the lease was released) completes.
+    assert_eq!(s.weights_of("3.0.0"), [0, 0]);
+    s.kube_free(&["reconcile", "--once"])
+        .code(0)
+        .stdout_has("converged");
+    s.assert_serving_only("3.0.0");
+}
