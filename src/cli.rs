@@ -42,22 +42,23 @@ pub enum Command {
     Plan(PlanArgs),
     /// Converge the hosts to the desired state, then exit.
     ///
-    /// Takes the lease on every balancer host first: one run acts at a time (exit 4, or
-    /// --lock-wait). SIGTERM or SIGINT: the current steps finish, nothing new starts, the lease is
-    /// released, exit 1; the next run resumes.
-    ///
     /// Starts the new version in the idle slot, probes it, enables it in HAProxy, moves the traffic
     /// (all at once, host by host, or in canary steps), drains and stops the old version. A step that
     /// fails leaves the old version serving (a canary gives its traffic back), stops the new instances
     /// and quarantines the version. Exit 0 when converged, 1 when a step failed or a version is
     /// quarantined, 2 on bad input, 3 when a canary pause or gate outlasts --max-wait (run again to
-    /// resume at that step).
+    /// resume at that step), 4 when another run holds the lease.
+    ///
+    /// It takes the lease on every balancer host first, so one run acts at a time (--lock-wait waits
+    /// for it). On SIGTERM or SIGINT the current steps finish, nothing new starts, the lease is
+    /// released and it exits 1; the next run resumes.
     Reconcile(ReconcileArgs),
     /// End the current pause of a canary (with --all, every remaining pause); the running or next
     /// reconcile goes on from there.
     Promote(GateArgs),
     /// Roll a canary (or any rollout in progress) back now: traffic back to the version that served,
-    /// the new instances stopped, the version quarantined.
+    /// the new instances stopped, the version quarantined. A running reconcile of the app sees the
+    /// abort within a second; abort waits up to 60 s for the lease.
     Abort(GateArgs),
     /// Lift the quarantine of a rolled-back version, so that the next reconcile rolls it out again.
     Retry(GateArgs),

@@ -225,6 +225,19 @@ impl Plan {
         self.graph.node_count() == 0
     }
 
+    /// Adds every step and edge of `other` (and its notes), independent of the steps already here.
+    fn merge(&mut self, other: Plan) {
+        let mut map = BTreeMap::new();
+        for n in other.graph.node_indices() {
+            map.insert(n, self.graph.add_node(other.graph[n].clone()));
+        }
+        for e in other.graph.edge_indices() {
+            let (a, b) = other.graph.edge_endpoints(e).expect("edges have ends");
+            self.graph.add_edge(map[&a], map[&b], ());
+        }
+        self.notes.extend(other.notes);
+    }
+
     fn add(&mut self, action: Action, after: &[NodeIndex]) -> NodeIndex {
         let n = self.graph.add_node(action);
         for &a in after {
@@ -419,6 +432,12 @@ pub fn build(
                     if q.phase == Phase::Aborted { "aborted" } else { "rolled back" },
                     q.outcome.as_deref().unwrap_or("no reason recorded"),
                     env.name
+                ));
+                // What an earlier rollback could not finish (the stable servers were not UP, a
+                // host was unreachable) is finished now.
+                let take_back = matches!(d.strategy, Strategy::Canary { .. });
+                plan.merge(cleanup(
+                    desired, observed, &env.name, app, &q.version, take_back,
                 ));
                 continue;
             }

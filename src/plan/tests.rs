@@ -572,6 +572,29 @@ fn a_quarantined_version_is_left_alone_until_its_desired_state_changes() {
         plan.notes
     );
     assert!(quarantine(&desired, &world.0, "prod", "api").is_some());
+    // A rollback left half done (the canary still has weight) is finished by the next plan.
+    let mut half = World::new()
+        .instance("web-1", "blue", "1.0", true, true)
+        .instance("web-1", "green", "2.0", true, true)
+        .server("web-1", "blue", 90, Admin::Ready, true)
+        .server("web-1", "green", 10, Admin::Ready, true);
+    half.0.rollouts.insert(
+        ("prod".into(), "api".into()),
+        record(&desired, "2.0", Phase::Failed, 0),
+    );
+    let text = build(&desired, &half.0, &BTreeSet::new(), &Scope::default()).render_text();
+    assert!(
+        text.contains("shift prod/api traffic on edge to [web-1_blue] from [web-1_green]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stop prod/api 2.0 in slot green on web-1"),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("note: prod/api 2.0 is quarantined"),
+        "{text}"
+    );
     // Another desired state of the app (here: its steps) lifts it.
     let changed = load(&MemFiles::default().with(
         "kube-free.yaml",
