@@ -282,61 +282,40 @@ impl World {
 
     /// Extends every lease this run holds by `ttl`; a lease that was lost is an error.
     pub async fn renew_lease(&self, ttl: Duration) -> Result<(), ReconcileError> {
-        let held = self.leases.lock().expect("not poisoned").clone();
-        for (host, path, epoch) in held {
-            let cmd = lease::renew_cmd(&path, &self.run_id, lease_secs(ttl), epoch);
-            match self.lease_command(&host, &cmd).await? {
-                lease::Answer::Held { .. } => {}
-                lease::Answer::Lost { holder: Some(h) } if h.run_id == self.run_id => {
-                    return Err(ReconcileError::Lease {
-                        host,
-                        message: "expired before it was renewed (this run was stalled for longer than --lease-ttl)".into(),
-                    })
-                }
-                lease::Answer::Lost { holder: Some(h) } => {
-                    return Err(ReconcileError::Lease {
-                        host,
-                        message: format!("lost to {h} before it was renewed"),
-                    })
-                }
-                other => {
-                    return Err(ReconcileError::Lease {
-                        host,
-                        message: format!("lost before it was renewed: {other:?}"),
-                    })
-                }
-            }
-        }
-        Ok(())
+        self.confirm_leases(|path, epoch| {
+            lease::renew_cmd(path, &self.run_id, lease_secs(ttl), epoch)
+        })
+        .await
     }
 
     /// Fencing: whether this run still holds every lease it took, at the epoch it took it.
     pub async fn check_lease(&self) -> Result<(), ReconcileError> {
+        self.confirm_leases(|path, epoch| lease::check_cmd(path, &self.run_id, epoch))
+            .await
+    }
+
+    /// Runs `cmd(lock file, epoch)` for every lease this run holds; anything but "held" is an error
+    /// that says who holds it now.
+    async fn confirm_leases(
+        &self,
+        cmd: impl Fn(&str, u64) -> crate::drivers::Cmd,
+    ) -> Result<(), ReconcileError> {
         let held = self.leases.lock().expect("not poisoned").clone();
         for (host, path, epoch) in held {
-            match self
-                .lease_command(&host, &lease::check_cmd(&path, &self.run_id, epoch))
-                .await?
-            {
-                lease::Answer::Held { .. } => {}
-                lease::Answer::Lost { holder } => {
-                    return Err(ReconcileError::Lease {
-                        host,
-                        message: match holder {
-                            Some(h) => {
-                                format!("lost: now held by {h}; this run changes nothing more")
-                            }
-                            None => "lost (expired); this run changes nothing more".into(),
-                        },
-                    })
+            let message = match self.lease_command(&host, &cmd(&path, epoch)).await? {
+                lease::Answer::Held { .. } => continue,
+                lease::Answer::Lost { holder: Some(h) } if h.run_id == self.run_id => {
+                    "lost: it expired (this run was stalled for longer than --lease-ttl); this run changes nothing more".to_owned()
                 }
-                other => {
-                    return Err(ReconcileError::Lease {
-                        host,
-                        message: format!("unexpected answer {other:?}"),
-                    })
+                lease::Answer::Lost { holder: Some(h) } => {
+                    format!("lost: now held by {h}; this run changes nothing more")
                 }
-            }
+                lease::Answer::Lost { holder: None } => {
+                    "lost (expired); this run changes nothing more".to_owned()
+                }
+                other => format!("unexpected answer {other:?}"),
+            };
+            return Err(ReconcileError::Lease { host, message });
         }
         Ok(())
     }
@@ -479,11 +458,7 @@ impl World {
         if let Some(ended) = current.as_ref().filter(|r| r.phase.quarantines()) {
             return Err(ReconcileError::Gate(format!(
                 "the rollout of {version} was {}: {}",
-                if ended.phase == Phase::Aborted {
-                    "aborted"
-                } else {
-                    "rolled back"
-                },
+                ended.phase.ended_as(),
                 ended.outcome.as_deref().unwrap_or("no reason recorded")
             )));
         }
@@ -1032,13 +1007,12 @@ impl Live {
         let probe = &self.app(at).probe;
         let t = self.world.transport(&at.host);
         let state_dir = &self.world.desired.hosts[&at.host].state_dir;
-        let file = crate::state::instance_file(state_dir, &at.env, &at.app, &at.slot);
-        let record = t
-            .run(&crate::drivers::Cmd::read(["cat", &file]), READ_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let record: crate::state::InstanceRecord = serde_json::from_slice(&record.stdout)
-            .map_err(|e| format!("instance file {file}: {e}"))?;
+        let record = self.current_record(at).await?.ok_or_else(|| {
+            format!(
+                "no readable instance file {}",
+                crate::state::instance_file(state_dir, &at.env, &at.app, &at.slot)
+            )
+        })?;
         let mut passes = 0;
         let mut last_error = String::new();
         let deadline = tokio::time::Instant::now() + probe.deadline;
@@ -1277,6 +1251,21 @@ impl Live {
             .map_err(|e| e.to_string())
     }
 
+    /// Makes `step` the step in progress: its analysis window starts now, from the canary's
+    /// counters now.
+    async fn start_window(
+        &self,
+        record: &mut RolloutRecord,
+        step: usize,
+        balancer: &str,
+        canary: &[SlotRef],
+    ) -> Result<(), String> {
+        record.step = step;
+        record.step_started_at = crate::state::now();
+        record.step_base = self.counters(balancer, canary).await?;
+        Ok(())
+    }
+
     /// Canary step `step`: the canary's share to `weight`%, then the record says the step is in
     /// progress (its window starts now, unless it already had started).
     #[allow(clippy::too_many_arguments)]
@@ -1307,9 +1296,8 @@ impl Live {
             .await
             .map_err(|e| e.to_string())?;
         if record.step != step || record.updated_at == 0 {
-            record.step = step;
-            record.step_started_at = crate::state::now();
-            record.step_base = self.counters(balancer, canary).await?;
+            self.start_window(&mut record, step, balancer, canary)
+                .await?;
         }
         record.phase = Phase::Progressing;
         tracing::info!(%env, %app, %version, step, weight, "canary weight set");
@@ -1348,9 +1336,8 @@ impl Live {
             return Ok(());
         }
         if record.step < step || record.updated_at == 0 {
-            record.step = step;
-            record.step_started_at = crate::state::now();
-            record.step_base = self.counters(balancer, canary).await?;
+            self.start_window(&mut record, step, balancer, canary)
+                .await?;
             self.save_record(&record).await?;
         }
         let waited_from = tokio::time::Instant::now();
@@ -1511,9 +1498,8 @@ impl Live {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        record.step = step + 1;
-        record.step_started_at = crate::state::now();
-        record.step_base = self.counters(balancer, canary).await?;
+        self.start_window(&mut record, step + 1, balancer, canary)
+            .await?;
         record.phase = Phase::Progressing;
         if record.promote == Promote::Step(step) {
             record.promote = Promote::No;

@@ -71,6 +71,15 @@ impl Phase {
     pub fn quarantines(self) -> bool {
         matches!(self, Phase::Failed | Phase::Aborted)
     }
+
+    /// How a quarantining rollout ended, in words: `aborted` or `rolled back`.
+    pub fn ended_as(self) -> &'static str {
+        if self == Phase::Aborted {
+            "aborted"
+        } else {
+            "rolled back"
+        }
+    }
 }
 
 /// What `kube-free promote` asked for.

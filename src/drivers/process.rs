@@ -205,9 +205,7 @@ pub async fn start(
         port: spec.port,
         pid,
         start_ticks,
-        started_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        started_at: crate::state::now(),
         argv: spec.argv.clone(),
     };
     let file = crate::state::instance_file(spec.state_dir, spec.env, spec.app, spec.slot);

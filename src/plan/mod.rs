@@ -429,7 +429,7 @@ pub fn build(
                     "{}/{app} {} is quarantined ({}): {}; `kube-free retry {app} --env {}` or a change to its desired state lifts it",
                     env.name,
                     q.version,
-                    if q.phase == Phase::Aborted { "aborted" } else { "rolled back" },
+                    q.phase.ended_as(),
                     q.outcome.as_deref().unwrap_or("no reason recorded"),
                     env.name
                 ));
@@ -660,39 +660,45 @@ fn retire(
 /// Blue-green toward `version`: on every host the target slot runs `version`, is probed and enabled;
 /// one shift moves all weight; the other slots are drained, put in maintenance and stopped.
 fn blue_green(plan: &mut Plan, r: &Rollout, config: Option<NodeIndex>) {
-    let Rollout {
-        env, app, observed, ..
-    } = *r;
+    let Rollout { env, observed, .. } = *r;
     let base: Vec<NodeIndex> = config.into_iter().collect();
     let preps: Vec<HostPrep> = env
         .hosts
         .iter()
         .map(|h| prepare_host(plan, r, h, &base))
         .collect();
-    let mut after = base.clone();
-    if preps.iter().any(|p| p.shift_needed) {
-        let mut before: Vec<NodeIndex> = base.clone();
-        before.extend(preps.iter().flat_map(|p| p.ready_steps.last().copied()));
+    let mut before: Vec<NodeIndex> = base.clone();
+    before.extend(preps.iter().flat_map(|p| p.ready_steps.last().copied()));
+    let after = shift_to_targets(plan, r, &preps, &before).map_or(base, |n| vec![n]);
+    let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
+    retire(plan, &env.balancer, &old, observed, &after);
+}
+
+/// When any of `preps` needs it, one shift (after `after`): full weight to every host's target
+/// slot, weight 0 to the other slots that have weight.
+fn shift_to_targets(
+    plan: &mut Plan,
+    r: &Rollout,
+    preps: &[HostPrep],
+    after: &[NodeIndex],
+) -> Option<NodeIndex> {
+    preps.iter().any(|p| p.shift_needed).then(|| {
         let shift = Action::Shift {
-            balancer: env.balancer.clone(),
-            env: env.name.clone(),
-            app: app.to_owned(),
+            balancer: r.env.balancer.clone(),
+            env: r.env.name.clone(),
+            app: r.app.to_owned(),
             to: preps.iter().map(|p| p.target.clone()).collect(),
             from: preps.iter().flat_map(|p| p.from.iter().cloned()).collect(),
         };
-        after = vec![plan.add(shift, &before)];
-    }
-    let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
-    retire(plan, &env.balancer, &old, observed, &after);
+        plan.add(shift, after)
+    })
 }
 
 /// Rolling toward `version`: hosts in batches of `batch`; within a batch each host gets its target
 /// slot ready, moves its own weight to it and retires its old slot; the next batch starts when the
 /// batch before it is done, so at most one batch of hosts is ever changing.
 fn rolling(plan: &mut Plan, r: &Rollout, batch: usize, config: Option<NodeIndex>) {
-    let Rollout {
-        env, app, observed, ..
-    } = *r;
+    let Rollout { env, observed, .. } = *r;
     let mut after: Vec<NodeIndex> = config.into_iter().collect();
     for hosts in env.hosts.chunks(batch.max(1)) {
         let mut ends = Vec::new();
@@ -703,15 +709,8 @@ fn rolling(plan: &mut Plan, r: &Rollout, batch: usize, config: Option<NodeIndex>
                 .last()
                 .copied()
                 .map_or_else(|| after.clone(), |n| vec![n]);
-            if prep.shift_needed {
-                let shift = Action::Shift {
-                    balancer: env.balancer.clone(),
-                    env: env.name.clone(),
-                    app: app.to_owned(),
-                    to: vec![prep.target.clone()],
-                    from: prep.from.clone(),
-                };
-                last = vec![plan.add(shift, &last)];
+            if let Some(shift) = shift_to_targets(plan, r, std::slice::from_ref(&prep), &last) {
+                last = vec![shift];
             }
             let retired = retire(plan, &env.balancer, &prep.retire, observed, &last);
             let host_changed =
@@ -788,15 +787,8 @@ fn canary(plan: &mut Plan, r: &Rollout, steps: &[CanaryStep], config: Option<Nod
             }
         }
     }
-    if preps.iter().any(|p| p.shift_needed) {
-        let shift = Action::Shift {
-            balancer: env.balancer.clone(),
-            env: env.name.clone(),
-            app: app.to_owned(),
-            to: canary.clone(),
-            from: stable,
-        };
-        after = vec![plan.add(shift, &after)];
+    if let Some(shift) = shift_to_targets(plan, r, &preps, &after) {
+        after = vec![shift];
     }
     let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
     let retired = retire(plan, &env.balancer, &old, observed, &after);
