@@ -30,6 +30,28 @@ impl Lcg {
     }
 }
 
+/// Waits until the lease in `lock` (`EPOCH EXPIRES RUN_ID HOST PID`, the balancer host's clock, which
+/// is this machine's) has expired, if one is held; returns how long that took.
+fn wait_for_expiry(lock: &std::path::Path) -> Duration {
+    let started = Instant::now();
+    let expires: Option<u64> = std::fs::read_to_string(lock)
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse().ok());
+    if let Some(expires) = expires {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert!(expires <= now() + 10, "a lease of at most 6 s: {expires}");
+        while now() <= expires {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    started.elapsed()
+}
+
 #[test]
 fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
     let mut s = Setup::new(&["web-1", "web-2", "web-3"], "blue-green");
@@ -55,10 +77,18 @@ fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
         ("4.0.0", "{ rolling: { batch: 1 } }"),
     ];
     let load = Load::start(&format!("http://{}/", s.frontend()), 900, "GET");
-    let reconcile = ["reconcile", "--once", "--lock-wait", "60s"];
-    // The test knows that a run it killed is gone, so it removes its lease (as an operator may) and
-    // the next run starts at once; the expiry of a dead run's lease is tested in fleet_lease.
+    // A short lease (6 s, renewed every 1.25 s): a killed run's lease expires soon, and the next run
+    // takes it over, as any run would; nobody removes it.
+    let reconcile = [
+        "reconcile",
+        "--once",
+        "--lock-wait",
+        "60s",
+        "--lease-ttl",
+        "5s",
+    ];
     let lock = s.fleet.state_dir("lb-1").join("lock");
+    let mut expiry_waits = Duration::ZERO;
     let (mut kills, mut runs) = (0, 0);
     let started = Instant::now();
     for (version, strategy) in rollouts {
@@ -76,7 +106,9 @@ fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
                 points.push(format!("{}ms", delay.as_millis()));
             }
             let _ = child.wait_with_output();
-            let _ = std::fs::remove_file(&lock);
+            // The next run would wait for the lease: wait here instead, so that its kill lands in
+            // the rollout and not in that wait.
+            expiry_waits += wait_for_expiry(&lock);
         }
         eprintln!("{version} ({strategy}): killed at {}", points.join(", "));
         let mut converged = false;
@@ -98,6 +130,10 @@ fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
         }
     }
     let tally = load.interrupt();
+    eprintln!(
+        "killed runs' leases expired and were taken over: {:.1}s of waiting in all",
+        expiry_waits.as_secs_f64()
+    );
     eprintln!(
         "chaos: {kills} kills, {runs} runs, {} requests, {} failed, served {:?}, {:.0}s",
         tally.requests,
