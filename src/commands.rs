@@ -422,6 +422,7 @@ fn status_report(
                         "port": slot.port,
                         "version": inst.map(|i| i.record.version.clone()),
                         "revision": inst.map(|i| i.record.revision.clone()),
+                        "pid": inst.map(|i| i.record.pid),
                         "alive": inst.map(|i| i.alive),
                         "ready": inst.and_then(|i| i.ready),
                         "weight": server.map(|s| s.weight),

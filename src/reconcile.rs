@@ -37,6 +37,15 @@ pub enum ReconcileError {
     Waiting { failed: Box<StepFailed> },
     #[error("interrupted by a signal before step {} ({}); the steps before it are done; run again to resume there", .failed.number, .failed.action)]
     Interrupted { failed: Box<StepFailed> },
+    #[error("{failed}; {}the rollout of {env}/{app} stops where it is, nothing is undone and nothing is quarantined; the balancer sends traffic only to the servers its health checks find UP; run again once the host is back", .lost.iter().map(|l| format!("{l}; ")).collect::<String>())]
+    HostLost {
+        failed: Box<StepFailed>,
+        env: String,
+        app: String,
+        /// Why each host of the environment that cannot be reached now cannot be (beyond what the
+        /// failed step says).
+        lost: Vec<String>,
+    },
     #[error("{}", .0.join("\n"))]
     Quarantined(Vec<String>),
     #[error("locked: the lease on {host} is held by {holder}, for {expires_in}s more (wait for it with --lock-wait)")]
@@ -191,6 +200,24 @@ impl World {
             reload_command: &b.reload_command,
             state_dir: &self.desired.hosts[&b.host].state_dir,
         }
+    }
+
+    /// The hosts of `env` and its balancer's host that cannot be reached now (each after the
+    /// transport's own reconnect attempts), with why.
+    async fn lost_hosts(&self, env: &str) -> Vec<String> {
+        let e = &self.desired.environments[env];
+        let mut hosts: BTreeSet<&String> = e.hosts.iter().collect();
+        hosts.insert(&self.desired.balancers[&e.balancer].host);
+        let mut lost = Vec::new();
+        for host in hosts {
+            let check = crate::drivers::Cmd::read(["true"]);
+            if let Err(e @ (TransportError::Unreachable { .. } | TransportError::Timeout { .. })) =
+                self.transport(host).run(&check, READ_TIMEOUT).await
+            {
+                lost.push(e.to_string());
+            }
+        }
+        lost
     }
 
     fn balancers_in_use(&self) -> BTreeSet<String> {
@@ -519,13 +546,34 @@ impl World {
         for found in process::parse_instances(&listed.stdout_text()) {
             match found {
                 Found::Unreadable { path, error } => {
+                    let recovered = self.recover_instance(name, &path).await?;
                     tracing::warn!(
                         host = name,
                         path,
                         error,
-                        "unreadable instance file, not trusted"
+                        recovered = recovered.as_ref().map_or(
+                            "nothing runs there".to_owned(),
+                            |r| format!("pid {} runs {}", r.pid, r.version)
+                        ),
+                        "unreadable instance file, not trusted; rebuilt from what runs"
                     );
                     state.unreadable.insert(path, error);
+                    if let Some(record) = recovered {
+                        let key = (record.env.clone(), record.app.clone(), record.slot.clone());
+                        let ready = self
+                            .probe_once(name, &record.app, record.port)
+                            .await
+                            .is_ok();
+                        state.recovered.push(key.clone());
+                        state.instances.insert(
+                            key,
+                            Instance {
+                                record,
+                                alive: true,
+                                ready: Some(ready),
+                            },
+                        );
+                    }
                 }
                 Found::Record(record) => {
                     let alive = process::is_alive(t, &record).await?;
@@ -551,6 +599,105 @@ impl World {
             }
         }
         Ok(state)
+    }
+
+    /// The instance of the slot whose file at `path` cannot be read, rebuilt from what runs there
+    /// (see [`process::recover`]): `None` when nothing runs or the slot is not in the desired state.
+    /// Its version is the one its environment names, when the rest of its environment names this slot
+    /// and its command line is that version's; else unknown.
+    async fn recover_instance(
+        &self,
+        host: &str,
+        path: &str,
+    ) -> Result<Option<crate::state::InstanceRecord>, TransportError> {
+        let state_dir = self.desired.hosts[host].state_dir.trim_end_matches('/');
+        let parts: Vec<&str> = path
+            .strip_prefix(state_dir)
+            .map(|p| p.trim_start_matches('/'))
+            .and_then(|p| p.strip_suffix(".json"))
+            .map(|p| p.split('/').collect())
+            .unwrap_or_default();
+        let [env, app, slot] = parts[..] else {
+            return Ok(None);
+        };
+        let Some(d) = self
+            .desired
+            .environments
+            .get(env)
+            .and_then(|e| e.apps.get(app))
+        else {
+            return Ok(None);
+        };
+        let Some(port) = d.slots.iter().find(|s| s.name == slot).map(|s| s.port) else {
+            return Ok(None);
+        };
+        let t = self.transport(host);
+        let Some(running) = process::recover(t, state_dir, env, app, slot).await? else {
+            return Ok(None);
+        };
+        let at = SlotRef {
+            env: env.to_owned(),
+            app: app.to_owned(),
+            host: host.to_owned(),
+            slot: slot.to_owned(),
+        };
+        // The start gave it KUBE_FREE_{ENV,APP,SLOT,VERSION}: trusted only when they name this slot
+        // and its command line is exactly what that version runs there.
+        let var = |name: &str| {
+            running
+                .environ
+                .iter()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        };
+        let version = var("KUBE_FREE_VERSION")
+            .filter(|_| {
+                var("KUBE_FREE_ENV") == Some(env)
+                    && var("KUBE_FREE_APP") == Some(app)
+                    && var("KUBE_FREE_SLOT") == Some(slot)
+            })
+            .filter(|v| {
+                instance_command(&self.desired, &at, v, port)
+                    .is_ok_and(|(_, command)| command == running.argv)
+            })
+            .unwrap_or(crate::state::UNKNOWN_VERSION)
+            .to_owned();
+        Ok(Some(crate::state::InstanceRecord {
+            env: at.env,
+            app: at.app,
+            slot: at.slot,
+            version,
+            revision: String::new(),
+            port,
+            pid: running.pid,
+            start_ticks: running.start_ticks,
+            started_at: 0,
+            argv: running.argv,
+        }))
+    }
+
+    /// Writes the instance files that could not be read again, from what observation rebuilt
+    /// (reconcile only, under the lease).
+    pub async fn repair_instance_files(
+        &self,
+        observed: &ObservedState,
+        scope: &Scope,
+    ) -> Result<(), TransportError> {
+        for (name, host) in &observed.hosts {
+            let state_dir = &self.desired.hosts[name].state_dir;
+            for key in host.recovered.iter().filter(|k| scope.includes(&k.0, &k.1)) {
+                let record = &host.instances[key].record;
+                let file = crate::state::instance_file(state_dir, &key.0, &key.1, &key.2);
+                let json = serde_json::to_vec(record).expect("a record serializes");
+                crate::drivers::run_ok(
+                    self.transport(name),
+                    &process::write_file_cmd(&file, &json),
+                    READ_TIMEOUT,
+                )
+                .await?;
+                tracing::warn!(host = %name, %file, version = %record.version, pid = record.pid, "instance file repaired from what runs");
+            }
+        }
+        Ok(())
     }
 
     async fn probe_once(&self, host: &str, app: &str, port: u16) -> Result<(), String> {
@@ -619,6 +766,7 @@ pub async fn once(
     options: Options,
 ) -> Result<PassReport, ReconcileError> {
     let observed = world.observe().await?;
+    world.repair_instance_files(&observed, scope).await?;
     let plan = plan::build(
         &world.desired,
         &observed,
@@ -660,6 +808,23 @@ pub async fn once(
         Err(failed) => {
             // A run that lost its lease leaves everything to the run that holds it now.
             world.check_lease().await?;
+            if let Some((env, app)) = rollout_of(&failed.action) {
+                // A host that cannot be reached can neither be cleaned up nor observed: leave the
+                // rollout as it is (the balancer keeps traffic on healthy servers) for the next run.
+                let lost = world.lost_hosts(&env).await;
+                if failed.unreachable || !lost.is_empty() {
+                    let lost = lost
+                        .into_iter()
+                        .filter(|l| !failed.message.contains(l.as_str()))
+                        .collect();
+                    return Err(ReconcileError::HostLost {
+                        failed: Box::new(failed),
+                        env,
+                        app,
+                        lost,
+                    });
+                }
+            }
             let outcome = match rollout_of(&failed.action) {
                 Some((env, app)) => {
                     let version = world.desired.environments[&env].apps[&app].version.clone();
@@ -930,20 +1095,17 @@ impl Live {
             .flatten())
     }
 
-    async fn start(&self, at: &SlotRef, version: &str) -> Result<(), String> {
+    async fn start(&self, at: &SlotRef, version: &str) -> Result<(), StepError> {
         // Done already (a resumed run)? Never start over a live instance of another version.
         if let Some(record) = self.current_record(at).await? {
-            if process::is_alive(self.world.transport(&at.host), &record)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if process::is_alive(self.world.transport(&at.host), &record).await? {
                 return if record.version == version {
                     Ok(())
                 } else {
-                    Err(format!(
+                    Err(StepError::Failed(format!(
                         "slot {} on {} already runs {} (pid {})",
                         at.slot, at.host, record.version, record.pid
-                    ))
+                    )))
                 };
             }
         }
@@ -957,36 +1119,12 @@ impl Live {
             &at.slot,
             app.stop_timeout,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let port = self.port(at);
-        let value = |p: crate::desired::template::Placeholder| {
-            use crate::desired::template::Placeholder::*;
-            match p {
-                Version => version.to_owned(),
-                Port => port.to_string(),
-                Slot => at.slot.clone(),
-                App => at.app.clone(),
-                Env => at.env.clone(),
-                Host => at.host.clone(),
-            }
-        };
-        let crate::desired::Runtime::Process { command, env } = &app.runtime else {
-            return Err(format!(
-                "app {:?}: the docker runtime is not supported yet",
-                at.app
-            ));
-        };
-        let mut argv = vec![
-            "env".to_owned(),
-            format!("PORT={port}"),
-            format!("KUBE_FREE_ENV={}", at.env),
-            format!("KUBE_FREE_APP={}", at.app),
-            format!("KUBE_FREE_SLOT={}", at.slot),
-            format!("KUBE_FREE_VERSION={version}"),
-        ];
-        argv.extend(env.iter().map(|(k, v)| format!("{k}={}", v.render(value))));
-        argv.extend(command.iter().map(|w| w.render(value)));
+        let (assignments, command) = instance_command(&self.world.desired, at, version, port)?;
+        let mut argv = vec!["env".to_owned()];
+        argv.extend(assignments);
+        argv.extend(command);
         let spec = StartSpec {
             state_dir: &host.state_dir,
             env: &at.env,
@@ -997,10 +1135,8 @@ impl Live {
             port,
             argv,
         };
-        process::start(self.world.transport(&at.host), &spec)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        process::start(self.world.transport(&at.host), &spec).await?;
+        Ok(())
     }
 
     async fn probe(&self, at: &SlotRef) -> Result<(), String> {
@@ -1349,17 +1485,19 @@ impl Live {
         // The window ends here; too few requests move it (never past the progress deadline).
         let mut window_end = record.step_started_at + pause_secs;
         let give_up = record.step_started_at + pause_secs + progress_deadline.as_secs().max(1);
+        let (mut failing_record, mut failing_counters) = (Failing::default(), Failing::default());
         loop {
             // Promote and abort come from other processes, through the record. A read that fails
-            // (a slow or dropped connection) is tried again: the step's deadline bounds it.
+            // (the transport already retried a dropped connection) is tried again for a while.
             let current = match self.world.read_rollout(env, app).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(%env, %app, error = %e, "reading the rollout record failed; trying again");
+                    failing_record.again("reading the rollout record", e)?;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
+            failing_record = Failing::default();
             if let Some(c) = current.as_ref().filter(|c| c.version == version) {
                 if c.phase == Phase::Aborted {
                     return Err(StepError::Failed(format!(
@@ -1381,11 +1519,12 @@ impl Live {
                 let counters = match self.counters(balancer, canary).await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(%env, %app, error = %e, "reading the balancer's counters failed; trying again");
+                        failing_counters.again("reading the balancer's counters", e)?;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 };
+                failing_counters = Failing::default();
                 if counters.requests < base.requests {
                     // The balancer's counters restarted (a reload): count from here.
                     record.step_base = counters;
@@ -1524,6 +1663,80 @@ impl Live {
     }
 }
 
+/// What an instance of `version` in slot `at` runs: the environment assignments (given through
+/// `env`) and the command, from the app's runtime with its placeholders filled in.
+fn instance_command(
+    desired: &DesiredState,
+    at: &SlotRef,
+    version: &str,
+    port: u16,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let value = |p: crate::desired::template::Placeholder| {
+        use crate::desired::template::Placeholder::*;
+        match p {
+            Version => version.to_owned(),
+            Port => port.to_string(),
+            Slot => at.slot.clone(),
+            App => at.app.clone(),
+            Env => at.env.clone(),
+            Host => at.host.clone(),
+        }
+    };
+    let crate::desired::Runtime::Process { command, env } = &desired.apps[&at.app].runtime else {
+        return Err(format!(
+            "app {:?}: the docker runtime is not supported yet",
+            at.app
+        ));
+    };
+    let mut assignments = vec![
+        format!("PORT={port}"),
+        format!("KUBE_FREE_ENV={}", at.env),
+        format!("KUBE_FREE_APP={}", at.app),
+        format!("KUBE_FREE_SLOT={}", at.slot),
+        format!("KUBE_FREE_VERSION={version}"),
+    ];
+    assignments.extend(env.iter().map(|(k, v)| format!("{k}={}", v.render(value))));
+    Ok((
+        assignments,
+        command.iter().map(|w| w.render(value)).collect(),
+    ))
+}
+
+/// A host that could not be reached (or did not answer in time: a change may or may not have
+/// happened) leaves the rollout as it is; any other error fails the step.
+impl From<TransportError> for StepError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Unreachable { .. } | TransportError::Timeout { .. } => {
+                StepError::Unreachable(e.to_string())
+            }
+            e => StepError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Consecutive failed reads of one kind in a pause: tried again each second for [`Failing::GRACE`],
+/// then the step stops as unreachable (a host that stays away must not hold a run until its
+/// deadline, and its absence is not the version's fault).
+#[derive(Default)]
+struct Failing(Option<std::time::Instant>);
+
+impl Failing {
+    const GRACE: Duration = Duration::from_secs(10);
+
+    fn again(&mut self, what: &str, e: impl std::fmt::Display) -> Result<(), StepError> {
+        let since = *self.0.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= Self::GRACE {
+            return Err(StepError::Unreachable(format!(
+                "{what} failed for {} s: {e}",
+                Self::GRACE.as_secs()
+            )));
+        }
+        tracing::warn!(error = %e, "{what} failed; trying again");
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Effects for Live {
     async fn apply(&self, action: &Action) -> Result<(), StepError> {
@@ -1646,5 +1859,133 @@ impl Effects for Live {
                 pause + progress + slack
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{load, MemFiles};
+
+    /// A local host and an app whose command line is the same for every version: only the
+    /// environment kube-free gave the process tells which version it is.
+    fn world(state_dir: &str) -> DesiredState {
+        let yaml = format!(
+            r#"version: 1
+hosts:
+  here: {{ transport: local, state_dir: {state_dir} }}
+balancers:
+  edge: {{ kind: haproxy, host: here }}
+apps:
+  api:
+    runtime: {{ kind: process, command: "sleep 600" }}
+    slots: {{ blue: 18500, green: 18501 }}
+environments:
+  prod:
+    balancer: edge
+    hosts: [here]
+    apps:
+      api: {{ version: "3.0", listen: "127.0.0.1:18502" }}
+"#
+        );
+        load(&MemFiles::default().with("kube-free.yaml", yaml)).unwrap()
+    }
+
+    /// Starts the app as `version` in `slot` the way a start does, but as if for `as_slot`.
+    async fn start(w: &World, slot: &str, as_slot: &str, version: &str) -> u32 {
+        let state_dir = w.desired.hosts["here"].state_dir.clone();
+        let at = |slot: &str| SlotRef {
+            env: "prod".into(),
+            app: "api".into(),
+            host: "here".into(),
+            slot: slot.into(),
+        };
+        let (assignments, command) =
+            instance_command(&w.desired, &at(as_slot), version, 18500).unwrap();
+        let mut argv = vec!["env".to_owned()];
+        argv.extend(assignments);
+        argv.extend(command);
+        let spec = StartSpec {
+            state_dir: &state_dir,
+            env: "prod",
+            app: "api",
+            slot,
+            version,
+            revision: "r",
+            port: 18500,
+            argv,
+        };
+        process::start(w.transport("here"), &spec)
+            .await
+            .unwrap()
+            .pid
+    }
+
+    #[tokio::test]
+    async fn a_torn_slot_is_known_by_what_its_process_says_of_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().to_str().unwrap().to_owned();
+        let w = World::connect(world(&state_dir), "r".into(), None)
+            .await
+            .unwrap();
+        let torn = |slot: &str| {
+            let file = crate::state::instance_file(&state_dir, "prod", "api", slot);
+            std::fs::write(&file, "{\"env\":\"pr").unwrap();
+            file
+        };
+
+        // Started as 2.0 in blue: its environment says so, and its command line is 2.0's.
+        let pid = start(&w, "blue", "blue", "2.0").await;
+        let record = w
+            .recover_instance("here", &torn("blue"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((record.version.as_str(), record.pid), ("2.0", pid));
+        assert_eq!(record.argv, ["sleep", "600"]);
+
+        // A process whose environment names another slot is not trusted with a version.
+        let pid = start(&w, "green", "blue", "2.0").await;
+        let record = w
+            .recover_instance("here", &torn("green"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (record.version.as_str(), record.pid),
+            (crate::state::UNKNOWN_VERSION, pid)
+        );
+
+        // Once it is gone, nothing runs there.
+        let kill = process::kill_cmd(pid, "KILL");
+        w.transport("here")
+            .run(&kill, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while w
+            .recover_instance("here", &torn("green"))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            assert!(std::time::Instant::now() < deadline, "pid {pid} did not go");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Outside the state directory's layout, nothing is rebuilt.
+        assert!(w
+            .recover_instance("here", &format!("{state_dir}/prod/api.json"))
+            .await
+            .unwrap()
+            .is_none());
+        let blue = w
+            .recover_instance("here", &torn("blue"))
+            .await
+            .unwrap()
+            .unwrap();
+        w.transport("here")
+            .run(&process::kill_cmd(blue.pid, "KILL"), Duration::from_secs(5))
+            .await
+            .unwrap();
     }
 }

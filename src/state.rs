@@ -23,6 +23,10 @@ pub struct InstanceRecord {
     pub argv: Vec<String>,
 }
 
+/// The version of an instance rebuilt from what runs when its command line is not the one the desired
+/// version would run: a version no desired state can name.
+pub const UNKNOWN_VERSION: &str = "(unknown)";
+
 pub fn app_dir(state_dir: &str, env: &str, app: &str) -> String {
     format!("{}/{env}/{app}", state_dir.trim_end_matches('/'))
 }

@@ -3,7 +3,7 @@
 //! it (SIGTERM, then SIGKILL after `stop_timeout`). Commands are built by pure functions; the async
 //! functions run them through a [`Transport`].
 
-use super::{run_ok, Cmd, Transport, TransportError};
+use super::{run_ok, Cmd, Output, Transport, TransportError};
 use crate::state::InstanceRecord;
 use std::time::Duration;
 
@@ -264,6 +264,78 @@ pub fn parse_pid_file(text: &str) -> Option<(u32, u64)> {
     Some((pid, ticks))
 }
 
+/// The process a slot's pid file names (pid and start time), shaped as a record of the slot; `None`
+/// when there is no pid file. Whether it still runs is [`is_alive`]'s to say.
+async fn pid_file_record(
+    t: &dyn Transport,
+    state_dir: &str,
+    env: &str,
+    app: &str,
+    slot: &str,
+) -> Result<Option<InstanceRecord>, TransportError> {
+    let pid_file = crate::state::pid_file(state_dir, env, app, slot);
+    let out = run_ok(t, &read_file_cmd(&pid_file), TIMEOUT).await?;
+    Ok(
+        parse_pid_file(&out.stdout_text()).map(|(pid, start_ticks)| InstanceRecord {
+            env: env.to_owned(),
+            app: app.to_owned(),
+            slot: slot.to_owned(),
+            version: String::new(),
+            revision: String::new(),
+            port: 0,
+            pid,
+            start_ticks,
+            started_at: 0,
+            argv: Vec::new(),
+        }),
+    )
+}
+
+/// A process found through a slot's pid file, with what `/proc` tells of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub pid: u32,
+    pub start_ticks: u64,
+    /// `/proc/<pid>/cmdline`.
+    pub argv: Vec<String>,
+    /// `/proc/<pid>/environ`, `NAME=value` words.
+    pub environ: Vec<String>,
+}
+
+/// The process a slot's pid file names, when it still runs (same start time), with its command line
+/// and environment: what can be known of a slot whose instance file cannot be read.
+pub async fn recover(
+    t: &dyn Transport,
+    state_dir: &str,
+    env: &str,
+    app: &str,
+    slot: &str,
+) -> Result<Option<Running>, TransportError> {
+    let Some(record) = pid_file_record(t, state_dir, env, app, slot).await? else {
+        return Ok(None);
+    };
+    if !is_alive(t, &record).await? {
+        return Ok(None);
+    }
+    let words = |out: Output| -> Vec<String> {
+        out.stdout
+            .split(|b| *b == 0)
+            .filter(|w| !w.is_empty())
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect()
+    };
+    let proc_file =
+        |name: &str| Cmd::read(["cat".to_owned(), format!("/proc/{}/{name}", record.pid)]);
+    let argv = words(t.run(&proc_file("cmdline"), TIMEOUT).await?);
+    let environ = words(t.run(&proc_file("environ"), TIMEOUT).await?);
+    Ok(Some(Running {
+        pid: record.pid,
+        start_ticks: record.start_ticks,
+        argv,
+        environ,
+    }))
+}
+
 /// Stops the process a pid file names when it runs and the slot has no instance file (a run was
 /// killed between the start and the instance file): it never got traffic, as it was never enabled.
 /// Returns whether there was one.
@@ -275,29 +347,15 @@ pub async fn stop_orphan(
     slot: &str,
     stop_timeout: Duration,
 ) -> Result<bool, TransportError> {
-    let pid_file = crate::state::pid_file(state_dir, env, app, slot);
-    let out = run_ok(t, &read_file_cmd(&pid_file), TIMEOUT).await?;
-    let Some((pid, start_ticks)) = parse_pid_file(&out.stdout_text()) else {
+    let Some(orphan) = pid_file_record(t, state_dir, env, app, slot).await? else {
         return Ok(false);
-    };
-    let orphan = InstanceRecord {
-        env: env.to_owned(),
-        app: app.to_owned(),
-        slot: slot.to_owned(),
-        version: String::new(),
-        revision: String::new(),
-        port: 0,
-        pid,
-        start_ticks,
-        started_at: 0,
-        argv: Vec::new(),
     };
     let alive = is_alive(t, &orphan).await?;
     if alive {
         tracing::warn!(
             host = t.host(),
-            pid,
-            %pid_file,
+            pid = orphan.pid,
+            pid_file = crate::state::pid_file(state_dir, env, app, slot),
             "stopping a process without an instance file (its run was killed while starting it)"
         );
     }

@@ -29,6 +29,9 @@ pub trait Effects: Send + Sync + 'static {
 pub enum StepError {
     /// It failed: the run stops and the rollout is cleaned up.
     Failed(String),
+    /// A host could not be reached (the connection was lost, perhaps after a command that changes
+    /// something was sent): the run stops, and the rollout is left as it is for a later run.
+    Unreachable(String),
     /// It must wait longer than this run may (a pause beyond `--max-wait`, a gate): the run stops
     /// here, nothing is undone, and a later run resumes at this step.
     Waiting(String),
@@ -48,6 +51,8 @@ pub struct StepFailed {
     pub message: String,
     /// The step waits (it did not fail): see [`StepError::Waiting`].
     pub waiting: bool,
+    /// A host could not be reached: see [`StepError::Unreachable`].
+    pub unreachable: bool,
 }
 
 /// What ran.
@@ -96,6 +101,7 @@ pub async fn run(
                     action: plan.graph[node].clone(),
                     message: reason,
                     waiting: true,
+                    unreachable: false,
                 });
                 break;
             }
@@ -112,7 +118,7 @@ pub async fn run(
                 let took = started.elapsed();
                 match &result {
                     Ok(()) => tracing::info!(step = num, host = action.host().unwrap_or("-"), took_ms = took.as_millis() as u64, %action, "step done"),
-                    Err(StepError::Failed(e)) => tracing::error!(step = num, host = action.host().unwrap_or("-"), took_ms = took.as_millis() as u64, %action, error = %e, "step failed"),
+                    Err(StepError::Failed(e) | StepError::Unreachable(e)) => tracing::error!(step = num, host = action.host().unwrap_or("-"), took_ms = took.as_millis() as u64, %action, error = %e, "step failed"),
                     Err(StepError::Waiting(e)) => tracing::info!(step = num, host = action.host().unwrap_or("-"), %action, reason = %e, "step waits"),
                 }
                 (node, num, action, took, result)
@@ -136,15 +142,17 @@ pub async fn run(
             Err(e) => {
                 // A failure outranks a wait: it must be cleaned up.
                 if failure.as_ref().is_none_or(|f| f.waiting) {
-                    let (message, waiting) = match e {
-                        StepError::Failed(m) => (m, false),
-                        StepError::Waiting(m) => (m, true),
+                    let (message, waiting, unreachable) = match e {
+                        StepError::Failed(m) => (m, false, false),
+                        StepError::Unreachable(m) => (m, false, true),
+                        StepError::Waiting(m) => (m, true, false),
                     };
                     failure = Some(StepFailed {
                         number: num,
                         action,
                         message,
                         waiting,
+                        unreachable,
                     });
                 }
             }

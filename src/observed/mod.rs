@@ -21,6 +21,10 @@ pub struct HostState {
     pub instances: BTreeMap<(String, String, String), Instance>,
     /// Instance files that could not be read (torn or edited), by path, with the reason.
     pub unreadable: BTreeMap<String, String>,
+    /// Instances (env, app, slot) whose file could not be read, rebuilt from what runs: the process
+    /// the slot's pid file names, its version told by its command line (else
+    /// [`crate::state::UNKNOWN_VERSION`]).
+    pub recovered: Vec<(String, String, String)>,
 }
 
 #[derive(Clone, Debug, Serialize)]
