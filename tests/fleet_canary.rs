@@ -1,6 +1,7 @@
 //! Canary on a real fleet (two app hosts, HAProxy on a balancer host, all over SSH) under keep-alive
 //! load: the canary's measured share of requests at its weight, a gate that ends the run with exit 3
-//! and resumes at the same step, `promote`, analysis over a step, a new commit that pre-empts a
+//! and resumes at the same step, a torn rollout record (the step is read from the weights),
+//! `promote`, analysis over a step, a new commit that pre-empts a
 //! running canary, and an erroring canary rolled back by analysis, quarantined, and retried.
 
 mod common;
@@ -76,6 +77,18 @@ fn canary_steps_gates_and_a_new_commit_under_load_without_failing_a_request() {
     assert_eq!(demo_pids(&s), pids_before, "no instance was restarted");
     s.kube_free(&["plan"])
         .code(10)
+        .stdout_has("   1. canary step 1: production/demo 2.0.0 gets 50%");
+    // A torn rollout record is not trusted; the plan reads the step from the balancer's weights
+    // (50%: step 1), so the canary does not fall back to 10%.
+    let record = s
+        .fleet
+        .state_dir("lb-1")
+        .join("rollouts/production/demo.json");
+    let text = std::fs::read(&record).unwrap();
+    std::fs::write(&record, &text[..text.len() / 2]).unwrap();
+    s.kube_free(&["plan"])
+        .code(10)
+        .stderr_has("unreadable rollout record; ignored")
         .stdout_has("   1. canary step 1: production/demo 2.0.0 gets 50%");
 
     // The rest under load: what is left of the pause, analysis, then all of it.

@@ -725,6 +725,49 @@ fn rolling(plan: &mut Plan, r: &Rollout, batch: usize, config: Option<NodeIndex>
     }
 }
 
+/// The step a canary without a record stands at, as the balancer shows it: the last step that sets
+/// the weight every canary server has, when every stable server has the rest (what that step's
+/// `Weigh` left), and every canary slot runs this version; else 0. Its `Weigh` and pause run again
+/// from there, so nothing is skipped that was not seen done, and the canary's share does not fall
+/// back to the first step's.
+fn step_from_weights(
+    r: &Rollout,
+    steps: &[CanaryStep],
+    canary: &[SlotRef],
+    stable: &[SlotRef],
+) -> usize {
+    let balancer = &r.env.balancer;
+    let weight = |at: &SlotRef| {
+        server(r.observed, balancer, at)
+            .filter(|s| s.admin == Admin::Ready)
+            .map(|s| s.weight)
+    };
+    // Weights of a slot that still runs another (superseded) canary say nothing of this one.
+    let runs_version = |at: &SlotRef| {
+        r.observed
+            .instance(&at.host, &at.env, &at.app, &at.slot)
+            .is_some_and(|i| i.alive && i.record.version == r.version)
+    };
+    if !canary.iter().all(runs_version) {
+        return 0;
+    }
+    let Some(w) = canary.first().and_then(weight) else {
+        return 0;
+    };
+    if w == 0
+        || w > 100
+        || stable.is_empty()
+        || !canary.iter().all(|at| weight(at) == Some(w))
+        || !stable.iter().all(|at| weight(at) == Some(100 - w))
+    {
+        return 0;
+    }
+    steps
+        .iter()
+        .rposition(|s| s.weight.map(u32::from) == Some(w))
+        .unwrap_or(0)
+}
+
 /// Canary toward `version`: on every host the target slot runs `version`, is probed and enabled; then
 /// the steps from the one the rollout record says is in progress: `Weigh` sets the canary's share,
 /// `Pause` waits and analyses; after the last step one shift gives the canary everything, the old
@@ -751,7 +794,11 @@ fn canary(plan: &mut Plan, r: &Rollout, steps: &[CanaryStep], config: Option<Nod
     });
     let stable: Vec<SlotRef> = preps.iter().flat_map(|p| p.from.iter().cloned()).collect();
     let canary: Vec<SlotRef> = preps.iter().map(|p| p.target.clone()).collect();
-    let first = record.map_or(0, |rec| rec.step);
+    // Without a record of this rollout (lost, unreadable), where it stands is read from the balancer.
+    let first = match record {
+        Some(rec) => rec.step,
+        None => step_from_weights(r, steps, &canary, &stable),
+    };
     let walking = !stable.is_empty() || record.is_some_and(|rec| rec.step < steps.len());
     let mut after = base.clone();
     after.extend(preps.iter().flat_map(|p| p.ready_steps.last().copied()));

@@ -526,7 +526,17 @@ fn a_canary_resumes_at_the_step_its_record_names() {
         "{text}"
     );
 
-    // A record of another version (superseded) starts over at step 0, after the slot is reused.
+    // A record of another version (superseded, still in green at 50%) starts over at step 0, after
+    // the slot is reused: the weights are 1.5's, not 2.0's.
+    let mut world = World::new()
+        .instance("web-1", "blue", "1.0", true, true)
+        .instance("web-2", "blue", "1.0", true, true)
+        .instance("web-1", "green", "1.5", true, true)
+        .instance("web-2", "green", "1.5", true, true)
+        .server("web-1", "blue", 50, Admin::Ready, true)
+        .server("web-2", "blue", 50, Admin::Ready, true)
+        .server("web-1", "green", 50, Admin::Ready, true)
+        .server("web-2", "green", 50, Admin::Ready, true);
     world.0.rollouts.insert(
         ("prod".into(), "api".into()),
         record(&desired, "1.5", Phase::Progressing, 2),
@@ -536,6 +546,38 @@ fn a_canary_resumes_at_the_step_its_record_names() {
         text.contains("canary step 0: prod/api 2.0 gets 10%"),
         "{text}"
     );
+}
+
+#[test]
+fn a_canary_without_its_record_resumes_at_the_step_the_balancer_shows() {
+    let desired = canary_desired();
+    let world = |canary: u32| {
+        World::new()
+            .instance("web-1", "blue", "1.0", true, true)
+            .instance("web-2", "blue", "1.0", true, true)
+            .instance("web-1", "green", "2.0", true, true)
+            .instance("web-2", "green", "2.0", true, true)
+            .server("web-1", "blue", 100 - canary, Admin::Ready, true)
+            .server("web-2", "blue", 100 - canary, Admin::Ready, true)
+            .server("web-1", "green", canary, Admin::Ready, true)
+            .server("web-2", "green", canary, Admin::Ready, true)
+    };
+    let first_step = |w: World| {
+        let text = build(&desired, &w.0, &BTreeSet::new(), &Scope::default()).render_text();
+        text.lines().nth(1).unwrap_or_default().to_owned()
+    };
+    // At 50% (step 1's weight), the lost record's step is step 1: the canary does not fall back to
+    // 10%, and step 1's weigh runs again.
+    assert_eq!(
+        first_step(world(50)),
+        "   1. canary step 1: prod/api 2.0 gets 50% on edge ([web-1_green, web-2_green] weight 50, [web-1_blue, web-2_blue] weight 50)"
+    );
+    // At 10%, step 0 (its pause runs again in full).
+    assert!(first_step(world(10)).contains("canary step 0"));
+    // A share no step sets, or servers that disagree, start at step 0.
+    assert!(first_step(world(30)).contains("canary step 0"));
+    let uneven = world(50).server("web-2", "green", 10, Admin::Ready, true);
+    assert!(first_step(uneven).contains("canary step 0"));
 }
 
 #[test]
