@@ -204,18 +204,7 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         max_wait: args.max_wait,
     };
     world.acquire_lease(args.lock_wait, args.lease_ttl).await?;
-    let heartbeat = {
-        let (world, ttl) = (world.clone(), args.lease_ttl);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(ttl / 4).await;
-                if let Err(e) = world.renew_lease(ttl).await {
-                    // The next step's fencing check stops the run.
-                    tracing::error!(error = %e, "lease not renewed");
-                }
-            }
-        })
-    };
+    let heartbeat = world.heartbeat(args.lease_ttl);
     let signals = tokio::spawn(interrupt_on_signal(world.clone()));
     let result = reconcile::once(world.clone(), &scope, options).await;
     heartbeat.abort();

@@ -315,6 +315,20 @@ impl World {
         .await
     }
 
+    /// Renews the leases this run holds every quarter of `ttl` until the returned task is aborted.
+    /// A renewal that fails is logged; the next step's fencing check stops the run.
+    pub fn heartbeat(self: &Arc<Self>, ttl: Duration) -> tokio::task::JoinHandle<()> {
+        let world = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 4).await;
+                if let Err(e) = world.renew_lease(ttl).await {
+                    tracing::error!(error = %e, "lease not renewed");
+                }
+            }
+        })
+    }
+
     /// Fencing: whether this run still holds every lease it took, at the epoch it took it.
     pub async fn check_lease(&self) -> Result<(), ReconcileError> {
         self.confirm_leases(|path, epoch| lease::check_cmd(path, &self.run_id, epoch))
@@ -993,10 +1007,11 @@ pub async fn abort(
     world.write_rollout(&record).await?;
     // A reconcile of this app that runs now reads the abort within a second, rolls back and gives
     // the lease up; then this finds nothing left to do.
-    world
-        .acquire_lease(Duration::from_secs(60), Duration::from_secs(30))
-        .await?;
+    let ttl = Duration::from_secs(30);
+    world.acquire_lease(Duration::from_secs(60), ttl).await?;
+    let heartbeat = world.heartbeat(ttl);
     let cleaned = clean_up(world, env, app, true, parallel).await;
+    heartbeat.abort();
     world.release_lease().await;
     cleaned?;
     Ok(format!("aborted {env}/{app} {version}: traffic is back on the version that served before and {version} is stopped; it is quarantined until its desired state changes or `kube-free retry {app} --env {env}`"))
