@@ -498,18 +498,23 @@ fn a_canary_walks_its_steps_once_every_host_is_ready() {
     );
 }
 
+/// Both hosts: blue runs 1.0, green runs `green` and gets `canary`% (blue the rest).
+fn canary_world(green: &str, canary: u32) -> World {
+    World::new()
+        .instance("web-1", "blue", "1.0", true, true)
+        .instance("web-2", "blue", "1.0", true, true)
+        .instance("web-1", "green", green, true, true)
+        .instance("web-2", "green", green, true, true)
+        .server("web-1", "blue", 100 - canary, Admin::Ready, true)
+        .server("web-2", "blue", 100 - canary, Admin::Ready, true)
+        .server("web-1", "green", canary, Admin::Ready, true)
+        .server("web-2", "green", canary, Admin::Ready, true)
+}
+
 #[test]
 fn a_canary_resumes_at_the_step_its_record_names() {
     let desired = canary_desired();
-    let mut world = World::new()
-        .instance("web-1", "blue", "1.0", true, true)
-        .instance("web-2", "blue", "1.0", true, true)
-        .instance("web-1", "green", "2.0", true, true)
-        .instance("web-2", "green", "2.0", true, true)
-        .server("web-1", "blue", 50, Admin::Ready, true)
-        .server("web-2", "blue", 50, Admin::Ready, true)
-        .server("web-1", "green", 50, Admin::Ready, true)
-        .server("web-2", "green", 50, Admin::Ready, true);
+    let mut world = canary_world("2.0", 50);
     world.0.rollouts.insert(
         ("prod".into(), "api".into()),
         record(&desired, "2.0", Phase::Paused, 2),
@@ -528,15 +533,7 @@ fn a_canary_resumes_at_the_step_its_record_names() {
 
     // A record of another version (superseded, still in green at 50%) starts over at step 0, after
     // the slot is reused: the weights are 1.5's, not 2.0's.
-    let mut world = World::new()
-        .instance("web-1", "blue", "1.0", true, true)
-        .instance("web-2", "blue", "1.0", true, true)
-        .instance("web-1", "green", "1.5", true, true)
-        .instance("web-2", "green", "1.5", true, true)
-        .server("web-1", "blue", 50, Admin::Ready, true)
-        .server("web-2", "blue", 50, Admin::Ready, true)
-        .server("web-1", "green", 50, Admin::Ready, true)
-        .server("web-2", "green", 50, Admin::Ready, true);
+    let mut world = canary_world("1.5", 50);
     world.0.rollouts.insert(
         ("prod".into(), "api".into()),
         record(&desired, "1.5", Phase::Progressing, 2),
@@ -551,17 +548,7 @@ fn a_canary_resumes_at_the_step_its_record_names() {
 #[test]
 fn a_canary_without_its_record_resumes_at_the_step_the_balancer_shows() {
     let desired = canary_desired();
-    let world = |canary: u32| {
-        World::new()
-            .instance("web-1", "blue", "1.0", true, true)
-            .instance("web-2", "blue", "1.0", true, true)
-            .instance("web-1", "green", "2.0", true, true)
-            .instance("web-2", "green", "2.0", true, true)
-            .server("web-1", "blue", 100 - canary, Admin::Ready, true)
-            .server("web-2", "blue", 100 - canary, Admin::Ready, true)
-            .server("web-1", "green", canary, Admin::Ready, true)
-            .server("web-2", "green", canary, Admin::Ready, true)
-    };
+    let world = |canary: u32| canary_world("2.0", canary);
     let first_step = |w: World| {
         let text = build(&desired, &w.0, &BTreeSet::new(), &Scope::default()).render_text();
         text.lines().nth(1).unwrap_or_default().to_owned()
