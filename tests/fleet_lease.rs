@@ -79,7 +79,12 @@ fn a_killed_runs_lease_expires_and_a_signalled_run_stops_cleanly() {
     // SIGTERM during the probe: the probe finishes, nothing after it starts, the lease is released.
     s.commit("3.0.0", " --ready-delay 3s", "20s");
     let run = s.spawn(&["reconcile", "--once"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once 3.0.0 runs beside 2.0.0 on both hosts, it is being probed (ready after 3 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.hosts.iter().all(|h| s.demo_processes(h) == 2) {
+        assert!(Instant::now() < deadline, "3.0.0 never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let pid = run.id().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])

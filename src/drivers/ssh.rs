@@ -3,8 +3,9 @@
 //! connect and command timeouts. A Unix socket on the host (the HAProxy admin socket) is reached by
 //! forwarding it to a local socket through the same master.
 //!
-//! A master found dead before a command is sent is replaced by a new connection (the command never
-//! ran, so sending it is safe whatever it does). A connection lost while a command runs is retried
+//! A master that has not carried a command for a second is checked before the next one is sent,
+//! and a dead one is replaced by a new connection (the command never ran, so sending it is safe
+//! whatever it does). A connection lost while a command runs is retried
 //! on a new connection only when the command is read-only ([`Cmd::changes`] is false); a command
 //! that changes the host may or may not have run, so it fails with [`TransportError::Unreachable`]
 //! and the step that sent it re-observes on the next run.
@@ -24,6 +25,9 @@ const RECONNECT_ATTEMPTS: u32 = 4;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 /// Times a read-only command is sent again after its connection was lost while it ran.
 const READ_RETRIES: u32 = 2;
+/// How long a master that just carried a command counts as alive without asking it (`ssh -O check`
+/// is a process of its own: not one per command).
+const TRUST_FOR: Duration = Duration::from_secs(1);
 
 /// How to reach one host.
 #[derive(Clone, Debug)]
@@ -56,6 +60,8 @@ pub struct SshTransport {
     forwards: Mutex<HashMap<String, (u64, PathBuf)>>,
     /// Local forwarded sockets made so far (each gets a name of its own).
     forwarded: std::sync::atomic::AtomicUsize,
+    /// When the master last carried a command or answered a check.
+    last_alive: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl SshTransport {
@@ -71,6 +77,7 @@ impl SshTransport {
             master: RwLock::new((0, Arc::new(session))),
             forwards: Mutex::new(HashMap::new()),
             forwarded: std::sync::atomic::AtomicUsize::new(0),
+            last_alive: std::sync::Mutex::new(None),
         })
     }
 
@@ -82,13 +89,28 @@ impl SshTransport {
         }
     }
 
-    /// A live master: the current one, or a new one if the current one is found dead.
+    /// A live master: the current one, or a new one if the current one is found dead. One that
+    /// worked within [`TRUST_FOR`] is not asked again.
     async fn live(&self) -> Result<Master, TransportError> {
         let master = self.master.read().await.clone();
+        let recent = self
+            .last_alive
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|t| t.elapsed() < TRUST_FOR);
+        if recent {
+            return Ok(master);
+        }
         if master.1.check().await.is_ok() {
+            self.alive(true);
             return Ok(master);
         }
         self.reconnect(master.0).await
+    }
+
+    /// Notes that the master just worked (`true`) or was lost (`false`: the next command checks it).
+    fn alive(&self, yes: bool) {
+        *self.last_alive.lock().expect("not poisoned") = yes.then(std::time::Instant::now);
     }
 
     /// Replaces the master of generation `dead` (unless another task already did).
@@ -223,7 +245,9 @@ impl Transport for SshTransport {
             let mut retries = 0;
             loop {
                 let (generation, session) = self.live().await?;
-                match self.run_on(&session, cmd).await {
+                let result = self.run_on(&session, cmd).await;
+                self.alive(!matches!(result, Err(TransportError::Unreachable { .. })));
+                match result {
                     Err(TransportError::Unreachable { message, .. })
                         if !cmd.changes && retries < READ_RETRIES =>
                     {
