@@ -822,60 +822,59 @@ pub async fn once(
         Err(failed) => {
             // A run that lost its lease leaves everything to the run that holds it now.
             world.check_lease().await?;
-            if let Some((env, app)) = rollout_of(&failed.action) {
-                // A host that cannot be reached can neither be cleaned up nor observed: leave the
-                // rollout as it is (the balancer keeps traffic on healthy servers) for the next run.
-                let lost = world.lost_hosts(&env).await;
-                if failed.unreachable || !lost.is_empty() {
-                    let lost = lost
-                        .into_iter()
-                        .filter(|l| !failed.message.contains(l.as_str()))
-                        .collect();
-                    return Err(ReconcileError::HostLost {
-                        failed: Box::new(failed),
-                        env,
-                        app,
-                        lost,
-                    });
-                }
+            let Some((env, app)) = rollout_of(&failed.action) else {
+                return Err(ReconcileError::RolledBack {
+                    failed: Box::new(failed),
+                    outcome: "nothing was moved".to_owned(),
+                });
+            };
+            // A host that cannot be reached can neither be cleaned up nor observed: leave the
+            // rollout as it is (the balancer keeps traffic on healthy servers) for the next run.
+            let lost = world.lost_hosts(&env).await;
+            if failed.unreachable || !lost.is_empty() {
+                let lost = lost
+                    .into_iter()
+                    .filter(|l| !failed.message.contains(l.as_str()))
+                    .collect();
+                return Err(ReconcileError::HostLost {
+                    failed: Box::new(failed),
+                    env,
+                    app,
+                    lost,
+                });
             }
-            let outcome = match rollout_of(&failed.action) {
-                Some((env, app)) => {
-                    let version = world.desired.environments[&env].apps[&app].version.clone();
-                    let canary = matches!(
-                        world.desired.environments[&env].apps[&app].strategy,
-                        crate::desired::Strategy::Canary { .. }
-                    );
-                    // Only a canary that is still being judged gives its traffic back: after the
-                    // final shift, a failed drain or stop of the old version leaves it serving.
-                    let take_back = canary
-                        && (failed_by_the_version(&failed.action)
-                            || matches!(failed.action, Action::Weigh { .. }));
-                    let cleaned = match clean_up(&world, &env, &app, take_back, options.parallel).await {
-                        Ok(()) if canary => format!("rolled back: {env}/{app} traffic is back on the version that served before, and the instances of {version} are stopped"),
-                        Ok(()) => format!("cleaned up: instances of {version} that got no traffic are stopped; {env}/{app} keeps what serves"),
-                        Err(e) => format!("cleaning up {env}/{app} failed too: {e}"),
-                    };
-                    if failed_by_the_version(&failed.action) {
-                        let current = world
-                            .read_rollout(&env, &app)
-                            .await?
-                            .filter(|r| r.version == version);
-                        // An abort stays an abort.
-                        if current.as_ref().is_none_or(|r| r.phase != Phase::Aborted) {
-                            let mut record =
-                                current.unwrap_or_else(|| world.new_record(&env, &app, &version));
-                            record.fingerprint = world.desired.fingerprint(&env, &app);
-                            record.phase = Phase::Failed;
-                            record.outcome = Some(failed.message.clone());
-                            world.write_rollout(&record).await?;
-                        }
-                        format!("{cleaned}; {version} is quarantined until its desired state changes or `kube-free retry {app} --env {env}`")
-                    } else {
-                        cleaned
-                    }
+            let version = world.desired.environments[&env].apps[&app].version.clone();
+            let canary = matches!(
+                world.desired.environments[&env].apps[&app].strategy,
+                crate::desired::Strategy::Canary { .. }
+            );
+            // Only a canary that is still being judged gives its traffic back: after the
+            // final shift, a failed drain or stop of the old version leaves it serving.
+            let take_back = canary
+                && (failed_by_the_version(&failed.action)
+                    || matches!(failed.action, Action::Weigh { .. }));
+            let cleaned = match clean_up(&world, &env, &app, take_back, options.parallel).await {
+                Ok(()) if canary => format!("rolled back: {env}/{app} traffic is back on the version that served before, and the instances of {version} are stopped"),
+                Ok(()) => format!("cleaned up: instances of {version} that got no traffic are stopped; {env}/{app} keeps what serves"),
+                Err(e) => format!("cleaning up {env}/{app} failed too: {e}"),
+            };
+            let outcome = if failed_by_the_version(&failed.action) {
+                let current = world
+                    .read_rollout(&env, &app)
+                    .await?
+                    .filter(|r| r.version == version);
+                // An abort stays an abort.
+                if current.as_ref().is_none_or(|r| r.phase != Phase::Aborted) {
+                    let mut record =
+                        current.unwrap_or_else(|| world.new_record(&env, &app, &version));
+                    record.fingerprint = world.desired.fingerprint(&env, &app);
+                    record.phase = Phase::Failed;
+                    record.outcome = Some(failed.message.clone());
+                    world.write_rollout(&record).await?;
                 }
-                None => "nothing was moved".to_owned(),
+                format!("{cleaned}; {version} is quarantined until its desired state changes or `kube-free retry {app} --env {env}`")
+            } else {
+                cleaned
             };
             Err(ReconcileError::RolledBack {
                 failed: Box::new(failed),
@@ -1504,15 +1503,13 @@ impl Live {
         loop {
             // Promote and abort come from other processes, through the record. A read that fails
             // (the transport already retried a dropped connection) is tried again for a while.
-            let current = match self.world.read_rollout(env, app).await {
-                Ok(c) => c,
-                Err(e) => {
-                    failing_record.again("reading the rollout record", e)?;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
+            let read = self.world.read_rollout(env, app).await;
+            let Some(current) = failing_record
+                .attempt("reading the rollout record", read)
+                .await?
+            else {
+                continue;
             };
-            failing_record = Failing::default();
             if let Some(c) = current.as_ref().filter(|c| c.version == version) {
                 if c.phase == Phase::Aborted {
                     return Err(StepError::Failed(format!(
@@ -1531,15 +1528,13 @@ impl Live {
             if gate_open && (now >= window_end || promoted) {
                 let Some(a) = analysis else { break };
                 let base = record.step_base;
-                let counters = match self.counters(balancer, canary).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        failing_counters.again("reading the balancer's counters", e)?;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
+                let read = self.counters(balancer, canary).await;
+                let Some(counters) = failing_counters
+                    .attempt("reading the balancer's counters", read)
+                    .await?
+                else {
+                    continue;
                 };
-                failing_counters = Failing::default();
                 if counters.requests < base.requests {
                     // The balancer's counters restarted (a reload): count from here.
                     record.step_base = counters;
@@ -1739,7 +1734,20 @@ struct Failing(Option<std::time::Instant>);
 impl Failing {
     const GRACE: Duration = Duration::from_secs(10);
 
-    fn again(&mut self, what: &str, e: impl std::fmt::Display) -> Result<(), StepError> {
+    /// The value of a read that worked (and the count starts over); `None` after a pause of a
+    /// second when it failed within the grace; an error once reads have failed for longer.
+    async fn attempt<T, E: std::fmt::Display>(
+        &mut self,
+        what: &str,
+        read: Result<T, E>,
+    ) -> Result<Option<T>, StepError> {
+        let e = match read {
+            Ok(value) => {
+                self.0 = None;
+                return Ok(Some(value));
+            }
+            Err(e) => e,
+        };
         let since = *self.0.get_or_insert_with(std::time::Instant::now);
         if since.elapsed() >= Self::GRACE {
             return Err(StepError::Unreachable(format!(
@@ -1748,7 +1756,8 @@ impl Failing {
             )));
         }
         tracing::warn!(error = %e, "{what} failed; trying again");
-        Ok(())
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(None)
     }
 }
 

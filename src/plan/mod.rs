@@ -471,6 +471,13 @@ fn server<'o>(
     observed.server(balancer, &at.backend(), &at.server())
 }
 
+/// The slot's instance is alive and runs `version`.
+fn runs(observed: &ObservedState, at: &SlotRef, version: &str) -> bool {
+    observed
+        .instance(&at.host, &at.env, &at.app, &at.slot)
+        .is_some_and(|i| i.alive && i.record.version == version)
+}
+
 fn serving(observed: &ObservedState, balancer: &str, at: &SlotRef) -> bool {
     server(observed, balancer, at).is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint && s.up)
 }
@@ -526,7 +533,7 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
         .map(|s| slot_ref(env, app, host, &s.name))
         .collect();
     let inst = |r: &SlotRef| observed.instance(host, &r.env, &r.app, &r.slot);
-    let good = |r: &SlotRef| inst(r).is_some_and(|i| i.alive && i.record.version == version);
+    let good = |r: &SlotRef| runs(observed, r, version);
     // Prefer a slot that already runs the version (serving first), then an empty idle one.
     let target = refs
         .iter()
@@ -743,12 +750,7 @@ fn step_from_weights(
             .map(|s| s.weight)
     };
     // Weights of a slot that still runs another (superseded) canary say nothing of this one.
-    let runs_version = |at: &SlotRef| {
-        r.observed
-            .instance(&at.host, &at.env, &at.app, &at.slot)
-            .is_some_and(|i| i.alive && i.record.version == r.version)
-    };
-    if !canary.iter().all(runs_version) {
+    if !canary.iter().all(|at| runs(r.observed, at, r.version)) {
         return 0;
     }
     let Some(w) = canary.first().and_then(weight) else {
