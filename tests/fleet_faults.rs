@@ -129,30 +129,21 @@ fn haproxy_weights(s: &Setup) -> Vec<(String, String)> {
     weights
 }
 
-/// Starts a reconcile of 2.0.0 under load, waits until the canary has its 50%, then runs `cut`;
-/// returns the run and the tally of the load, which ends 2 s after the run.
+/// Reconciles 2.0.0 under load; once the canary has its 50%, runs `cut`.
 fn lose_a_host_in_the_pause(s: &Setup, cut: impl FnOnce()) -> (Run, Tally) {
     s.commit("2.0.0", "", "20s");
-    let load = Load::start(&format!("http://{}/", s.frontend()), LOAD_SECONDS, "GET");
-    std::thread::sleep(Duration::from_secs(2));
-    let run = s.spawn(&["reconcile", "--once"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.weights_of("2.0.0") != [50, 50] {
-        assert!(Instant::now() < deadline, "the canary never got its 50%");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    cut();
-    let run = Run::from(run.wait_with_output().unwrap());
+    let (run, tally) = s.reconcile_under_load_while("GET", LOAD_SECONDS, || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.weights_of("2.0.0") != [50, 50] {
+            assert!(Instant::now() < deadline, "the canary never got its 50%");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        cut();
+    });
     eprintln!(
         "the run that lost a host: exit {:?}, {}",
         run.code,
         run.stderr.lines().last().unwrap_or_default()
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let tally = load.interrupt();
-    eprintln!(
-        "load: {} requests, {} failed, served {:?}",
-        tally.requests, tally.failed, tally.served
     );
     (run, tally)
 }

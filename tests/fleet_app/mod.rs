@@ -205,9 +205,21 @@ environments:
     /// Reconciles while wrk loads the frontend: load for 3 s before, through the whole run and 2 s
     /// after it (at most `max_seconds` in all); returns the reconcile run and the tally.
     pub fn reconcile_under_load(&self, method: &str, max_seconds: u64) -> (Run, Tally) {
+        self.reconcile_under_load_while(method, max_seconds, || {})
+    }
+
+    /// [`Setup::reconcile_under_load`], calling `during` once the reconcile has started.
+    pub fn reconcile_under_load_while(
+        &self,
+        method: &str,
+        max_seconds: u64,
+        during: impl FnOnce(),
+    ) -> (Run, Tally) {
         let load = Load::start(&format!("http://{}/", self.frontend()), max_seconds, method);
         std::thread::sleep(std::time::Duration::from_secs(3));
-        let run = self.kube_free(&["reconcile", "--once"]);
+        let run = self.spawn(&["reconcile", "--once"]);
+        during();
+        let run = Run::from(run.wait_with_output().expect("kube-free runs"));
         std::thread::sleep(std::time::Duration::from_secs(2));
         let tally = load.interrupt();
         eprintln!(
