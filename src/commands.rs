@@ -6,8 +6,8 @@ use crate::cli::{
     StatusArgs, ValidateArgs,
 };
 use crate::desired::{self, DesiredState, Files, LoadError};
-use crate::drivers::haproxy;
 use crate::error::{Error, Exit};
+use crate::names::{backend_name, server_name};
 use crate::plan::{self, Scope};
 use crate::reconcile::{self, World};
 use crate::source::{self, Snapshot, SourceSpec};
@@ -203,13 +203,10 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         parallel: args.parallel as usize,
         max_wait: args.max_wait,
     };
-    world.acquire_lease(args.lock_wait, args.lease_ttl).await?;
-    let heartbeat = world.heartbeat(args.lease_ttl);
     let signals = tokio::spawn(interrupt_on_signal(world.clone()));
-    let result = reconcile::once(world.clone(), &scope, options).await;
-    heartbeat.abort();
+    let pass = reconcile::once(world.clone(), &scope, options);
+    let result = reconcile::leased(&world, args.lock_wait, args.lease_ttl, pass).await;
     signals.abort();
-    world.release_lease().await;
     let report = result?;
     if report.steps == 0 {
         writeln!(out, "in sync at commit {}: nothing to do", world.revision)?;
@@ -238,9 +235,7 @@ async fn interrupt_on_signal(world: Arc<World>) {
         _ = int.recv() => {}
     }
     tracing::warn!("signal received: finishing the current steps, then stopping");
-    world
-        .interrupted
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    world.interrupt();
 }
 
 /// A manual gate of a rollout.
@@ -257,10 +252,7 @@ pub async fn gate(gate: Gate, args: &GateArgs, out: &mut dyn Write) -> Result<Ex
         app: Some(args.app.clone()),
     };
     let world = connect(&args.source, &scope).await?;
-    if !world.desired.environments[&args.env]
-        .apps
-        .contains_key(&args.app)
-    {
+    if world.desired.deployment(&args.env, &args.app).is_none() {
         return Err(Error::UnknownName {
             what: "app in that environment",
             name: args.app.clone(),
@@ -386,55 +378,53 @@ fn status_report(
     scope: &Scope,
 ) -> Vec<serde_json::Value> {
     let mut apps = Vec::new();
-    for env in desired.environments.values() {
-        for (app, d) in &env.apps {
-            if !scope.includes(&env.name, app) {
-                continue;
-            }
-            let only = Scope {
-                env: Some(env.name.clone()),
-                app: Some(app.clone()),
-            };
-            let in_sync = plan::build(desired, observed, stale, &only).is_empty();
-            let mut slots = Vec::new();
-            for host in &env.hosts {
-                for slot in &d.slots {
-                    let inst = observed.instance(host, &env.name, app, &slot.name);
-                    let server = observed.server(
-                        &env.balancer,
-                        &haproxy::backend_name(&env.name, app),
-                        &haproxy::server_name(host, &slot.name),
-                    );
-                    slots.push(serde_json::json!({
-                        "host": host,
-                        "slot": slot.name,
-                        "port": slot.port,
-                        "version": inst.map(|i| i.record.version.clone()),
-                        "revision": inst.map(|i| i.record.revision.clone()),
-                        "pid": inst.map(|i| i.record.pid),
-                        "alive": inst.map(|i| i.alive),
-                        "ready": inst.and_then(|i| i.ready),
-                        "weight": server.map(|s| s.weight),
-                        "admin": server.map(|s| s.admin),
-                        "balancer_status": server.map(|s| s.status.clone()),
-                    }));
-                }
-            }
-            // The record of an earlier version is history, not the state of this app.
-            let record = observed
-                .rollout(&env.name, app)
-                .filter(|r| r.version == d.version);
-            apps.push(serde_json::json!({
-                "env": env.name,
-                "app": app,
-                "desired_version": d.version,
-                "strategy": d.strategy.name(),
-                "in_sync": in_sync,
-                "quarantined": plan::quarantine(desired, observed, &env.name, app).is_some(),
-                "rollout": record,
-                "slots": slots,
-            }));
+    for (env, app, d) in desired.deployments() {
+        if !scope.includes(&env.name, app) {
+            continue;
         }
+        let only = Scope {
+            env: Some(env.name.clone()),
+            app: Some(app.to_owned()),
+        };
+        let in_sync = plan::build(desired, observed, stale, &only).is_empty();
+        let mut slots = Vec::new();
+        for host in &env.hosts {
+            for slot in &d.slots {
+                let inst = observed.instance(host, &env.name, app, &slot.name);
+                let server = observed.server(
+                    &env.balancer,
+                    &backend_name(&env.name, app),
+                    &server_name(host, &slot.name),
+                );
+                slots.push(serde_json::json!({
+                    "host": host,
+                    "slot": slot.name,
+                    "port": slot.port,
+                    "version": inst.map(|i| i.record.version.clone()),
+                    "revision": inst.map(|i| i.record.revision.clone()),
+                    "pid": inst.map(|i| i.record.pid),
+                    "alive": inst.map(|i| i.alive),
+                    "ready": inst.and_then(|i| i.ready),
+                    "weight": server.map(|s| s.weight),
+                    "admin": server.map(|s| s.admin),
+                    "balancer_status": server.map(|s| s.label.clone()),
+                }));
+            }
+        }
+        // The record of an earlier version is history, not the state of this app.
+        let record = observed
+            .rollout(&env.name, app)
+            .filter(|r| r.version == d.version);
+        apps.push(serde_json::json!({
+            "env": env.name,
+            "app": app,
+            "desired_version": d.version,
+            "strategy": d.strategy.name(),
+            "in_sync": in_sync,
+            "quarantined": plan::quarantine(desired, observed, &env.name, app).is_some(),
+            "rollout": record,
+            "slots": slots,
+        }));
     }
     apps
 }

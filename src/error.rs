@@ -63,6 +63,18 @@ impl Error {
     }
 }
 
+/// An error and its causes, as one line: `error: cause: cause`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 impl From<crate::reconcile::ReconcileError> for Error {
     fn from(e: crate::reconcile::ReconcileError) -> Self {
         Error::Reconcile(Box::new(e))

@@ -8,6 +8,7 @@ pub mod desired;
 pub mod drivers;
 pub mod error;
 pub mod execute;
+pub mod names;
 pub mod observed;
 pub mod plan;
 pub mod reconcile;

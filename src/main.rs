@@ -63,11 +63,5 @@ fn report(e: &Error, err: &mut dyn Write) {
             let _ = writeln!(err, "{d}");
         }
     }
-    let _ = write!(err, "error: {e}");
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let _ = write!(err, ": {c}");
-        cause = c.source();
-    }
-    let _ = writeln!(err);
+    let _ = writeln!(err, "error: {}", kube_free::error::chain(e));
 }

@@ -7,6 +7,7 @@ pub mod de;
 pub mod diag;
 pub mod duration;
 pub mod model;
+pub mod query;
 pub mod raw;
 pub mod template;
 pub mod validate;

@@ -1,28 +1,23 @@
-//! The HAProxy balancer driver. kube-free owns one config file on the balancer host, rendered here
-//! from the desired state: per environment and app a frontend (`listen`) and a backend with one server
-//! per host and slot. Weights, drain and maintenance change only through the runtime API (admin socket,
-//! reached through the transport); a structural change rewrites the file, checks it with `haproxy -c`,
-//! saves the runtime state of every server (so it survives) and runs the reload command.
+//! The HAProxy balancer driver ([`Haproxy`], a [`Balancer`]). kube-free owns one config file on the
+//! balancer host, rendered here from the desired state: per environment and app a frontend
+//! (`listen`) and a backend with one server per host and slot. Weights, drain and maintenance change
+//! only through the runtime API (admin socket, reached through the transport); a structural change
+//! rewrites the file, checks it with `haproxy -c`, saves the runtime state of every server (so it
+//! survives) and runs the reload command. HAProxy's answers (`show stat`, `show servers state`) are
+//! translated here into the neutral [`Server`]; nothing outside this file reads them.
 
-use super::process::write_file_cmd;
-use super::{run_ok, Cmd, Transport, TransportError};
-use crate::desired::{DesiredState, Environment, Transport as HostTransport};
+use super::files::write_file_cmd;
+use super::{run_ok, Balancer, BalancerError, Change, Cmd, Transport, TransportError};
+use crate::desired::DesiredState;
+use crate::names::{backend_name, server_name};
+use crate::observed::{Admin, BalancerState, Check, Server, ServerCounters, Servers};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Weight of a server that takes its full share.
-pub const FULL_WEIGHT: u32 = 100;
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-pub fn backend_name(env: &str, app: &str) -> String {
-    format!("kf_{env}_{app}")
-}
-
-pub fn server_name(host: &str, slot: &str) -> String {
-    format!("{host}_{slot}")
-}
 
 /// Where HAProxy keeps the saved runtime state of a backend, on the balancer host.
 pub fn state_file(state_dir: &str, backend: &str) -> String {
@@ -30,15 +25,6 @@ pub fn state_file(state_dir: &str, backend: &str) -> String {
         "{}/haproxy/{backend}.state",
         state_dir.trim_end_matches('/')
     )
-}
-
-/// Address the balancer uses to reach an app host.
-pub fn host_address(desired: &DesiredState, host: &str) -> String {
-    match desired.hosts.get(host).map(|h| &h.transport) {
-        Some(HostTransport::Ssh { address, .. }) if address.contains(':') => format!("[{address}]"),
-        Some(HostTransport::Ssh { address, .. }) => address.clone(),
-        _ => "127.0.0.1".to_owned(),
-    }
 }
 
 /// The config file for `balancer`: every environment it serves, in name order. Servers start in
@@ -62,12 +48,7 @@ pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
         out,
         "defaults kube-free\n    mode http\n    option idle-close-on-response\n    option redispatch 1\n    retries 3\n    retry-on conn-failure\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    timeout http-keep-alive 10s\n    load-server-state-from-file local"
     );
-    let envs: Vec<&Environment> = desired
-        .environments
-        .values()
-        .filter(|e| e.balancer == balancer)
-        .collect();
-    for env in envs {
+    for env in desired.environments_of(balancer) {
         for (app_name, d) in &env.apps {
             let Some(app) = desired.apps.get(app_name) else {
                 continue;
@@ -91,7 +72,7 @@ pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
                         out,
                         "    server {} {}:{}",
                         server_name(host, &slot.name),
-                        host_address(desired, host),
+                        desired.host_address(host),
                         slot.port
                     );
                 }
@@ -100,56 +81,6 @@ pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
     }
     out
 }
-
-/// Administrative state of a server, as set through the runtime API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Admin {
-    Ready,
-    Drain,
-    Maint,
-}
-
-/// One server as HAProxy reports it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ServerStat {
-    pub admin: Admin,
-    /// HAProxy considers it up (health checks pass, not in maintenance).
-    pub up: bool,
-    pub weight: u32,
-    /// Current sessions.
-    pub scur: u64,
-    /// `show stat` status text (UP, DOWN, MAINT, DRAIN, ...).
-    pub status: String,
-    /// Result of HAProxy's own last health check (`L7OK` when it reached the app and got a 2xx).
-    pub check_status: String,
-    /// Responses by class and totals, for analysis.
-    pub hrsp_2xx: u64,
-    pub hrsp_5xx: u64,
-    pub req_tot: u64,
-    /// Every outcome of a request sent to the server: responses of all classes, plus failed
-    /// connections and failed responses.
-    pub requests: u64,
-    /// 5xx responses, failed connections (`econ`) and failed responses (`eresp`).
-    pub errors: u64,
-}
-
-impl ServerStat {
-    /// Ready, UP, and HAProxy's own health check passed: weight may go to it.
-    pub fn checked_up(&self) -> bool {
-        self.up
-            && self.admin == Admin::Ready
-            && self.status == "UP"
-            // `show stat` prefixes the last result with "* " while the next check is running.
-            && self
-                .check_status
-                .trim_start_matches("* ")
-                .starts_with("L7OK")
-    }
-}
-
-/// (backend, server) → what HAProxy says of it.
-pub type Servers = BTreeMap<(String, String), ServerStat>;
 
 fn csv_index(header: &str) -> BTreeMap<&str, usize> {
     header
@@ -160,7 +91,22 @@ fn csv_index(header: &str) -> BTreeMap<&str, usize> {
         .collect()
 }
 
-/// Parses `show stat` and `show servers state` into one view per server.
+/// The verdict of HAProxy's own health check: `check_status` is the result of the last check
+/// (`L7OK` when it reached the app and got a 2xx; `show stat` prefixes it with "* " while the next
+/// check runs), and a status in transition ("UP 1/2": a check failed, on its way down) has not
+/// passed.
+fn check_verdict(status: &str, check_status: &str) -> Check {
+    let last = check_status.trim_start_matches("* ");
+    if last.is_empty() {
+        Check::None
+    } else if last.starts_with("L7OK") && !status.contains('/') {
+        Check::Passed
+    } else {
+        Check::Failed
+    }
+}
+
+/// Parses `show stat` and `show servers state` into one neutral view per server.
 pub fn parse_servers(show_stat: &str, servers_state: &str) -> Servers {
     // show servers state: "be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ..."
     let mut admin_bits: BTreeMap<(String, String), (u32, u32)> = BTreeMap::new();
@@ -198,73 +144,105 @@ pub fn parse_servers(show_stat: &str, servers_state: &str) -> Servers {
         } else {
             Admin::Ready
         };
+        let up = op == 2 && !status.starts_with("MAINT");
         servers.insert(
             (backend.to_owned(), server.to_owned()),
-            ServerStat {
+            Server {
                 admin,
-                up: op == 2 && !status.starts_with("MAINT"),
+                up,
+                check: check_verdict(&status, get("check_status")),
                 weight: num("weight") as u32,
-                scur: num("scur"),
-                status,
-                check_status: get("check_status").to_owned(),
-                hrsp_2xx: num("hrsp_2xx"),
-                hrsp_5xx: num("hrsp_5xx"),
-                req_tot: num("req_tot"),
-                requests: [
-                    "hrsp_1xx",
-                    "hrsp_2xx",
-                    "hrsp_3xx",
-                    "hrsp_4xx",
-                    "hrsp_5xx",
-                    "hrsp_other",
-                    "econ",
-                    "eresp",
-                ]
-                .iter()
-                .map(|k| num(k))
-                .sum(),
-                errors: num("hrsp_5xx") + num("econ") + num("eresp"),
+                sessions: num("scur"),
+                counters: ServerCounters {
+                    responses: [
+                        "hrsp_1xx",
+                        "hrsp_2xx",
+                        "hrsp_3xx",
+                        "hrsp_4xx",
+                        "hrsp_5xx",
+                        "hrsp_other",
+                    ]
+                    .map(num),
+                    connection_errors: num("econ"),
+                    response_errors: num("eresp"),
+                },
+                label: status,
             },
         );
     }
     servers
 }
 
-pub fn set_weight(backend: &str, server: &str, weight: u32) -> String {
-    format!("set server {backend}/{server} weight {weight}")
+/// The runtime API command of one change.
+pub fn change_command(change: &Change) -> String {
+    match change {
+        Change::Weight((backend, server), weight) => {
+            format!("set server {backend}/{server} weight {weight}")
+        }
+        Change::State((backend, server), admin) => {
+            let state = match admin {
+                Admin::Ready => "ready",
+                Admin::Drain => "drain",
+                Admin::Maint => "maint",
+            };
+            format!("set server {backend}/{server} state {state}")
+        }
+    }
 }
 
-pub fn set_state(backend: &str, server: &str, admin: Admin) -> String {
-    let state = match admin {
-        Admin::Ready => "ready",
-        Admin::Drain => "drain",
-        Admin::Maint => "maint",
-    };
-    format!("set server {backend}/{server} state {state}")
+/// The HAProxy driver of one balancer of the desired state: its host's transport and the paths and
+/// config rendered from the desired state.
+pub struct Haproxy {
+    name: String,
+    transport: Arc<dyn Transport>,
+    admin_socket: String,
+    config_file: String,
+    reload_command: Vec<String>,
+    state_dir: String,
+    /// The config file the desired state renders.
+    config: String,
+    /// Backends of that config: a reload is done when a new worker serves every one.
+    backends: Vec<String>,
+    /// One save of the server state at a time (parallel steps change one backend each).
+    save_lock: tokio::sync::Mutex<()>,
 }
 
-/// The balancer as kube-free drives it: its host's transport and the paths from the desired state.
-pub struct Haproxy<'a> {
-    pub transport: &'a dyn Transport,
-    pub admin_socket: &'a str,
-    pub config_file: &'a str,
-    pub reload_command: &'a [String],
-    pub state_dir: &'a str,
-}
+impl Haproxy {
+    pub fn new(desired: &DesiredState, name: &str, transport: Arc<dyn Transport>) -> Haproxy {
+        let b = &desired.balancers[name];
+        Haproxy {
+            name: name.to_owned(),
+            transport,
+            admin_socket: b.admin_socket.clone(),
+            config_file: b.config_file.clone(),
+            reload_command: b.reload_command.clone(),
+            state_dir: desired.hosts[&b.host].state_dir.clone(),
+            config: render_config(desired, name),
+            backends: desired
+                .environments_of(name)
+                .flat_map(|e| e.apps.keys().map(|a| backend_name(&e.name, a)))
+                .collect(),
+            save_lock: tokio::sync::Mutex::new(()),
+        }
+    }
 
-impl Haproxy<'_> {
-    /// Sends runtime API commands (joined with `;`, one connection) and returns the answer.
-    pub async fn runtime(&self, commands: &[String]) -> Result<String, TransportError> {
+    fn t(&self) -> &dyn Transport {
+        self.transport.as_ref()
+    }
+
+    /// Sends runtime API commands (joined with `;`, one connection) and returns the answer. When
+    /// every command is a `set`, any answer is HAProxy's complaint and an error.
+    pub async fn runtime(&self, commands: &[String]) -> Result<String, BalancerError> {
         let io = |what: &str| {
-            let host = self.transport.host().to_owned();
+            let host = self.t().host().to_owned();
             let what = format!("{what} {}", self.admin_socket);
             move |source| TransportError::Io { host, what, source }
         };
         let line = commands.join("; ");
         let changes = commands.iter().any(|c| c.starts_with("set "));
-        tracing::debug!(host = self.transport.host(), changes, cmd = %line, "runtime API");
+        tracing::debug!(host = self.t().host(), changes, cmd = %line, "runtime API");
         let work = async {
-            let mut stream = self.transport.connect_unix(self.admin_socket).await?;
+            let mut stream = self.t().connect_unix(&self.admin_socket).await?;
             stream
                 .write_all(format!("{line}\n").as_bytes())
                 .await
@@ -281,7 +259,7 @@ impl Haproxy<'_> {
             tokio::time::timeout(TIMEOUT, work)
                 .await
                 .map_err(|_| TransportError::Timeout {
-                    host: self.transport.host().to_owned(),
+                    host: self.t().host().to_owned(),
                     cmd: format!("runtime API: {line}"),
                     timeout: TIMEOUT,
                 })??;
@@ -289,30 +267,135 @@ impl Haproxy<'_> {
         let complaint = answer.lines().map(str::trim).find(|l| !l.is_empty());
         if commands.iter().all(|c| c.starts_with("set ")) {
             if let Some(c) = complaint {
-                return Err(TransportError::Failed {
-                    host: self.transport.host().to_owned(),
-                    cmd: format!("runtime API: {line}"),
-                    status: None,
-                    stderr: c.to_owned(),
+                return Err(BalancerError::Refused {
+                    balancer: self.name.clone(),
+                    host: self.t().host().to_owned(),
+                    command: line,
+                    answer: c.to_owned(),
                 });
             }
         }
         Ok(answer)
     }
 
-    /// Every server's state.
-    pub async fn servers(&self) -> Result<Servers, TransportError> {
+    /// The config file as it is on the balancer host (`None` if there is none).
+    async fn current_config(&self) -> Result<Option<String>, TransportError> {
+        let out = self
+            .t()
+            .run(&Cmd::read(["cat", &self.config_file]), TIMEOUT)
+            .await?;
+        Ok(out.success().then(|| out.stdout_text()))
+    }
+
+    /// Runs the reload command until a new worker serves every backend.
+    async fn reload(&self) -> Result<(), BalancerError> {
+        // HAProxy drops a reload signal that arrives while it is starting or re-executing itself;
+        // a second reload is harmless, so one is sent when the first shows no effect.
+        for wait in [Duration::from_secs(10), Duration::from_secs(20)] {
+            let before = self.worker_pid().await;
+            run_ok(
+                self.t(),
+                &Cmd::change(self.reload_command.iter().cloned()),
+                TIMEOUT,
+            )
+            .await?;
+            if self.wait_for_reload(before, wait).await {
+                return Ok(());
+            }
+            tracing::warn!(
+                host = self.t().host(),
+                "HAProxy did not load the new config yet; reloading again"
+            );
+        }
+        Err(BalancerError::Reload {
+            balancer: self.name.clone(),
+            host: self.t().host().to_owned(),
+            message: format!(
+                "`{}`: HAProxy did not serve the new backends after two reloads (30 s); check its log",
+                self.reload_command.join(" ")
+            ),
+        })
+    }
+
+    /// Pid of the worker answering on the admin socket (`show info`).
+    async fn worker_pid(&self) -> Option<u32> {
+        let info = self.runtime(&["show info".into()]).await.ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("Pid: "))
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    /// Whether, within `limit`, a new worker (other than `before`) answers on the admin socket and
+    /// serves every backend of the config.
+    async fn wait_for_reload(&self, before: Option<u32>, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let new_worker = match (before, self.worker_pid().await) {
+                (Some(old), Some(now)) => now != old,
+                (None, Some(_)) => true,
+                (_, None) => false,
+            };
+            let serving = self
+                .runtime(&["show backend".into()])
+                .await
+                .unwrap_or_default();
+            if new_worker
+                && self
+                    .backends
+                    .iter()
+                    .all(|b| serving.lines().any(|l| l.trim() == b))
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Saves a backend's server state, the caller holding `save_lock`.
+    async fn save_state_locked(&self, backend: &str) -> Result<(), BalancerError> {
+        let state = self
+            .runtime(&[format!("show servers state {backend}")])
+            .await?;
+        run_ok(
+            self.t(),
+            &write_file_cmd(&state_file(&self.state_dir, backend), state.as_bytes()),
+            TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Balancer for Haproxy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn host(&self) -> &str {
+        self.t().host()
+    }
+
+    async fn observe(&self) -> Result<BalancerState, BalancerError> {
+        Ok(BalancerState {
+            config: self.current_config().await?,
+            servers: self.servers().await?,
+        })
+    }
+
+    async fn servers(&self) -> Result<Servers, BalancerError> {
         let stat = self.runtime(&["show stat".into()]).await?;
         let state = self.runtime(&["show servers state".into()]).await?;
         // Anything else (the master CLI, an error) must not read as "no servers".
-        let unexpected = |what: &str, answer: &str| TransportError::Failed {
-            host: self.transport.host().to_owned(),
-            cmd: format!("runtime API: {what} on {}", self.admin_socket),
-            status: None,
-            stderr: format!(
-                "unexpected answer: {:?}",
-                answer.lines().next().unwrap_or("")
-            ),
+        let unexpected = |command: &'static str, answer: &str| BalancerError::Unexpected {
+            balancer: self.name.clone(),
+            host: self.t().host().to_owned(),
+            command,
+            socket: self.admin_socket.clone(),
+            answer: answer.lines().next().unwrap_or("").to_owned(),
         };
         if !stat.starts_with("# pxname,svname,") {
             return Err(unexpected("show stat", &stat));
@@ -327,146 +410,70 @@ impl Haproxy<'_> {
         Ok(parse_servers(&stat, &state))
     }
 
-    /// The config file as it is on the balancer host (`None` if there is none).
-    pub async fn current_config(&self) -> Result<Option<String>, TransportError> {
-        let out = self
-            .transport
-            .run(&Cmd::read(["cat", self.config_file]), TIMEOUT)
-            .await?;
-        Ok(out.success().then(|| out.stdout_text()))
+    async fn apply(&self, changes: &[Change]) -> Result<(), BalancerError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let commands: Vec<String> = changes.iter().map(change_command).collect();
+        self.runtime(&commands).await.map(|_| ())
     }
 
-    /// Writes a new config: checks it, saves every backend's runtime state, installs it, reloads and
+    fn rendered_config(&self) -> &str {
+        &self.config
+    }
+
+    /// Writes the config: checks it, saves every backend's runtime state, installs it, reloads and
     /// waits until HAProxy serves every backend of it.
-    pub async fn apply_config(
-        &self,
-        config: &str,
-        backends: &[String],
-    ) -> Result<(), TransportError> {
+    async fn apply_config(&self) -> Result<(), BalancerError> {
         let candidate = format!("{}.kube-free-new", self.config_file);
         run_ok(
-            self.transport,
-            &write_file_cmd(&candidate, config.as_bytes()),
+            self.t(),
+            &write_file_cmd(&candidate, self.config.as_bytes()),
             TIMEOUT,
         )
         .await?;
         run_ok(
-            self.transport,
+            self.t(),
             &Cmd::read(["haproxy", "-c", "-q", "-f", &candidate]),
             TIMEOUT,
         )
         .await?;
         // Without the running state saved, the reload would restart every server in maintenance.
         let running = self.runtime(&["show backend".into()]).await?;
-        for backend in running
-            .lines()
-            .map(str::trim)
-            .filter(|b| b.starts_with("kf_"))
         {
-            self.save_state(backend).await?;
+            let _one_at_a_time = self.save_lock.lock().await;
+            for backend in running
+                .lines()
+                .map(str::trim)
+                .filter(|b| b.starts_with("kf_"))
+            {
+                self.save_state_locked(backend).await?;
+            }
         }
         let previous = self.current_config().await?;
         run_ok(
-            self.transport,
-            &Cmd::change(["mv", "-f", &candidate, self.config_file]),
+            self.t(),
+            &Cmd::change(["mv", "-f", &candidate, &self.config_file]),
             TIMEOUT,
         )
         .await?;
-        let reloaded = self.reload(backends).await;
+        let reloaded = self.reload().await;
         if reloaded.is_err() {
             // Put the previous file back, so that the next run sees the config as stale and retries.
-            let restore = write_file_cmd(self.config_file, previous.unwrap_or_default().as_bytes());
-            if let Err(e) = run_ok(self.transport, &restore, TIMEOUT).await {
+            let restore =
+                write_file_cmd(&self.config_file, previous.unwrap_or_default().as_bytes());
+            if let Err(e) = run_ok(self.t(), &restore, TIMEOUT).await {
                 tracing::error!(error = %e, "cannot restore the previous HAProxy config file");
             }
         }
         reloaded
     }
 
-    /// Saves the runtime state of `backend`'s servers (weights, maintenance) where HAProxy reads it on
-    /// a reload or restart (`server-state-file-name`).
-    pub async fn save_state(&self, backend: &str) -> Result<(), TransportError> {
-        let state = self
-            .runtime(&[format!("show servers state {backend}")])
-            .await?;
-        run_ok(
-            self.transport,
-            &write_file_cmd(&state_file(self.state_dir, backend), state.as_bytes()),
-            TIMEOUT,
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Runs the reload command until a new worker serves `backends`.
-    async fn reload(&self, backends: &[String]) -> Result<(), TransportError> {
-        // HAProxy drops a reload signal that arrives while it is starting or re-executing itself;
-        // a second reload is harmless, so one is sent when the first shows no effect.
-        for wait in [Duration::from_secs(10), Duration::from_secs(20)] {
-            let before = self.worker_pid().await;
-            run_ok(
-                self.transport,
-                &Cmd::change(self.reload_command.iter().cloned()),
-                TIMEOUT,
-            )
-            .await?;
-            if self.wait_for_reload(before, backends, wait).await {
-                return Ok(());
-            }
-            tracing::warn!(
-                host = self.transport.host(),
-                "HAProxy did not load the new config yet; reloading again"
-            );
-        }
-        Err(TransportError::Failed {
-            host: self.transport.host().to_owned(),
-            cmd: self.reload_command.join(" "),
-            status: None,
-            stderr:
-                "HAProxy did not serve the new backends after two reloads (30 s); check its log"
-                    .into(),
-        })
-    }
-
-    /// Pid of the worker answering on the admin socket (`show info`).
-    async fn worker_pid(&self) -> Option<u32> {
-        let info = self.runtime(&["show info".into()]).await.ok()?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("Pid: "))
-            .and_then(|p| p.trim().parse().ok())
-    }
-
-    /// Whether, within `limit`, a new worker (other than `before`) answers on the admin socket and
-    /// serves every one of `backends`.
-    async fn wait_for_reload(
-        &self,
-        before: Option<u32>,
-        backends: &[String],
-        limit: Duration,
-    ) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let new_worker = match (before, self.worker_pid().await) {
-                (Some(old), Some(now)) => now != old,
-                (None, Some(_)) => true,
-                (_, None) => false,
-            };
-            let serving = self
-                .runtime(&["show backend".into()])
-                .await
-                .unwrap_or_default();
-            if new_worker
-                && backends
-                    .iter()
-                    .all(|b| serving.lines().any(|l| l.trim() == b))
-            {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    /// Saves the runtime state of `backend`'s servers (weights, maintenance) where HAProxy reads it
+    /// on a reload or restart (`server-state-file-name`).
+    async fn save_state(&self, backend: &str) -> Result<(), BalancerError> {
+        let _one_at_a_time = self.save_lock.lock().await;
+        self.save_state_locked(backend).await
     }
 }
 
@@ -487,15 +494,17 @@ kf_p_api,BACKEND,0,0,3,5,26,9,0,0,0,0,,0,0,0,0,UP,100,1,0,,0,5,0,,1,3,0,,9,,1,0,
         assert_eq!(s.len(), 2);
         let blue = &s[&("kf_p_api".to_owned(), "web-1_blue".to_owned())];
         assert_eq!(
-            (blue.admin, blue.up, blue.weight, blue.scur),
+            (blue.admin, blue.up, blue.weight, blue.sessions),
             (Admin::Ready, true, 100, 3)
         );
-        assert_eq!((blue.hrsp_2xx, blue.hrsp_5xx, blue.req_tot), (7, 2, 9));
-        assert_eq!(blue.check_status, "L7OK");
+        assert_eq!(blue.counters.responses, [0, 7, 0, 0, 2, 0]);
+        assert_eq!((blue.counters.requests(), blue.counters.errors()), (9, 2));
+        assert_eq!((blue.check, blue.label.as_str()), (Check::Passed, "UP"));
+        assert!(blue.checked_up());
         let green = &s[&("kf_p_api".to_owned(), "web-1_green".to_owned())];
         assert_eq!(
-            (green.admin, green.up, green.weight),
-            (Admin::Maint, false, 0)
+            (green.admin, green.up, green.weight, green.check),
+            (Admin::Maint, false, 0, Check::None)
         );
     }
 
@@ -548,34 +557,24 @@ environments:
 
     #[test]
     fn a_check_in_progress_keeps_the_last_result() {
-        let mut s = ServerStat {
-            admin: Admin::Ready,
-            up: true,
-            weight: 100,
-            scur: 0,
-            status: "UP".into(),
-            check_status: "* L7OK".into(),
-            hrsp_2xx: 0,
-            hrsp_5xx: 0,
-            req_tot: 0,
-            requests: 0,
-            errors: 0,
-        };
-        assert!(s.checked_up());
-        s.check_status = "* L4CON".into();
-        assert!(!s.checked_up());
-        s.check_status = "L7OKC".into();
-        assert!(s.checked_up());
+        assert_eq!(check_verdict("UP", "* L7OK"), Check::Passed);
+        assert_eq!(check_verdict("UP", "* L4CON"), Check::Failed);
+        assert_eq!(check_verdict("UP", "L7OKC"), Check::Passed);
+        assert_eq!(check_verdict("DRAIN", "L7OK"), Check::Passed);
+        // One failed check of `fall 2`: still up, on its way down.
+        assert_eq!(check_verdict("UP 1/2", "L7OK"), Check::Failed);
+        assert_eq!(check_verdict("MAINT", ""), Check::None);
     }
 
     #[test]
     fn runtime_commands_are_exact() {
+        let key = ("kf_p_api".to_owned(), "web-1_blue".to_owned());
         assert_eq!(
-            set_weight("kf_p_api", "web-1_blue", 100),
+            change_command(&Change::Weight(key.clone(), 100)),
             "set server kf_p_api/web-1_blue weight 100"
         );
         assert_eq!(
-            set_state("kf_p_api", "web-1_blue", Admin::Drain),
+            change_command(&Change::State(key, Admin::Drain)),
             "set server kf_p_api/web-1_blue state drain"
         );
     }

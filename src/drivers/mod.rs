@@ -1,13 +1,31 @@
 //! Drivers: every way kube-free touches the outside world, behind traits so that the planner and the
-//! executor never see SSH, sockets or HTTP. Remote work is expressed as [`Cmd`] values (argv, built by
-//! pure functions in `process` and `haproxy`) that a [`Transport`] runs; tests compare them exactly.
+//! executor never see SSH, sockets or HTTP:
+//! - [`Transport`] runs commands on a host (`ssh`, `local`);
+//! - [`Balancer`] is a traffic layer (`haproxy`);
+//! - [`Runtime`] runs app instances on a host (`process`);
+//! - [`Prober`] asks an instance whether it is ready (`probe`, over HTTP);
+//! - [`Ledger`] keeps what runs share on a balancer host: rollout records and the lease (`ledger`).
+//!
+//! Remote work is expressed as [`Cmd`] values (argv, built by pure functions in `process`,
+//! `haproxy`, `files` and `lease`) that a [`Transport`] runs; tests compare them exactly. Which
+//! balancer and runtime drive what is chosen from the desired state ([`balancer::for_balancer`],
+//! [`runtime::Kind::of`]). Fakes of every trait for fast tests are in `fake` (tests only).
 
+pub mod balancer;
+pub mod files;
 pub mod haproxy;
 pub mod lease;
+pub mod ledger;
 pub mod local;
 pub mod probe;
 pub mod process;
+pub mod runtime;
 pub mod ssh;
+
+pub use balancer::{Balancer, BalancerError, Change};
+pub use ledger::{Ledger, LedgerError};
+pub use probe::{ProbeError, Prober};
+pub use runtime::{Runtime, RuntimeError};
 
 use std::fmt;
 use std::time::Duration;
@@ -117,9 +135,13 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    /// Whether the host could not be reached at all (as opposed to a command failing on it).
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, TransportError::Unreachable { .. })
+    /// Whether contact with the host was lost: it could not be reached, or a command did not
+    /// finish in time (so a change it makes may or may not have happened).
+    pub fn lost_contact(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Unreachable { .. } | TransportError::Timeout { .. }
+        )
     }
 }
 

@@ -1,16 +1,49 @@
-//! The HTTP prober: asks an instance's readiness endpoint (`probe.path`) from the machine running
-//! kube-free. Ready means a 2xx answer within `probe.timeout`.
+//! The [`Prober`] trait and the HTTP prober ([`HttpProber`]): asks an instance's readiness endpoint
+//! (`probe.path`, or an analysis check path) from the machine running kube-free. Ready means a 2xx
+//! answer within `probe.timeout`.
 
 use std::time::Duration;
 
+/// A way to ask an instance whether it is ready.
+///
+/// Promise: `Ok` only for an answer that says ready (HTTP: 2xx) within `timeout`; every other
+/// outcome is an error that names the address asked.
+#[async_trait::async_trait]
+pub trait Prober: Send + Sync {
+    async fn probe(
+        &self,
+        address: &str,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(), ProbeError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{url} answered {status}")]
+    Answered { url: String, status: String },
+    #[error("{url} did not answer within {}", crate::desired::duration::format(*.timeout))]
+    Timeout { url: String, timeout: Duration },
+    #[error("{url}: connection refused or unreachable")]
+    Connect { url: String },
+    #[error("{url}")]
+    Other {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// The HTTP prober: plain HTTP, no proxy, a new connection per probe.
 #[derive(Clone)]
-pub struct Prober {
+pub struct HttpProber {
     client: reqwest::Client,
 }
 
-impl Default for Prober {
+impl Default for HttpProber {
     fn default() -> Self {
-        Prober {
+        HttpProber {
             client: reqwest::Client::builder()
                 .no_proxy()
                 .pool_max_idle_per_host(0)
@@ -20,25 +53,25 @@ impl Default for Prober {
     }
 }
 
-impl Prober {
-    /// One probe: `Ok(())` when ready, else why not.
-    pub async fn probe(
+#[async_trait::async_trait]
+impl Prober for HttpProber {
+    async fn probe(
         &self,
         address: &str,
         port: u16,
         path: &str,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProbeError> {
         let url = format!("http://{address}:{port}{path}");
         match self.client.get(&url).timeout(timeout).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("{url} answered {}", r.status())),
-            Err(e) if e.is_timeout() => Err(format!(
-                "{url} did not answer within {}",
-                crate::desired::duration::format(timeout)
-            )),
-            Err(e) if e.is_connect() => Err(format!("{url}: connection refused or unreachable")),
-            Err(e) => Err(format!("{url}: {e}")),
+            Ok(r) => Err(ProbeError::Answered {
+                url,
+                status: r.status().to_string(),
+            }),
+            Err(e) if e.is_timeout() => Err(ProbeError::Timeout { url, timeout }),
+            Err(e) if e.is_connect() => Err(ProbeError::Connect { url }),
+            Err(source) => Err(ProbeError::Other { url, source }),
         }
     }
 }

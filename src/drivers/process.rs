@@ -1,10 +1,16 @@
-//! The process runtime: starts an app instance detached from the session that started it (its own
-//! session, output to a log file), tells whether a recorded pid is still that very process, and stops
-//! it (SIGTERM, then SIGKILL after `stop_timeout`). Commands are built by pure functions; the async
-//! functions run them through a [`Transport`].
+//! The process runtime ([`ProcessRuntime`], a [`Runtime`]): starts an app instance detached from
+//! the session that started it (its own session, output to a log file), tells whether a recorded pid
+//! is still that very process, and stops it (SIGTERM, then SIGKILL after `stop_timeout`). Its
+//! records are instance files under the host's `state_dir` (`<env>/<app>/<slot>.json`, beside a
+//! `.pid` and a `.log`). Commands are built by pure functions; the async functions run them through
+//! a [`Transport`].
 
-use super::{run_ok, Cmd, Output, Transport, TransportError};
+use super::files::{read_file_cmd, remove_cmd, tail_cmd, write_file_cmd};
+use super::runtime::{Found, Running, StartSpec};
+use super::{run_ok, Cmd, Output, Runtime, RuntimeError, Transport, TransportError};
+use crate::names::SlotRef;
 use crate::state::InstanceRecord;
+use std::sync::Arc;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,33 +51,6 @@ pub fn kill_cmd(pid: u32, signal: &str) -> Cmd {
     ])
 }
 
-/// Prints a file; prints nothing (and succeeds) when there is no such file.
-pub fn read_file_cmd(path: &str) -> Cmd {
-    Cmd::read([
-        "sh",
-        "-c",
-        r#"test ! -e "$1" || cat -- "$1""#,
-        "kube-free-read",
-        path,
-    ])
-}
-
-/// Writes a file atomically: a temp file beside it, fsync, rename.
-pub fn write_file_cmd(path: &str, content: &[u8]) -> Cmd {
-    Cmd::change([
-        "sh",
-        "-c",
-        r#"set -e; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 644 "$tmp"; sync "$tmp"; mv -f "$tmp" "$1""#,
-        "kube-free-write",
-        path,
-    ])
-    .with_stdin(content)
-}
-
-pub fn remove_cmd(path: &str) -> Cmd {
-    Cmd::change(["rm", "-f", path])
-}
-
 /// Prints every instance file under `state_dir` (`<env>/<app>/<slot>.json`; `rollouts/` holds rollout
 /// records, not instances) as a line with its path, then a line with its content.
 pub fn list_instances_cmd(state_dir: &str) -> Cmd {
@@ -81,15 +60,6 @@ pub fn list_instances_cmd(state_dir: &str) -> Cmd {
         r#"for f in "$1"/*/*/*.json; do case "$f" in "$1"/rollouts/*) continue;; esac; if [ -f "$f" ]; then printf '%s\n' "$f"; tr -d '\n' <"$f"; printf '\n'; fi; done"#,
         "kube-free-list",
         state_dir,
-    ])
-}
-
-pub fn tail_cmd(path: &str, lines: u32) -> Cmd {
-    Cmd::read([
-        "tail".to_owned(),
-        "-n".to_owned(),
-        lines.to_string(),
-        path.to_owned(),
     ])
 }
 
@@ -103,157 +73,33 @@ pub fn parse_stat(text: &str) -> Option<(char, u64)> {
     Some((state, start))
 }
 
-/// A recorded instance as found on its host.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Found {
-    Record(InstanceRecord),
-    /// A file that is not a valid record (torn or edited): reported, never trusted.
-    Unreadable {
-        path: String,
-        error: String,
-    },
+/// A record, or why the text of one is not a record.
+pub fn parse_record(body: &str) -> Result<InstanceRecord, String> {
+    serde_json::from_str::<InstanceRecord>(body).map_err(|e| e.to_string())
 }
 
-pub fn parse_instances(text: &str) -> Vec<Found> {
+/// The listing of [`list_instances_cmd`]: (path, record or why not) per file.
+pub fn parse_instances(text: &str) -> Vec<(String, Result<InstanceRecord, String>)> {
     let lines: Vec<&str> = text.lines().collect();
     lines
         .chunks(2)
         .map(|pair| {
-            let path = pair[0].to_owned();
             let body = pair.get(1).copied().unwrap_or("");
-            match serde_json::from_str::<InstanceRecord>(body) {
-                Ok(r) => Found::Record(r),
-                Err(e) => Found::Unreadable {
-                    path,
-                    error: e.to_string(),
-                },
-            }
+            (pair[0].to_owned(), parse_record(body))
         })
         .collect()
 }
 
-/// Whether the process of `record` is alive and is the one that was started (not a reused pid).
-pub async fn is_alive(t: &dyn Transport, record: &InstanceRecord) -> Result<bool, TransportError> {
-    let out = t.run(&stat_cmd(record.pid), TIMEOUT).await?;
-    match out.status {
-        Some(0) => Ok(
-            matches!(parse_stat(&out.stdout_text()), Some((state, start)) if state != 'Z' && state != 'X' && start == record.start_ticks),
-        ),
-        // `cat` of a missing /proc entry: no such process.
-        Some(1) => Ok(false),
-        status => Err(TransportError::Failed {
-            host: t.host().to_owned(),
-            cmd: stat_cmd(record.pid).to_string(),
-            status,
-            stderr: out.stderr_text(),
-        }),
+/// The slot (env, app, slot) of an instance file at `path` under `state_dir`, when it is one.
+pub fn slot_of_file(state_dir: &str, path: &str) -> Option<(String, String, String)> {
+    let rest = path
+        .strip_prefix(state_dir.trim_end_matches('/'))?
+        .trim_start_matches('/')
+        .strip_suffix(".json")?;
+    match rest.split('/').collect::<Vec<_>>()[..] {
+        [env, app, slot] => Some((env.to_owned(), app.to_owned(), slot.to_owned())),
+        _ => None,
     }
-}
-
-/// What to start: argv (environment first, through `env`) and where to record it.
-pub struct StartSpec<'a> {
-    pub state_dir: &'a str,
-    pub env: &'a str,
-    pub app: &'a str,
-    pub slot: &'a str,
-    pub version: &'a str,
-    pub revision: &'a str,
-    pub port: u16,
-    pub argv: Vec<String>,
-}
-
-/// Starts the instance and writes its record; fails (with the end of its log) if it exits at once.
-pub async fn start(
-    t: &dyn Transport,
-    spec: &StartSpec<'_>,
-) -> Result<InstanceRecord, TransportError> {
-    let dir = crate::state::app_dir(spec.state_dir, spec.env, spec.app);
-    let log = crate::state::log_file(spec.state_dir, spec.env, spec.app, spec.slot);
-    let pid_file = crate::state::pid_file(spec.state_dir, spec.env, spec.app, spec.slot);
-    let out = run_ok(t, &start_cmd(&dir, &log, &pid_file, &spec.argv), TIMEOUT).await?;
-    let failed = |why: String| TransportError::Process {
-        host: t.host().to_owned(),
-        message: format!("`{}`: {why}", spec.argv.join(" ")),
-    };
-    let pid: u32 = out.stdout_text().trim().parse().map_err(|_| {
-        failed(format!(
-            "no pid from the start script: {:?}",
-            out.stdout_text()
-        ))
-    })?;
-    // A command that cannot run at all (not found, bad flags) exits at once: give it a moment.
-    tokio::time::sleep(EXITS_AT_ONCE).await;
-    let stat = t.run(&stat_cmd(pid), TIMEOUT).await?;
-    let Some((_, start_ticks)) =
-        parse_stat(&stat.stdout_text()).filter(|(s, _)| *s != 'Z' && *s != 'X')
-    else {
-        let tail = t
-            .run(&tail_cmd(&log, 20), TIMEOUT)
-            .await
-            .map(|o| o.stdout_text())
-            .unwrap_or_default();
-        return Err(failed(format!(
-            "the process exited at once; end of {log}:\n{tail}"
-        )));
-    };
-    let record = InstanceRecord {
-        env: spec.env.to_owned(),
-        app: spec.app.to_owned(),
-        slot: spec.slot.to_owned(),
-        version: spec.version.to_owned(),
-        revision: spec.revision.to_owned(),
-        port: spec.port,
-        pid,
-        start_ticks,
-        started_at: crate::state::now(),
-        argv: spec.argv.clone(),
-    };
-    let file = crate::state::instance_file(spec.state_dir, spec.env, spec.app, spec.slot);
-    let json = serde_json::to_vec(&record).expect("a record serializes");
-    run_ok(t, &write_file_cmd(&file, &json), TIMEOUT).await?;
-    Ok(record)
-}
-
-/// Stops the instance (SIGTERM, then SIGKILL after `stop_timeout`) and removes its record. Stopping
-/// what is not running is not an error.
-pub async fn stop(
-    t: &dyn Transport,
-    state_dir: &str,
-    record: &InstanceRecord,
-    stop_timeout: Duration,
-) -> Result<(), TransportError> {
-    if is_alive(t, record).await? {
-        // The process may exit between the check and the signal: `kill` failing then is fine.
-        t.run(&kill_cmd(record.pid, "TERM"), TIMEOUT).await?;
-        let deadline = tokio::time::Instant::now() + stop_timeout;
-        while is_alive(t, record).await? {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    host = t.host(),
-                    pid = record.pid,
-                    "instance did not stop within stop_timeout; sending SIGKILL"
-                );
-                t.run(&kill_cmd(record.pid, "KILL"), TIMEOUT).await?;
-                let gone = tokio::time::Instant::now() + Duration::from_secs(5);
-                while is_alive(t, record).await? {
-                    if tokio::time::Instant::now() >= gone {
-                        return Err(TransportError::Process {
-                            host: t.host().to_owned(),
-                            message: format!("pid {} survived SIGKILL", record.pid),
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    let file = crate::state::instance_file(state_dir, &record.env, &record.app, &record.slot);
-    run_ok(t, &remove_cmd(&file), TIMEOUT).await?;
-    let pid_file = crate::state::pid_file(state_dir, &record.env, &record.app, &record.slot);
-    run_ok(t, &remove_cmd(&pid_file), TIMEOUT).await?;
-    Ok(())
 }
 
 /// `PID START_TICKS` from a pid file.
@@ -264,109 +110,290 @@ pub fn parse_pid_file(text: &str) -> Option<(u32, u64)> {
     Some((pid, ticks))
 }
 
-/// The process a slot's pid file names (pid and start time), shaped as a record of the slot; `None`
-/// when there is no pid file. Whether it still runs is [`is_alive`]'s to say.
-async fn pid_file_record(
-    t: &dyn Transport,
-    state_dir: &str,
-    env: &str,
-    app: &str,
-    slot: &str,
-) -> Result<Option<InstanceRecord>, TransportError> {
-    let pid_file = crate::state::pid_file(state_dir, env, app, slot);
-    let out = run_ok(t, &read_file_cmd(&pid_file), TIMEOUT).await?;
-    Ok(
-        parse_pid_file(&out.stdout_text()).map(|(pid, start_ticks)| InstanceRecord {
-            env: env.to_owned(),
-            app: app.to_owned(),
-            slot: slot.to_owned(),
-            version: String::new(),
-            revision: String::new(),
-            port: 0,
+/// The process runtime of one host: its transport and its `state_dir`.
+pub struct ProcessRuntime {
+    transport: Arc<dyn Transport>,
+    state_dir: String,
+}
+
+impl ProcessRuntime {
+    pub fn new(transport: Arc<dyn Transport>, state_dir: &str) -> ProcessRuntime {
+        ProcessRuntime {
+            transport,
+            state_dir: state_dir.to_owned(),
+        }
+    }
+
+    fn t(&self) -> &dyn Transport {
+        self.transport.as_ref()
+    }
+
+    fn file(&self, at: &SlotRef) -> String {
+        crate::state::instance_file(&self.state_dir, &at.env, &at.app, &at.slot)
+    }
+
+    fn pid_file(&self, at: &SlotRef) -> String {
+        crate::state::pid_file(&self.state_dir, &at.env, &at.app, &at.slot)
+    }
+
+    fn log_file(&self, at: &SlotRef) -> String {
+        crate::state::log_file(&self.state_dir, &at.env, &at.app, &at.slot)
+    }
+
+    fn slot(&self, env: &str, app: &str, slot: &str) -> SlotRef {
+        SlotRef::new(env, app, self.t().host(), slot)
+    }
+
+    /// The end of a slot's log, or nothing when it cannot be read.
+    async fn tail(&self, log: &str) -> String {
+        self.t()
+            .run(&tail_cmd(log, 20), TIMEOUT)
+            .await
+            .map(|o| o.stdout_text())
+            .unwrap_or_default()
+    }
+
+    /// The process a slot's pid file names (pid and start time), shaped as a record of the slot;
+    /// `None` when there is no pid file. Whether it still runs is `is_alive`'s to say.
+    async fn pid_file_record(&self, at: &SlotRef) -> Result<Option<InstanceRecord>, RuntimeError> {
+        let out = run_ok(self.t(), &read_file_cmd(&self.pid_file(at)), TIMEOUT).await?;
+        Ok(
+            parse_pid_file(&out.stdout_text()).map(|(pid, start_ticks)| InstanceRecord {
+                env: at.env.clone(),
+                app: at.app.clone(),
+                slot: at.slot.clone(),
+                version: String::new(),
+                revision: String::new(),
+                port: 0,
+                pid,
+                start_ticks,
+                started_at: 0,
+                argv: Vec::new(),
+            }),
+        )
+    }
+
+    /// Stops the process a pid file names when it runs and the slot has no instance file (a run was
+    /// killed between the start and the instance file): it never got traffic, as it was never
+    /// enabled. Returns whether there was one.
+    pub async fn stop_orphan(
+        &self,
+        at: &SlotRef,
+        stop_timeout: Duration,
+    ) -> Result<bool, RuntimeError> {
+        let Some(orphan) = self.pid_file_record(at).await? else {
+            return Ok(false);
+        };
+        let alive = self.is_alive(&orphan).await?;
+        if alive {
+            tracing::warn!(
+                host = self.t().host(),
+                pid = orphan.pid,
+                pid_file = self.pid_file(at),
+                "stopping a process without an instance file (its run was killed while starting it)"
+            );
+        }
+        self.stop(&orphan, stop_timeout).await?;
+        Ok(alive)
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for ProcessRuntime {
+    fn host(&self) -> &str {
+        self.t().host()
+    }
+
+    async fn instances(&self) -> Result<Vec<Found>, RuntimeError> {
+        let listed = run_ok(self.t(), &list_instances_cmd(&self.state_dir), TIMEOUT).await?;
+        let mut found = Vec::new();
+        for (path, parsed) in parse_instances(&listed.stdout_text()) {
+            found.push(match parsed {
+                Ok(record) => Found::Record {
+                    alive: self.is_alive(&record).await?,
+                    record,
+                },
+                Err(error) => Found::Unreadable {
+                    slot: slot_of_file(&self.state_dir, &path),
+                    path,
+                    error,
+                },
+            });
+        }
+        Ok(found)
+    }
+
+    async fn instance(&self, at: &SlotRef) -> Result<Option<InstanceRecord>, RuntimeError> {
+        let out = self
+            .t()
+            .run(&Cmd::read(["cat", &self.file(at)]), TIMEOUT)
+            .await?;
+        Ok(out
+            .success()
+            .then(|| parse_record(&out.stdout_text()).ok())
+            .flatten())
+    }
+
+    /// Whether the process of `record` is alive and is the one that was started (not a reused pid).
+    async fn is_alive(&self, record: &InstanceRecord) -> Result<bool, RuntimeError> {
+        let out = self.t().run(&stat_cmd(record.pid), TIMEOUT).await?;
+        match out.status {
+            Some(0) => Ok(
+                matches!(parse_stat(&out.stdout_text()), Some((state, start)) if state != 'Z' && state != 'X' && start == record.start_ticks),
+            ),
+            // `cat` of a missing /proc entry: no such process.
+            Some(1) => Ok(false),
+            status => Err(TransportError::Failed {
+                host: self.t().host().to_owned(),
+                cmd: stat_cmd(record.pid).to_string(),
+                status,
+                stderr: out.stderr_text(),
+            }
+            .into()),
+        }
+    }
+
+    /// The process a slot's pid file names, when it still runs (same start time), with its command
+    /// line and environment: what can be known of a slot whose instance file cannot be read.
+    async fn recover(&self, at: &SlotRef) -> Result<Option<Running>, RuntimeError> {
+        let Some(record) = self.pid_file_record(at).await? else {
+            return Ok(None);
+        };
+        if !self.is_alive(&record).await? {
+            return Ok(None);
+        }
+        let words = |out: Output| -> Vec<String> {
+            out.stdout
+                .split(|b| *b == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect()
+        };
+        let proc_file =
+            |name: &str| Cmd::read(["cat".to_owned(), format!("/proc/{}/{name}", record.pid)]);
+        let argv = words(self.t().run(&proc_file("cmdline"), TIMEOUT).await?);
+        let environ = words(self.t().run(&proc_file("environ"), TIMEOUT).await?);
+        Ok(Some(Running {
+            pid: record.pid,
+            start_ticks: record.start_ticks,
+            argv,
+            environ,
+        }))
+    }
+
+    async fn write_record(&self, record: &InstanceRecord) -> Result<(), RuntimeError> {
+        let at = self.slot(&record.env, &record.app, &record.slot);
+        let json = serde_json::to_vec(record).expect("a record serializes");
+        run_ok(self.t(), &write_file_cmd(&self.file(&at), &json), TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Stops an orphan of a killed run in the slot, starts the instance (its environment given
+    /// through `env`) and writes its record; fails (with the end of its log) if it exits at once.
+    async fn start(&self, spec: &StartSpec) -> Result<InstanceRecord, RuntimeError> {
+        let at = &spec.at;
+        self.stop_orphan(at, spec.stop_timeout).await?;
+        let mut argv = vec!["env".to_owned()];
+        argv.extend(spec.launch.env.iter().cloned());
+        argv.extend(spec.launch.command.iter().cloned());
+        let dir = crate::state::app_dir(&self.state_dir, &at.env, &at.app);
+        let log = self.log_file(at);
+        let out = run_ok(
+            self.t(),
+            &start_cmd(&dir, &log, &self.pid_file(at), &argv),
+            TIMEOUT,
+        )
+        .await?;
+        let pid: u32 = out
+            .stdout_text()
+            .trim()
+            .parse()
+            .map_err(|_| RuntimeError::NoPid {
+                host: self.t().host().to_owned(),
+                command: argv.join(" "),
+                output: out.stdout_text(),
+            })?;
+        // A command that cannot run at all (not found, bad flags) exits at once: give it a moment.
+        tokio::time::sleep(EXITS_AT_ONCE).await;
+        let stat = self.t().run(&stat_cmd(pid), TIMEOUT).await?;
+        let Some((_, start_ticks)) =
+            parse_stat(&stat.stdout_text()).filter(|(s, _)| *s != 'Z' && *s != 'X')
+        else {
+            return Err(RuntimeError::ExitedAtOnce {
+                host: self.t().host().to_owned(),
+                command: argv.join(" "),
+                tail: self.tail(&log).await,
+                log,
+            });
+        };
+        let record = InstanceRecord {
+            env: at.env.clone(),
+            app: at.app.clone(),
+            slot: at.slot.clone(),
+            version: spec.version.clone(),
+            revision: spec.revision.clone(),
+            port: spec.port,
             pid,
             start_ticks,
-            started_at: 0,
-            argv: Vec::new(),
-        }),
-    )
-}
-
-/// A process found through a slot's pid file, with what `/proc` tells of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Running {
-    pub pid: u32,
-    pub start_ticks: u64,
-    /// `/proc/<pid>/cmdline`.
-    pub argv: Vec<String>,
-    /// `/proc/<pid>/environ`, `NAME=value` words.
-    pub environ: Vec<String>,
-}
-
-/// The process a slot's pid file names, when it still runs (same start time), with its command line
-/// and environment: what can be known of a slot whose instance file cannot be read.
-pub async fn recover(
-    t: &dyn Transport,
-    state_dir: &str,
-    env: &str,
-    app: &str,
-    slot: &str,
-) -> Result<Option<Running>, TransportError> {
-    let Some(record) = pid_file_record(t, state_dir, env, app, slot).await? else {
-        return Ok(None);
-    };
-    if !is_alive(t, &record).await? {
-        return Ok(None);
+            started_at: crate::state::now(),
+            argv,
+        };
+        self.write_record(&record).await?;
+        Ok(record)
     }
-    let words = |out: Output| -> Vec<String> {
-        out.stdout
-            .split(|b| *b == 0)
-            .filter(|w| !w.is_empty())
-            .map(|w| String::from_utf8_lossy(w).into_owned())
-            .collect()
-    };
-    let proc_file =
-        |name: &str| Cmd::read(["cat".to_owned(), format!("/proc/{}/{name}", record.pid)]);
-    let argv = words(t.run(&proc_file("cmdline"), TIMEOUT).await?);
-    let environ = words(t.run(&proc_file("environ"), TIMEOUT).await?);
-    Ok(Some(Running {
-        pid: record.pid,
-        start_ticks: record.start_ticks,
-        argv,
-        environ,
-    }))
-}
 
-/// Stops the process a pid file names when it runs and the slot has no instance file (a run was
-/// killed between the start and the instance file): it never got traffic, as it was never enabled.
-/// Returns whether there was one.
-pub async fn stop_orphan(
-    t: &dyn Transport,
-    state_dir: &str,
-    env: &str,
-    app: &str,
-    slot: &str,
-    stop_timeout: Duration,
-) -> Result<bool, TransportError> {
-    let Some(orphan) = pid_file_record(t, state_dir, env, app, slot).await? else {
-        return Ok(false);
-    };
-    let alive = is_alive(t, &orphan).await?;
-    if alive {
-        tracing::warn!(
-            host = t.host(),
-            pid = orphan.pid,
-            pid_file = crate::state::pid_file(state_dir, env, app, slot),
-            "stopping a process without an instance file (its run was killed while starting it)"
-        );
+    /// SIGTERM, then SIGKILL after `stop_timeout`; removes the instance file and the pid file.
+    async fn stop(
+        &self,
+        record: &InstanceRecord,
+        stop_timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        let t = self.t();
+        if self.is_alive(record).await? {
+            // The process may exit between the check and the signal: `kill` failing then is fine.
+            t.run(&kill_cmd(record.pid, "TERM"), TIMEOUT).await?;
+            let deadline = tokio::time::Instant::now() + stop_timeout;
+            while self.is_alive(record).await? {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        host = t.host(),
+                        pid = record.pid,
+                        "instance did not stop within stop_timeout; sending SIGKILL"
+                    );
+                    t.run(&kill_cmd(record.pid, "KILL"), TIMEOUT).await?;
+                    let gone = tokio::time::Instant::now() + Duration::from_secs(5);
+                    while self.is_alive(record).await? {
+                        if tokio::time::Instant::now() >= gone {
+                            return Err(RuntimeError::Unkillable {
+                                host: t.host().to_owned(),
+                                pid: record.pid,
+                            });
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let at = self.slot(&record.env, &record.app, &record.slot);
+        run_ok(t, &remove_cmd(&self.file(&at)), TIMEOUT).await?;
+        run_ok(t, &remove_cmd(&self.pid_file(&at)), TIMEOUT).await?;
+        Ok(())
     }
-    stop(t, state_dir, &orphan, stop_timeout).await?;
-    Ok(alive)
+
+    async fn logs(&self, at: &SlotRef, lines: u32) -> Result<(String, String), RuntimeError> {
+        let log = self.log_file(at);
+        let out = run_ok(self.t(), &tail_cmd(&log, lines), TIMEOUT).await?;
+        Ok((log, out.stdout_text()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::drivers::local::LocalTransport;
+    use crate::drivers::runtime::Launch;
 
     #[test]
     fn commands_are_exact() {
@@ -385,16 +412,7 @@ mod tests {
         assert!(cmd.changes);
         assert_eq!(kill_cmd(42, "TERM").to_string(), "kill -s TERM -- -42");
         assert_eq!(stat_cmd(42).to_string(), "cat /proc/42/stat");
-        assert_eq!(
-            read_file_cmd("/s/rollouts/prod/api.json").to_string(),
-            r#"sh -c 'test ! -e "$1" || cat -- "$1"' kube-free-read /s/rollouts/prod/api.json"#
-        );
-        assert!(!read_file_cmd("/x").changes);
         assert!(!stat_cmd(42).changes);
-        assert_eq!(
-            write_file_cmd("/s/x.json", b"{}").to_string(),
-            r#"sh -c 'set -e; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 644 "$tmp"; sync "$tmp"; mv -f "$tmp" "$1"' kube-free-write /s/x.json"#
-        );
     }
 
     #[test]
@@ -407,7 +425,22 @@ mod tests {
     #[test]
     fn torn_instance_files_are_reported_not_trusted() {
         let found = parse_instances("/s/a/b/blue.json\n{\"env\":\"a\"\n");
-        assert!(matches!(&found[0], Found::Unreadable { path, .. } if path == "/s/a/b/blue.json"));
+        assert_eq!(found[0].0, "/s/a/b/blue.json");
+        assert!(found[0].1.is_err());
+        assert_eq!(
+            slot_of_file("/s/", "/s/a/b/blue.json"),
+            Some(("a".into(), "b".into(), "blue".into()))
+        );
+        assert_eq!(slot_of_file("/s", "/s/a/b.json"), None);
+        assert_eq!(slot_of_file("/s", "/t/a/b/blue.json"), None);
+    }
+
+    fn runtime(state_dir: &str) -> ProcessRuntime {
+        ProcessRuntime::new(Arc::new(LocalTransport::new("here")), state_dir)
+    }
+
+    fn slot(name: &str) -> SlotRef {
+        SlotRef::new("test", "sleeper", "here", name)
     }
 
     /// A run killed right after the start script ran: a process, its pid file, no instance file.
@@ -415,12 +448,12 @@ mod tests {
     async fn an_orphan_of_a_killed_start_is_found_and_stopped() {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().to_str().unwrap();
-        let t = LocalTransport::new("here");
+        let rt = runtime(state_dir);
         let app_dir = crate::state::app_dir(state_dir, "test", "sleeper");
         let log = crate::state::log_file(state_dir, "test", "sleeper", "green");
         let pid_file = crate::state::pid_file(state_dir, "test", "sleeper", "green");
         let out = run_ok(
-            &t,
+            rt.t(),
             &start_cmd(&app_dir, &log, &pid_file, &["sleep".into(), "30".into()]),
             TIMEOUT,
         )
@@ -428,17 +461,8 @@ mod tests {
         .unwrap();
         let pid: u32 = out.stdout_text().trim().parse().unwrap();
         assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
-        let stopped = stop_orphan(
-            &t,
-            state_dir,
-            "test",
-            "sleeper",
-            "green",
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-        assert!(stopped);
+        let grace = Duration::from_secs(5);
+        assert!(rt.stop_orphan(&slot("green"), grace).await.unwrap());
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         assert!(
             stat.is_empty() || parse_stat(&stat).is_some_and(|(s, _)| s == 'Z'),
@@ -446,71 +470,73 @@ mod tests {
         );
         assert!(!std::path::Path::new(&pid_file).exists());
         // Nothing to do the second time, and none without a pid file.
-        assert!(!stop_orphan(
-            &t,
-            state_dir,
-            "test",
-            "sleeper",
-            "green",
-            Duration::from_secs(5)
-        )
-        .await
-        .unwrap());
+        assert!(!rt.stop_orphan(&slot("green"), grace).await.unwrap());
     }
 
     #[tokio::test]
     async fn start_check_and_stop_a_real_process() {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().to_str().unwrap();
-        let t = LocalTransport::new("here");
+        let rt = runtime(state_dir);
         let spec = StartSpec {
-            state_dir,
-            env: "test",
-            app: "sleeper",
-            slot: "blue",
-            version: "1",
-            revision: "abc",
+            at: slot("blue"),
+            version: "1".into(),
+            revision: "abc".into(),
             port: 1,
-            argv: vec!["sleep".into(), "30".into()],
+            launch: Launch {
+                env: vec!["KUBE_FREE_SLOT=blue".into()],
+                command: vec!["sleep".into(), "30".into()],
+            },
+            stop_timeout: Duration::from_secs(5),
         };
-        let record = start(&t, &spec).await.unwrap();
-        assert!(is_alive(&t, &record).await.unwrap());
+        let record = rt.start(&spec).await.unwrap();
+        assert_eq!(record.argv, ["env", "KUBE_FREE_SLOT=blue", "sleep", "30"]);
+        assert!(rt.is_alive(&record).await.unwrap());
+        assert_eq!(
+            rt.instance(&slot("blue")).await.unwrap(),
+            Some(record.clone())
+        );
         // The start script recorded the pid and the start time itself.
         let pid_file = crate::state::pid_file(state_dir, "test", "sleeper", "blue");
         assert_eq!(
             parse_pid_file(&std::fs::read_to_string(&pid_file).unwrap()),
             Some((record.pid, record.start_ticks))
         );
-        let listed = t
-            .run(&list_instances_cmd(state_dir), TIMEOUT)
-            .await
-            .unwrap();
         assert_eq!(
-            parse_instances(&listed.stdout_text()),
-            vec![Found::Record(record.clone())]
+            rt.instances().await.unwrap(),
+            vec![Found::Record {
+                record: record.clone(),
+                alive: true
+            }]
         );
+        // What runs there, told by the host: its command line and environment.
+        let running = rt.recover(&slot("blue")).await.unwrap().unwrap();
+        assert_eq!(running.argv, ["sleep", "30"]);
+        assert!(running.environ.contains(&"KUBE_FREE_SLOT=blue".to_owned()));
         // A record whose start time does not match is not our process, even with a live pid.
         let impostor = InstanceRecord {
             start_ticks: record.start_ticks + 1,
             ..record.clone()
         };
-        assert!(!is_alive(&t, &impostor).await.unwrap());
-        stop(&t, state_dir, &record, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(!is_alive(&t, &record).await.unwrap());
-        let listed = t
-            .run(&list_instances_cmd(state_dir), TIMEOUT)
-            .await
-            .unwrap();
-        assert!(parse_instances(&listed.stdout_text()).is_empty());
+        assert!(!rt.is_alive(&impostor).await.unwrap());
+        rt.stop(&record, Duration::from_secs(5)).await.unwrap();
+        assert!(!rt.is_alive(&record).await.unwrap());
+        assert!(rt.instances().await.unwrap().is_empty());
         assert!(!std::path::Path::new(&pid_file).exists());
+        assert_eq!(rt.recover(&slot("blue")).await.unwrap(), None);
         // A command that exits at once is a failed start, with its log.
         let bad = StartSpec {
-            argv: vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()],
+            launch: Launch {
+                env: vec![],
+                command: vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()],
+            },
             ..spec
         };
-        let err = start(&t, &bad).await.unwrap_err();
+        let err = rt.start(&bad).await.unwrap_err();
+        assert!(matches!(err, RuntimeError::ExitedAtOnce { .. }), "{err}");
         assert!(err.to_string().contains("boom"), "{err}");
+        let (log, text) = rt.logs(&slot("blue"), 5).await.unwrap();
+        assert!(log.ends_with("/test/sleeper/blue.log"), "{log}");
+        assert!(text.contains("boom"), "{text}");
     }
 }

@@ -11,6 +11,7 @@
 //! and the step that sent it re-observes on the next run.
 
 use super::{Cmd, Output, Transport, TransportError};
+use crate::error::chain;
 use openssh::{KnownHosts, Session, SessionBuilder, Socket, Stdio};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -220,17 +221,6 @@ async fn open(target: &SshTarget, options: &SshOptions) -> Result<Session, Trans
                 chain(&e)
             ),
         })
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 #[async_trait::async_trait]

@@ -19,41 +19,89 @@ pub trait Effects: Send + Sync + 'static {
     /// Longest a step may take.
     fn deadline(&self, action: &Action) -> Duration;
     /// Why no new step may start (the run was asked to stop), if it was.
-    fn stopping(&self) -> Option<String> {
+    fn stopping(&self) -> Option<StepError> {
         None
     }
 }
 
-/// Why a step did not finish.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StepError {
-    /// It failed: the run stops and the rollout is cleaned up.
-    Failed(String),
+/// Whose doing a step's failure is, which decides what the run does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The new version's own: it does not start, is never ready, the balancer never finds it UP, it
+    /// fails its analysis, or an operator aborted it. The rollout is cleaned up and the version
+    /// quarantined.
+    Version,
+    /// A host or the balancer failed a command, or a safety rule refused the step. The rollout is
+    /// cleaned up; the version is not quarantined, and a later run tries again.
+    Host,
     /// A host could not be reached (the connection was lost, perhaps after a command that changes
-    /// something was sent): the run stops, and the rollout is left as it is for a later run.
-    Unreachable(String),
+    /// something was sent, or it did not answer in time): the run stops and the rollout is left as
+    /// it is for a later run.
+    Unreachable,
+    /// This run no longer holds its lease: it changes nothing more.
+    Fenced,
     /// It must wait longer than this run may (a pause beyond `--max-wait`, a gate): the run stops
-    /// here, nothing is undone, and a later run resumes at this step.
-    Waiting(String),
+    /// here, nothing is undone, and a later run resumes at this step. `until`: when the wait ends
+    /// (seconds since the Unix epoch); `None` for a gate.
+    Waiting { until: Option<u64> },
+    /// A signal asked the run to stop: no new step starts, nothing is undone.
+    Interrupted,
 }
 
-impl From<String> for StepError {
-    fn from(message: String) -> Self {
-        StepError::Failed(message)
+/// Why a step did not finish: whose doing it is, and the cause (a typed error, with its own
+/// causes).
+#[derive(Debug)]
+pub struct StepError {
+    pub fault: Fault,
+    cause: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StepError {
+    pub fn new(fault: Fault, cause: impl std::error::Error + Send + Sync + 'static) -> StepError {
+        StepError {
+            fault,
+            cause: Box::new(cause),
+        }
+    }
+
+    /// The step waits or was stopped by a signal: nothing failed.
+    pub fn waits(&self) -> bool {
+        matches!(self.fault, Fault::Waiting { .. } | Fault::Interrupted)
+    }
+
+    /// The cause.
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.cause.as_ref()
     }
 }
 
+/// Displays as its cause, whose own causes are its sources.
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.cause.fmt(f)
+    }
+}
+
+impl std::error::Error for StepError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.source()
+    }
+}
+
+/// A step that did not finish, as the run reports it. Its text carries the whole cause chain
+/// (what the run did about it follows it in the run's own error), so it has no `source`.
 #[derive(Debug, thiserror::Error)]
-#[error("step {number} ({action}) {}: {message}", if *.waiting { "waits" } else { "failed" })]
+#[error("step {number} ({action}) {}: {}", if .error.waits() { "waits" } else { "failed" }, crate::error::chain(.error))]
 pub struct StepFailed {
     pub number: usize,
     pub action: Action,
-    pub message: String,
-    /// The step waits (it did not fail): see [`StepError::Waiting`].
-    pub waiting: bool,
-    /// A host could not be reached: see [`StepError::Unreachable`].
-    pub unreachable: bool,
+    pub error: StepError,
 }
+
+/// A step that did not finish within its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("did not finish within its deadline of {}", crate::desired::duration::format(*.0))]
+pub struct Overran(pub Duration);
 
 /// What ran.
 #[derive(Debug, Default)]
@@ -95,13 +143,11 @@ pub async fn run(
             let Some((num, node)) = ready.pop_first() else {
                 break;
             };
-            if let Some(reason) = effects.stopping() {
+            if let Some(error) = effects.stopping() {
                 failure = Some(StepFailed {
                     number: num,
                     action: plan.graph[node].clone(),
-                    message: reason,
-                    waiting: true,
-                    unreachable: false,
+                    error,
                 });
                 break;
             }
@@ -113,13 +159,14 @@ pub async fn run(
                 tracing::info!(step = num, host = action.host().unwrap_or("-"), %action, "step started");
                 let result = match tokio::time::timeout(deadline, effects.apply(&action)).await {
                     Ok(r) => r,
-                    Err(_) => Err(StepError::Failed(format!("did not finish within its deadline of {}", crate::desired::duration::format(deadline)))),
+                    // Whose doing is not known: the host or balancer did not let it finish.
+                    Err(_) => Err(StepError::new(Fault::Host, Overran(deadline))),
                 };
                 let took = started.elapsed();
                 match &result {
                     Ok(()) => tracing::info!(step = num, host = action.host().unwrap_or("-"), took_ms = took.as_millis() as u64, %action, "step done"),
-                    Err(StepError::Failed(e) | StepError::Unreachable(e)) => tracing::error!(step = num, host = action.host().unwrap_or("-"), took_ms = took.as_millis() as u64, %action, error = %e, "step failed"),
-                    Err(StepError::Waiting(e)) => tracing::info!(step = num, host = action.host().unwrap_or("-"), %action, reason = %e, "step waits"),
+                    Err(e) if e.waits() => tracing::info!(step = num, host = action.host().unwrap_or("-"), %action, reason = %crate::error::chain(e), "step waits"),
+                    Err(e) => tracing::error!(step = num, host = action.host().unwrap_or("-"), took_ms = took.as_millis() as u64, %action, fault = ?e.fault, error = %crate::error::chain(e), "step failed"),
                 }
                 (node, num, action, took, result)
             });
@@ -139,20 +186,13 @@ pub async fn run(
                     }
                 }
             }
-            Err(e) => {
+            Err(error) => {
                 // A failure outranks a wait: it must be cleaned up.
-                if failure.as_ref().is_none_or(|f| f.waiting) {
-                    let (message, waiting, unreachable) = match e {
-                        StepError::Failed(m) => (m, false, false),
-                        StepError::Unreachable(m) => (m, false, true),
-                        StepError::Waiting(m) => (m, true, false),
-                    };
+                if failure.as_ref().is_none_or(|f| f.error.waits()) {
                     failure = Some(StepFailed {
                         number: num,
                         action,
-                        message,
-                        waiting,
-                        unreachable,
+                        error,
                     });
                 }
             }
@@ -169,6 +209,10 @@ mod tests {
     use super::*;
     use crate::plan::SlotRef;
     use std::sync::Mutex;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Said(&'static str);
 
     /// Records when each step started and ended; fails the steps it is told to.
     struct Fake {
@@ -192,10 +236,13 @@ mod tests {
             self.log.lock().unwrap().push(format!("end {action}"));
             self.in_flight.lock().unwrap().0 -= 1;
             if self.fail.as_deref() == Some(&action.to_string()) {
-                return Err(StepError::Failed("it broke".into()));
+                return Err(StepError::new(Fault::Version, Said("it broke")));
             }
             if self.waits.as_deref() == Some(&action.to_string()) {
-                return Err(StepError::Waiting("not yet".into()));
+                return Err(StepError::new(
+                    Fault::Waiting { until: None },
+                    Said("not yet"),
+                ));
             }
             Ok(())
         }
@@ -209,12 +256,7 @@ mod tests {
     }
 
     fn at(host: &str) -> SlotRef {
-        SlotRef {
-            env: "e".into(),
-            app: "a".into(),
-            host: host.into(),
-            slot: "blue".into(),
-        }
+        SlotRef::new("e", "a", host, "blue")
     }
 
     fn plan() -> Plan {
@@ -281,8 +323,8 @@ mod tests {
         f.waits = Some("start e/a 2 in slot blue on h1".into());
         let f = Arc::new(f);
         let err = run(&plan(), f.clone(), 4).await.unwrap_err();
-        assert!(err.waiting, "{err}");
-        assert_eq!(err.message, "not yet");
+        assert!(err.error.waits(), "{err}");
+        assert_eq!(err.error.to_string(), "not yet");
         assert!(err.to_string().contains("waits: not yet"), "{err}");
         assert!(!f.log.lock().unwrap().iter().any(|l| l.contains("shift")));
 
@@ -291,7 +333,11 @@ mod tests {
             .unwrap();
         f.waits = Some("start e/a 2 in slot blue on h1".into());
         let err = run(&plan(), Arc::new(f), 4).await.unwrap_err();
-        assert!(!err.waiting, "the failure is what is reported: {err}");
+        assert_eq!(
+            err.error.fault,
+            Fault::Version,
+            "the failure is what is reported: {err}"
+        );
         assert_eq!(err.number, 3);
     }
 
@@ -300,7 +346,11 @@ mod tests {
         let f = fake(Some("start e/a 2 in slot blue on h2"), 10);
         let err = run(&plan(), f.clone(), 4).await.unwrap_err();
         assert_eq!(err.number, 2);
-        assert_eq!(err.message, "it broke");
+        assert_eq!(err.error.to_string(), "it broke");
+        assert_eq!(
+            err.to_string(),
+            "step 2 (start e/a 2 in slot blue on h2) failed: it broke"
+        );
         assert!(
             !f.log.lock().unwrap().iter().any(|l| l.contains("shift")),
             "the shift never starts"
@@ -312,6 +362,11 @@ mod tests {
         let mut p = Plan::default();
         p.graph.add_node(Action::Probe { at: at("h1") });
         let err = run(&p, fake(None, 1000), 1).await.unwrap_err();
-        assert!(err.message.contains("deadline of 50ms"), "{}", err.message);
+        assert_eq!(err.error.fault, Fault::Host);
+        assert!(
+            err.to_string().contains("deadline of 50ms"),
+            "{}",
+            err.error
+        );
     }
 }

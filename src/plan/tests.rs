@@ -2,9 +2,8 @@
 //! happens-before helper.
 
 use super::*;
-use crate::desired::{load, MemFiles};
-use crate::drivers::haproxy::ServerStat;
-use crate::observed::Instance;
+use crate::desired::{load, DesiredState, MemFiles};
+use crate::observed::{Admin, Check, Instance, ObservedState, Server, ServerCounters};
 use crate::state::{InstanceRecord, Phase, RolloutRecord};
 
 const DESIRED: &str = r#"version: 1
@@ -30,24 +29,20 @@ fn desired() -> DesiredState {
     load(&MemFiles::default().with("kube-free.yaml", DESIRED)).unwrap()
 }
 
-fn stat(weight: u32, admin: Admin, up: bool) -> ServerStat {
+fn stat(weight: u32, admin: Admin, up: bool) -> Server {
     let status = match (admin, up) {
         (Admin::Maint, _) => "MAINT",
         (_, true) => "UP",
         (_, false) => "DOWN",
     };
-    ServerStat {
+    Server {
         admin,
         up,
+        check: if up { Check::Passed } else { Check::None },
         weight,
-        scur: 0,
-        status: status.into(),
-        check_status: if up { "L7OK".into() } else { String::new() },
-        hrsp_2xx: 0,
-        hrsp_5xx: 0,
-        req_tot: 0,
-        requests: 0,
-        errors: 0,
+        sessions: 0,
+        counters: ServerCounters::default(),
+        label: status.into(),
     }
 }
 

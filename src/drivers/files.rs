@@ -1,0 +1,62 @@
+//! Commands on files of a host, for every driver: read (nothing when absent), write atomically (temp
+//! file beside it, fsync, rename), remove, and the end of a log. Pure functions returning [`Cmd`].
+
+use super::Cmd;
+
+/// Prints a file; prints nothing (and succeeds) when there is no such file.
+pub fn read_file_cmd(path: &str) -> Cmd {
+    Cmd::read([
+        "sh",
+        "-c",
+        r#"test ! -e "$1" || cat -- "$1""#,
+        "kube-free-read",
+        path,
+    ])
+}
+
+/// Writes a file atomically: a temp file beside it, fsync, rename.
+pub fn write_file_cmd(path: &str, content: &[u8]) -> Cmd {
+    Cmd::change([
+        "sh",
+        "-c",
+        r#"set -e; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 644 "$tmp"; sync "$tmp"; mv -f "$tmp" "$1""#,
+        "kube-free-write",
+        path,
+    ])
+    .with_stdin(content)
+}
+
+pub fn remove_cmd(path: &str) -> Cmd {
+    Cmd::change(["rm", "-f", path])
+}
+
+/// The last `lines` lines of a file.
+pub fn tail_cmd(path: &str, lines: u32) -> Cmd {
+    Cmd::read([
+        "tail".to_owned(),
+        "-n".to_owned(),
+        lines.to_string(),
+        path.to_owned(),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_exact() {
+        assert_eq!(
+            read_file_cmd("/s/rollouts/prod/api.json").to_string(),
+            r#"sh -c 'test ! -e "$1" || cat -- "$1"' kube-free-read /s/rollouts/prod/api.json"#
+        );
+        assert!(!read_file_cmd("/x").changes);
+        assert_eq!(
+            write_file_cmd("/s/x.json", b"{}").to_string(),
+            r#"sh -c 'set -e; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 644 "$tmp"; sync "$tmp"; mv -f "$tmp" "$1"' kube-free-write /s/x.json"#
+        );
+        assert!(write_file_cmd("/x", b"").changes);
+        assert_eq!(remove_cmd("/s/x").to_string(), "rm -f /s/x");
+        assert_eq!(tail_cmd("/s/a.log", 20).to_string(), "tail -n 20 /s/a.log");
+    }
+}

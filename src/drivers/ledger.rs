@@ -1,0 +1,139 @@
+//! The [`Ledger`] trait: what runs share on a balancer host — the rollout records
+//! (`rollouts/<env>/<app>.json`) and the lease (`lock`) — and [`HostLedger`], which keeps them as
+//! files under that host's `state_dir` through its transport. Records are bytes here: what they say
+//! is the reconciler's to judge (a torn record is not trusted).
+
+use super::files::{read_file_cmd, write_file_cmd};
+use super::lease::{self, Answer};
+use super::{run_ok, Transport, TransportError};
+use std::sync::Arc;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One operation on the lease (see [`lease`] for what each does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOp {
+    /// Take it for `run_id`, unless another run holds one that has not expired.
+    Acquire {
+        run_id: String,
+        ttl_secs: u64,
+        holder_host: String,
+        pid: u32,
+    },
+    /// Extend it, if `run_id` still holds it at `epoch`.
+    Renew {
+        run_id: String,
+        ttl_secs: u64,
+        epoch: u64,
+    },
+    /// Whether `run_id` still holds it at `epoch` (fencing).
+    Check { run_id: String, epoch: u64 },
+    /// Give it back, if `run_id` holds it.
+    Release { run_id: String },
+}
+
+/// Where runs keep what they share, on one balancer host.
+///
+/// Promises: a record is written whole or not at all (a reader never sees half of one); lease
+/// operations are atomic with respect to each other across every machine that runs kube-free,
+/// and every time in them is the balancer host's clock.
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// The balancer host.
+    fn host(&self) -> &str;
+
+    /// Where the rollout record of `env`/`app` is, for messages.
+    fn rollout_file(&self, env: &str, app: &str) -> String;
+
+    /// The rollout record's bytes; `None` when there is none.
+    async fn read_rollout(&self, env: &str, app: &str) -> Result<Option<Vec<u8>>, LedgerError>;
+
+    /// Replaces the rollout record.
+    async fn write_rollout(&self, env: &str, app: &str, bytes: &[u8]) -> Result<(), LedgerError>;
+
+    /// Runs a lease operation and returns what the lease says now.
+    async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("lease on {host}: unexpected answer {answer:?}")]
+    Unexpected { host: String, answer: String },
+}
+
+impl LedgerError {
+    /// Whether contact with the balancer host was lost (see [`TransportError::lost_contact`]).
+    pub fn lost_contact(&self) -> bool {
+        matches!(self, LedgerError::Transport(e) if e.lost_contact())
+    }
+}
+
+/// The ledger as files on a balancer host.
+pub struct HostLedger {
+    transport: Arc<dyn Transport>,
+    state_dir: String,
+}
+
+impl HostLedger {
+    pub fn new(transport: Arc<dyn Transport>, state_dir: &str) -> HostLedger {
+        HostLedger {
+            transport,
+            state_dir: state_dir.to_owned(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for HostLedger {
+    fn host(&self) -> &str {
+        self.transport.host()
+    }
+
+    fn rollout_file(&self, env: &str, app: &str) -> String {
+        crate::state::rollout_file(&self.state_dir, env, app)
+    }
+
+    async fn read_rollout(&self, env: &str, app: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        let path = self.rollout_file(env, app);
+        let out = run_ok(self.transport.as_ref(), &read_file_cmd(&path), TIMEOUT).await?;
+        Ok((!out.stdout.is_empty()).then_some(out.stdout))
+    }
+
+    async fn write_rollout(&self, env: &str, app: &str, bytes: &[u8]) -> Result<(), LedgerError> {
+        let path = self.rollout_file(env, app);
+        run_ok(
+            self.transport.as_ref(),
+            &write_file_cmd(&path, bytes),
+            TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError> {
+        let path = lease::lock_file(&self.state_dir);
+        let cmd = match op {
+            LeaseOp::Acquire {
+                run_id,
+                ttl_secs,
+                holder_host,
+                pid,
+            } => lease::acquire_cmd(&path, run_id, *ttl_secs, holder_host, *pid),
+            LeaseOp::Renew {
+                run_id,
+                ttl_secs,
+                epoch,
+            } => lease::renew_cmd(&path, run_id, *ttl_secs, *epoch),
+            LeaseOp::Check { run_id, epoch } => lease::check_cmd(&path, run_id, *epoch),
+            LeaseOp::Release { run_id } => lease::release_cmd(&path, run_id),
+        };
+        let out = run_ok(self.transport.as_ref(), &cmd, TIMEOUT).await?;
+        lease::parse_answer(&out.stdout_text()).ok_or_else(|| LedgerError::Unexpected {
+            host: self.host().to_owned(),
+            answer: out.stdout_text().trim().to_owned(),
+        })
+    }
+}

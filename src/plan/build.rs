@@ -1,0 +1,551 @@
+//! Building plans: the strategies (blue-green, rolling, canary) as small ordered transforms over the
+//! snapshot, the quarantine of a rolled-back version, and the cleanup after a failed rollout. Pure,
+//! like the rest of `plan`.
+
+use super::{Action, Plan, Scope, SlotRef};
+use crate::desired::{CanaryStep, Deployment, DesiredState, Environment, Strategy};
+use crate::observed::{Admin, ObservedState, Server, FULL_WEIGHT};
+use crate::state::{Phase, RolloutRecord};
+use petgraph::graph::NodeIndex;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The record of a rollout that quarantines the desired version of `app` in `env`: it was rolled back,
+/// and neither the app's desired state nor the operator (`kube-free retry`) said to try again.
+pub fn quarantine<'o>(
+    desired: &DesiredState,
+    observed: &'o ObservedState,
+    env: &str,
+    app: &str,
+) -> Option<&'o RolloutRecord> {
+    let d = desired.deployment(env, app)?;
+    observed.rollout(env, app).filter(|r| {
+        r.phase.quarantines()
+            && r.version == d.version
+            && r.fingerprint == desired.fingerprint(env, app)
+    })
+}
+
+/// Steps that converge the observed state to the desired one. `stale_configs` are the balancers whose
+/// config file differs from the one rendered from the desired state.
+pub fn build(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    stale_configs: &BTreeSet<String>,
+    scope: &Scope,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut config_steps: BTreeMap<String, NodeIndex> = BTreeMap::new();
+    for balancer in stale_configs {
+        config_steps.insert(
+            balancer.clone(),
+            plan.add(
+                Action::ApplyConfig {
+                    balancer: balancer.clone(),
+                },
+                &[],
+            ),
+        );
+    }
+    for (env, app, d) in desired.deployments() {
+        if !scope.includes(&env.name, app) {
+            continue;
+        }
+        if let Some(q) = quarantine(desired, observed, &env.name, app) {
+            plan.notes.push(format!(
+                "{}/{app} {} is quarantined ({}): {}; `kube-free retry {app} --env {}` or a change to its desired state lifts it",
+                env.name,
+                q.version,
+                q.phase.ended_as(),
+                q.outcome.as_deref().unwrap_or("no reason recorded"),
+                env.name
+            ));
+            // What an earlier rollback could not finish (the stable servers were not UP, a
+            // host was unreachable) is finished now.
+            let take_back = matches!(d.strategy, Strategy::Canary { .. });
+            plan.merge(cleanup(
+                desired, observed, &env.name, app, &q.version, take_back,
+            ));
+            continue;
+        }
+        let config = config_steps.get(&env.balancer).copied();
+        let r = Rollout {
+            env,
+            app,
+            d,
+            version: &d.version,
+            observed,
+            fingerprint: desired.fingerprint(&env.name, app),
+        };
+        match &d.strategy {
+            Strategy::Rolling { batch } => {
+                rolling(&mut plan, &r, batch.size(env.hosts.len()), config)
+            }
+            Strategy::BlueGreen => blue_green(&mut plan, &r, config),
+            Strategy::Canary { steps, .. } => canary(&mut plan, &r, steps, config),
+        }
+    }
+    plan
+}
+
+/// The slot's server in the balancer, if the balancer knows it.
+fn server<'o>(observed: &'o ObservedState, balancer: &str, at: &SlotRef) -> Option<&'o Server> {
+    observed.server(balancer, &at.backend(), &at.server())
+}
+
+/// The slot's instance is alive and runs `version`.
+pub fn runs(observed: &ObservedState, at: &SlotRef, version: &str) -> bool {
+    observed
+        .instance(&at.host, &at.env, &at.app, &at.slot)
+        .is_some_and(|i| i.alive && i.record.version == version)
+}
+
+fn serving(observed: &ObservedState, balancer: &str, at: &SlotRef) -> bool {
+    server(observed, balancer, at).is_some_and(Server::serving)
+}
+
+fn slot_ref(env: &Environment, app: &str, host: &str, slot: &str) -> SlotRef {
+    SlotRef::new(&env.name, app, host, slot)
+}
+
+/// One app of one environment going to one version, as seen in one snapshot.
+struct Rollout<'a> {
+    env: &'a Environment,
+    app: &'a str,
+    d: &'a Deployment,
+    version: &'a str,
+    observed: &'a ObservedState,
+    fingerprint: String,
+}
+
+/// What one host needs for `version`: the slot that will serve it, the steps that make it ready
+/// (start, probe, enable), and what the shift and the retirement of the other slots involve.
+struct HostPrep {
+    target: SlotRef,
+    /// Steps added for this host (empty when the target is ready and enabled already).
+    ready_steps: Vec<NodeIndex>,
+    /// The target is not yet at full weight, or another slot still has weight.
+    shift_needed: bool,
+    /// Other slots that still have weight.
+    from: Vec<SlotRef>,
+    /// Other slots to drain and stop.
+    retire: Vec<SlotRef>,
+}
+
+/// Adds the steps that make `host` ready to serve `version` from its target slot, after `after`.
+#[allow(clippy::too_many_arguments)]
+fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -> HostPrep {
+    let Rollout {
+        env,
+        app,
+        d,
+        version,
+        observed,
+        ..
+    } = *r;
+    let balancer = &env.balancer;
+    let refs: Vec<SlotRef> = d
+        .slots
+        .iter()
+        .map(|s| slot_ref(env, app, host, &s.name))
+        .collect();
+    let inst = |r: &SlotRef| observed.instance(host, &r.env, &r.app, &r.slot);
+    let good = |r: &SlotRef| runs(observed, r, version);
+    // Prefer a slot that already runs the version (serving first), then an empty idle one.
+    let target = refs
+        .iter()
+        .find(|r| good(r) && serving(observed, balancer, r))
+        .or_else(|| refs.iter().find(|r| good(r)))
+        .or_else(|| {
+            refs.iter()
+                .find(|r| !serving(observed, balancer, r) && inst(r).is_none())
+        })
+        // A dead instance's slot before a live old one (which may be all that can still serve).
+        .or_else(|| {
+            refs.iter()
+                .find(|r| !serving(observed, balancer, r) && inst(r).is_some_and(|i| !i.alive))
+        })
+        .or_else(|| refs.iter().find(|r| !serving(observed, balancer, r)))
+        // Every slot serves: reuse the one with the least weight (drained first, below).
+        .or_else(|| {
+            refs.iter()
+                .min_by_key(|r| server(observed, balancer, r).map_or(0, |s| s.weight))
+        })
+        .expect("an app has two slots")
+        .clone();
+    let mut last = after.to_vec();
+    let mut ready_steps = Vec::new();
+    let mut add = |plan: &mut Plan, action: Action, last: &mut Vec<NodeIndex>| {
+        let n = plan.add(action, last);
+        ready_steps.push(n);
+        *last = vec![n];
+    };
+    if !good(&target) {
+        if let Some(old) = inst(&target) {
+            // Never signal an instance the balancer can still send requests to.
+            if server(observed, balancer, &target).is_some_and(|s| s.admin != Admin::Maint) {
+                add(
+                    plan,
+                    Action::Drain {
+                        balancer: balancer.clone(),
+                        at: target.clone(),
+                    },
+                    &mut last,
+                );
+            }
+            add(
+                plan,
+                Action::Stop {
+                    at: target.clone(),
+                    version: old.record.version.clone(),
+                },
+                &mut last,
+            );
+        }
+        add(
+            plan,
+            Action::Start {
+                at: target.clone(),
+                version: version.to_owned(),
+            },
+            &mut last,
+        );
+    }
+    let srv = server(observed, balancer, &target);
+    let enabled = srv.is_some_and(|s| s.checked_up());
+    let ready = good(&target) && inst(&target).is_some_and(|i| i.ready == Some(true));
+    if !enabled || !ready {
+        add(plan, Action::Probe { at: target.clone() }, &mut last);
+    }
+    if !enabled || !good(&target) {
+        add(
+            plan,
+            Action::Enable {
+                balancer: balancer.clone(),
+                at: target.clone(),
+            },
+            &mut last,
+        );
+    }
+    let mut prep = HostPrep {
+        shift_needed: srv.is_none_or(|s| s.weight != FULL_WEIGHT) || !good(&target),
+        target,
+        ready_steps,
+        from: Vec::new(),
+        retire: Vec::new(),
+    };
+    for other in refs.iter().filter(|r| **r != prep.target) {
+        let known = server(observed, balancer, other);
+        if known.is_some_and(|s| s.weight > 0) {
+            prep.shift_needed = true;
+            prep.from.push(other.clone());
+        }
+        if known.is_some_and(|s| s.admin != Admin::Maint) || inst(other).is_some() {
+            prep.retire.push(other.clone());
+        }
+    }
+    prep
+}
+
+/// Drains (unless in maintenance already) and stops each slot, after `after`; returns the last steps.
+fn retire(
+    plan: &mut Plan,
+    balancer: &str,
+    slots: &[SlotRef],
+    observed: &ObservedState,
+    after: &[NodeIndex],
+) -> Vec<NodeIndex> {
+    let mut ends = Vec::new();
+    for other in slots {
+        let mut last = after.to_vec();
+        if server(observed, balancer, other).is_some_and(|s| s.admin != Admin::Maint) {
+            last = vec![plan.add(
+                Action::Drain {
+                    balancer: balancer.to_owned(),
+                    at: other.clone(),
+                },
+                &last,
+            )];
+        }
+        if let Some(i) = observed.instance(&other.host, &other.env, &other.app, &other.slot) {
+            last = vec![plan.add(
+                Action::Stop {
+                    at: other.clone(),
+                    version: i.record.version.clone(),
+                },
+                &last,
+            )];
+        }
+        ends.extend(last);
+    }
+    ends
+}
+
+/// Blue-green toward `version`: on every host the target slot runs `version`, is probed and enabled;
+/// one shift moves all weight; the other slots are drained, put in maintenance and stopped.
+fn blue_green(plan: &mut Plan, r: &Rollout, config: Option<NodeIndex>) {
+    let Rollout { env, observed, .. } = *r;
+    let base: Vec<NodeIndex> = config.into_iter().collect();
+    let preps: Vec<HostPrep> = env
+        .hosts
+        .iter()
+        .map(|h| prepare_host(plan, r, h, &base))
+        .collect();
+    let mut before: Vec<NodeIndex> = base.clone();
+    before.extend(preps.iter().flat_map(|p| p.ready_steps.last().copied()));
+    let after = shift_to_targets(plan, r, &preps, &before).map_or(base, |n| vec![n]);
+    let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
+    retire(plan, &env.balancer, &old, observed, &after);
+}
+
+/// When any of `preps` needs it, one shift (after `after`): full weight to every host's target
+/// slot, weight 0 to the other slots that have weight.
+fn shift_to_targets(
+    plan: &mut Plan,
+    r: &Rollout,
+    preps: &[HostPrep],
+    after: &[NodeIndex],
+) -> Option<NodeIndex> {
+    preps.iter().any(|p| p.shift_needed).then(|| {
+        let shift = Action::Shift {
+            balancer: r.env.balancer.clone(),
+            env: r.env.name.clone(),
+            app: r.app.to_owned(),
+            to: preps.iter().map(|p| p.target.clone()).collect(),
+            from: preps.iter().flat_map(|p| p.from.iter().cloned()).collect(),
+        };
+        plan.add(shift, after)
+    })
+}
+
+/// Rolling toward `version`: hosts in batches of `batch`; within a batch each host gets its target
+/// slot ready, moves its own weight to it and retires its old slot; the next batch starts when the
+/// batch before it is done, so at most one batch of hosts is ever changing.
+fn rolling(plan: &mut Plan, r: &Rollout, batch: usize, config: Option<NodeIndex>) {
+    let Rollout { env, observed, .. } = *r;
+    let mut after: Vec<NodeIndex> = config.into_iter().collect();
+    for hosts in env.hosts.chunks(batch.max(1)) {
+        let mut ends = Vec::new();
+        for host in hosts {
+            let prep = prepare_host(plan, r, host, &after);
+            let mut last: Vec<NodeIndex> = prep
+                .ready_steps
+                .last()
+                .copied()
+                .map_or_else(|| after.clone(), |n| vec![n]);
+            if let Some(shift) = shift_to_targets(plan, r, std::slice::from_ref(&prep), &last) {
+                last = vec![shift];
+            }
+            let retired = retire(plan, &env.balancer, &prep.retire, observed, &last);
+            let host_changed =
+                !prep.ready_steps.is_empty() || prep.shift_needed || !retired.is_empty();
+            if host_changed {
+                ends.extend(if retired.is_empty() { last } else { retired });
+            }
+        }
+        if !ends.is_empty() {
+            after = ends;
+        }
+    }
+}
+
+/// The step a canary without a record stands at, as the balancer shows it: the last step that sets
+/// the weight every canary server has, when every stable server has the rest (what that step's
+/// `Weigh` left), and every canary slot runs this version; else 0. Its `Weigh` and pause run again
+/// from there, so nothing is skipped that was not seen done, and the canary's share does not fall
+/// back to the first step's.
+fn step_from_weights(
+    r: &Rollout,
+    steps: &[CanaryStep],
+    canary: &[SlotRef],
+    stable: &[SlotRef],
+) -> usize {
+    let balancer = &r.env.balancer;
+    let weight = |at: &SlotRef| {
+        server(r.observed, balancer, at)
+            .filter(|s| s.admin == Admin::Ready)
+            .map(|s| s.weight)
+    };
+    // Weights of a slot that still runs another (superseded) canary say nothing of this one.
+    if !canary.iter().all(|at| runs(r.observed, at, r.version)) {
+        return 0;
+    }
+    let Some(w) = canary.first().and_then(weight) else {
+        return 0;
+    };
+    if w == 0
+        || w > 100
+        || stable.is_empty()
+        || !canary.iter().all(|at| weight(at) == Some(w))
+        || !stable.iter().all(|at| weight(at) == Some(100 - w))
+    {
+        return 0;
+    }
+    steps
+        .iter()
+        .rposition(|s| s.weight.map(u32::from) == Some(w))
+        .unwrap_or(0)
+}
+
+/// Canary toward `version`: on every host the target slot runs `version`, is probed and enabled; then
+/// the steps from the one the rollout record says is in progress: `Weigh` sets the canary's share,
+/// `Pause` waits and analyses; after the last step one shift gives the canary everything, the old
+/// slots are retired and the record says succeeded. With nothing else serving (a first deploy) there
+/// is nothing to compare against, and it goes as blue-green does.
+fn canary(plan: &mut Plan, r: &Rollout, steps: &[CanaryStep], config: Option<NodeIndex>) {
+    let Rollout {
+        env,
+        app,
+        version,
+        observed,
+        ..
+    } = *r;
+    let base: Vec<NodeIndex> = config.into_iter().collect();
+    let preps: Vec<HostPrep> = env
+        .hosts
+        .iter()
+        .map(|h| prepare_host(plan, r, h, &base))
+        .collect();
+    let record = observed.rollout(&env.name, app).filter(|rec| {
+        rec.version == version
+            && rec.fingerprint == r.fingerprint
+            && matches!(rec.phase, Phase::Progressing | Phase::Paused)
+    });
+    let stable: Vec<SlotRef> = preps.iter().flat_map(|p| p.from.iter().cloned()).collect();
+    let canary: Vec<SlotRef> = preps.iter().map(|p| p.target.clone()).collect();
+    // Without a record of this rollout (lost, unreadable), where it stands is read from the balancer.
+    let first = match record {
+        Some(rec) => rec.step,
+        None => step_from_weights(r, steps, &canary, &stable),
+    };
+    let walking = !stable.is_empty() || record.is_some_and(|rec| rec.step < steps.len());
+    let mut after = base.clone();
+    after.extend(preps.iter().flat_map(|p| p.ready_steps.last().copied()));
+    let action = |step: usize| (env.balancer.clone(), env.name.clone(), app.to_owned(), step);
+    if walking {
+        for (i, step) in steps.iter().enumerate().skip(first) {
+            if let Some(weight) = step.weight {
+                let (balancer, env, app, step) = action(i);
+                let weigh = Action::Weigh {
+                    balancer,
+                    env,
+                    app,
+                    version: version.to_owned(),
+                    step,
+                    weight,
+                    canary: canary.clone(),
+                    stable: stable.clone(),
+                };
+                after = vec![plan.add(weigh, &after)];
+            }
+            if let Some(pause) = step.pause {
+                let (balancer, env, app, step) = action(i);
+                let wait = Action::Pause {
+                    balancer,
+                    env,
+                    app,
+                    version: version.to_owned(),
+                    step,
+                    pause,
+                    canary: canary.clone(),
+                };
+                after = vec![plan.add(wait, &after)];
+            }
+        }
+    }
+    if let Some(shift) = shift_to_targets(plan, r, &preps, &after) {
+        after = vec![shift];
+    }
+    let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
+    let retired = retire(plan, &env.balancer, &old, observed, &after);
+    if walking || record.is_some() {
+        let conclude = Action::Conclude {
+            balancer: env.balancer.clone(),
+            env: env.name.clone(),
+            app: app.to_owned(),
+            version: version.to_owned(),
+        };
+        plan.add(conclude, if retired.is_empty() { &after } else { &retired });
+    }
+}
+
+/// After a failed or aborted rollout to `version`: the slots running `version` are taken out of the
+/// balancer and stopped; other versions are left alone. With `take_back`, slots of `version` that get
+/// traffic give it back first, in one shift, to the live slots of other versions (the stable ones; the
+/// shift itself refuses servers that are not UP, so traffic never goes to a broken stable version);
+/// without stable slots they keep serving. Without `take_back`, slots that get traffic keep it.
+pub fn cleanup(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    env: &str,
+    app: &str,
+    version: &str,
+    take_back: bool,
+) -> Plan {
+    let mut plan = Plan::default();
+    let (Some(environment), Some(d)) =
+        (desired.environments.get(env), desired.deployment(env, app))
+    else {
+        return plan;
+    };
+    let balancer = &environment.balancer;
+    let (mut failed, mut stable) = (Vec::new(), Vec::new());
+    for host in &environment.hosts {
+        for slot in &d.slots {
+            let at = slot_ref(environment, app, host, &slot.name);
+            match observed.instance(host, env, app, &slot.name) {
+                Some(i) if i.record.version == version => failed.push(at),
+                Some(i) if i.alive => stable.push(at),
+                _ => {}
+            }
+        }
+    }
+    let (serving_failed, quiet): (Vec<SlotRef>, Vec<SlotRef>) = failed
+        .into_iter()
+        .partition(|at| serving(observed, balancer, at));
+    let mut after = Vec::new();
+    let mut retire_now = quiet;
+    if take_back && !serving_failed.is_empty() {
+        if stable.is_empty() {
+            plan.notes.push(format!(
+                "{env}/{app} {version} keeps its traffic: no other version runs to take it back"
+            ));
+        } else {
+            after = vec![plan.add(
+                Action::Shift {
+                    balancer: balancer.clone(),
+                    env: env.to_owned(),
+                    app: app.to_owned(),
+                    to: stable,
+                    from: serving_failed.clone(),
+                },
+                &[],
+            )];
+            retire_now.extend(serving_failed);
+        }
+    }
+    retire_now.sort();
+    for at in retire_now {
+        let mut last = if serving(observed, balancer, &at) {
+            after.clone()
+        } else {
+            Vec::new()
+        };
+        if server(observed, balancer, &at).is_some_and(|s| s.admin != Admin::Maint) {
+            last = vec![plan.add(
+                Action::Drain {
+                    balancer: balancer.clone(),
+                    at: at.clone(),
+                },
+                &last,
+            )];
+        }
+        plan.add(
+            Action::Stop {
+                at: at.clone(),
+                version: version.to_owned(),
+            },
+            &last,
+        );
+    }
+    plan
+}

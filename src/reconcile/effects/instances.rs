@@ -1,0 +1,141 @@
+//! Steps on instances: start a version in a slot (done when it runs there already; never over a
+//! live instance of another version), probe it until it is ready, stop it. What an instance runs
+//! ([`launch`]) is rendered here from the app's runtime.
+
+use super::{Live, Trouble};
+use crate::desired::template::Placeholder;
+use crate::desired::DesiredState;
+use crate::drivers::runtime::{Kind, Launch, StartSpec};
+use crate::drivers::RuntimeError;
+use crate::execute::StepError;
+use crate::names::SlotRef;
+
+/// What an instance of `version` in slot `at` runs: the environment kube-free gives it (its port and
+/// `KUBE_FREE_{ENV,APP,SLOT,VERSION}`, then the app's own) and its command, from the app's runtime
+/// with its placeholders filled in.
+pub(in crate::reconcile) fn launch(
+    desired: &DesiredState,
+    at: &SlotRef,
+    version: &str,
+    port: u16,
+) -> Result<Launch, RuntimeError> {
+    let value = |p: Placeholder| match p {
+        Placeholder::Version => version.to_owned(),
+        Placeholder::Port => port.to_string(),
+        Placeholder::Slot => at.slot.clone(),
+        Placeholder::App => at.app.clone(),
+        Placeholder::Env => at.env.clone(),
+        Placeholder::Host => at.host.clone(),
+    };
+    let app = &desired.apps[&at.app];
+    let crate::desired::Runtime::Process { command, env } = &app.runtime else {
+        return Err(RuntimeError::Unsupported {
+            app: at.app.clone(),
+            kind: Kind::of(app),
+        });
+    };
+    let mut assignments = vec![
+        format!("PORT={port}"),
+        format!("KUBE_FREE_ENV={}", at.env),
+        format!("KUBE_FREE_APP={}", at.app),
+        format!("KUBE_FREE_SLOT={}", at.slot),
+        format!("KUBE_FREE_VERSION={version}"),
+    ];
+    assignments.extend(env.iter().map(|(k, v)| format!("{k}={}", v.render(value))));
+    Ok(Launch {
+        env: assignments,
+        command: command.iter().map(|w| w.render(value)).collect(),
+    })
+}
+
+impl Live {
+    pub(super) async fn start(&self, at: &SlotRef, version: &str) -> Result<(), StepError> {
+        let runtime = self.world.runtime(at)?;
+        // Done already (a resumed run)? Never start over a live instance of another version.
+        if let Some(record) = runtime.instance(at).await? {
+            if runtime.is_alive(&record).await? {
+                return if record.version == version {
+                    Ok(())
+                } else {
+                    Err(Trouble::SlotTaken {
+                        slot: at.slot.clone(),
+                        host: at.host.clone(),
+                        version: record.version,
+                        pid: record.pid,
+                    }
+                    .into())
+                };
+            }
+        }
+        let port = self.port(at);
+        let spec = StartSpec {
+            at: at.clone(),
+            version: version.to_owned(),
+            revision: self.world.revision.clone(),
+            port,
+            launch: launch(&self.world.desired, at, version, port)?,
+            stop_timeout: self.app(at).stop_timeout,
+        };
+        runtime.start(&spec).await?;
+        Ok(())
+    }
+
+    /// Probes the instance until it passes `healthy_after` times in a row, within the probe's
+    /// deadline; an instance that exits meanwhile fails at once, with the end of its log.
+    pub(super) async fn probe(&self, at: &SlotRef) -> Result<(), StepError> {
+        let probe = &self.app(at).probe;
+        let runtime = self.world.runtime(at)?;
+        let record = runtime
+            .instance(at)
+            .await?
+            .ok_or_else(|| Trouble::NoRecord {
+                slot: at.slot.clone(),
+                host: at.host.clone(),
+            })?;
+        let mut passes = 0;
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + probe.deadline;
+        loop {
+            if !runtime.is_alive(&record).await? {
+                let (log, tail) = runtime
+                    .logs(at, 20)
+                    .await
+                    .unwrap_or_else(|e| ("its log".to_owned(), crate::error::chain(&e)));
+                return Err(Trouble::Exited { log, tail }.into());
+            }
+            match self.world.probe_once(&at.host, &at.app, record.port).await {
+                Ok(()) => {
+                    passes += 1;
+                    if passes >= probe.healthy_after {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    passes = 0;
+                    last = Some(e);
+                }
+            }
+            if tokio::time::Instant::now() + probe.interval > deadline {
+                return Err(Trouble::NotReady {
+                    deadline: probe.deadline,
+                    last,
+                }
+                .into());
+            }
+            tokio::time::sleep(probe.interval).await;
+        }
+    }
+
+    /// Stops the slot's instance as the plan's snapshot saw it (its graceful stop bounded by the
+    /// app's `stop_timeout`).
+    pub(super) async fn stop(&self, at: &SlotRef) -> Result<(), StepError> {
+        let Some(instance) = self.observed.instance(&at.host, &at.env, &at.app, &at.slot) else {
+            return Ok(());
+        };
+        self.world
+            .runtime(at)?
+            .stop(&instance.record, self.app(at).stop_timeout)
+            .await?;
+        Ok(())
+    }
+}

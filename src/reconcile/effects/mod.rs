@@ -1,0 +1,272 @@
+//! The live [`Effects`]: what each step does to hosts and balancers, through the drivers of the
+//! world. Each step checks first whether it is done and verifies after. By kind: `instances`
+//! (start, probe, stop), `traffic` (config, enable, weights, drain) and `canary` (weigh, pause and
+//! analysis, conclude). This file dispatches, bounds each step, and says whose fault a failure is:
+//! every error a step meets becomes a [`StepError`] with its [`Fault`], here and nowhere else.
+
+mod canary;
+mod instances;
+mod traffic;
+
+pub(super) use instances::launch;
+
+use super::{ReconcileError, World};
+use crate::desired::{Pause, Strategy};
+use crate::drivers::{BalancerError, LedgerError, ProbeError, RuntimeError, TransportError};
+use crate::execute::{Effects, Fault, StepError};
+use crate::names::{backend_name, SlotRef};
+use crate::observed::ObservedState;
+use crate::plan::Action;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The effects of steps on real hosts and balancers (or on whatever drivers the world has).
+pub struct Live {
+    pub(super) world: Arc<World>,
+    /// The snapshot the plan was built from (records of instances to stop).
+    pub(super) observed: ObservedState,
+    /// See [`super::Options::max_wait`].
+    pub(super) max_wait: Option<Duration>,
+    /// A cleanup runs to its end, also after a signal: it takes traffic off a failed version.
+    pub(super) cleaning_up: bool,
+}
+
+/// What stops a step, beyond a driver's own error.
+#[derive(Debug, thiserror::Error)]
+pub enum Trouble {
+    #[error("slot {slot} on {host} already runs {version} (pid {pid})")]
+    SlotTaken {
+        slot: String,
+        host: String,
+        version: String,
+        pid: u32,
+    },
+    #[error("no readable instance record of slot {slot} on {host}")]
+    NoRecord { slot: String, host: String },
+    #[error("the instance exited; end of {log}:\n{tail}")]
+    Exited { log: String, tail: String },
+    #[error("not ready within the probe deadline of {}{}", crate::desired::duration::format(*.deadline), if .last.is_none() { ": too few passes in a row" } else { "" })]
+    NotReady {
+        deadline: Duration,
+        #[source]
+        last: Option<ProbeError>,
+    },
+    #[error("balancer {balancer} has no server {}/{}", .server.0, .server.1)]
+    NoServer {
+        balancer: String,
+        server: crate::names::ServerKey,
+    },
+    #[error("balancer {balancer} did not find {}/{} UP within {}: it reports {label:?}", .server.0, .server.1, crate::desired::duration::format(*.waited))]
+    NeverUp {
+        balancer: String,
+        server: crate::names::ServerKey,
+        waited: Duration,
+        label: String,
+    },
+    #[error("{}/{} is not in maintenance after the drain: balancer reports {}", .server.0, .server.1, .label.as_deref().map_or("no such server".to_owned(), |l| format!("{l:?}")))]
+    NotInMaint {
+        server: crate::names::ServerKey,
+        label: Option<String>,
+    },
+    #[error("{env}/{app} is not a canary")]
+    NotCanary { env: String, app: String },
+    #[error(transparent)]
+    Refused(#[from] super::rules::Refusal),
+}
+
+impl Trouble {
+    fn fault(&self) -> Fault {
+        match self {
+            // The new version does not run, never gets ready, is never UP in the balancer.
+            Trouble::Exited { .. } | Trouble::NotReady { .. } | Trouble::NeverUp { .. } => {
+                Fault::Version
+            }
+            Trouble::SlotTaken { .. }
+            | Trouble::NoRecord { .. }
+            | Trouble::NoServer { .. }
+            | Trouble::NotInMaint { .. }
+            | Trouble::NotCanary { .. }
+            | Trouble::Refused(_) => Fault::Host,
+        }
+    }
+}
+
+impl From<Trouble> for StepError {
+    fn from(t: Trouble) -> Self {
+        StepError::new(t.fault(), t)
+    }
+}
+
+impl From<super::rules::Refusal> for StepError {
+    fn from(r: super::rules::Refusal) -> Self {
+        Trouble::from(r).into()
+    }
+}
+
+/// Contact lost: the step stops and the rollout is left as it is; else the host failed.
+fn contact(lost: bool) -> Fault {
+    if lost {
+        Fault::Unreachable
+    } else {
+        Fault::Host
+    }
+}
+
+impl From<TransportError> for StepError {
+    fn from(e: TransportError) -> Self {
+        StepError::new(contact(e.lost_contact()), e)
+    }
+}
+
+impl From<BalancerError> for StepError {
+    fn from(e: BalancerError) -> Self {
+        StepError::new(contact(e.lost_contact()), e)
+    }
+}
+
+impl From<LedgerError> for StepError {
+    fn from(e: LedgerError) -> Self {
+        StepError::new(contact(e.lost_contact()), e)
+    }
+}
+
+impl From<RuntimeError> for StepError {
+    fn from(e: RuntimeError) -> Self {
+        let fault = if e.by_the_instance() {
+            Fault::Version
+        } else {
+            contact(e.lost_contact())
+        };
+        StepError::new(fault, e)
+    }
+}
+
+/// A run's own errors met in a step: a lost lease fences the run; a rollout that was ended
+/// meanwhile (aborted, or failed by another run) is the version's; a lost host is unreachable.
+impl From<ReconcileError> for StepError {
+    fn from(e: ReconcileError) -> Self {
+        let fault = match &e {
+            ReconcileError::LeaseLost { .. } => Fault::Fenced,
+            ReconcileError::Gate(super::GateError::Ended { .. }) => Fault::Version,
+            ReconcileError::Transport(t) => contact(t.lost_contact()),
+            ReconcileError::Balancer(b) => contact(b.lost_contact()),
+            ReconcileError::Runtime(r) => contact(r.lost_contact()),
+            ReconcileError::Ledger(l) | ReconcileError::Record { source: l, .. } => {
+                contact(l.lost_contact())
+            }
+            _ => Fault::Host,
+        };
+        StepError::new(fault, e)
+    }
+}
+
+/// The run was asked to stop.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by a signal")]
+pub struct Interrupted;
+
+impl Live {
+    fn app(&self, at: &SlotRef) -> &crate::desired::App {
+        &self.world.desired.apps[&at.app]
+    }
+
+    fn port(&self, at: &SlotRef) -> u16 {
+        self.world
+            .desired
+            .slot_port(&at.env, &at.app, &at.slot)
+            .unwrap_or(0)
+    }
+
+    fn strategy(&self, env: &str, app: &str) -> &Strategy {
+        &self.world.desired.environments[env].apps[app].strategy
+    }
+}
+
+#[async_trait::async_trait]
+impl Effects for Live {
+    async fn apply(&self, action: &Action) -> Result<(), StepError> {
+        if action.changes() {
+            self.world.check_lease().await?;
+        }
+        match action {
+            Action::ApplyConfig { balancer } => self.apply_config(balancer).await,
+            Action::Start { at, version } => self.start(at, version).await,
+            Action::Probe { at } => self.probe(at).await,
+            Action::Enable { balancer, at } => self.enable(balancer, at).await,
+            Action::Shift {
+                balancer,
+                env,
+                app,
+                to,
+                from,
+            } => {
+                self.shift(balancer, &backend_name(env, app), to, from)
+                    .await
+            }
+            Action::Drain { balancer, at } => self.drain(balancer, at).await,
+            Action::Stop { at, .. } => self.stop(at).await,
+            Action::Weigh {
+                balancer,
+                env,
+                app,
+                version,
+                step,
+                weight,
+                canary,
+                stable,
+            } => {
+                self.weigh(balancer, env, app, version, *step, *weight, canary, stable)
+                    .await
+            }
+            Action::Pause {
+                balancer,
+                env,
+                app,
+                version,
+                step,
+                pause,
+                canary,
+            } => {
+                self.pause(balancer, env, app, version, *step, *pause, canary)
+                    .await
+            }
+            Action::Conclude {
+                env, app, version, ..
+            } => self.conclude(env, app, version).await,
+        }
+    }
+
+    fn stopping(&self) -> Option<StepError> {
+        (!self.cleaning_up && self.world.is_interrupted())
+            .then(|| StepError::new(Fault::Interrupted, Interrupted))
+    }
+
+    fn deadline(&self, action: &Action) -> Duration {
+        let slack = Duration::from_secs(30);
+        match action {
+            Action::ApplyConfig { .. } => Duration::from_secs(90),
+            Action::Start { .. } | Action::Shift { .. } => slack,
+            // Its own wait for UP ends first, as the version's fault.
+            Action::Enable { .. } => traffic::UP_WITHIN + slack,
+            Action::Probe { at } => self.app(at).probe.deadline + slack,
+            Action::Drain { at, .. } => self.app(at).drain + slack,
+            Action::Stop { at, .. } => self.app(at).stop_timeout + slack,
+            Action::Weigh { .. } | Action::Conclude { .. } => slack,
+            Action::Pause {
+                env, app, pause, ..
+            } => {
+                let progress = match self.strategy(env, app) {
+                    Strategy::Canary {
+                        progress_deadline, ..
+                    } => *progress_deadline,
+                    _ => Duration::ZERO,
+                };
+                let pause = match pause {
+                    Pause::For(d) => *d,
+                    Pause::UntilPromoted => self.max_wait.unwrap_or_default(),
+                };
+                pause + progress + slack
+            }
+        }
+    }
+}

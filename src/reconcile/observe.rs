@@ -1,0 +1,369 @@
+//! Observation: the snapshot a plan is built from — every app host's instances (through its
+//! runtimes, each alive instance probed once), every balancer's config and servers, every rollout
+//! record — read in parallel. An instance record that cannot be read is never trusted: the slot is
+//! rebuilt from what runs there, its version believed only when the process says it of itself, and
+//! `reconcile` writes the record again. Also: which balancer configs are stale, and which hosts of
+//! an environment cannot be reached now.
+
+use super::effects::launch;
+use super::{ReconcileError, World};
+use crate::drivers::runtime::{Found, Running};
+use crate::drivers::{Cmd, ProbeError, Runtime};
+use crate::names::SlotRef;
+use crate::observed::{HostState, Instance, ObservedState};
+use crate::plan::Scope;
+use crate::state::{InstanceRecord, UNKNOWN_VERSION};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl World {
+    /// Observes every host and balancer in use, and every rollout record, in parallel.
+    pub async fn observe(self: &Arc<Self>) -> Result<ObservedState, ReconcileError> {
+        let mut hosts = Vec::new();
+        for name in self.desired.app_hosts() {
+            let (world, name) = (self.clone(), name.to_owned());
+            hosts.push(tokio::spawn(async move {
+                let state = world.observe_host(&name).await?;
+                Ok::<_, ReconcileError>((name, state))
+            }));
+        }
+        let mut balancers = Vec::new();
+        for name in self.desired.balancers_in_use() {
+            let (world, name) = (self.clone(), name.to_owned());
+            balancers.push(tokio::spawn(async move {
+                let state = world.balancer(&name).observe().await?;
+                Ok::<_, ReconcileError>((name, state))
+            }));
+        }
+        let mut rollouts = Vec::new();
+        for (env, app, _) in self.desired.deployments() {
+            let (world, env, app) = (self.clone(), env.name.clone(), app.to_owned());
+            rollouts.push(tokio::spawn(async move {
+                let record = world.read_rollout(&env, &app).await?;
+                Ok::<_, ReconcileError>(((env, app), record))
+            }));
+        }
+        let mut observed = ObservedState::default();
+        for r in rollouts {
+            let (key, record) = r.await.expect("observing does not panic")?;
+            if let Some(record) = record {
+                observed.rollouts.insert(key, record);
+            }
+        }
+        for h in hosts {
+            let (name, state) = h.await.expect("observing does not panic")?;
+            observed.hosts.insert(name, state);
+        }
+        for b in balancers {
+            let (name, state) = b.await.expect("observing does not panic")?;
+            observed.balancers.insert(name, state);
+        }
+        Ok(observed)
+    }
+
+    async fn observe_host(&self, name: &str) -> Result<HostState, ReconcileError> {
+        let mut state = HostState::default();
+        for runtime in self.runtimes_on(name) {
+            for found in runtime.instances().await? {
+                match found {
+                    Found::Unreadable { path, error, slot } => {
+                        let recovered = match slot {
+                            Some((env, app, slot)) => {
+                                let at = SlotRef::new(&env, &app, name, &slot);
+                                self.recover_instance(runtime, &at).await?
+                            }
+                            None => None,
+                        };
+                        tracing::warn!(
+                            host = name,
+                            path,
+                            error,
+                            recovered = recovered.as_ref().map_or(
+                                "nothing runs there".to_owned(),
+                                |r| format!("pid {} runs {}", r.pid, r.version)
+                            ),
+                            "unreadable instance file, not trusted; rebuilt from what runs"
+                        );
+                        state.unreadable.insert(path, error);
+                        if let Some(record) = recovered {
+                            let key = (record.env.clone(), record.app.clone(), record.slot.clone());
+                            let ready = self
+                                .probe_once(name, &record.app, record.port)
+                                .await
+                                .is_ok();
+                            state.recovered.push(key.clone());
+                            state.instances.insert(
+                                key,
+                                Instance {
+                                    record,
+                                    alive: true,
+                                    ready: Some(ready),
+                                },
+                            );
+                        }
+                    }
+                    Found::Record { record, alive } => {
+                        let ready = if alive {
+                            Some(
+                                self.probe_once(name, &record.app, record.port)
+                                    .await
+                                    .is_ok(),
+                            )
+                        } else {
+                            None
+                        };
+                        let key = (record.env.clone(), record.app.clone(), record.slot.clone());
+                        state.instances.insert(
+                            key,
+                            Instance {
+                                record,
+                                alive,
+                                ready,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// The instance of slot `at`, whose record cannot be read, rebuilt from what runs there: `None`
+    /// when nothing runs or the slot is not in the desired state. Its version is the one the
+    /// process says of itself (see [`recovered_version`]); else unknown.
+    pub(super) async fn recover_instance(
+        &self,
+        runtime: &dyn Runtime,
+        at: &SlotRef,
+    ) -> Result<Option<InstanceRecord>, ReconcileError> {
+        let Some(port) = self.desired.slot_port(&at.env, &at.app, &at.slot) else {
+            return Ok(None);
+        };
+        let Some(running) = runtime.recover(at).await? else {
+            return Ok(None);
+        };
+        Ok(Some(InstanceRecord {
+            env: at.env.clone(),
+            app: at.app.clone(),
+            slot: at.slot.clone(),
+            version: recovered_version(&self.desired, at, port, &running),
+            revision: String::new(),
+            port,
+            pid: running.pid,
+            start_ticks: running.start_ticks,
+            started_at: 0,
+            argv: running.argv,
+        }))
+    }
+
+    /// Writes the instance records that could not be read again, from what observation rebuilt
+    /// (reconcile only, under the lease).
+    pub async fn repair_instance_files(
+        &self,
+        observed: &ObservedState,
+        scope: &Scope,
+    ) -> Result<(), ReconcileError> {
+        for (name, host) in &observed.hosts {
+            for key in host.recovered.iter().filter(|k| scope.includes(&k.0, &k.1)) {
+                let record = &host.instances[key].record;
+                let at = SlotRef::new(&key.0, &key.1, name, &key.2);
+                self.runtime(&at)?.write_record(record).await?;
+                tracing::warn!(host = %name, env = %key.0, app = %key.1, slot = %key.2, version = %record.version, pid = record.pid, "instance file repaired from what runs");
+            }
+        }
+        Ok(())
+    }
+
+    /// One probe of the instance of `app` on `host` at `port`.
+    pub(super) async fn probe_once(
+        &self,
+        host: &str,
+        app: &str,
+        port: u16,
+    ) -> Result<(), ProbeError> {
+        let probe = &self.desired.apps[app].probe;
+        self.prober()
+            .probe(
+                &self.desired.host_address(host),
+                port,
+                &probe.path,
+                probe.timeout,
+            )
+            .await
+    }
+
+    /// Balancers whose config file is not the one the desired state renders.
+    pub fn stale_configs(&self, observed: &ObservedState) -> BTreeSet<String> {
+        self.desired
+            .balancers_in_use()
+            .into_iter()
+            .filter(|b| {
+                observed.balancers.get(*b).and_then(|s| s.config.as_deref())
+                    != Some(self.balancer(b).rendered_config())
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The hosts of `env` and its balancer's host that cannot be reached now (each after the
+    /// transport's own reconnect attempts), with why.
+    pub(super) async fn lost_hosts(&self, env: &str) -> Vec<String> {
+        let mut lost = Vec::new();
+        for host in self.desired.hosts_of(env) {
+            let check = Cmd::read(["true"]);
+            if let Err(e) = self.host(host).run(&check, READ_TIMEOUT).await {
+                if e.lost_contact() {
+                    lost.push(e.to_string());
+                }
+            }
+        }
+        lost
+    }
+}
+
+/// The version a process that runs in slot `at` says it is: the start gave it
+/// `KUBE_FREE_{ENV,APP,SLOT,VERSION}`, trusted only when they name this slot and its command line
+/// is exactly what that version runs there; else [`UNKNOWN_VERSION`].
+pub(super) fn recovered_version(
+    desired: &crate::desired::DesiredState,
+    at: &SlotRef,
+    port: u16,
+    running: &Running,
+) -> String {
+    let var = |name: &str| {
+        running
+            .environ
+            .iter()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+    };
+    var("KUBE_FREE_VERSION")
+        .filter(|_| {
+            var("KUBE_FREE_ENV") == Some(&at.env)
+                && var("KUBE_FREE_APP") == Some(&at.app)
+                && var("KUBE_FREE_SLOT") == Some(&at.slot)
+        })
+        .filter(|v| launch(desired, at, v, port).is_ok_and(|l| l.command == running.argv))
+        .unwrap_or(UNKNOWN_VERSION)
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{load, DesiredState, MemFiles};
+    use crate::drivers::runtime::{Kind, StartSpec};
+
+    /// A local host and an app whose command line is the same for every version: only the
+    /// environment kube-free gave the process tells which version it is.
+    fn desired(state_dir: &str) -> DesiredState {
+        let yaml = format!(
+            r#"version: 1
+hosts:
+  here: {{ transport: local, state_dir: {state_dir} }}
+balancers:
+  edge: {{ kind: haproxy, host: here }}
+apps:
+  api:
+    runtime: {{ kind: process, command: "sleep 600" }}
+    slots: {{ blue: 18500, green: 18501 }}
+environments:
+  prod:
+    balancer: edge
+    hosts: [here]
+    apps:
+      api: {{ version: "3.0", listen: "127.0.0.1:18502" }}
+"#
+        );
+        load(&MemFiles::default().with("kube-free.yaml", yaml)).unwrap()
+    }
+
+    fn at(slot: &str) -> SlotRef {
+        SlotRef::new("prod", "api", "here", slot)
+    }
+
+    /// Starts the app as `version` in `slot` the way a start does, but as if for `as_slot`.
+    async fn start(w: &World, slot: &str, as_slot: &str, version: &str) -> u32 {
+        let spec = StartSpec {
+            at: at(slot),
+            version: version.into(),
+            revision: "r".into(),
+            port: 18500,
+            launch: launch(&w.desired, &at(as_slot), version, 18500).unwrap(),
+            stop_timeout: Duration::from_secs(5),
+        };
+        w.runtime(&at(slot))
+            .unwrap()
+            .start(&spec)
+            .await
+            .unwrap()
+            .pid
+    }
+
+    #[tokio::test]
+    async fn a_torn_slot_is_known_by_what_its_process_says_of_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().to_str().unwrap().to_owned();
+        let w = World::connect(desired(&state_dir), "r".into(), None)
+            .await
+            .unwrap();
+        let runtime = w.drivers.runtimes[&("here".to_owned(), Kind::Process)].clone();
+        let torn = |slot: &str| {
+            let file = crate::state::instance_file(&state_dir, "prod", "api", slot);
+            std::fs::write(&file, "{\"env\":\"pr").unwrap();
+        };
+        let recover = |slot: &'static str| {
+            let runtime = runtime.clone();
+            let w = &w;
+            async move {
+                torn(slot);
+                w.recover_instance(runtime.as_ref(), &at(slot))
+                    .await
+                    .unwrap()
+            }
+        };
+
+        // Started as 2.0 in blue: its environment says so, and its command line is 2.0's.
+        let pid = start(&w, "blue", "blue", "2.0").await;
+        let record = recover("blue").await.unwrap();
+        assert_eq!((record.version.as_str(), record.pid), ("2.0", pid));
+        assert_eq!(record.argv, ["sleep", "600"]);
+        // Observation reports the torn file and rebuilds the slot from what runs.
+        let host = w.observe_host("here").await.unwrap();
+        assert_eq!(host.unreadable.len(), 1, "{host:?}");
+        assert_eq!(
+            host.recovered,
+            [("prod".into(), "api".into(), "blue".into())]
+        );
+        assert_eq!(host.instances[&at("blue").instance_key()].record.pid, pid);
+
+        // A process whose environment names another slot is not trusted with a version.
+        let pid = start(&w, "green", "blue", "2.0").await;
+        let record = recover("green").await.unwrap();
+        assert_eq!(
+            (record.version.as_str(), record.pid),
+            (UNKNOWN_VERSION, pid)
+        );
+
+        // Once it is gone, nothing runs there.
+        let kill = crate::drivers::process::kill_cmd(pid, "KILL");
+        w.host("here").run(&kill, READ_TIMEOUT).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while recover("green").await.is_some() {
+            assert!(std::time::Instant::now() < deadline, "pid {pid} did not go");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A slot the desired state does not have is not rebuilt.
+        let stray = SlotRef::new("prod", "api", "here", "red");
+        assert!(w
+            .recover_instance(runtime.as_ref(), &stray)
+            .await
+            .unwrap()
+            .is_none());
+        let blue = recover("blue").await.unwrap();
+        let kill = crate::drivers::process::kill_cmd(blue.pid, "KILL");
+        w.host("here").run(&kill, READ_TIMEOUT).await.unwrap();
+    }
+}

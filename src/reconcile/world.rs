@@ -1,0 +1,236 @@
+//! The world of a run: the desired state and the drivers that reach what it names — a transport per
+//! host in use, a runtime per app host and runtime kind, a balancer driver per balancer in use, a
+//! ledger (records and lease) per balancer host, the prober and the clock. [`World::connect`] builds
+//! the real ones from the desired state; [`World::new`] takes any (fakes in tests).
+
+use super::{Clock, ReconcileError, SystemClock};
+use crate::desired::{DesiredState, Transport as HostTransport};
+use crate::drivers::balancer::for_balancer;
+use crate::drivers::ledger::HostLedger;
+use crate::drivers::local::LocalTransport;
+use crate::drivers::probe::HttpProber;
+use crate::drivers::process::ProcessRuntime;
+use crate::drivers::runtime::Kind;
+use crate::drivers::ssh::{SshOptions, SshTarget, SshTransport};
+use crate::drivers::{Balancer, Ledger, Prober, Runtime, RuntimeError, Transport, TransportError};
+use crate::names::SlotRef;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The drivers a world runs on.
+pub struct Drivers {
+    /// Every host in use, by name: how to tell whether it can be reached.
+    pub hosts: BTreeMap<String, Arc<dyn Transport>>,
+    /// The runtimes by (app host, kind).
+    pub runtimes: BTreeMap<(String, Kind), Arc<dyn Runtime>>,
+    /// The balancers in use, by name.
+    pub balancers: BTreeMap<String, Arc<dyn Balancer>>,
+    /// The ledgers of the balancer hosts in use, by host.
+    pub ledgers: BTreeMap<String, Arc<dyn Ledger>>,
+    pub prober: Arc<dyn Prober>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Everything needed to reach the world.
+pub struct World {
+    pub desired: DesiredState,
+    /// Commit of the desired state, recorded in instance files and rollout records.
+    pub revision: String,
+    pub(super) drivers: Drivers,
+    /// Set by SIGTERM/SIGINT: start no new step, end pauses, finish the current steps.
+    interrupted: AtomicBool,
+    /// Leases this run holds: (balancer host, epoch).
+    pub(super) leases: Mutex<Vec<(String, u64)>>,
+    /// This run's id in lock files.
+    pub(super) run_id: String,
+    _runtime_dir: Option<tempfile::TempDir>,
+}
+
+impl World {
+    /// A world on the given drivers.
+    pub fn new(desired: DesiredState, revision: String, drivers: Drivers) -> World {
+        World {
+            desired,
+            revision,
+            drivers,
+            interrupted: AtomicBool::new(false),
+            leases: Mutex::new(Vec::new()),
+            run_id: format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() % 1_000_000_000)
+            ),
+            _runtime_dir: None,
+        }
+    }
+
+    /// Connects to every host in use, in parallel, and sets up the drivers the desired state
+    /// chooses. `known_hosts` is the content of the repository's known_hosts file, if it names one.
+    pub async fn connect(
+        desired: DesiredState,
+        revision: String,
+        known_hosts: Option<Vec<u8>>,
+    ) -> Result<World, ReconcileError> {
+        // Unix socket paths are short: keep the directory near the root.
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("kf-")
+            .tempdir_in("/tmp")
+            .map_err(ReconcileError::RuntimeDir)?;
+        let known_hosts_file = match known_hosts {
+            Some(bytes) => {
+                let path = runtime_dir.path().join("known_hosts");
+                std::fs::write(&path, bytes).map_err(ReconcileError::RuntimeDir)?;
+                Some(path)
+            }
+            None => None,
+        };
+        let options = SshOptions {
+            known_hosts: known_hosts_file,
+            identity_file: desired.ssh.identity_file.as_deref().map(expand_home),
+            connect_timeout: Duration::from_secs(10),
+            runtime_dir: runtime_dir.path().to_owned(),
+        };
+        let mut pending = Vec::new();
+        for name in desired.hosts_in_use() {
+            let name = name.to_owned();
+            let options = options.clone();
+            let target = match &desired.hosts[&name].transport {
+                HostTransport::Local => None,
+                HostTransport::Ssh {
+                    address,
+                    user,
+                    port,
+                } => Some(SshTarget {
+                    host: name.clone(),
+                    address: address.clone(),
+                    user: user.clone(),
+                    port: *port,
+                }),
+            };
+            pending.push(tokio::spawn(async move {
+                let t: Arc<dyn Transport> = match target {
+                    None => Arc::new(LocalTransport::new(&name)),
+                    Some(target) => Arc::new(SshTransport::connect(&target, &options).await?),
+                };
+                Ok::<_, TransportError>((name, t))
+            }));
+        }
+        let mut hosts = BTreeMap::new();
+        for p in pending {
+            let (name, t) = p.await.expect("connecting does not panic")?;
+            hosts.insert(name, t);
+        }
+        let drivers = real_drivers(&desired, hosts);
+        let mut world = World::new(desired, revision, drivers);
+        world._runtime_dir = Some(runtime_dir);
+        Ok(world)
+    }
+
+    /// The runtime that runs the instance of slot `at`.
+    pub(super) fn runtime(&self, at: &SlotRef) -> Result<&dyn Runtime, RuntimeError> {
+        let kind = Kind::of(&self.desired.apps[&at.app]);
+        self.drivers
+            .runtimes
+            .get(&(at.host.clone(), kind))
+            .map(|r| r.as_ref())
+            .ok_or_else(|| RuntimeError::Unsupported {
+                app: at.app.clone(),
+                kind,
+            })
+    }
+
+    /// The runtimes of `host`.
+    pub(super) fn runtimes_on<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> impl Iterator<Item = &'a dyn Runtime> + 'a {
+        self.drivers
+            .runtimes
+            .iter()
+            .filter(move |((h, _), _)| h == host)
+            .map(|(_, r)| r.as_ref())
+    }
+
+    pub(super) fn balancer(&self, name: &str) -> &dyn Balancer {
+        self.drivers.balancers[name].as_ref()
+    }
+
+    /// The ledger of `env`: its balancer's host.
+    pub(super) fn ledger_of(&self, env: &str) -> &dyn Ledger {
+        self.drivers.ledgers[&self.desired.balancer_of(env).host].as_ref()
+    }
+
+    pub(super) fn clock(&self) -> &dyn Clock {
+        self.drivers.clock.as_ref()
+    }
+
+    pub(super) fn prober(&self) -> &dyn Prober {
+        self.drivers.prober.as_ref()
+    }
+
+    /// The transport of `host`, to tell whether it can be reached.
+    pub(super) fn host(&self, host: &str) -> &dyn Transport {
+        self.drivers.hosts[host].as_ref()
+    }
+
+    /// Asks the run to stop after its current steps (SIGTERM, SIGINT).
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+}
+
+/// The drivers the desired state chooses, on the hosts' transports: a process runtime on every app
+/// host, the driver of each balancer's kind, a ledger on every balancer host, HTTP probes, the
+/// machine's clock.
+fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transport>>) -> Drivers {
+    let runtimes = desired
+        .app_hosts()
+        .into_iter()
+        .map(|h| {
+            let r: Arc<dyn Runtime> =
+                Arc::new(ProcessRuntime::new(hosts[h].clone(), desired.state_dir(h)));
+            ((h.to_owned(), Kind::Process), r)
+        })
+        .collect();
+    let balancers = desired
+        .balancers_in_use()
+        .into_iter()
+        .map(|b| {
+            let transport = hosts[&desired.balancers[b].host].clone();
+            (b.to_owned(), for_balancer(desired, b, transport))
+        })
+        .collect();
+    let ledgers = desired
+        .balancer_hosts()
+        .into_iter()
+        .map(|h| {
+            let l: Arc<dyn Ledger> =
+                Arc::new(HostLedger::new(hosts[h].clone(), desired.state_dir(h)));
+            (h.to_owned(), l)
+        })
+        .collect();
+    Drivers {
+        hosts,
+        runtimes,
+        balancers,
+        ledgers,
+        prober: Arc::new(HttpProber::default()),
+        clock: Arc::new(SystemClock),
+    }
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(rest),
+        None => PathBuf::from(path),
+    }
+}
