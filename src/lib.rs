@@ -14,5 +14,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod source;
 pub mod state;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Error, Exit};

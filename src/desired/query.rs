@@ -12,6 +12,12 @@ impl DesiredState {
         self.environments.get(env)?.apps.get(app)
     }
 
+    /// The deployment of `app` in `env`, for names taken from this desired state (a plan's steps, a
+    /// checked command line). Panics when the environment does not deploy the app.
+    pub fn deployed(&self, env: &str, app: &str) -> &Deployment {
+        &self.environments[env].apps[app]
+    }
+
     /// Every (environment, app name, deployment), in name order.
     pub fn deployments(&self) -> impl Iterator<Item = (&Environment, &str, &Deployment)> {
         self.environments
@@ -102,31 +108,16 @@ impl DesiredState {
 
 #[cfg(test)]
 mod tests {
-    use crate::desired::{load, MemFiles};
-
     #[test]
     fn hosts_and_balancers_in_use_are_answered_once() {
-        let yaml = r#"version: 1
-hosts:
-  web-1: { address: 192.0.2.11 }
-  web-2: { address: "2001:db8::12" }
-  lb-1: { address: 192.0.2.10 }
-  spare: { address: 192.0.2.99 }
-balancers:
-  edge: { kind: haproxy, host: lb-1 }
-  unused: { kind: haproxy, host: spare }
-apps:
-  api:
-    runtime: { kind: process, command: "api {port}" }
-    slots: { blue: 8000, green: 8001 }
-environments:
-  prod:
-    balancer: edge
-    hosts: [web-1, web-2]
-    apps:
-      api: { version: "1", listen: "0.0.0.0:80" }
-"#;
-        let d = load(&MemFiles::default().with("kube-free.yaml", yaml)).unwrap();
+        let yaml = crate::testing::two_hosts_yaml("blue-green")
+            .replace("192.0.2.12", "\"2001:db8::12\"")
+            .replace("  lb-1:", "  spare: { address: 192.0.2.99 }\n  lb-1:")
+            .replace(
+                "  edge: { kind: haproxy, host: lb-1 }",
+                "  edge: { kind: haproxy, host: lb-1 }\n  unused: { kind: haproxy, host: spare }",
+            );
+        let d = crate::testing::desired(&yaml);
         let set = |v: &[&'static str]| v.iter().copied().collect::<std::collections::BTreeSet<_>>();
         assert_eq!(d.app_hosts(), set(&["web-1", "web-2"]));
         assert_eq!(d.balancers_in_use(), set(&["edge"]));
@@ -135,7 +126,7 @@ environments:
         assert_eq!(d.hosts_of("prod"), set(&["lb-1", "web-1", "web-2"]));
         assert_eq!(d.slot_port("prod", "api", "green"), Some(8001));
         assert_eq!(d.slot_port("prod", "api", "red"), None);
-        assert_eq!(d.deployment("prod", "api").unwrap().version, "1");
+        assert_eq!(d.deployment("prod", "api").unwrap().version, "2.0");
         assert!(d.deployment("staging", "api").is_none());
         assert_eq!(d.host_address("web-2"), "[2001:db8::12]");
         assert_eq!(d.host_address("web-1"), "192.0.2.11");

@@ -216,7 +216,7 @@ impl Haproxy {
             admin_socket: b.admin_socket.clone(),
             config_file: b.config_file.clone(),
             reload_command: b.reload_command.clone(),
-            state_dir: desired.hosts[&b.host].state_dir.clone(),
+            state_dir: desired.state_dir(&b.host).to_owned(),
             config: render_config(desired, name),
             backends: desired
                 .environments_of(name)
@@ -232,7 +232,7 @@ impl Haproxy {
 
     /// Sends runtime API commands (joined with `;`, one connection) and returns the answer. When
     /// every command is a `set`, any answer is HAProxy's complaint and an error.
-    pub async fn runtime(&self, commands: &[String]) -> Result<String, BalancerError> {
+    async fn runtime(&self, commands: &[String]) -> Result<String, BalancerError> {
         let io = |what: &str| {
             let host = self.t().host().to_owned();
             let what = format!("{what} {}", self.admin_socket);

@@ -12,6 +12,8 @@
 //! [`runtime::Kind::of`]). Fakes of every trait for fast tests are in `fake` (tests only).
 
 pub mod balancer;
+#[cfg(test)]
+pub mod fake;
 pub mod files;
 pub mod haproxy;
 pub mod lease;

@@ -2,31 +2,13 @@
 //! happens-before helper.
 
 use super::*;
-use crate::desired::{load, DesiredState, MemFiles};
+use crate::desired::DesiredState;
 use crate::observed::{Admin, Check, Instance, ObservedState, Server, ServerCounters};
 use crate::state::{InstanceRecord, Phase, RolloutRecord};
-
-const DESIRED: &str = r#"version: 1
-hosts:
-  web-1: { address: 192.0.2.11 }
-  web-2: { address: 192.0.2.12 }
-  lb-1: { address: 192.0.2.10 }
-balancers:
-  edge: { kind: haproxy, host: lb-1 }
-apps:
-  api:
-    runtime: { kind: process, command: "/opt/api/{version}/api --port {port}" }
-    slots: { blue: 8000, green: 8001 }
-environments:
-  prod:
-    balancer: edge
-    hosts: [web-1, web-2]
-    apps:
-      api: { version: "2.0", listen: "0.0.0.0:80" }
-"#;
+use crate::testing::{two_hosts, two_hosts_yaml};
 
 fn desired() -> DesiredState {
-    load(&MemFiles::default().with("kube-free.yaml", DESIRED)).unwrap()
+    two_hosts("blue-green")
 }
 
 fn stat(weight: u32, admin: Admin, up: bool) -> Server {
@@ -298,14 +280,10 @@ fn scope_limits_the_plan() {
 }
 
 fn rolling_desired(batch: &str) -> DesiredState {
-    let yaml = DESIRED
+    let yaml = two_hosts_yaml(&format!("{{ rolling: {{ batch: {batch} }} }}"))
         .replace("  lb-1:", "  web-3: { address: 192.0.2.13 }\n  lb-1:")
-        .replace("hosts: [web-1, web-2]", "hosts: [web-1, web-2, web-3]")
-        .replace(
-            "listen: \"0.0.0.0:80\" }",
-            &format!("listen: \"0.0.0.0:80\", strategy: {{ rolling: {{ batch: {batch} }} }} }}"),
-        );
-    load(&MemFiles::default().with("kube-free.yaml", yaml)).unwrap()
+        .replace("hosts: [web-1, web-2]", "hosts: [web-1, web-2, web-3]");
+    crate::testing::desired(&yaml)
 }
 
 /// Three hosts all serving `version` from blue.
@@ -437,11 +415,7 @@ fn rolling_resumes_with_the_hosts_not_done_yet() {
 }
 
 fn canary_desired() -> DesiredState {
-    let yaml = DESIRED.replace(
-        "listen: \"0.0.0.0:80\" }",
-        "listen: \"0.0.0.0:80\", strategy: { canary: { steps: [{ weight: 10, pause: 1m }, { weight: 50 }, { pause: {} }] } } }",
-    );
-    load(&MemFiles::default().with("kube-free.yaml", yaml)).unwrap()
+    two_hosts("{ canary: { steps: [{ weight: 10, pause: 1m }, { weight: 50 }, { pause: {} }] } }")
 }
 
 fn record(desired: &DesiredState, version: &str, phase: Phase, step: usize) -> RolloutRecord {
@@ -620,14 +594,7 @@ fn a_quarantined_version_is_left_alone_until_its_desired_state_changes() {
         "{text}"
     );
     // Another desired state of the app (here: its steps) lifts it.
-    let changed = load(&MemFiles::default().with(
-        "kube-free.yaml",
-        DESIRED.replace(
-            "listen: \"0.0.0.0:80\" }",
-            "listen: \"0.0.0.0:80\", strategy: { canary: { steps: [{ weight: 20 }] } } }",
-        ),
-    ))
-    .unwrap();
+    let changed = two_hosts("{ canary: { steps: [{ weight: 20 }] } }");
     let plan = build(&changed, &world.0, &BTreeSet::new(), &Scope::default());
     assert!(plan.notes.is_empty());
     assert!(!plan.is_empty());

@@ -51,7 +51,7 @@ pub async fn promote(
     app: &str,
     all: bool,
 ) -> Result<String, ReconcileError> {
-    let version = &world.desired.environments[env].apps[app].version;
+    let version = &world.desired.deployed(env, app).version;
     let mut record = match world.read_rollout(env, app).await? {
         Some(r)
             if r.version == *version && matches!(r.phase, Phase::Progressing | Phase::Paused) =>
@@ -92,7 +92,7 @@ pub async fn abort(
     app: &str,
     parallel: usize,
 ) -> Result<String, ReconcileError> {
-    let version = world.desired.environments[env].apps[app].version.clone();
+    let version = world.desired.deployed(env, app).version.clone();
     let mut record = match world.read_rollout(env, app).await? {
         Some(r) if r.version == version && r.phase != Phase::Succeeded => r,
         other => {
@@ -119,7 +119,7 @@ pub async fn abort(
 /// `kube-free retry`: lifts the quarantine of the desired version of `env`/`app`; the next reconcile
 /// rolls it out again from the start.
 pub async fn retry(world: &World, env: &str, app: &str) -> Result<String, ReconcileError> {
-    let version = &world.desired.environments[env].apps[app].version;
+    let version = &world.desired.deployed(env, app).version;
     let mut record = match world.read_rollout(env, app).await? {
         Some(r) if r.version == *version && r.phase.quarantines() => r,
         other => {

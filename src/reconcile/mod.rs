@@ -19,6 +19,9 @@ mod records;
 pub mod rules;
 mod world;
 
+#[cfg(test)]
+mod tests;
+
 pub use gates::{abort, promote, retry, GateError};
 pub use lease::{leased, LeaseLoss};
 pub use pass::{once, Outcome};

@@ -103,12 +103,7 @@ pub async fn once(
         "executing plan\n{}",
         plan.render_text()
     );
-    let effects = Arc::new(Live {
-        world: world.clone(),
-        observed: observed.clone(),
-        max_wait: options.max_wait,
-        cleaning_up: false,
-    });
+    let effects = Live::new(&world, observed, options.max_wait, false);
     match execute::run(&plan, effects, options.parallel).await {
         Ok(report) => quarantined(report.done.len()),
         Err(failed) => Err(after_failure(&world, failed, options.parallel).await?),
@@ -151,7 +146,7 @@ async fn after_failure(
             lost,
         });
     }
-    let d = &world.desired.environments[&env].apps[&app];
+    let d = world.desired.deployed(&env, &app);
     let version = d.version.clone();
     let canary = matches!(d.strategy, crate::desired::Strategy::Canary { .. });
     let take_back = canary && rules::takes_back(&failed.action);
@@ -212,7 +207,7 @@ pub(super) async fn clean_up(
     parallel: usize,
 ) -> Result<(), ReconcileError> {
     let observed = world.observe().await?;
-    let d = &world.desired.environments[env].apps[app];
+    let d = world.desired.deployed(env, app);
     let plan = plan::cleanup(&world.desired, &observed, env, app, &d.version, take_back);
     for note in &plan.notes {
         tracing::warn!("{note}");
@@ -222,13 +217,7 @@ pub(super) async fn clean_up(
         "cleaning up after the failed rollout\n{}",
         plan.render_text()
     );
-    let effects = Arc::new(Live {
-        world: world.clone(),
-        observed,
-        max_wait: None,
-        cleaning_up: true,
-    });
-    execute::run(&plan, effects, parallel)
+    execute::run(&plan, Live::new(world, observed, None, true), parallel)
         .await
         .map(|_| ())
         .map_err(|failed| ReconcileError::RolledBack {

@@ -64,7 +64,7 @@ impl World {
 
     /// A record of a rollout of `version` that starts now.
     pub fn new_record(&self, env: &str, app: &str, version: &str) -> RolloutRecord {
-        let strategy = self.desired.environments[env].apps[app].strategy.name();
+        let strategy = self.desired.deployed(env, app).strategy.name();
         let now = self.clock().now();
         RolloutRecord {
             env: env.to_owned(),

@@ -177,3 +177,6 @@ pub fn takes_back(action: &Action) -> bool {
             | Action::Pause { .. }
     )
 }
+
+#[cfg(test)]
+mod tests;

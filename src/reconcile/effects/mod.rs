@@ -22,13 +22,13 @@ use std::time::Duration;
 
 /// The effects of steps on real hosts and balancers (or on whatever drivers the world has).
 pub struct Live {
-    pub(super) world: Arc<World>,
+    world: Arc<World>,
     /// The snapshot the plan was built from (records of instances to stop).
-    pub(super) observed: ObservedState,
+    observed: ObservedState,
     /// See [`super::Options::max_wait`].
-    pub(super) max_wait: Option<Duration>,
+    max_wait: Option<Duration>,
     /// A cleanup runs to its end, also after a signal: it takes traffic off a failed version.
-    pub(super) cleaning_up: bool,
+    cleaning_up: bool,
 }
 
 /// What stops a step, beyond a driver's own error.
@@ -166,6 +166,22 @@ impl From<ReconcileError> for StepError {
 pub struct Interrupted;
 
 impl Live {
+    /// The effects of a plan built from `observed`; a cleanup (`cleaning_up`) is not stopped by a
+    /// signal.
+    pub(in crate::reconcile) fn new(
+        world: &Arc<World>,
+        observed: ObservedState,
+        max_wait: Option<Duration>,
+        cleaning_up: bool,
+    ) -> Arc<Live> {
+        Arc::new(Live {
+            world: world.clone(),
+            observed,
+            max_wait,
+            cleaning_up,
+        })
+    }
+
     fn app(&self, at: &SlotRef) -> &crate::desired::App {
         &self.world.desired.apps[&at.app]
     }
@@ -178,7 +194,7 @@ impl Live {
     }
 
     fn strategy(&self, env: &str, app: &str) -> &Strategy {
-        &self.world.desired.environments[env].apps[app].strategy
+        &self.world.desired.deployed(env, app).strategy
     }
 }
 
