@@ -90,40 +90,17 @@ impl World {
                         state.unreadable.insert(path, error);
                         if let Some(record) = recovered {
                             let key = (record.env.clone(), record.app.clone(), record.slot.clone());
-                            let ready = self
-                                .probe_once(name, &record.app, record.port)
-                                .await
-                                .is_ok();
                             state.recovered.push(key.clone());
-                            state.instances.insert(
-                                key,
-                                Instance {
-                                    record,
-                                    alive: true,
-                                    ready: Some(ready),
-                                },
-                            );
+                            state
+                                .instances
+                                .insert(key, self.seen(name, record, true).await);
                         }
                     }
                     Found::Record { record, alive } => {
-                        let ready = if alive {
-                            Some(
-                                self.probe_once(name, &record.app, record.port)
-                                    .await
-                                    .is_ok(),
-                            )
-                        } else {
-                            None
-                        };
                         let key = (record.env.clone(), record.app.clone(), record.slot.clone());
-                        state.instances.insert(
-                            key,
-                            Instance {
-                                record,
-                                alive,
-                                ready,
-                            },
-                        );
+                        state
+                            .instances
+                            .insert(key, self.seen(name, record, alive).await);
                     }
                 }
             }
@@ -177,7 +154,26 @@ impl World {
         Ok(())
     }
 
-    /// One probe of the instance of `app` on `host` at `port`.
+    /// An instance as observed: probed once when it runs and its app is still in the desired state
+    /// (one of an app that is no longer there is never ready: there is no probe to ask).
+    async fn seen(&self, host: &str, record: InstanceRecord, alive: bool) -> Instance {
+        let ready = match alive {
+            false => None,
+            true if self.desired.apps.contains_key(&record.app) => Some(
+                self.probe_once(host, &record.app, record.port)
+                    .await
+                    .is_ok(),
+            ),
+            true => Some(false),
+        };
+        Instance {
+            record,
+            alive,
+            ready,
+        }
+    }
+
+    /// One probe of the instance of `app` (of the desired state) on `host` at `port`.
     pub(super) async fn probe_once(
         &self,
         host: &str,

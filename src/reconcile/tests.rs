@@ -488,6 +488,21 @@ async fn an_abort_in_a_pause_rolls_the_canary_back() {
     assert_eq!(fleet.rollout("prod", "api").unwrap().phase, Phase::Aborted);
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_instance_of_an_app_no_longer_desired_is_seen_but_never_probed() {
+    let (fleet, world) = serving_one("blue-green");
+    // An app removed from the desired state left an instance behind.
+    let old = SlotRef::new("prod", "old", "web-1", "blue");
+    fleet.place(&old, "0.9", 0, Admin::Maint);
+    let observed = world.observe().await.unwrap();
+    let seen = observed.instance("web-1", "prod", "old", "blue").unwrap();
+    assert_eq!((seen.alive, seen.ready), (true, Some(false)));
+    // The pass rolls the desired app out and leaves the other alone.
+    pass(&world).await.unwrap();
+    assert_eq!(weights(&fleet), served_by("2.0"));
+    assert_eq!(fleet.instance(&old), Some(("0.9".into(), true)));
+}
+
 /// The live effects of one world, as a pass makes them.
 fn live(world: &Arc<World>, observed: crate::observed::ObservedState) -> Arc<Live> {
     Live::new(world, observed, None, false)
