@@ -1,0 +1,231 @@
+//! The runtime and the ledger of a fake host, on the fleet's instances, records and leases.
+
+use super::{FakeHost, FakeInstance, Fleet};
+use crate::drivers::lease::{Answer, Holder};
+use crate::drivers::ledger::LeaseOp;
+use crate::drivers::runtime::{Found, Running, StartSpec};
+use crate::drivers::{Ledger, LedgerError, Runtime, RuntimeError, TransportError};
+use crate::names::SlotRef;
+use crate::observed::Admin;
+use crate::reconcile::Clock;
+use crate::state::InstanceRecord;
+use std::time::Duration;
+
+#[async_trait::async_trait]
+impl Runtime for FakeHost {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    async fn instances(&self) -> Result<Vec<Found>, RuntimeError> {
+        self.fleet.unreachable(&self.host)?;
+        Ok(self
+            .fleet
+            .lock()
+            .instances
+            .iter()
+            .filter(|(at, _)| at.host == self.host)
+            .map(|(_, i)| Found::Record {
+                record: i.record.clone(),
+                alive: i.alive,
+            })
+            .collect())
+    }
+
+    async fn instance(&self, at: &SlotRef) -> Result<Option<InstanceRecord>, RuntimeError> {
+        self.fleet.unreachable(&self.host)?;
+        Ok(self
+            .fleet
+            .lock()
+            .instances
+            .get(at)
+            .map(|i| i.record.clone()))
+    }
+
+    async fn is_alive(&self, record: &InstanceRecord) -> Result<bool, RuntimeError> {
+        self.fleet.unreachable(&self.host)?;
+        Ok(self
+            .fleet
+            .lock()
+            .instances
+            .values()
+            .any(|i| i.record.pid == record.pid && i.alive))
+    }
+
+    async fn recover(&self, _at: &SlotRef) -> Result<Option<Running>, RuntimeError> {
+        Ok(None)
+    }
+
+    async fn write_record(&self, _record: &InstanceRecord) -> Result<(), RuntimeError> {
+        self.fleet.unreachable(&self.host)?;
+        Ok(())
+    }
+
+    async fn start(&self, spec: &StartSpec) -> Result<InstanceRecord, RuntimeError> {
+        self.fleet.unreachable(&self.host)?;
+        let mut s = self.fleet.lock();
+        s.log.push(format!(
+            "start {} {} in {}",
+            spec.version, spec.at.host, spec.at.slot
+        ));
+        if s.lost_on_start.contains(&self.host) {
+            s.down.insert(self.host.clone());
+            return Err(TransportError::Unreachable {
+                host: self.host.clone(),
+                message: "the fake host went down".into(),
+            }
+            .into());
+        }
+        if Fleet::behaviour(&s, &spec.version).exits_at_once {
+            return Err(RuntimeError::ExitedAtOnce {
+                host: self.host.clone(),
+                command: spec.launch.command.join(" "),
+                log: "fake.log".into(),
+                tail: "boom".into(),
+            });
+        }
+        s.next_pid += 1;
+        let record = InstanceRecord {
+            revision: spec.revision.clone(),
+            ..self.fleet.record(&spec.at, &spec.version, s.next_pid)
+        };
+        s.instances.insert(
+            spec.at.clone(),
+            FakeInstance {
+                record: record.clone(),
+                alive: true,
+            },
+        );
+        Ok(record)
+    }
+
+    async fn stop(
+        &self,
+        record: &InstanceRecord,
+        _stop_timeout: Duration,
+    ) -> Result<(), RuntimeError> {
+        self.fleet.unreachable(&self.host)?;
+        let at = SlotRef::new(&record.env, &record.app, &self.host, &record.slot);
+        let balancer = self.fleet.desired.balancer_of(&record.env).name.clone();
+        let mut s = self.fleet.lock();
+        s.log.push(format!(
+            "stop {} {} in {}",
+            record.version, self.host, record.slot
+        ));
+        if let Some(srv) = s
+            .servers
+            .get(&balancer)
+            .and_then(|m| m.get(&at.server_key()))
+        {
+            if srv.admin != Admin::Maint && srv.weight > 0 {
+                let v = format!(
+                    "{} stopped while the balancer could send it requests",
+                    at.server()
+                );
+                s.violations.push(v);
+            }
+        }
+        if s.instances
+            .get(&at)
+            .is_some_and(|i| i.record.pid == record.pid)
+        {
+            s.instances.remove(&at);
+        }
+        Ok(())
+    }
+
+    async fn logs(&self, _at: &SlotRef, _lines: u32) -> Result<(String, String), RuntimeError> {
+        Ok(("fake.log".into(), String::new()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Ledger for FakeHost {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn rollout_file(&self, env: &str, app: &str) -> String {
+        format!("rollouts/{env}/{app}.json")
+    }
+
+    async fn read_rollout(&self, env: &str, app: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        let s = self.fleet.lock();
+        Ok(s.records.get(&(env.to_owned(), app.to_owned())).cloned())
+    }
+
+    async fn write_rollout(&self, env: &str, app: &str, bytes: &[u8]) -> Result<(), LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        let mut s = self.fleet.lock();
+        s.records
+            .insert((env.to_owned(), app.to_owned()), bytes.to_vec());
+        Ok(())
+    }
+
+    async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        let now = self.fleet.now();
+        let mut s = self.fleet.lock();
+        let current = s.leases.get(&self.host).cloned();
+        let holder = |(epoch, expires, run): &(u64, u64, String)| Holder {
+            epoch: *epoch,
+            expires: *expires,
+            run_id: run.clone(),
+            host: "fake".into(),
+            pid: 1,
+        };
+        let held_by = |run_id: &str, epoch: Option<u64>| {
+            current.as_ref().is_some_and(|(e, expires, run)| {
+                run == run_id && *expires > now && epoch.is_none_or(|want| want == *e)
+            })
+        };
+        Ok(match op {
+            LeaseOp::Acquire {
+                run_id, ttl_secs, ..
+            } => match &current {
+                Some(c) if c.2 != *run_id && c.1 > now => Answer::Taken {
+                    holder: holder(c),
+                    now,
+                },
+                _ => {
+                    let epoch = match &current {
+                        Some((e, _, run)) if run == run_id => *e,
+                        Some((e, _, _)) => e + 1,
+                        None => 1,
+                    };
+                    let expires = now + ttl_secs;
+                    s.leases
+                        .insert(self.host.clone(), (epoch, expires, run_id.clone()));
+                    Answer::Held { epoch, expires }
+                }
+            },
+            LeaseOp::Renew {
+                run_id,
+                ttl_secs,
+                epoch,
+            } if held_by(run_id, Some(*epoch)) => {
+                let expires = now + ttl_secs;
+                s.leases
+                    .insert(self.host.clone(), (*epoch, expires, run_id.clone()));
+                Answer::Held {
+                    epoch: *epoch,
+                    expires,
+                }
+            }
+            LeaseOp::Check { run_id, epoch } if held_by(run_id, Some(*epoch)) => {
+                let (e, expires, _) = current.expect("held");
+                Answer::Held { epoch: e, expires }
+            }
+            LeaseOp::Renew { .. } | LeaseOp::Check { .. } => Answer::Lost {
+                holder: current.as_ref().map(holder),
+            },
+            LeaseOp::Release { run_id } => {
+                if current.as_ref().is_some_and(|c| c.2 == *run_id) {
+                    s.leases.remove(&self.host);
+                }
+                Answer::Released
+            }
+        })
+    }
+}
