@@ -203,11 +203,15 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         parallel: args.parallel as usize,
         max_wait: args.max_wait,
     };
-    let signals = tokio::spawn(interrupt_on_signal(world.clone()));
-    let pass = reconcile::once(world.clone(), &scope, options);
-    let result = reconcile::leased(&world, args.lock_wait, args.lease_ttl, pass).await;
-    signals.abort();
-    let report = result?;
+    // Signals are caught once the lease is held: until then one ends the process, as a wait for
+    // the lease has nothing to finish.
+    let pass = async {
+        let signals = tokio::spawn(interrupt_on_signal(world.clone()));
+        let result = reconcile::once(world.clone(), &scope, options).await;
+        signals.abort();
+        result
+    };
+    let report = reconcile::leased(&world, args.lock_wait, args.lease_ttl, pass).await?;
     if report.steps == 0 {
         writeln!(out, "in sync at commit {}: nothing to do", world.revision)?;
     } else {

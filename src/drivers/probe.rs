@@ -71,7 +71,10 @@ impl Prober for HttpProber {
             }),
             Err(e) if e.is_timeout() => Err(ProbeError::Timeout { url, timeout }),
             Err(e) if e.is_connect() => Err(ProbeError::Connect { url }),
-            Err(source) => Err(ProbeError::Other { url, source }),
+            Err(e) => Err(ProbeError::Other {
+                url,
+                source: e.without_url(),
+            }),
         }
     }
 }

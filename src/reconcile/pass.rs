@@ -159,8 +159,8 @@ async fn after_failure(
             .read_rollout(&env, &app)
             .await?
             .filter(|r| r.version == version);
-        // An abort stays an abort.
-        if current.as_ref().is_none_or(|r| r.phase != Phase::Aborted) {
+        // An abort stays an abort, and a failure another run recorded stays as it said it.
+        if current.as_ref().is_none_or(|r| !r.phase.quarantines()) {
             let mut record = current.unwrap_or_else(|| world.new_record(&env, &app, &version));
             record.fingerprint = world.desired.fingerprint(&env, &app);
             record.phase = Phase::Failed;

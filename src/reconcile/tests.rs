@@ -39,6 +39,16 @@ fn rolling_out(strategy: &str, new: Behaviour) -> (Arc<Fleet>, Arc<World>) {
     (fleet, world)
 }
 
+/// The pass failed by the version's own fault, was cleaned up, and quarantined the version.
+fn blames_the_version(err: &ReconcileError) {
+    let ReconcileError::RolledBack { failed, outcome } = err else {
+        panic!("not rolled back: {err:?}")
+    };
+    assert_eq!(failed.error.fault, Fault::Version, "{err}");
+    assert!(outcome.quarantines(), "{err}");
+    assert_eq!(err.next(), Next::Quarantined);
+}
+
 fn options() -> Options {
     Options {
         parallel: 8,
@@ -136,11 +146,7 @@ async fn a_version_the_balancer_never_finds_up_gets_no_weight_and_is_quarantined
         "{text}"
     );
     assert!(text.contains("2.0 is quarantined"), "{text}");
-    assert_eq!(err.next(), Next::Quarantined);
-    let ReconcileError::RolledBack { failed, .. } = &err else {
-        panic!("{err:?}")
-    };
-    assert_eq!(failed.error.fault, Fault::Version);
+    blames_the_version(&err);
     // 1.0 kept all the traffic; the new instances are stopped.
     assert_eq!(weights(&fleet), served_by("1.0"));
     assert_eq!(fleet.violations(), Vec::<String>::new());
@@ -166,6 +172,8 @@ async fn a_version_that_never_gets_ready_is_cleaned_up_and_what_serves_is_untouc
         text.contains("cleaned up: instances of 2.0 that got no traffic are stopped"),
         "{text}"
     );
+    blames_the_version(&err);
+    assert_eq!(fleet.rollout("prod", "api").unwrap().phase, Phase::Failed);
     assert_eq!(weights(&fleet), served_by("1.0"));
     assert!(
         !fleet.log().iter().any(|l| l.starts_with("stop 1.0")),
@@ -188,11 +196,7 @@ async fn a_version_that_never_gets_ready_is_cleaned_up_and_what_serves_is_untouc
 async fn an_instance_that_exits_at_once_is_the_versions_fault() {
     let (fleet, world) = rolling_out("blue-green", Behaviour::exiting());
     let err = pass(&world).await.unwrap_err();
-    let ReconcileError::RolledBack { failed, outcome } = &err else {
-        panic!("{err:?}")
-    };
-    assert_eq!(failed.error.fault, Fault::Version);
-    assert!(outcome.quarantines());
+    blames_the_version(&err);
     assert!(
         err.to_string().contains("the process exited at once"),
         "{err}"
@@ -223,6 +227,130 @@ async fn a_host_lost_in_mid_rollout_leaves_the_rollout_as_it_is() {
     pass(&world).await.unwrap();
     assert_eq!(weights(&fleet), served_by("2.0"));
     assert_eq!(fleet.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_lost_in_a_step_stops_the_rollout_where_it_is_though_the_host_is_back() {
+    let (fleet, world) = serving_one("blue-green");
+    // The start on web-2 loses its connection; by the time the run looks, web-2 answers again.
+    fleet.blip_on_start("web-2");
+    let err = pass(&world).await.unwrap_err();
+    let ReconcileError::HostLost { failed, lost, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(failed.error.fault, Fault::Unreachable);
+    assert!(lost.is_empty(), "{lost:?}");
+    assert!(err.to_string().contains("the connection dropped"), "{err}");
+    // Nothing cleaned up or quarantined: web-1's new instance stays for the next run.
+    assert!(
+        !fleet.log().iter().any(|l| l.starts_with("stop")),
+        "{:?}",
+        fleet.log()
+    );
+    assert_eq!(fleet.rollout("prod", "api"), None);
+    assert_eq!(
+        fleet.instance(&at("web-1", "green")),
+        Some(("2.0".into(), true))
+    );
+    pass(&world).await.unwrap();
+    assert_eq!(weights(&fleet), served_by("2.0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_waits_for_sessions_to_end_within_the_apps_drain() {
+    let (fleet, world) = serving_one("blue-green");
+    // web-1's sessions end 300 ms into its drain; web-2's outlast the app's `drain: 1s`.
+    fleet.hold_sessions(&at("web-1", "blue"), 3, Duration::from_millis(300));
+    fleet.hold_sessions(&at("web-2", "blue"), 3, Duration::from_secs(60));
+    pass(&world).await.unwrap();
+    let took = |host: &str| {
+        let drain = fleet
+            .when(&format!("state kf_prod_api/{host}_blue Drain"))
+            .unwrap();
+        fleet
+            .when(&format!("state kf_prod_api/{host}_blue Maint"))
+            .unwrap()
+            - drain
+    };
+    let (quick, slow) = (took("web-1"), took("web-2"));
+    assert!(
+        quick >= Duration::from_millis(300) && quick < Duration::from_millis(600),
+        "{quick:?}"
+    );
+    assert!(
+        slow >= Duration::from_secs(1) && slow < Duration::from_millis(1300),
+        "{slow:?}"
+    );
+    assert_eq!(weights(&fleet), served_by("2.0"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_deploy_installs_the_config_first() {
+    let desired = crate::testing::two_hosts("blue-green");
+    let fleet = Fleet::new(&desired);
+    fleet.stale_config("edge");
+    let world = Arc::new(World::new(desired, "r".into(), fleet.drivers()));
+    pass(&world).await.unwrap();
+    let log = fleet.log();
+    assert_eq!(log[0], "config edge", "{log:?}");
+    assert_eq!(
+        weights(&fleet)
+            .into_iter()
+            .map(|(s, v, w)| (s, v.is_some(), w))
+            .collect::<Vec<_>>(),
+        [
+            ("web-1_blue".to_owned(), true, 100),
+            ("web-1_green".to_owned(), false, 0),
+            ("web-2_blue".to_owned(), true, 100),
+            ("web-2_green".to_owned(), false, 0)
+        ]
+    );
+    assert_eq!(fleet.violations(), Vec::<String>::new());
+    assert_eq!(pass(&world).await.unwrap().steps, 0);
+}
+
+/// Live effects that, after each step that changes the balancer, check that a restart of the
+/// balancer would keep what the step did.
+struct Saved(Arc<Live>, Arc<Fleet>);
+
+#[async_trait::async_trait]
+impl Effects for Saved {
+    async fn apply(&self, action: &Action) -> Result<(), crate::execute::StepError> {
+        self.0.apply(action).await?;
+        assert_eq!(
+            self.1.unsaved("edge"),
+            Vec::<crate::names::ServerKey>::new(),
+            "after {action}"
+        );
+        Ok(())
+    }
+    fn deadline(&self, action: &Action) -> Duration {
+        self.0.deadline(action)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_step_that_changes_the_balancer_saves_its_state() {
+    for strategy in ["blue-green", CANARY] {
+        let (fleet, world) = serving_one(strategy);
+        world
+            .acquire_lease(Duration::ZERO, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let observed = world.observe().await.unwrap();
+        let plan = crate::plan::build(
+            &world.desired,
+            &observed,
+            &Default::default(),
+            &Scope::default(),
+        );
+        let effects = Arc::new(Saved(live(&world, observed), fleet.clone()));
+        // One step at a time, so that each is checked alone.
+        let report = crate::execute::run(&plan, effects, 1).await.unwrap();
+        assert!(report.done.len() > 10, "{strategy}: {}", plan.render_text());
+        assert_eq!(weights(&fleet), served_by("2.0"));
+        assert!(fleet.log().iter().any(|l| l == "save kf_prod_api"));
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -277,6 +405,7 @@ async fn a_canary_with_too_many_errors_gives_its_traffic_back_and_is_quarantined
         text.contains("analysis failed at step 0: error rate 0.300 over"),
         "{text}"
     );
+    blames_the_version(&err);
     assert!(
         text.contains("rolled back: prod/api traffic is back on the version that served before"),
         "{text}"
@@ -300,6 +429,7 @@ async fn a_failed_check_fails_the_analysis_whatever_the_figures() {
     let err = pass(&world).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("analysis failed at step 0: check /smoke on web-1: http://192.0.2.11:8001/smoke answered 500"), "{text}");
+    blames_the_version(&err);
     assert_eq!(weights(&fleet), served_by("1.0"));
 }
 
@@ -310,6 +440,7 @@ async fn too_few_requests_extend_the_window_until_the_progress_deadline() {
     let err = pass(&world).await.unwrap_err();
     let text = err.to_string();
     assert!(text.contains("analysis inconclusive at step 0"), "{text}");
+    blames_the_version(&err);
     assert!(
         text.contains("fewer than min_requests 1000000, within the progress deadline of 30s"),
         "{text}"
@@ -447,6 +578,7 @@ async fn a_failing_canary_never_gives_its_traffic_to_a_stable_version_that_is_do
     let text = crate::error::chain(&err);
     assert!(text.contains("analysis failed at step 0"), "{text}");
     assert!(text.contains("cleaning up prod/api failed too"), "{text}");
+    blames_the_version(&err);
     assert!(
         text.contains("refusing to change weights: no server that is UP would keep any weight"),
         "{text}"
@@ -483,6 +615,7 @@ async fn an_abort_in_a_pause_rolls_the_canary_back() {
             .contains("aborted by `kube-free abort` at step 0"),
         "{err}"
     );
+    blames_the_version(&err);
     assert_eq!(weights(&fleet), served_by("1.0"));
     // An abort stays an abort.
     assert_eq!(fleet.rollout("prod", "api").unwrap().phase, Phase::Aborted);

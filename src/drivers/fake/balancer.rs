@@ -80,7 +80,17 @@ impl Balancer for FakeBalancer {
                 _ => None,
             };
             s.violations.extend(broken);
-            s.log.push(text);
+            self.fleet.note(&mut s, text);
+            let at = (self.name.clone(), key.clone());
+            match change {
+                Change::State(_, a) if current.admin == Admin::Maint && *a != Admin::Maint => {
+                    s.enabled_at.insert(at, tokio::time::Instant::now());
+                }
+                Change::State(_, Admin::Drain) if current.admin != Admin::Drain => {
+                    s.drained_at.insert(at, tokio::time::Instant::now());
+                }
+                _ => {}
+            }
             let stored = s
                 .servers
                 .get_mut(&self.name)
@@ -110,15 +120,23 @@ impl Balancer for FakeBalancer {
     async fn apply_config(&self) -> Result<(), BalancerError> {
         self.fleet.unreachable(&self.host)?;
         let mut s = self.fleet.lock();
-        s.log.push(format!("config {}", self.name));
+        self.fleet.note(&mut s, format!("config {}", self.name));
         s.configs
             .insert(self.name.clone(), Some(self.config.clone()));
         Ok(())
     }
 
-    async fn save_state(&self, _backend: &str) -> Result<(), BalancerError> {
-        self.fleet
-            .unreachable(&self.host)
-            .map_err(BalancerError::from)
+    /// Saves what a restart restores: the weight and admin state of `backend`'s servers.
+    async fn save_state(&self, backend: &str) -> Result<(), BalancerError> {
+        self.fleet.unreachable(&self.host)?;
+        let mut s = self.fleet.lock();
+        let now: Vec<(crate::names::ServerKey, (u32, Admin))> = s.servers[&self.name]
+            .iter()
+            .filter(|(k, _)| k.0 == backend)
+            .map(|(k, srv)| (k.clone(), (srv.weight, srv.admin)))
+            .collect();
+        s.saved.entry(self.name.clone()).or_default().extend(now);
+        self.fleet.note(&mut s, format!("save {backend}"));
+        Ok(())
     }
 }

@@ -64,10 +64,18 @@ impl Runtime for FakeHost {
     async fn start(&self, spec: &StartSpec) -> Result<InstanceRecord, RuntimeError> {
         self.fleet.unreachable(&self.host)?;
         let mut s = self.fleet.lock();
-        s.log.push(format!(
+        let entry = format!(
             "start {} {} in {}",
             spec.version, spec.at.host, spec.at.slot
-        ));
+        );
+        self.fleet.note(&mut s, entry);
+        if s.blip_on_start.remove(&self.host) {
+            return Err(TransportError::Unreachable {
+                host: self.host.clone(),
+                message: "the connection dropped".into(),
+            }
+            .into());
+        }
         if s.lost_on_start.contains(&self.host) {
             s.down.insert(self.host.clone());
             return Err(TransportError::Unreachable {
@@ -108,10 +116,8 @@ impl Runtime for FakeHost {
         let at = SlotRef::new(&record.env, &record.app, &self.host, &record.slot);
         let balancer = self.fleet.desired.balancer_of(&record.env).name.clone();
         let mut s = self.fleet.lock();
-        s.log.push(format!(
-            "stop {} {} in {}",
-            record.version, self.host, record.slot
-        ));
+        let entry = format!("stop {} {} in {}", record.version, self.host, record.slot);
+        self.fleet.note(&mut s, entry);
         if let Some(srv) = s
             .servers
             .get(&balancer)

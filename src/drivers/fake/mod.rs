@@ -114,15 +114,30 @@ struct State {
     down: BTreeSet<String>,
     /// Hosts that go down as soon as anything is started on them.
     lost_on_start: BTreeSet<String>,
+    /// Hosts whose next start loses the connection, though the host stays.
+    blip_on_start: BTreeSet<String>,
     next_pid: u32,
-    /// Every change, in order: `start`, `stop`, the balancer's runtime changes.
-    log: Vec<String>,
+    /// Every change, in order, with when it happened: `start`, `stop`, `config`, the balancer's
+    /// runtime changes and saves.
+    log: Vec<(Duration, String)>,
+    /// When a server left maintenance (its first health check is due a [`CHECK_EVERY`] later).
+    enabled_at: BTreeMap<(String, ServerKey), tokio::time::Instant>,
+    /// When a server was put to drain.
+    drained_at: BTreeMap<(String, ServerKey), tokio::time::Instant>,
+    /// Sessions a server holds while it serves, and how long after a drain they last.
+    sessions: BTreeMap<(String, ServerKey), (u64, Duration)>,
+    /// The weights and admin states a balancer restart would restore, per balancer.
+    saved: BTreeMap<String, BTreeMap<ServerKey, (u32, Admin)>>,
     /// Safety rules that a change broke.
     violations: Vec<String>,
     /// Fractions of requests not yet counted, per server.
     carry: BTreeMap<(String, ServerKey), f64>,
     last_traffic: Option<tokio::time::Instant>,
 }
+
+/// How often the fake balancer checks a server's health: a server that leaves maintenance is UP at
+/// once, as HAProxy reports it, but its check has no result until then.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// The fleet the fakes share.
 pub struct Fleet {
@@ -150,14 +165,14 @@ impl Fleet {
                 .configs
                 .insert(b.to_owned(), Some(rendered_config(desired, b)));
             let servers = state.servers.entry(b.to_owned()).or_default();
+            let saved = state.saved.entry(b.to_owned()).or_default();
             for env in desired.environments_of(b) {
                 for (app, d) in &env.apps {
                     for host in &env.hosts {
                         for slot in &d.slots {
-                            servers.insert(
-                                SlotRef::new(&env.name, app, host, &slot.name).server_key(),
-                                server(0, Admin::Maint),
-                            );
+                            let key = SlotRef::new(&env.name, app, host, &slot.name).server_key();
+                            servers.insert(key.clone(), server(0, Admin::Maint));
+                            saved.insert(key, (0, Admin::Maint));
                         }
                     }
                 }
@@ -246,9 +261,14 @@ impl Fleet {
         );
         let balancer = self.desired.balancer_of(&at.env).name.clone();
         s.servers
-            .entry(balancer)
+            .entry(balancer.clone())
             .or_default()
             .insert(at.server_key(), server(weight, admin));
+        // As an earlier run left it: saved.
+        s.saved
+            .entry(balancer)
+            .or_default()
+            .insert(at.server_key(), (weight, admin));
     }
 
     fn record(&self, at: &SlotRef, version: &str, pid: u32) -> InstanceRecord {
@@ -292,6 +312,44 @@ impl Fleet {
         self.lock().lost_on_start.insert(host.to_owned());
     }
 
+    /// The next start on `host` loses its connection (the host itself stays reachable).
+    pub fn blip_on_start(&self, host: &str) {
+        self.lock().blip_on_start.insert(host.to_owned());
+    }
+
+    /// The server of `at` holds `n` sessions while it serves, which end `linger` after it is put
+    /// to drain.
+    pub fn hold_sessions(&self, at: &SlotRef, n: u64, linger: Duration) {
+        let balancer = self.desired.balancer_of(&at.env).name.clone();
+        self.lock()
+            .sessions
+            .insert((balancer, at.server_key()), (n, linger));
+    }
+
+    /// The config of `balancer` is not the one the desired state renders (a first deploy).
+    pub fn stale_config(&self, balancer: &str) {
+        self.lock().configs.insert(balancer.to_owned(), None);
+    }
+
+    /// Servers of `balancer` whose weight or admin state a restart would not restore: what changed
+    /// since the last save.
+    pub fn unsaved(&self, balancer: &str) -> Vec<ServerKey> {
+        let s = self.lock();
+        let saved = s.saved.get(balancer);
+        s.servers
+            .get(balancer)
+            .into_iter()
+            .flatten()
+            .filter(|(k, srv)| saved.and_then(|m| m.get(*k)) != Some(&(srv.weight, srv.admin)))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Notes a change at the time it happens.
+    fn note(&self, s: &mut State, what: String) {
+        s.log.push((self.started.elapsed(), what));
+    }
+
     /// Another run takes every lease over (with a higher epoch).
     pub fn steal_leases(&self) {
         let now = self.now();
@@ -329,7 +387,13 @@ impl Fleet {
 
     /// Every change so far.
     pub fn log(&self) -> Vec<String> {
-        self.lock().log.clone()
+        self.lock().log.iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// When the change `entry` happened (the first one if several), since the fleet was made.
+    pub fn when(&self, entry: &str) -> Option<Duration> {
+        let s = self.lock();
+        s.log.iter().find(|(_, l)| l == entry).map(|(t, _)| *t)
     }
 
     /// Every broken safety rule so far.
@@ -378,15 +442,22 @@ impl Fleet {
 
     /// The servers of `balancer` as it reports them: health worked out from the instances.
     fn report(&self, s: &State, balancer: &str) -> Servers {
+        let now = tokio::time::Instant::now();
         let mut servers = s.servers.get(balancer).cloned().unwrap_or_default();
         for (key, srv) in servers.iter_mut() {
+            let at = (balancer.to_owned(), key.clone());
             let healthy = self.healthy(s, balancer, key);
-            srv.check = match srv.admin {
-                Admin::Maint => Check::None,
-                _ if healthy => Check::Passed,
-                _ => Check::Failed,
+            let unchecked = s
+                .enabled_at
+                .get(&at)
+                .is_some_and(|t| now - *t < CHECK_EVERY);
+            (srv.up, srv.check) = match srv.admin {
+                Admin::Maint => (false, Check::None),
+                // Out of maintenance: UP at once, before its first check.
+                _ if unchecked => (true, Check::None),
+                _ if healthy => (true, Check::Passed),
+                _ => (false, Check::Failed),
             };
-            srv.up = srv.admin != Admin::Maint && healthy;
             srv.label = match (srv.admin, srv.up) {
                 (Admin::Maint, _) => "MAINT",
                 (Admin::Drain, _) => "DRAIN",
@@ -394,6 +465,15 @@ impl Fleet {
                 (Admin::Ready, false) => "DOWN",
             }
             .into();
+            srv.sessions = match (s.sessions.get(&at), srv.admin) {
+                (Some((n, _)), Admin::Ready) => *n,
+                (Some((n, linger)), Admin::Drain)
+                    if s.drained_at.get(&at).is_some_and(|t| now - *t < *linger) =>
+                {
+                    *n
+                }
+                _ => 0,
+            };
         }
         servers
     }
@@ -410,14 +490,16 @@ impl Fleet {
         for b in balancers {
             let report = self.report(s, &b);
             let mut backends: BTreeMap<&str, u32> = BTreeMap::new();
+            // A draining server gets no new requests.
+            let takes = |srv: &Server| srv.serving() && srv.admin == Admin::Ready;
             for ((backend, _), srv) in &report {
-                if srv.serving() {
+                if takes(srv) {
                     *backends.entry(backend).or_default() += srv.weight;
                 }
             }
             for (key, srv) in &report {
                 let total = backends.get(key.0.as_str()).copied().unwrap_or(0);
-                if !srv.serving() || total == 0 {
+                if !takes(srv) || total == 0 {
                     continue;
                 }
                 let version = self

@@ -74,7 +74,27 @@ pub enum Trouble {
     Refused(#[from] super::rules::Refusal),
 }
 
-impl Trouble {
+/// Whose fault an error met in a step is. Losing contact with a host leaves the rollout as it is;
+/// what a host or the balancer answers with a failure is theirs; what the new instance does or
+/// does not do is the version's.
+trait Blame: std::error::Error + Send + Sync + Sized + 'static {
+    fn fault(&self) -> Fault;
+
+    fn blamed(self) -> StepError {
+        StepError::new(self.fault(), self)
+    }
+}
+
+/// Contact lost: the step stops and the rollout is left as it is; else the host failed.
+fn contact(lost: bool) -> Fault {
+    if lost {
+        Fault::Unreachable
+    } else {
+        Fault::Host
+    }
+}
+
+impl Blame for Trouble {
     fn fault(&self) -> Fault {
         match self {
             // The new version does not run, never gets ready, is never UP in the balancer.
@@ -91,72 +111,73 @@ impl Trouble {
     }
 }
 
-impl From<Trouble> for StepError {
-    fn from(t: Trouble) -> Self {
-        StepError::new(t.fault(), t)
+impl Blame for TransportError {
+    fn fault(&self) -> Fault {
+        contact(self.lost_contact())
     }
 }
+
+impl Blame for BalancerError {
+    fn fault(&self) -> Fault {
+        contact(self.lost_contact())
+    }
+}
+
+impl Blame for LedgerError {
+    fn fault(&self) -> Fault {
+        contact(self.lost_contact())
+    }
+}
+
+impl Blame for RuntimeError {
+    fn fault(&self) -> Fault {
+        if self.by_the_instance() {
+            Fault::Version
+        } else {
+            contact(self.lost_contact())
+        }
+    }
+}
+
+/// A run's own errors: a lost lease fences the run; a rollout that was ended meanwhile (aborted,
+/// or failed by another run) is the version's; a driver's error is blamed as the driver's.
+impl Blame for ReconcileError {
+    fn fault(&self) -> Fault {
+        match self {
+            ReconcileError::LeaseLost { .. } => Fault::Fenced,
+            ReconcileError::Gate(super::GateError::Ended { .. }) => Fault::Version,
+            ReconcileError::Transport(e) => e.fault(),
+            ReconcileError::Balancer(e) => e.fault(),
+            ReconcileError::Runtime(e) => e.fault(),
+            ReconcileError::Ledger(e) | ReconcileError::Record { source: e, .. } => e.fault(),
+            _ => Fault::Host,
+        }
+    }
+}
+
+/// `?` in a step blames each error as [`Blame`] says.
+macro_rules! blamed_with_question_mark {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StepError {
+            fn from(e: $t) -> Self {
+                e.blamed()
+            }
+        }
+    )*};
+}
+
+blamed_with_question_mark!(
+    Trouble,
+    TransportError,
+    BalancerError,
+    LedgerError,
+    RuntimeError,
+    ReconcileError
+);
 
 impl From<super::rules::Refusal> for StepError {
     fn from(r: super::rules::Refusal) -> Self {
-        Trouble::from(r).into()
-    }
-}
-
-/// Contact lost: the step stops and the rollout is left as it is; else the host failed.
-fn contact(lost: bool) -> Fault {
-    if lost {
-        Fault::Unreachable
-    } else {
-        Fault::Host
-    }
-}
-
-impl From<TransportError> for StepError {
-    fn from(e: TransportError) -> Self {
-        StepError::new(contact(e.lost_contact()), e)
-    }
-}
-
-impl From<BalancerError> for StepError {
-    fn from(e: BalancerError) -> Self {
-        StepError::new(contact(e.lost_contact()), e)
-    }
-}
-
-impl From<LedgerError> for StepError {
-    fn from(e: LedgerError) -> Self {
-        StepError::new(contact(e.lost_contact()), e)
-    }
-}
-
-impl From<RuntimeError> for StepError {
-    fn from(e: RuntimeError) -> Self {
-        let fault = if e.by_the_instance() {
-            Fault::Version
-        } else {
-            contact(e.lost_contact())
-        };
-        StepError::new(fault, e)
-    }
-}
-
-/// A run's own errors met in a step: a lost lease fences the run; a rollout that was ended
-/// meanwhile (aborted, or failed by another run) is the version's; a lost host is unreachable.
-impl From<ReconcileError> for StepError {
-    fn from(e: ReconcileError) -> Self {
-        let fault = match &e {
-            ReconcileError::LeaseLost { .. } => Fault::Fenced,
-            ReconcileError::Gate(super::GateError::Ended { .. }) => Fault::Version,
-            ReconcileError::Transport(t) => contact(t.lost_contact()),
-            ReconcileError::Balancer(b) => contact(b.lost_contact()),
-            ReconcileError::Runtime(r) => contact(r.lost_contact()),
-            ReconcileError::Ledger(l) | ReconcileError::Record { source: l, .. } => {
-                contact(l.lost_contact())
-            }
-            _ => Fault::Host,
-        };
-        StepError::new(fault, e)
+        Trouble::from(r).blamed()
     }
 }
 
@@ -264,7 +285,10 @@ impl Effects for Live {
             Action::Start { .. } | Action::Shift { .. } => slack,
             // Its own wait for UP ends first, as the version's fault.
             Action::Enable { .. } => traffic::UP_WITHIN + slack,
-            Action::Probe { at } => self.app(at).probe.deadline + slack,
+            // Its last probe may start just before the probe's own deadline.
+            Action::Probe { at } => {
+                self.app(at).probe.deadline + self.app(at).probe.timeout + slack
+            }
             Action::Drain { at, .. } => self.app(at).drain + slack,
             Action::Stop { at, .. } => self.app(at).stop_timeout + slack,
             Action::Weigh { .. } | Action::Conclude { .. } => slack,

@@ -57,6 +57,21 @@ fn weight_goes_only_to_servers_the_balancer_finds_up() {
         ),
         Err(Refusal::NotUp { .. })
     ));
+    // UP and ready, but the balancer's own check has no result yet (just out of maintenance).
+    let mut unchecked = servers(true);
+    unchecked.get_mut(&key("green")).unwrap().check = Check::None;
+    assert!(matches!(
+        check_weights(
+            &unchecked,
+            &[(key("green"), 100), (key("blue"), 100)],
+            &[key("green")]
+        ),
+        Err(Refusal::NotUp { .. })
+    ));
+    assert_eq!(
+        check_weights(&unchecked, &[(key("green"), 100)], &[]),
+        Err(Refusal::NoServerKeepsWeight)
+    );
     assert_eq!(
         check_weights(
             &servers(true),
@@ -170,29 +185,73 @@ fn decisions() {
 
 #[test]
 fn a_canary_gives_its_traffic_back_only_before_its_final_shift() {
+    use crate::desired::Pause;
     use crate::names::SlotRef;
     let at = SlotRef::new("prod", "api", "web-1", "green");
-    let start = Action::Start {
-        at: at.clone(),
-        version: "2".into(),
-    };
-    let drain = Action::Drain {
-        balancer: "edge".into(),
-        at: at.clone(),
-    };
-    let shift = Action::Shift {
-        balancer: "edge".into(),
-        env: "prod".into(),
-        app: "api".into(),
-        to: vec![at.clone()],
-        from: vec![],
-    };
-    assert!(takes_back(&start));
-    assert!(takes_back(&Action::Probe { at: at.clone() }));
-    assert!(!takes_back(&shift));
-    assert!(!takes_back(&drain));
-    assert!(!takes_back(&Action::Stop {
-        at,
-        version: "1".into()
-    }));
+    let (balancer, env, app, version) = (
+        "edge".to_owned(),
+        "prod".to_owned(),
+        "api".to_owned(),
+        "2".to_owned(),
+    );
+    let before_the_shift = [
+        Action::Start {
+            at: at.clone(),
+            version: version.clone(),
+        },
+        Action::Probe { at: at.clone() },
+        Action::Enable {
+            balancer: balancer.clone(),
+            at: at.clone(),
+        },
+        Action::Weigh {
+            balancer: balancer.clone(),
+            env: env.clone(),
+            app: app.clone(),
+            version: version.clone(),
+            step: 0,
+            weight: 10,
+            canary: vec![at.clone()],
+            stable: vec![],
+        },
+        Action::Pause {
+            balancer: balancer.clone(),
+            env: env.clone(),
+            app: app.clone(),
+            version: version.clone(),
+            step: 0,
+            pause: Pause::UntilPromoted,
+            canary: vec![at.clone()],
+        },
+    ];
+    let from_the_shift = [
+        Action::Shift {
+            balancer: balancer.clone(),
+            env: env.clone(),
+            app: app.clone(),
+            to: vec![at.clone()],
+            from: vec![],
+        },
+        Action::Drain {
+            balancer: balancer.clone(),
+            at: at.clone(),
+        },
+        Action::Stop {
+            at,
+            version: "1".into(),
+        },
+        Action::Conclude {
+            balancer: balancer.clone(),
+            env,
+            app,
+            version,
+        },
+        Action::ApplyConfig { balancer },
+    ];
+    for a in &before_the_shift {
+        assert!(takes_back(a), "{a}");
+    }
+    for a in &from_the_shift {
+        assert!(!takes_back(a), "{a}");
+    }
 }
