@@ -132,7 +132,6 @@ struct HostPrep {
 }
 
 /// Adds the steps that make `host` ready to serve `version` from its target slot, after `after`.
-#[allow(clippy::too_many_arguments)]
 fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -> HostPrep {
     let Rollout {
         env,

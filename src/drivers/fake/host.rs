@@ -1,15 +1,47 @@
-//! The runtime and the ledger of a fake host, on the fleet's instances, records and leases.
+//! A fake host: whether it can be reached, and its runtime and ledger, on the fleet's instances,
+//! records and leases.
 
-use super::{FakeHost, FakeInstance, Fleet};
+use super::{FakeInstance, Fleet};
 use crate::drivers::lease::{Answer, Holder};
 use crate::drivers::ledger::LeaseOp;
 use crate::drivers::runtime::{Found, Running, StartSpec};
+use crate::drivers::{Cmd, Output, Transport};
 use crate::drivers::{Ledger, LedgerError, Runtime, RuntimeError, TransportError};
 use crate::names::SlotRef;
 use crate::observed::Admin;
 use crate::reconcile::Clock;
 use crate::state::InstanceRecord;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A fake host: its reachability, its runtime and (for a balancer host) its ledger.
+pub(super) struct FakeHost {
+    pub(super) fleet: Arc<Fleet>,
+    pub(super) host: String,
+}
+
+#[async_trait::async_trait]
+impl Transport for FakeHost {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Only answers whether the host is there (the reconciler's `true`).
+    async fn run(&self, cmd: &Cmd, _timeout: Duration) -> Result<Output, TransportError> {
+        self.fleet.unreachable(&self.host)?;
+        Ok(Output {
+            status: Some(if cmd.argv == ["true"] { 0 } else { 127 }),
+            ..Output::default()
+        })
+    }
+
+    async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError> {
+        Err(TransportError::Process {
+            host: self.host.clone(),
+            message: format!("a fake host has no socket {path}"),
+        })
+    }
+}
 
 #[async_trait::async_trait]
 impl Runtime for FakeHost {

@@ -5,22 +5,21 @@
 //! ([`Behaviour`]). The fake balancer checks health the way a real one does (a server is UP when
 //! its instance runs a healthy version), counts requests by weight as time passes, and writes down
 //! every change and every broken safety rule ([`Fleet::violations`]) for the tests to assert.
-//! This file holds the fleet, the prober, the clock and the hosts' reachability; `host` the
-//! runtime and ledger of a host; `balancer` the balancer.
+//! This file holds the fleet, the prober and the clock; `host` a host (its reachability, runtime
+//! and ledger); `balancer` the balancer.
 
 mod balancer;
 mod host;
 
 use super::runtime::Kind;
-use super::{
-    Balancer, Cmd, Ledger, Output, ProbeError, Prober, Runtime, Transport, TransportError,
-};
+use super::{Balancer, Ledger, ProbeError, Prober, Runtime, Transport, TransportError};
 use crate::desired::DesiredState;
 use crate::names::{ServerKey, SlotRef};
 use crate::observed::{Admin, Check, Server, ServerCounters, Servers};
 use crate::reconcile::{Clock, Drivers};
 use crate::state::InstanceRecord;
 use balancer::FakeBalancer;
+use host::FakeHost;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -601,34 +600,5 @@ impl Prober for Fleet {
                 status: "500 Internal Server Error".into(),
             })
         }
-    }
-}
-
-/// A fake host: its reachability, its runtime and (for a balancer host) its ledger.
-pub(super) struct FakeHost {
-    fleet: Arc<Fleet>,
-    host: String,
-}
-
-#[async_trait::async_trait]
-impl Transport for FakeHost {
-    fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// Only answers whether the host is there (the reconciler's `true`).
-    async fn run(&self, cmd: &Cmd, _timeout: Duration) -> Result<Output, TransportError> {
-        self.fleet.unreachable(&self.host)?;
-        Ok(Output {
-            status: Some(if cmd.argv == ["true"] { 0 } else { 127 }),
-            ..Output::default()
-        })
-    }
-
-    async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError> {
-        Err(TransportError::Process {
-            host: self.host.clone(),
-            message: format!("a fake host has no socket {path}"),
-        })
     }
 }
