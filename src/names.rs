@@ -49,11 +49,6 @@ impl SlotRef {
     pub fn server_key(&self) -> ServerKey {
         (self.backend(), self.server())
     }
-
-    /// The key of the slot's instance on its host: (env, app, slot).
-    pub fn instance_key(&self) -> (String, String, String) {
-        (self.env.clone(), self.app.clone(), self.slot.clone())
-    }
 }
 
 #[cfg(test)]

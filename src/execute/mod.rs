@@ -68,11 +68,6 @@ impl StepError {
     pub fn waits(&self) -> bool {
         matches!(self.fault, Fault::Waiting { .. } | Fault::Interrupted)
     }
-
-    /// The cause.
-    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self.cause.as_ref()
-    }
 }
 
 /// Displays as its cause, whose own causes are its sources.

@@ -93,7 +93,7 @@ fn server<'o>(observed: &'o ObservedState, balancer: &str, at: &SlotRef) -> Opti
 }
 
 /// The slot's instance is alive and runs `version`.
-pub fn runs(observed: &ObservedState, at: &SlotRef, version: &str) -> bool {
+fn runs(observed: &ObservedState, at: &SlotRef, version: &str) -> bool {
     observed
         .instance(&at.host, &at.env, &at.app, &at.slot)
         .is_some_and(|i| i.alive && i.record.version == version)

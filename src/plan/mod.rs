@@ -6,7 +6,7 @@
 mod build;
 
 pub use crate::names::SlotRef;
-pub use build::{build, cleanup, quarantine, runs};
+pub use build::{build, cleanup, quarantine};
 
 use crate::desired::Pause;
 use petgraph::graph::{DiGraph, NodeIndex};

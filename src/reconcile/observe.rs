@@ -333,7 +333,12 @@ environments:
             host.recovered,
             [("prod".into(), "api".into(), "blue".into())]
         );
-        assert_eq!(host.instances[&at("blue").instance_key()].record.pid, pid);
+        assert_eq!(
+            host.instances[&("prod".into(), "api".into(), "blue".into())]
+                .record
+                .pid,
+            pid
+        );
 
         // A process whose environment names another slot is not trusted with a version.
         let pid = start(&w, "green", "blue", "2.0").await;

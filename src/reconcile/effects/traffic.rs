@@ -123,15 +123,11 @@ impl Live {
         let key = at.server_key();
         let servers = self.servers(balancer).await?;
         rules::check_drain(&servers, &key)?;
-        match servers.get(&key) {
-            None => return self.save_state(balancer, &at.backend()).await,
-            Some(s) if s.admin == Admin::Maint => {
-                return self.save_state(balancer, &at.backend()).await
-            }
-            Some(s) if s.admin == Admin::Ready => {
-                b.apply(&[Change::State(key.clone(), Admin::Drain)]).await?;
-            }
-            Some(_) => {}
+        match servers.get(&key).map(|s| s.admin) {
+            // Takes no requests: nothing to drain.
+            None | Some(Admin::Maint) => return self.save_state(balancer, &at.backend()).await,
+            Some(Admin::Ready) => b.apply(&[Change::State(key.clone(), Admin::Drain)]).await?,
+            Some(Admin::Drain) => {}
         }
         let limit = tokio::time::Instant::now() + self.app(at).drain;
         loop {
