@@ -35,6 +35,18 @@ impl DesiredState {
             .filter(move |e| e.balancer == balancer)
     }
 
+    /// The backends `balancer` serves: one per environment it serves and app deployed there, in name
+    /// order.
+    pub fn backends_of(&self, balancer: &str) -> Vec<String> {
+        self.environments_of(balancer)
+            .flat_map(|e| {
+                e.apps
+                    .keys()
+                    .map(|a| crate::names::backend_name(&e.name, a))
+            })
+            .collect()
+    }
+
     /// The balancer of `env`.
     pub fn balancer_of(&self, env: &str) -> &Balancer {
         &self.balancers[&self.environments[env].balancer]
@@ -132,6 +144,8 @@ mod tests {
         assert_eq!(d.host_address("web-1"), "192.0.2.11");
         assert_eq!(d.environments_of("edge").count(), 1);
         assert_eq!(d.environments_of("unused").count(), 0);
+        assert_eq!(d.backends_of("edge"), ["kf_prod_api"]);
+        assert!(d.backends_of("unused").is_empty());
         assert_eq!(d.deployments().count(), 1);
     }
 }

@@ -218,10 +218,7 @@ impl Haproxy {
             reload_command: b.reload_command.clone(),
             state_dir: desired.state_dir(&b.host).to_owned(),
             config: render_config(desired, name),
-            backends: desired
-                .environments_of(name)
-                .flat_map(|e| e.apps.keys().map(|a| backend_name(&e.name, a)))
-                .collect(),
+            backends: desired.backends_of(name),
             save_lock: tokio::sync::Mutex::new(()),
         }
     }

@@ -144,15 +144,6 @@ impl ProcessRuntime {
         SlotRef::new(env, app, self.t().host(), slot)
     }
 
-    /// The end of a slot's log, or nothing when it cannot be read.
-    async fn tail(&self, log: &str) -> String {
-        self.t()
-            .run(&tail_cmd(log, 20), TIMEOUT)
-            .await
-            .map(|o| o.stdout_text())
-            .unwrap_or_default()
-    }
-
     /// The process a slot's pid file names (pid and start time), shaped as a record of the slot;
     /// `None` when there is no pid file. Whether it still runs is `is_alive`'s to say.
     async fn pid_file_record(&self, at: &SlotRef) -> Result<Option<InstanceRecord>, RuntimeError> {
@@ -322,7 +313,8 @@ impl Runtime for ProcessRuntime {
             return Err(RuntimeError::ExitedAtOnce {
                 host: self.t().host().to_owned(),
                 command: argv.join(" "),
-                tail: self.tail(&log).await,
+                // The end of its log, or nothing when it cannot be read.
+                tail: self.logs(at, 20).await.map(|(_, t)| t).unwrap_or_default(),
                 log,
             });
         };

@@ -180,14 +180,22 @@ impl World {
         app: &str,
         port: u16,
     ) -> Result<(), ProbeError> {
-        let probe = &self.desired.apps[app].probe;
+        self.probe_path(host, app, port, &self.desired.apps[app].probe.path)
+            .await
+    }
+
+    /// One GET of `path` from the instance of `app` on `host` at `port`, within the app's probe
+    /// timeout: its readiness probe, or an analysis check.
+    pub(super) async fn probe_path(
+        &self,
+        host: &str,
+        app: &str,
+        port: u16,
+        path: &str,
+    ) -> Result<(), ProbeError> {
+        let timeout = self.desired.apps[app].probe.timeout;
         self.prober()
-            .probe(
-                &self.desired.host_address(host),
-                port,
-                &probe.path,
-                probe.timeout,
-            )
+            .probe(&self.desired.host_address(host), port, path, timeout)
             .await
     }
 

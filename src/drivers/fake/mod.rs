@@ -548,15 +548,10 @@ fn server(weight: u32, admin: Admin) -> Server {
 }
 
 fn rendered_config(desired: &DesiredState, balancer: &str) -> String {
-    let backends: Vec<String> = desired
-        .environments_of(balancer)
-        .flat_map(|e| {
-            e.apps
-                .keys()
-                .map(|a| crate::names::backend_name(&e.name, a))
-        })
-        .collect();
-    format!("fake config of {balancer}: {}", backends.join(" "))
+    format!(
+        "fake config of {balancer}: {}",
+        desired.backends_of(balancer).join(" ")
+    )
 }
 
 impl Clock for Fleet {

@@ -130,12 +130,9 @@ impl Live {
     /// GETs each of `paths` from every canary instance; the first that does not answer 2xx.
     async fn run_checks(&self, canary: &[SlotRef], paths: &[String]) -> Result<(), CheckFailed> {
         for at in canary {
-            let timeout = self.app(at).probe.timeout;
-            let address = self.world.desired.host_address(&at.host);
             for path in paths {
                 self.world
-                    .prober()
-                    .probe(&address, self.port(at), path, timeout)
+                    .probe_path(&at.host, &at.app, self.port(at), path)
                     .await
                     .map_err(|cause| CheckFailed {
                         path: path.clone(),
