@@ -141,7 +141,7 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// The fleet the fakes share.
 pub struct Fleet {
     state: Mutex<State>,
-    /// Host name by address (as the prober is given it), and slot port by (host, port).
+    /// Host name by address (as the prober is given it).
     hosts_by_address: BTreeMap<String, String>,
     desired: DesiredState,
     /// Requests per second each backend receives.
@@ -418,24 +418,17 @@ impl Fleet {
         s.behaviours.get(version).copied().unwrap_or_default()
     }
 
-    /// The slot whose server is `key` in `balancer`'s backends.
-    fn slot_of(&self, balancer: &str, key: &ServerKey) -> Option<SlotRef> {
-        self.desired.environments_of(balancer).find_map(|env| {
-            env.apps.iter().find_map(|(app, d)| {
-                env.hosts.iter().find_map(|host| {
-                    d.slots
-                        .iter()
-                        .map(|slot| SlotRef::new(&env.name, app, host, &slot.name))
-                        .find(|at| at.server_key() == *key)
-                })
-            })
-        })
+    /// The instance in the slot whose server is `key`, if one is there.
+    fn instance_behind<'s>(s: &'s State, key: &ServerKey) -> Option<&'s FakeInstance> {
+        s.instances
+            .iter()
+            .find(|(at, _)| at.server_key() == *key)
+            .map(|(_, i)| i)
     }
 
     /// Whether the balancer's check finds the instance behind `key` healthy.
-    fn healthy(&self, s: &State, balancer: &str, key: &ServerKey) -> bool {
-        self.slot_of(balancer, key)
-            .and_then(|at| s.instances.get(&at))
+    fn healthy(s: &State, key: &ServerKey) -> bool {
+        Self::instance_behind(s, key)
             .is_some_and(|i| i.alive && Self::behaviour(s, &i.record.version).healthy)
     }
 
@@ -445,7 +438,7 @@ impl Fleet {
         let mut servers = s.servers.get(balancer).cloned().unwrap_or_default();
         for (key, srv) in servers.iter_mut() {
             let at = (balancer.to_owned(), key.clone());
-            let healthy = self.healthy(s, balancer, key);
+            let healthy = Self::healthy(s, key);
             let unchecked = s
                 .enabled_at
                 .get(&at)
@@ -501,9 +494,7 @@ impl Fleet {
                 if !takes(srv) || total == 0 {
                     continue;
                 }
-                let version = self
-                    .slot_of(&b, key)
-                    .and_then(|at| s.instances.get(&at))
+                let version = Self::instance_behind(s, key)
                     .map(|i| i.record.version.clone())
                     .unwrap_or_default();
                 let error_rate = Self::behaviour(s, &version).error_rate;
