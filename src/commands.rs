@@ -189,10 +189,12 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
         }
         PlanOutput::Dot => write!(out, "{}", plan.render_dot())?,
     }
-    Ok(if plan.is_empty() {
+    Ok(if !plan.is_empty() {
+        Exit::Pending
+    } else if plan.stuck.is_empty() {
         Exit::Ok
     } else {
-        Exit::Pending
+        Exit::Failed
     })
 }
 
@@ -307,6 +309,17 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
                         "changes pending"
                     }
                 )?;
+                writeln!(
+                    out,
+                    "  traffic: {}",
+                    app["traffic"].as_str().unwrap_or_default()
+                )?;
+                if let Some(good) = app["last_good"].as_str() {
+                    writeln!(out, "  last good version: {good}")?;
+                }
+                for problem in app["problems"].as_array().into_iter().flatten() {
+                    writeln!(out, "  problem: {}", problem.as_str().unwrap_or_default())?;
+                }
                 if let Some(r) = app["rollout"].as_object() {
                     let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
                     write!(
@@ -322,6 +335,24 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
                         write!(out, ": {outcome}")?;
                     }
                     writeln!(out)?;
+                    if let Some(bake) = r["bake"].as_object() {
+                        writeln!(
+                            out,
+                            "  bake of [{}]: {}",
+                            bake["servers"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            if bake["passed"] == true {
+                                "passed"
+                            } else {
+                                "not passed"
+                            }
+                        )?;
+                    }
                     if let Some(last) = r["analysis"].as_array().and_then(|a| a.last()) {
                         writeln!(
                             out,
@@ -390,7 +421,9 @@ fn status_report(
             env: Some(env.name.clone()),
             app: Some(app.to_owned()),
         };
-        let in_sync = plan::build(desired, observed, stale, &only).is_empty();
+        let plan = plan::build(desired, observed, stale, &only);
+        let in_sync = plan.is_empty() && plan.stuck.is_empty();
+        let traffic = plan::Traffic::read(desired, observed, &env.name, app);
         let mut slots = Vec::new();
         for host in &env.hosts {
             for slot in &d.slots {
@@ -426,6 +459,9 @@ fn status_report(
             "strategy": d.strategy.name(),
             "in_sync": in_sync,
             "quarantined": plan::quarantine(desired, observed, &env.name, app).is_some(),
+            "last_good": plan::last_good(observed, &env.name, app, &d.version),
+            "traffic": traffic.to_string(),
+            "problems": plan.stuck,
             "rollout": record,
             "slots": slots,
         }));

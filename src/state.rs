@@ -98,7 +98,7 @@ pub enum Promote {
     All,
 }
 
-/// The canary's figures over one step, from HAProxy's statistics.
+/// The canary's figures over one step, from the balancer's statistics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepFigures {
     pub step: usize,
@@ -112,7 +112,7 @@ pub struct StepFigures {
     pub verdict: String,
 }
 
-/// HAProxy's cumulative counters of the canary's servers at a moment: the base of a step's figures.
+/// The balancer's cumulative counters of some servers at a moment: the base of a window's figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub requests: u64,
@@ -150,6 +150,37 @@ pub struct RolloutRecord {
     /// Why it ended, for a failed or aborted rollout.
     #[serde(default)]
     pub outcome: Option<String>,
+    /// The version that served well before this rollout began: what a failed rollout brings back.
+    #[serde(default)]
+    pub last_good: Option<String>,
+    /// The bake in progress (or passed) after traffic moved to this version.
+    #[serde(default)]
+    pub bake: Option<Bake>,
+}
+
+impl RolloutRecord {
+    /// The last version known to have served well: this one once it succeeded, else the one before.
+    pub fn good_version(&self) -> Option<&str> {
+        if self.phase == Phase::Succeeded {
+            Some(&self.version)
+        } else {
+            self.last_good.as_deref()
+        }
+    }
+}
+
+/// A bake: the new servers watched after traffic moved to them, from when, and their counters then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bake {
+    /// Balancer names of the servers watched (`<host>_<slot>`).
+    pub servers: Vec<String>,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// Their cumulative counters when the bake began (its error rate counts from here).
+    pub base: Counters,
+    /// The bake ran its full length without a failure.
+    pub passed: bool,
 }
 
 /// Seconds since the Unix epoch.

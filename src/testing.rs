@@ -20,6 +20,7 @@ apps:
     slots: {{ blue: 8000, green: 8001 }}
     probe: {{ path: /ready, interval: 100ms, healthy_after: 2, deadline: 2s }}
     drain: 1s
+    bake: 5s
 environments:
   prod:
     balancer: edge

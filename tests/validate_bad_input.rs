@@ -825,3 +825,61 @@ case!(
         "invalid probe path \"/ready'z\""
     )]
 );
+
+case!(
+    bake_is_a_duration,
+    root(&base_with(
+        "stop_timeout: 30s",
+        "stop_timeout: 30s\n    bake: a while"
+    )),
+    [(
+        ROOT,
+        Some("a while"),
+        "apps.api.bake",
+        "invalid duration \"a while\""
+    )]
+);
+
+case!(
+    rolling_on_failure_is_revert_or_hold,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            PROD,
+            PRODUCTION_FILE
+                .replace(
+                    "strategy: blue-green",
+                    "strategy: { rolling: { batch: 1, on_failure: ignore } }"
+                )
+                .into_bytes()
+        ),
+    ],
+    [(
+        PROD,
+        Some("ignore"),
+        "apps.api.strategy.rolling.on_failure",
+        "unknown value \"ignore\", expected one of `revert`, `hold`"
+    )]
+);
+
+case!(
+    blue_green_analysis_is_checked_where_it_stands,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            PROD,
+            PRODUCTION_FILE
+                .replace(
+                    "strategy: blue-green",
+                    "strategy: { blue_green: { analysis: { max_error_rate: 5 } } }"
+                )
+                .into_bytes()
+        ),
+    ],
+    [(
+        PROD,
+        Some("5 }"),
+        "apps.api.strategy.blue_green.analysis.max_error_rate",
+        "max_error_rate 5 is outside 0–1"
+    )]
+);

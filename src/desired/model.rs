@@ -94,6 +94,9 @@ pub struct App {
     pub drain: Duration,
     #[serde(serialize_with = "duration::serialize")]
     pub stop_timeout: Duration,
+    /// How long the old instances stay ready to take traffic back after it moved (zero: not at all).
+    #[serde(serialize_with = "duration::serialize")]
+    pub bake: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -166,9 +169,15 @@ impl std::fmt::Display for Listen {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Strategy {
-    BlueGreen,
+    BlueGreen {
+        /// Judges the new version during its bake.
+        analysis: Option<Analysis>,
+    },
     Rolling {
         batch: Batch,
+        on_failure: OnFailure,
+        /// Judges each batch during its bake.
+        analysis: Option<Analysis>,
     },
     Canary {
         steps: Vec<CanaryStep>,
@@ -183,10 +192,30 @@ impl Strategy {
     /// `blue-green`, `rolling` or `canary`.
     pub fn name(&self) -> &'static str {
         match self {
-            Strategy::BlueGreen => "blue-green",
+            Strategy::BlueGreen { .. } => "blue-green",
             Strategy::Rolling { .. } => "rolling",
             Strategy::Canary { .. } => "canary",
         }
+    }
+
+    /// The error-rate rules that judge the new version (the canary's steps, every strategy's bake).
+    pub fn analysis(&self) -> Option<&Analysis> {
+        match self {
+            Strategy::BlueGreen { analysis }
+            | Strategy::Rolling { analysis, .. }
+            | Strategy::Canary { analysis, .. } => analysis.as_ref(),
+        }
+    }
+
+    /// Whether a failed rollout leaves the hosts it finished on the new version (`on_failure: hold`).
+    pub fn holds(&self) -> bool {
+        matches!(
+            self,
+            Strategy::Rolling {
+                on_failure: OnFailure::Hold,
+                ..
+            }
+        )
     }
 
     /// A canary's share of traffic during step `step`: the weight of the last step up to it that
@@ -202,6 +231,17 @@ impl Strategy {
             _ => 0,
         }
     }
+}
+
+/// What a failed rolling update does with the batches it finished.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Bring them back to the last good version.
+    #[default]
+    Revert,
+    /// Leave them on the new version.
+    Hold,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

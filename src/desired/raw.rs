@@ -120,6 +120,12 @@ pub struct RawApp {
     /// SIGTERM grace before SIGKILL; default 30s.
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub stop_timeout: Option<String>,
+    /// After traffic moves to a new version, how long the old instances stay running, drained and
+    /// ready to take it back, while the new servers are watched (DOWN, exited, error rate above the
+    /// strategy's `analysis`); a failure moves all traffic back and quarantines the version.
+    /// Default 30s; `0s` turns it off.
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub bake: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -223,7 +229,10 @@ pub enum RawStrategy {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "BlueGreen")]
-pub struct RawBlueGreen {}
+pub struct RawBlueGreen {
+    /// Error rate that fails the new version during its bake, from the balancer's statistics.
+    pub analysis: Option<RawAnalysis>,
+}
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +240,21 @@ pub struct RawBlueGreen {}
 pub struct RawRolling {
     /// Hosts per batch: a count (e.g. 1) or a share of the environment's hosts (e.g. "25%"); default 1.
     pub batch: Option<Loose<BatchSchema>>,
+    /// When a batch fails: `revert` (default) brings the batches already done back to the last
+    /// good version; `hold` leaves them on the new one, for an operator to look first.
+    pub on_failure: Option<RawOnFailure>,
+    /// Error rate that fails the new version during each batch's bake, from the balancer's
+    /// statistics.
+    pub analysis: Option<RawAnalysis>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "OnFailure")]
+pub enum RawOnFailure {
+    #[serde(rename = "revert")]
+    Revert,
+    #[serde(rename = "hold")]
+    Hold,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -505,6 +505,7 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
         &a.stop_timeout,
         Duration::from_secs(30),
     );
+    let bake = c.duration(at, &path.key("bake"), &a.bake, Duration::from_secs(30));
     Some(App {
         name: name.to_owned(),
         runtime: runtime?,
@@ -512,6 +513,7 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
         probe,
         drain,
         stop_timeout,
+        bake,
     })
 }
 
@@ -696,9 +698,13 @@ fn parse_listen(text: &str) -> Option<Listen> {
 
 fn strategy(c: &mut Checker, at: At, path: &YamlPath, raw: Option<&RawStrategy>) -> Strategy {
     match raw {
-        None | Some(RawStrategy::BlueGreenShort) | Some(RawStrategy::BlueGreen(_)) => {
-            Strategy::BlueGreen
-        }
+        None | Some(RawStrategy::BlueGreenShort) => Strategy::BlueGreen { analysis: None },
+        Some(RawStrategy::BlueGreen(b)) => Strategy::BlueGreen {
+            analysis: b
+                .analysis
+                .as_ref()
+                .map(|a| analysis(c, at, &path.key("blue_green").key("analysis"), a)),
+        },
         Some(RawStrategy::Rolling(r)) => {
             let bp = path.key("rolling").key("batch");
             let batch = match (r.batch.as_ref(), at.doc.root.at(&bp)) {
@@ -712,7 +718,17 @@ fn strategy(c: &mut Checker, at: At, path: &YamlPath, raw: Option<&RawStrategy>)
                 }),
                 _ => Batch::Hosts(1),
             };
-            Strategy::Rolling { batch }
+            Strategy::Rolling {
+                batch,
+                on_failure: match r.on_failure {
+                    None | Some(RawOnFailure::Revert) => OnFailure::Revert,
+                    Some(RawOnFailure::Hold) => OnFailure::Hold,
+                },
+                analysis: r
+                    .analysis
+                    .as_ref()
+                    .map(|a| analysis(c, at, &path.key("rolling").key("analysis"), a)),
+            }
         }
         Some(RawStrategy::Canary(k)) => {
             let cp = path.key("canary");
@@ -762,37 +778,10 @@ fn strategy(c: &mut Checker, at: At, path: &YamlPath, raw: Option<&RawStrategy>)
                     });
                 }
             }
-            let analysis = k.analysis.as_ref().map(|a| {
-                let ap = cp.key("analysis");
-                let max_error_rate = c
-                    .required(at, &ap.key("max_error_rate"), &a.max_error_rate)
-                    .copied()
-                    .unwrap_or(0.0);
-                if !(0.0..=1.0).contains(&max_error_rate) {
-                    c.value(
-                        at,
-                        &ap.key("max_error_rate"),
-                        format!("max_error_rate {max_error_rate} is outside 0–1 (0.01 means 1%)"),
-                    );
-                }
-                let mut checks = Vec::new();
-                for (i, path) in a.checks.iter().flatten().enumerate() {
-                    if URL_PATH.is_match(path) {
-                        checks.push(path.clone());
-                    } else {
-                        c.value(
-                            at,
-                            &ap.key("checks").index(i),
-                            format!("invalid check path {path:?} (must start with / and hold no spaces or quotes)"),
-                        );
-                    }
-                }
-                Analysis {
-                    max_error_rate,
-                    min_requests: a.min_requests.unwrap_or(100),
-                    checks,
-                }
-            });
+            let analysis = k
+                .analysis
+                .as_ref()
+                .map(|a| analysis(c, at, &cp.key("analysis"), a));
             let progress_deadline = c.duration(
                 at,
                 &cp.key("progress_deadline"),
@@ -942,6 +931,40 @@ fn check_ports(
                 }
             }
         }
+    }
+}
+
+/// The error-rate rules of a strategy (`path` is its `analysis` key).
+fn analysis(c: &mut Checker, at: At, ap: &YamlPath, a: &RawAnalysis) -> Analysis {
+    let max_error_rate = c
+        .required(at, &ap.key("max_error_rate"), &a.max_error_rate)
+        .copied()
+        .unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&max_error_rate) {
+        c.value(
+            at,
+            &ap.key("max_error_rate"),
+            format!("max_error_rate {max_error_rate} is outside 0–1 (0.01 means 1%)"),
+        );
+    }
+    let mut checks = Vec::new();
+    for (i, path) in a.checks.iter().flatten().enumerate() {
+        if URL_PATH.is_match(path) {
+            checks.push(path.clone());
+        } else {
+            c.value(
+                at,
+                &ap.key("checks").index(i),
+                format!(
+                    "invalid check path {path:?} (must start with / and hold no spaces or quotes)"
+                ),
+            );
+        }
+    }
+    Analysis {
+        max_error_rate,
+        min_requests: a.min_requests.unwrap_or(100),
+        checks,
     }
 }
 

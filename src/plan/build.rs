@@ -4,10 +4,13 @@
 
 use super::{Action, Plan, Scope, SlotRef};
 use crate::desired::{CanaryStep, Deployment, DesiredState, Environment, Strategy};
+use crate::names::{backend_name, server_name};
 use crate::observed::{Admin, ObservedState, Server, FULL_WEIGHT};
+use crate::state::UNKNOWN_VERSION;
 use crate::state::{Phase, RolloutRecord};
 use petgraph::graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// The record of a rollout that quarantines the desired version of `app` in `env`: it was rolled back,
 /// and neither the app's desired state nor the operator (`kube-free retry`) said to try again.
@@ -59,11 +62,15 @@ pub fn build(
                 q.outcome.as_deref().unwrap_or("no reason recorded"),
                 env.name
             ));
-            // What an earlier rollback could not finish (the stable servers were not UP, a
-            // host was unreachable) is finished now.
-            let take_back = matches!(d.strategy, Strategy::Canary { .. });
+            // What an earlier rollback could not finish (the last good version did not come
+            // back, a host was unreachable) is finished now; unless the strategy holds.
             plan.merge(cleanup(
-                desired, observed, &env.name, app, &q.version, take_back,
+                desired,
+                observed,
+                &env.name,
+                app,
+                &q.version,
+                !d.strategy.holds(),
             ));
             continue;
         }
@@ -75,16 +82,72 @@ pub fn build(
             version: &d.version,
             observed,
             fingerprint: desired.fingerprint(&env.name, app),
+            bake: desired.apps[app].bake,
         };
-        match &d.strategy {
-            Strategy::Rolling { batch } => {
+        let before = plan.graph.node_count();
+        let last = match &d.strategy {
+            Strategy::Rolling { batch, .. } => {
                 rolling(&mut plan, &r, batch.size(env.hosts.len()), config)
             }
-            Strategy::BlueGreen => blue_green(&mut plan, &r, config),
+            Strategy::BlueGreen { .. } => blue_green(&mut plan, &r, config),
             Strategy::Canary { steps, .. } => canary(&mut plan, &r, steps, config),
+        };
+        // The rollout is recorded as succeeded when this plan did anything for it, or when an
+        // earlier run began it and did not finish.
+        if plan.graph.node_count() > before || running_record(&r).is_some() {
+            let conclude = Action::Conclude {
+                balancer: env.balancer.clone(),
+                env: env.name.clone(),
+                app: app.to_owned(),
+                version: d.version.clone(),
+            };
+            plan.add(conclude, &last);
         }
     }
     plan
+}
+
+/// The last version known to have served `env`/`app` well, other than `failed`: what a failed
+/// rollout of `failed` brings back. From the rollout record (the one it names, or an earlier
+/// version that succeeded), else from the instances found: one of another version that serves,
+/// then one that runs, then one that did run (its record is still there).
+pub fn last_good(observed: &ObservedState, env: &str, app: &str, failed: &str) -> Option<String> {
+    let recorded = observed.rollout(env, app).and_then(|r| {
+        if r.version == failed {
+            r.last_good.as_deref()
+        } else {
+            r.good_version()
+        }
+    });
+    if let Some(v) = recorded.filter(|v| *v != failed) {
+        return Some(v.to_owned());
+    }
+    let mut found: Vec<(u8, &str)> = Vec::new();
+    for (host, state) in &observed.hosts {
+        for ((e, a, slot), i) in &state.instances {
+            let version = i.record.version.as_str();
+            if e != env || a != app || version == failed || version == UNKNOWN_VERSION {
+                continue;
+            }
+            let serves = observed.balancers.values().any(|b| {
+                b.servers
+                    .get(&(backend_name(env, app), server_name(host, slot)))
+                    .is_some_and(Server::serving)
+            });
+            found.push((u8::from(!serves) + u8::from(!i.alive), version));
+        }
+    }
+    found.sort();
+    found.first().map(|(_, v)| (*v).to_owned())
+}
+
+/// The record of this rollout while it runs (begun, not ended), if there is one.
+fn running_record<'o>(r: &Rollout<'o>) -> Option<&'o RolloutRecord> {
+    r.observed.rollout(&r.env.name, r.app).filter(|rec| {
+        rec.version == r.version
+            && rec.fingerprint == r.fingerprint
+            && matches!(rec.phase, Phase::Progressing | Phase::Paused)
+    })
 }
 
 /// The slot's server in the balancer, if the balancer knows it.
@@ -115,6 +178,8 @@ struct Rollout<'a> {
     version: &'a str,
     observed: &'a ObservedState,
     fingerprint: String,
+    /// The app's bake.
+    bake: Duration,
 }
 
 /// What one host needs for `version`: the slot that will serve it, the steps that make it ready
@@ -281,7 +346,7 @@ fn retire(
 
 /// Blue-green toward `version`: on every host the target slot runs `version`, is probed and enabled;
 /// one shift moves all weight; the other slots are drained, put in maintenance and stopped.
-fn blue_green(plan: &mut Plan, r: &Rollout, config: Option<NodeIndex>) {
+fn blue_green(plan: &mut Plan, r: &Rollout, config: Option<NodeIndex>) -> Vec<NodeIndex> {
     let Rollout { env, observed, .. } = *r;
     let base: Vec<NodeIndex> = config.into_iter().collect();
     let preps: Vec<HostPrep> = env
@@ -291,9 +356,80 @@ fn blue_green(plan: &mut Plan, r: &Rollout, config: Option<NodeIndex>) {
         .collect();
     let mut before: Vec<NodeIndex> = base.clone();
     before.extend(preps.iter().flat_map(|p| p.ready_steps.last().copied()));
-    let after = shift_to_targets(plan, r, &preps, &before).map_or(base, |n| vec![n]);
+    let shift = shift_to_targets(plan, r, &preps, &before);
+    let after = shift.map_or(before, |n| vec![n]);
+    let after = bake(plan, r, &preps, shift.is_some(), after);
     let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
-    retire(plan, &env.balancer, &old, observed, &after);
+    let retired = retire(plan, &env.balancer, &old, observed, &after);
+    if retired.is_empty() {
+        after
+    } else {
+        retired
+    }
+}
+
+/// After traffic moved to the targets of `preps` (`moved`: in this plan), a bake of the app's
+/// length: when there is something to take the traffic back to (old instances that still run, or
+/// a last good version to bring back), or when a bake of these servers began and did not pass (a
+/// resumed run). Returns the steps the old slots retire after.
+fn bake(
+    plan: &mut Plan,
+    r: &Rollout,
+    preps: &[HostPrep],
+    moved: bool,
+    after: Vec<NodeIndex>,
+) -> Vec<NodeIndex> {
+    let Rollout {
+        env,
+        app,
+        version,
+        observed,
+        ..
+    } = *r;
+    if r.bake.is_zero() || preps.is_empty() {
+        return after;
+    }
+    let new: Vec<SlotRef> = preps.iter().map(|p| p.target.clone()).collect();
+    let mut old: Vec<SlotRef> = preps
+        .iter()
+        .flat_map(|p| p.from.iter().chain(&p.retire))
+        .filter(|at| {
+            observed
+                .instance(&at.host, &at.env, &at.app, &at.slot)
+                .is_some_and(|i| i.alive)
+        })
+        .cloned()
+        .collect();
+    old.sort();
+    old.dedup();
+    let wanted = if moved {
+        !old.is_empty() || last_good(observed, &env.name, app, version).is_some()
+    } else {
+        let names: Vec<String> = new.iter().map(SlotRef::server).collect();
+        let passed = observed.rollout(&env.name, app).is_some_and(|rec| {
+            rec.version == version
+                && rec.fingerprint == r.fingerprint
+                && (rec.phase == Phase::Succeeded
+                    || rec
+                        .bake
+                        .as_ref()
+                        .is_some_and(|b| b.passed && b.servers == names))
+        });
+        !old.is_empty() && !passed
+    };
+    if !wanted {
+        return after;
+    }
+    let step = Action::Bake {
+        balancer: env.balancer.clone(),
+        env: env.name.clone(),
+        app: app.to_owned(),
+        version: version.to_owned(),
+        bake: r.bake,
+        new,
+        old,
+    };
+    vec![plan.add(step, &after)]
 }
 
 /// When any of `preps` needs it, one shift (after `after`): full weight to every host's target
@@ -319,11 +455,17 @@ fn shift_to_targets(
 /// Rolling toward `version`: hosts in batches of `batch`; within a batch each host gets its target
 /// slot ready, moves its own weight to it and retires its old slot; the next batch starts when the
 /// batch before it is done, so at most one batch of hosts is ever changing.
-fn rolling(plan: &mut Plan, r: &Rollout, batch: usize, config: Option<NodeIndex>) {
+fn rolling(
+    plan: &mut Plan,
+    r: &Rollout,
+    batch: usize,
+    config: Option<NodeIndex>,
+) -> Vec<NodeIndex> {
     let Rollout { env, observed, .. } = *r;
     let mut after: Vec<NodeIndex> = config.into_iter().collect();
     for hosts in env.hosts.chunks(batch.max(1)) {
-        let mut ends = Vec::new();
+        let mut shifted = Vec::new();
+        let mut preps: Vec<HostPrep> = Vec::new();
         for host in hosts {
             let prep = prepare_host(plan, r, host, &after);
             let mut last: Vec<NodeIndex> = prep
@@ -334,17 +476,31 @@ fn rolling(plan: &mut Plan, r: &Rollout, batch: usize, config: Option<NodeIndex>
             if let Some(shift) = shift_to_targets(plan, r, std::slice::from_ref(&prep), &last) {
                 last = vec![shift];
             }
-            let retired = retire(plan, &env.balancer, &prep.retire, observed, &last);
-            let host_changed =
-                !prep.ready_steps.is_empty() || prep.shift_needed || !retired.is_empty();
-            if host_changed {
-                ends.extend(if retired.is_empty() { last } else { retired });
+            if !prep.ready_steps.is_empty() || prep.shift_needed {
+                shifted.extend(last);
             }
+            preps.push(prep);
+        }
+        // The batch bakes as one, then its hosts retire their old slots.
+        let moved = preps.iter().any(|p| p.shift_needed);
+        let from = if shifted.is_empty() {
+            after.clone()
+        } else {
+            shifted.clone()
+        };
+        let baked = bake(plan, r, &preps, moved, from);
+        let mut ends = Vec::new();
+        for prep in &preps {
+            ends.extend(retire(plan, &env.balancer, &prep.retire, observed, &baked));
+        }
+        if ends.is_empty() && !shifted.is_empty() {
+            ends = baked;
         }
         if !ends.is_empty() {
             after = ends;
         }
     }
+    after
 }
 
 /// The step a canary without a record stands at, as the balancer shows it: the last step that sets
@@ -387,10 +543,15 @@ fn step_from_weights(
 
 /// Canary toward `version`: on every host the target slot runs `version`, is probed and enabled; then
 /// the steps from the one the rollout record says is in progress: `Weigh` sets the canary's share,
-/// `Pause` waits and analyses; after the last step one shift gives the canary everything, the old
-/// slots are retired and the record says succeeded. With nothing else serving (a first deploy) there
+/// `Pause` waits and analyses; after the last step one shift gives the canary everything, it bakes,
+/// and the old slots are retired. With nothing else serving (a first deploy) there
 /// is nothing to compare against, and it goes as blue-green does.
-fn canary(plan: &mut Plan, r: &Rollout, steps: &[CanaryStep], config: Option<NodeIndex>) {
+fn canary(
+    plan: &mut Plan,
+    r: &Rollout,
+    steps: &[CanaryStep],
+    config: Option<NodeIndex>,
+) -> Vec<NodeIndex> {
     let Rollout {
         env,
         app,
@@ -404,11 +565,7 @@ fn canary(plan: &mut Plan, r: &Rollout, steps: &[CanaryStep], config: Option<Nod
         .iter()
         .map(|h| prepare_host(plan, r, h, &base))
         .collect();
-    let record = observed.rollout(&env.name, app).filter(|rec| {
-        rec.version == version
-            && rec.fingerprint == r.fingerprint
-            && matches!(rec.phase, Phase::Progressing | Phase::Paused)
-    });
+    let record = running_record(r);
     let stable: Vec<SlotRef> = preps.iter().flat_map(|p| p.from.iter().cloned()).collect();
     let canary: Vec<SlotRef> = preps.iter().map(|p| p.target.clone()).collect();
     // Without a record of this rollout (lost, unreadable), where it stands is read from the balancer.
@@ -451,34 +608,33 @@ fn canary(plan: &mut Plan, r: &Rollout, steps: &[CanaryStep], config: Option<Nod
             }
         }
     }
-    if let Some(shift) = shift_to_targets(plan, r, &preps, &after) {
+    let shift = shift_to_targets(plan, r, &preps, &after);
+    if let Some(shift) = shift {
         after = vec![shift];
     }
+    let after = bake(plan, r, &preps, shift.is_some(), after);
     let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
     let retired = retire(plan, &env.balancer, &old, observed, &after);
-    if walking || record.is_some() {
-        let conclude = Action::Conclude {
-            balancer: env.balancer.clone(),
-            env: env.name.clone(),
-            app: app.to_owned(),
-            version: version.to_owned(),
-        };
-        plan.add(conclude, if retired.is_empty() { &after } else { &retired });
+    if retired.is_empty() {
+        after
+    } else {
+        retired
     }
 }
 
-/// After a failed or aborted rollout to `version`: the slots running `version` are taken out of the
-/// balancer and stopped; other versions are left alone. With `take_back`, slots of `version` that get
-/// traffic give it back first, in one shift, to the live slots of other versions (the stable ones; the
-/// shift itself refuses servers that are not UP, so traffic never goes to a broken stable version);
-/// without stable slots they keep serving. Without `take_back`, slots that get traffic keep it.
+/// After a failed or aborted rollout to `version`. With `restore`, the last good version
+/// ([`last_good`]) serves again on every host where `version` has weight or nothing else serves: it
+/// is started in its slot where it does not run, probed and enabled (the steps of a forward
+/// rollout), then one shift gives it the traffic; then every instance of `version` is taken out and
+/// stopped. Without `restore` (or without a last good version), instances of `version` that get
+/// traffic keep it, and only the others are stopped. Other versions are left alone.
 pub fn cleanup(
     desired: &DesiredState,
     observed: &ObservedState,
     env: &str,
     app: &str,
     version: &str,
-    take_back: bool,
+    restore: bool,
 ) -> Plan {
     let mut plan = Plan::default();
     let (Some(environment), Some(d)) =
@@ -487,44 +643,91 @@ pub fn cleanup(
         return plan;
     };
     let balancer = &environment.balancer;
-    let (mut failed, mut stable) = (Vec::new(), Vec::new());
-    for host in &environment.hosts {
-        for slot in &d.slots {
-            let at = slot_ref(environment, app, host, &slot.name);
-            match observed.instance(host, env, app, &slot.name) {
-                Some(i) if i.record.version == version => failed.push(at),
-                Some(i) if i.alive => stable.push(at),
-                _ => {}
-            }
-        }
-    }
-    let (serving_failed, quiet): (Vec<SlotRef>, Vec<SlotRef>) = failed
-        .into_iter()
-        .partition(|at| serving(observed, balancer, at));
+    let slots = |host: &str| -> Vec<SlotRef> {
+        d.slots
+            .iter()
+            .map(|s| slot_ref(environment, app, host, &s.name))
+            .collect()
+    };
+    let runs_failed = |at: &SlotRef| {
+        observed
+            .instance(&at.host, env, app, &at.slot)
+            .is_some_and(|i| i.record.version == version)
+    };
+    let weighted = |at: &SlotRef| {
+        server(observed, balancer, at).is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint)
+    };
+    let failed: Vec<SlotRef> = environment
+        .hosts
+        .iter()
+        .flat_map(|h| slots(h))
+        .filter(|at| runs_failed(at))
+        .collect();
+    let kept: Vec<SlotRef> = failed.iter().filter(|at| weighted(at)).cloned().collect();
+    let good = last_good(observed, env, app, version);
     let mut after = Vec::new();
-    let mut retire_now = quiet;
-    if take_back && !serving_failed.is_empty() {
-        if stable.is_empty() {
-            plan.notes.push(format!(
-                "{env}/{app} {version} keeps its traffic: no other version runs to take it back"
-            ));
-        } else {
-            after = vec![plan.add(
-                Action::Shift {
-                    balancer: balancer.clone(),
-                    env: env.to_owned(),
-                    app: app.to_owned(),
-                    to: stable,
-                    from: serving_failed.clone(),
-                },
-                &[],
-            )];
-            retire_now.extend(serving_failed);
+    let mut retire_now: Vec<SlotRef> = failed.clone();
+    match good.as_deref().filter(|_| restore) {
+        Some(good) => {
+            let r = Rollout {
+                env: environment,
+                app,
+                d,
+                version: good,
+                observed,
+                fingerprint: String::new(),
+                bake: Duration::ZERO,
+            };
+            // Hosts where the failed version has weight, where nothing else serves, or where the
+            // last good version serves with less than full weight (a canary's stable).
+            let partial = |at: &SlotRef| {
+                runs(observed, at, good)
+                    && server(observed, balancer, at).is_some_and(|s| s.weight != FULL_WEIGHT)
+            };
+            let preps: Vec<HostPrep> = environment
+                .hosts
+                .iter()
+                .filter(|h| {
+                    let here = slots(h);
+                    here.iter()
+                        .any(|at| (runs_failed(at) && weighted(at)) || partial(at))
+                        || !here
+                            .iter()
+                            .any(|at| !runs_failed(at) && serving(observed, balancer, at))
+                })
+                .map(|h| prepare_host(&mut plan, &r, h, &[]))
+                .collect();
+            let mut before: Vec<NodeIndex> = preps
+                .iter()
+                .flat_map(|p| p.ready_steps.last().copied())
+                .collect();
+            if let Some(shift) = shift_to_targets(&mut plan, &r, &preps, &before) {
+                before = vec![shift];
+            }
+            after = before;
+            // A slot the last good version now takes is not the failed version's any more.
+            retire_now.retain(|at| !preps.iter().any(|p| p.target == *at));
         }
+        None if !kept.is_empty() => {
+            let why = if restore {
+                "no earlier version is known to bring back"
+            } else {
+                "its strategy holds what a failed rollout finished (on_failure: hold)"
+            };
+            plan.stuck(format!(
+                "{env}/{app} {version} keeps its traffic on [{}]: {why}",
+                kept.iter()
+                    .map(SlotRef::server)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            retire_now.retain(|at| !kept.contains(at));
+        }
+        None => {}
     }
     retire_now.sort();
     for at in retire_now {
-        let mut last = if serving(observed, balancer, &at) {
+        let mut last = if weighted(&at) {
             after.clone()
         } else {
             Vec::new()

@@ -4,9 +4,11 @@
 //! (`names`). This file holds the step types and the graph; `build` the strategies that make one.
 
 mod build;
+mod traffic;
 
 pub use crate::names::SlotRef;
-pub use build::{build, cleanup, quarantine};
+pub use build::{build, cleanup, last_good, quarantine};
+pub use traffic::{SlotTraffic, Traffic};
 
 use crate::desired::Pause;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -14,6 +16,7 @@ use petgraph::Direction;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// What a step does. Each is idempotent: the executor's effects check whether it is done first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -62,6 +65,20 @@ pub enum Action {
         pause: Pause,
         canary: Vec<SlotRef>,
     },
+    /// For the app's `bake`, after traffic moved to `new`: the `old` servers (weight 0, still
+    /// running) stay ready to take it back while `new` is watched; a server that goes DOWN, an
+    /// instance that exits, or an error rate above the strategy's analysis moves all traffic back
+    /// to `old` in one command and fails the version.
+    Bake {
+        balancer: String,
+        env: String,
+        app: String,
+        version: String,
+        #[serde(serialize_with = "crate::desired::duration::serialize")]
+        bake: Duration,
+        new: Vec<SlotRef>,
+        old: Vec<SlotRef>,
+    },
     /// Record the rollout of `version` as succeeded.
     Conclude {
         balancer: String,
@@ -83,6 +100,7 @@ impl Action {
             | Action::Shift { .. }
             | Action::Weigh { .. }
             | Action::Pause { .. }
+            | Action::Bake { .. }
             | Action::Conclude { .. } => None,
         }
     }
@@ -190,6 +208,26 @@ impl std::fmt::Display for Action {
                 f,
                 "canary step {step}: wait until `kube-free promote {app} --env {env}`"
             ),
+            Action::Bake {
+                env,
+                app,
+                version,
+                bake,
+                new,
+                old,
+                ..
+            } => {
+                write!(
+                    f,
+                    "bake {env}/{app} {version} for {}: watch [{}]",
+                    crate::desired::duration::format(*bake),
+                    list(new)
+                )?;
+                if !old.is_empty() {
+                    write!(f, ", [{}] ready to take traffic back", list(old))?;
+                }
+                Ok(())
+            }
             Action::Conclude {
                 env, app, version, ..
             } => write!(f, "record {env}/{app} {version} as succeeded"),
@@ -203,6 +241,9 @@ pub struct Plan {
     pub graph: DiGraph<Action, ()>,
     /// What the planner chose not to do, and why (a quarantined version).
     pub notes: Vec<String>,
+    /// What is wrong that no step of this plan puts right (traffic left on a quarantined version);
+    /// also in `notes`.
+    pub stuck: Vec<String>,
 }
 
 impl Plan {
@@ -221,6 +262,13 @@ impl Plan {
             self.graph.add_edge(map[&a], map[&b], ());
         }
         self.notes.extend(other.notes);
+        self.stuck.extend(other.stuck);
+    }
+
+    /// Notes a problem no step of this plan puts right.
+    pub(crate) fn stuck(&mut self, problem: String) {
+        self.notes.push(problem.clone());
+        self.stuck.push(problem);
     }
 
     pub(crate) fn add(&mut self, action: Action, after: &[NodeIndex]) -> NodeIndex {
@@ -287,7 +335,11 @@ impl Plan {
     pub fn render_text(&self) -> String {
         let mut out: String = self.notes.iter().map(|n| format!("note: {n}\n")).collect();
         if self.is_empty() {
-            out.push_str("in sync: nothing to do\n");
+            out.push_str(if self.stuck.is_empty() {
+                "in sync: nothing to do\n"
+            } else {
+                "not in sync, and no step can put it right (see the notes)\n"
+            });
             return out;
         }
         let numbers = self.numbers();
@@ -330,7 +382,12 @@ impl Plan {
                 })
             })
             .collect();
-        serde_json::json!({ "in_sync": self.is_empty(), "steps": steps, "notes": self.notes })
+        serde_json::json!({
+            "in_sync": self.is_empty() && self.stuck.is_empty(),
+            "steps": steps,
+            "notes": self.notes,
+            "stuck": self.stuck,
+        })
     }
 
     pub fn render_dot(&self) -> String {

@@ -106,7 +106,7 @@ fn first_deploy_starts_blue_everywhere_then_shifts() {
     assert_eq!(
         plan.render_text(),
         "\
-8 steps:
+9 steps:
    1. apply config and reload balancer edge
    2. start prod/api 2.0 in slot blue on web-1  (after 1)
    3. probe prod/api slot blue on web-1  (after 2)
@@ -115,6 +115,7 @@ fn first_deploy_starts_blue_everywhere_then_shifts() {
    6. probe prod/api slot blue on web-2  (after 5)
    7. enable kf_prod_api/web-2_blue on edge (weight 0, wait UP)  (after 6)
    8. shift prod/api traffic on edge to [web-1_blue, web-2_blue]  (after 1, 4, 7)
+   9. record prod/api 2.0 as succeeded  (after 8)
 "
     );
 }
@@ -125,7 +126,7 @@ fn version_change_goes_to_the_idle_slot_and_retires_the_old_one_after_the_shift(
     assert_eq!(
         plan.render_text(),
         "\
-11 steps:
+13 steps:
    1. start prod/api 2.0 in slot green on web-1
    2. probe prod/api slot green on web-1  (after 1)
    3. enable kf_prod_api/web-1_green on edge (weight 0, wait UP)  (after 2)
@@ -133,14 +134,16 @@ fn version_change_goes_to_the_idle_slot_and_retires_the_old_one_after_the_shift(
    5. probe prod/api slot green on web-2  (after 4)
    6. enable kf_prod_api/web-2_green on edge (weight 0, wait UP)  (after 5)
    7. shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]  (after 3, 6)
-   8. drain kf_prod_api/web-1_blue on edge, then maint  (after 7)
-   9. stop prod/api 1.0 in slot blue on web-1  (after 8)
-  10. drain kf_prod_api/web-2_blue on edge, then maint  (after 7)
-  11. stop prod/api 1.0 in slot blue on web-2  (after 10)
+   8. bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue, web-2_blue] ready to take traffic back  (after 7)
+   9. drain kf_prod_api/web-1_blue on edge, then maint  (after 8)
+  10. stop prod/api 1.0 in slot blue on web-1  (after 9)
+  11. drain kf_prod_api/web-2_blue on edge, then maint  (after 8)
+  12. stop prod/api 1.0 in slot blue on web-2  (after 11)
+  13. record prod/api 2.0 as succeeded  (after 10, 12)
 "
     );
     // Traffic never moves before every new instance passed the probe and is UP in the balancer, and
-    // nothing old is touched before the shift.
+    // nothing old is touched before the shift and the bake.
     let shift = "shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]";
     for host in ["web-1", "web-2"] {
         assert!(happens_before(
@@ -155,7 +158,7 @@ fn version_change_goes_to_the_idle_slot_and_retires_the_old_one_after_the_shift(
         ));
         assert!(happens_before(
             &plan,
-            shift,
+            "bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue, web-2_blue] ready to take traffic back",
             &format!("drain kf_prod_api/{host}_blue on edge, then maint")
         ));
         assert!(happens_before(
@@ -217,8 +220,9 @@ fn a_new_instance_that_died_is_replaced() {
 }
 
 #[test]
-fn after_the_shift_only_the_old_slot_is_retired() {
-    let world = World::new()
+fn after_the_shift_the_old_slot_is_retired_once_the_bake_passed() {
+    let desired = desired();
+    let mut world = World::new()
         .instance("web-1", "green", "2.0", true, true)
         .instance("web-2", "green", "2.0", true, true)
         .instance("web-1", "blue", "1.0", true, true)
@@ -226,12 +230,42 @@ fn after_the_shift_only_the_old_slot_is_retired() {
         .server("web-2", "green", 100, Admin::Ready, true)
         .server("web-1", "blue", 0, Admin::Drain, true)
         .server("web-2", "blue", 0, Admin::Maint, false);
+    // A run killed in its bake (or before it recorded one): the bake runs again, then the retire.
+    let bake = "bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue] ready to take traffic back";
+    assert_eq!(
+        world.plan(&[]).render_text(),
+        format!(
+            "\
+4 steps:
+   1. {bake}
+   2. drain kf_prod_api/web-1_blue on edge, then maint  (after 1)
+   3. stop prod/api 1.0 in slot blue on web-1  (after 2)
+   4. record prod/api 2.0 as succeeded  (after 3)
+"
+        )
+    );
+    let mut rec = record(&desired, "2.0", Phase::Progressing, 0);
+    rec.bake = Some(crate::state::Bake {
+        servers: vec!["web-1_green".into(), "web-2_green".into()],
+        started_at: 1,
+        base: Default::default(),
+        passed: false,
+    });
+    world
+        .0
+        .rollouts
+        .insert(("prod".into(), "api".into()), rec.clone());
+    assert!(world.plan(&[]).render_text().contains(bake));
+    // The bake passed: only the old slot's retirement is left.
+    rec.bake.as_mut().unwrap().passed = true;
+    world.0.rollouts.insert(("prod".into(), "api".into()), rec);
     assert_eq!(
         world.plan(&[]).render_text(),
         "\
-2 steps:
+3 steps:
    1. drain kf_prod_api/web-1_blue on edge, then maint
    2. stop prod/api 1.0 in slot blue on web-1  (after 1)
+   3. record prod/api 2.0 as succeeded  (after 2)
 "
     );
 }
@@ -306,17 +340,20 @@ fn rolling_one_host_at_a_time_moves_each_hosts_own_weight() {
         &Scope::default(),
     );
     let text = plan.render_text();
-    assert!(text.starts_with("18 steps:\n"), "{text}");
+    assert!(text.starts_with("22 steps:\n"), "{text}");
     for host in ["web-1", "web-2", "web-3"] {
         let shift = format!("shift prod/api traffic on edge to [{host}_green] from [{host}_blue]");
+        let bake = format!("bake prod/api 2.0 for 5s: watch [{host}_green], [{host}_blue] ready to take traffic back");
         assert!(happens_before(
             &plan,
             &format!("enable kf_prod_api/{host}_green on edge (weight 0, wait UP)"),
             &shift
         ));
+        // Each batch bakes after its shift, and only then retires its old slot.
+        assert!(happens_before(&plan, &shift, &bake));
         assert!(happens_before(
             &plan,
-            &shift,
+            &bake,
             &format!("drain kf_prod_api/{host}_blue on edge, then maint")
         ));
         assert!(happens_before(
@@ -388,7 +425,7 @@ fn rolling_resumes_with_the_hosts_not_done_yet() {
     );
     let text = plan.render_text();
     assert!(!text.contains("on web-1"), "web-1 is done:\n{text}");
-    assert!(text.starts_with("12 steps:\n"), "{text}");
+    assert!(text.starts_with("15 steps:\n"), "{text}");
     assert!(happens_before(
         &plan,
         "stop prod/api 1.0 in slot blue on web-2",
@@ -435,6 +472,8 @@ fn record(desired: &DesiredState, version: &str, phase: Phase, step: usize) -> R
         promote: Default::default(),
         analysis: vec![],
         outcome: Some("analysis failed".into()),
+        last_good: None,
+        bake: None,
     }
 }
 
@@ -446,7 +485,7 @@ fn a_canary_walks_its_steps_once_every_host_is_ready() {
     assert_eq!(
         plan.render_text(),
         "\
-16 steps:
+17 steps:
    1. start prod/api 2.0 in slot green on web-1
    2. probe prod/api slot green on web-1  (after 1)
    3. enable kf_prod_api/web-1_green on edge (weight 0, wait UP)  (after 2)
@@ -458,11 +497,12 @@ fn a_canary_walks_its_steps_once_every_host_is_ready() {
    9. canary step 1: prod/api 2.0 gets 50% on edge ([web-1_green, web-2_green] weight 50, [web-1_blue, web-2_blue] weight 50)  (after 8)
   10. canary step 2: wait until `kube-free promote api --env prod`  (after 9)
   11. shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]  (after 10)
-  12. drain kf_prod_api/web-1_blue on edge, then maint  (after 11)
-  13. stop prod/api 1.0 in slot blue on web-1  (after 12)
-  14. drain kf_prod_api/web-2_blue on edge, then maint  (after 11)
-  15. stop prod/api 1.0 in slot blue on web-2  (after 14)
-  16. record prod/api 2.0 as succeeded  (after 13, 15)
+  12. bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue, web-2_blue] ready to take traffic back  (after 11)
+  13. drain kf_prod_api/web-1_blue on edge, then maint  (after 12)
+  14. stop prod/api 1.0 in slot blue on web-1  (after 13)
+  15. drain kf_prod_api/web-2_blue on edge, then maint  (after 12)
+  16. stop prod/api 1.0 in slot blue on web-2  (after 15)
+  17. record prod/api 2.0 as succeeded  (after 14, 16)
 "
     );
 }
@@ -491,7 +531,7 @@ fn a_canary_resumes_at_the_step_its_record_names() {
     let text = build(&desired, &world.0, &BTreeSet::new(), &Scope::default()).render_text();
     assert!(
         text.starts_with(
-            "7 steps:\n   1. canary step 2: wait until `kube-free promote api --env prod`\n"
+            "8 steps:\n   1. canary step 2: wait until `kube-free promote api --env prod`\n"
         ),
         "{text}"
     );
@@ -546,7 +586,9 @@ fn a_canary_with_nothing_to_compare_against_goes_as_blue_green() {
     );
     let text = plan.render_text();
     assert!(!text.contains("canary step"), "{text}");
-    assert!(!text.contains("record"), "{text}");
+    // Nothing to take traffic back to: no bake; the rollout is recorded (2.0 is the last good).
+    assert!(!text.contains("bake"), "{text}");
+    assert!(text.contains("record prod/api 2.0 as succeeded"), "{text}");
     assert!(
         text.contains("shift prod/api traffic on edge to [web-1_blue, web-2_blue]"),
         "{text}"
@@ -582,9 +624,17 @@ fn a_quarantined_version_is_left_alone_until_its_desired_state_changes() {
     );
     let text = build(&desired, &half.0, &BTreeSet::new(), &Scope::default()).render_text();
     assert!(
-        text.contains("shift prod/api traffic on edge to [web-1_blue] from [web-1_green]"),
+        text.contains(
+            "shift prod/api traffic on edge to [web-1_blue, web-2_blue] from [web-1_green]"
+        ),
         "{text}"
     );
+    // Nothing served on web-2: the last good version is started there first.
+    assert!(happens_before(
+        &build(&desired, &half.0, &BTreeSet::new(), &Scope::default()),
+        "enable kf_prod_api/web-2_blue on edge (weight 0, wait UP)",
+        "shift prod/api traffic on edge to [web-1_blue, web-2_blue] from [web-1_green]"
+    ));
     assert!(
         text.contains("stop prod/api 2.0 in slot green on web-1"),
         "{text}"

@@ -5,6 +5,7 @@
 use super::lease::leased;
 use super::pass::clean_up;
 use super::{ReconcileError, World};
+use crate::plan::Traffic;
 use crate::state::{Phase, Promote, RolloutRecord};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,8 +113,18 @@ pub async fn abort(
     // A reconcile of this app that runs now reads the abort within a second, rolls back and gives
     // the lease up; then this finds nothing left to do.
     let (wait, ttl) = (Duration::from_secs(60), Duration::from_secs(30));
-    leased(world, wait, ttl, clean_up(world, env, app, true, parallel)).await?;
-    Ok(format!("aborted {env}/{app} {version}: traffic is back on the version that served before and {version} is stopped; it is quarantined until its desired state changes or `kube-free retry {app} --env {env}`"))
+    let cleanup = async {
+        let observed = world.observe().await?;
+        clean_up(world, observed, env, app, true, parallel).await
+    };
+    leased(world, wait, ttl, cleanup).await?;
+    let after = Traffic::read(&world.desired, &world.observe().await?, env, app);
+    let said = if after.weighs(&version) {
+        format!("NOT rolled back: {after}")
+    } else {
+        format!("read back: {after}")
+    };
+    Ok(format!("aborted {env}/{app} {version}: {said}; it is quarantined until its desired state changes or `kube-free retry {app} --env {env}`"))
 }
 
 /// `kube-free retry`: lifts the quarantine of the desired version of `env`/`app`; the next reconcile

@@ -47,8 +47,11 @@ pub enum ReconcileError {
     #[error("{failed}; {outcome}")]
     RolledBack {
         failed: Box<StepFailed>,
-        outcome: Outcome,
+        outcome: Box<Outcome>,
     },
+    /// A step of a cleanup failed (what the cleanup was for is said around it).
+    #[error(transparent)]
+    Step(Box<StepFailed>),
     #[error("{failed}; run again to resume there")]
     Waiting { failed: Box<StepFailed> },
     #[error("interrupted by a signal before step {} ({}); the steps before it are done; run again to resume there", .failed.number, .failed.action)]

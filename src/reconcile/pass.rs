@@ -1,13 +1,16 @@
 //! One pass ([`once`]): observe, plan, execute; after a step that failed, by whose fault: a lost
-//! lease stops the run; an unreachable host leaves the rollout as it is; anything else cleans up
-//! (a canary still being judged gives its traffic back to the stable version first), and the
-//! version's own failure quarantines it.
+//! lease stops the run; an unreachable host leaves the rollout as it is; the version's own failure
+//! quarantines it and brings the last good version back wherever the failed one had traffic
+//! (unless the strategy holds); anything else cleans up (a canary still being judged gives its
+//! traffic back first). What the run then says is read back from hosts and balancer.
 
 use super::effects::Live;
-use super::{rules, Options, ReconcileError, Report, World};
+use super::{rules, GateError, Options, ReconcileError, Report, World};
 use crate::execute::{self, Fault, StepFailed};
-use crate::plan::{self, Action, Scope};
+use crate::observed::ObservedState;
+use crate::plan::{self, Action, Scope, Traffic};
 use crate::state::Phase;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// What a failed pass did about its failure (after the failed step, in the run's error).
@@ -15,18 +18,18 @@ use std::sync::Arc;
 pub enum Outcome {
     /// The failed step belongs to no rollout (a balancer's config).
     NothingMoved,
-    /// A cleanup's own step failed.
-    CleanupStopped,
     /// The rollout of `version` of `env`/`app` was cleaned up (or that failed, `cleanup`), and the
     /// version quarantined when it was its own fault.
     Cleaned {
         env: String,
         app: String,
         version: String,
-        /// A canary: its traffic went back to the version that served before.
-        canary: bool,
+        /// The last good version the cleanup brought back where the failed one had traffic.
+        restore: Option<String>,
         cleanup: Result<(), Box<ReconcileError>>,
         quarantined: bool,
+        /// What was read back afterwards (`None`: it could not be read).
+        after: Option<Traffic>,
     },
 }
 
@@ -43,26 +46,50 @@ impl Outcome {
     }
 }
 
+/// Says what the cleanup did from what was read back after it, never from its plan.
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Outcome::Cleaned {
             env,
             app,
             version,
-            canary,
+            restore,
             cleanup,
             quarantined,
+            after,
         } = self
         else {
-            return f.write_str(match self {
-                Outcome::NothingMoved => "nothing was moved",
-                _ => "cleanup stopped",
-            });
+            return f.write_str("nothing was moved");
         };
-        match cleanup {
-            Ok(()) if *canary => write!(f, "rolled back: {env}/{app} traffic is back on the version that served before, and the instances of {version} are stopped")?,
-            Ok(()) => write!(f, "cleaned up: instances of {version} that got no traffic are stopped; {env}/{app} keeps what serves")?,
-            Err(e) => write!(f, "cleaning up {env}/{app} failed too: {}", crate::error::chain(e.as_ref()))?,
+        if let Err(e) = cleanup {
+            let what = match restore {
+                Some(good) => format!("bringing back {good}"),
+                None => "cleaning up".to_owned(),
+            };
+            write!(
+                f,
+                "{what} failed too: {}; ",
+                crate::error::chain(e.as_ref())
+            )?;
+        }
+        match after {
+            None => write!(f, "what serves {env}/{app} now could not be read back")?,
+            Some(t) if t.weighs(version) => write!(
+                f,
+                "NOT rolled back: {version} keeps traffic ({}{t})",
+                match restore {
+                    None => "no earlier version to bring back; ",
+                    Some(_) => "",
+                }
+            )?,
+            Some(t) if !t.serves() => write!(f, "nothing serves {env}/{app} now ({t})")?,
+            Some(t) => write!(f, "rolled back, read back: {t}")?,
+        }
+        if let Some(t) = after {
+            match t.running(version).as_slice() {
+                [] => write!(f, "; no instance of {version} runs")?,
+                hosts => write!(f, "; {version} still runs on {}", hosts.join(", "))?,
+            }
         }
         if *quarantined {
             write!(f, "; {version} is quarantined until its desired state changes or `kube-free retry {app} --env {env}`")?;
@@ -103,18 +130,26 @@ pub async fn once(
         "executing plan\n{}",
         plan.render_text()
     );
+    let repairing: BTreeSet<(String, String)> = world
+        .desired
+        .deployments()
+        .filter(|(e, a, _)| plan::quarantine(&world.desired, &observed, &e.name, a).is_some())
+        .map(|(e, a, _)| (e.name.clone(), a.to_owned()))
+        .collect();
     let effects = Live::new(&world, observed, options.max_wait, false);
     match execute::run(&plan, effects, options.parallel).await {
         Ok(report) => quarantined(report.done.len()),
-        Err(failed) => Err(after_failure(&world, failed, options.parallel).await?),
+        Err(failed) => Err(after_failure(&world, failed, options.parallel, &repairing).await?),
     }
 }
 
-/// What a run does after step `failed` did not finish; the error that ends the pass.
+/// What a run does after step `failed` did not finish; the error that ends the pass. `repairing`:
+/// the rollouts whose version was quarantined before the pass (its steps were a repair).
 async fn after_failure(
     world: &Arc<World>,
     failed: StepFailed,
     parallel: usize,
+    repairing: &BTreeSet<(String, String)>,
 ) -> Result<ReconcileError, ReconcileError> {
     let failed = Box::new(failed);
     let fault = failed.error.fault;
@@ -130,7 +165,7 @@ async fn after_failure(
     let Some((env, app)) = rollout_of(&failed.action) else {
         return Ok(ReconcileError::RolledBack {
             failed,
-            outcome: Outcome::NothingMoved,
+            outcome: Box::new(Outcome::NothingMoved),
         });
     };
     // A host that cannot be reached can neither be cleaned up nor observed: leave the rollout as it
@@ -149,36 +184,60 @@ async fn after_failure(
     let d = world.desired.deployed(&env, &app);
     let version = d.version.clone();
     let canary = matches!(d.strategy, crate::desired::Strategy::Canary { .. });
-    let take_back = canary && rules::takes_back(&failed.action);
-    let cleanup = clean_up(world, &env, &app, take_back, parallel)
-        .await
-        .map_err(Box::new);
+    // The version's own failure brings the last good version back (unless the strategy holds what
+    // it finished); another failure only takes a canary's traffic back while it is being judged.
+    let restore = match fault {
+        Fault::Version => !d.strategy.holds(),
+        _ => canary && rules::takes_back(&failed.action),
+    };
     let quarantined = fault == Fault::Version;
+    let observed = world.observe().await?;
+    let good = plan::last_good(&observed, &env, &app, &version);
+    // Quarantined first: a run killed in the cleanup leaves a record that makes the next one
+    // finish it, not try the version again. An abort stays an abort, and a failure another run
+    // recorded stays as it said it.
     if quarantined {
-        let current = world
-            .read_rollout(&env, &app)
-            .await?
-            .filter(|r| r.version == version);
-        // An abort stays an abort, and a failure another run recorded stays as it said it.
-        if current.as_ref().is_none_or(|r| !r.phase.quarantines()) {
-            let mut record = current.unwrap_or_else(|| world.new_record(&env, &app, &version));
-            record.fingerprint = world.desired.fingerprint(&env, &app);
-            record.phase = Phase::Failed;
-            record.outcome = Some(crate::error::chain(&failed.error));
-            world.write_rollout(&record).await?;
+        match world.record_for(&env, &app, &version, good.clone()).await {
+            Ok(mut record) => {
+                record.phase = Phase::Failed;
+                record.outcome = Some(crate::error::chain(&failed.error));
+                world.write_rollout(&record).await?;
+            }
+            Err(ReconcileError::Gate(GateError::Ended { .. })) => {}
+            Err(e) => return Err(e),
         }
     }
+    // A repair that failed (the failed step was one) is not tried again in the same run.
+    let cleanup = if repairing.contains(&(env.clone(), app.clone())) {
+        Ok(())
+    } else {
+        clean_up(world, observed, &env, &app, restore, parallel)
+            .await
+            .map_err(Box::new)
+    };
     Ok(ReconcileError::RolledBack {
-        failed,
-        outcome: Outcome::Cleaned {
+        outcome: Box::new(Outcome::Cleaned {
+            restore: good.filter(|_| restore),
+            cleanup,
+            quarantined,
+            after: read_back(world, &env, &app).await,
             env,
             app,
             version,
-            canary,
-            cleanup,
-            quarantined,
-        },
+        }),
+        failed,
     })
+}
+
+/// What serves `env`/`app` now, read again from hosts and balancer.
+async fn read_back(world: &Arc<World>, env: &str, app: &str) -> Option<Traffic> {
+    match world.observe().await {
+        Ok(observed) => Some(Traffic::read(&world.desired, &observed, env, app)),
+        Err(e) => {
+            tracing::warn!(error = %crate::error::chain(&e), "cannot read back what serves {env}/{app}");
+            None
+        }
+    }
 }
 
 /// The (env, app) whose rollout a step is part of; `None` for a balancer's config.
@@ -192,23 +251,24 @@ fn rollout_of(action: &Action) -> Option<(String, String)> {
         Action::Shift { env, app, .. }
         | Action::Weigh { env, app, .. }
         | Action::Pause { env, app, .. }
+        | Action::Bake { env, app, .. }
         | Action::Conclude { env, app, .. } => Some((env.clone(), app.clone())),
         Action::ApplyConfig { .. } => None,
     }
 }
 
-/// Takes out and stops the instances of the desired version of `env`/`app` that get no traffic; a
-/// canary's that get traffic give it back to the stable version first (`take_back`).
+/// Takes out and stops the instances of the desired version of `env`/`app`; with `restore`, the
+/// last good version serves again first wherever it had traffic (see [`plan::cleanup`]).
 pub(super) async fn clean_up(
     world: &Arc<World>,
+    observed: ObservedState,
     env: &str,
     app: &str,
-    take_back: bool,
+    restore: bool,
     parallel: usize,
 ) -> Result<(), ReconcileError> {
-    let observed = world.observe().await?;
     let d = world.desired.deployed(env, app);
-    let plan = plan::cleanup(&world.desired, &observed, env, app, &d.version, take_back);
+    let plan = plan::cleanup(&world.desired, &observed, env, app, &d.version, restore);
     for note in &plan.notes {
         tracing::warn!("{note}");
     }
@@ -220,8 +280,5 @@ pub(super) async fn clean_up(
     execute::run(&plan, Live::new(world, observed, None, true), parallel)
         .await
         .map(|_| ())
-        .map_err(|failed| ReconcileError::RolledBack {
-            failed: Box::new(failed),
-            outcome: Outcome::CleanupStopped,
-        })
+        .map_err(|failed| ReconcileError::Step(Box::new(failed)))
 }

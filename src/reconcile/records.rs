@@ -32,20 +32,26 @@ impl World {
     }
 
     /// The record of the rollout of `version`, or a fresh one when there is none for it (another
-    /// version, an earlier desired state, or one that succeeded). A rollout that was aborted or
-    /// rolled back meanwhile (by `kube-free abort`, or by another run) is an error: nothing may
-    /// write over that.
+    /// version, an earlier desired state, or one that succeeded); a fresh one keeps the last good
+    /// version the record before it knew (else `fallback`, what serves now). A rollout that was
+    /// aborted or rolled back meanwhile (by `kube-free abort`, or by another run) is an error:
+    /// nothing may write over that.
     pub async fn record_for(
         &self,
         env: &str,
         app: &str,
         version: &str,
+        fallback: Option<String>,
     ) -> Result<RolloutRecord, ReconcileError> {
         let fingerprint = self.desired.fingerprint(env, app);
-        let current = self
-            .read_rollout(env, app)
-            .await?
-            .filter(|r| r.version == version && r.fingerprint == fingerprint);
+        let previous = self.read_rollout(env, app).await?;
+        let last_good = match &previous {
+            Some(p) if p.version == version => p.last_good.clone(),
+            Some(p) => p.good_version().map(str::to_owned),
+            None => fallback,
+        }
+        .filter(|v| v != version);
+        let current = previous.filter(|r| r.version == version && r.fingerprint == fingerprint);
         if let Some(ended) = current.as_ref().filter(|r| r.phase.quarantines()) {
             return Err(GateError::Ended {
                 version: version.to_owned(),
@@ -59,11 +65,17 @@ impl World {
         }
         Ok(current
             .filter(|r| matches!(r.phase, Phase::Progressing | Phase::Paused))
-            .unwrap_or_else(|| self.new_record(env, app, version)))
+            .unwrap_or_else(|| self.new_record(env, app, version, last_good)))
     }
 
-    /// A record of a rollout of `version` that starts now.
-    pub fn new_record(&self, env: &str, app: &str, version: &str) -> RolloutRecord {
+    /// A record of a rollout of `version` that starts now, after `last_good`.
+    pub fn new_record(
+        &self,
+        env: &str,
+        app: &str,
+        version: &str,
+        last_good: Option<String>,
+    ) -> RolloutRecord {
         let strategy = self.desired.deployed(env, app).strategy.name();
         let now = self.clock().now();
         RolloutRecord {
@@ -82,6 +94,8 @@ impl World {
             promote: Promote::No,
             analysis: Vec::new(),
             outcome: None,
+            last_good,
+            bake: None,
         }
     }
 

@@ -75,10 +75,10 @@ pub fn check_read_back(servers: &Servers, weights: &[(ServerKey, u32)]) -> Resul
 }
 
 /// Whether `server` may be drained: never take traffic away from the last server of its backend
-/// that can take it. A server without weight, or in maintenance already, takes none.
+/// that can take it. A server without weight, in maintenance already, or DOWN takes none.
 pub fn check_drain(servers: &Servers, server: &ServerKey) -> Result<(), Refusal> {
     let current = servers.get(server);
-    if current.is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint) {
+    if current.is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint && s.up) {
         let others_serve = servers
             .iter()
             .any(|(k, s)| k.0 == server.0 && k != server && s.weight > 0 && s.checked_up());
@@ -165,8 +165,8 @@ pub fn decide(verdict: Verdict, promoted: bool, past_deadline: bool) -> Decision
 }
 
 /// Whether a canary whose rollout failed at `action` is still being judged, so that its traffic
-/// goes back to the stable version: before the final shift. After it, a failed drain or stop of
-/// the old version leaves the new one serving.
+/// goes back to the last good version: before its bake passed. After it, a failed drain or stop
+/// of the old version leaves the new one serving.
 pub fn takes_back(action: &Action) -> bool {
     matches!(
         action,
@@ -175,6 +175,7 @@ pub fn takes_back(action: &Action) -> bool {
             | Action::Enable { .. }
             | Action::Weigh { .. }
             | Action::Pause { .. }
+            | Action::Bake { .. }
     )
 }
 

@@ -1,13 +1,14 @@
 //! Canary steps: `weigh` gives the canary its share (and starts the step's analysis window),
 //! `pause` waits out the step or its gate — reading promote and abort from the rollout record,
 //! stopping the run when the wait is longer than `--max-wait` — and then judges the window
-//! (`rules::judge`); `conclude` records the rollout as succeeded.
+//! (`rules::judge`).
 
 use super::{Live, Trouble};
 use crate::desired::{Pause, Strategy};
 use crate::drivers::ProbeError;
 use crate::execute::{Fault, StepError};
 use crate::names::{backend_name, ServerKey, SlotRef};
+use crate::observed::Servers;
 use crate::reconcile::rules::{self, Decision, Window};
 use crate::state::{Counters, Phase, Promote, RolloutRecord, StepFigures};
 use std::time::Duration;
@@ -78,14 +79,14 @@ pub struct ReadsFailing {
 /// then the step stops as unreachable (a host that stays away must not hold a run until its
 /// deadline, and its absence is not the version's fault).
 #[derive(Default)]
-struct Failing(Option<tokio::time::Instant>);
+pub(super) struct Failing(Option<tokio::time::Instant>);
 
 impl Failing {
     const GRACE: Duration = Duration::from_secs(10);
 
     /// The value of a read that worked (and the count starts over); `None` after a pause of a
     /// second when it failed within the grace; an error once reads have failed for longer.
-    async fn attempt<T>(
+    pub(super) async fn attempt<T>(
         &mut self,
         what: &'static str,
         read: Result<T, StepError>,
@@ -114,17 +115,25 @@ impl Failing {
     }
 }
 
+/// The cumulative counters of `slots`' servers among `servers`, summed.
+pub(super) fn sum_counters(servers: &Servers, slots: &[SlotRef]) -> Counters {
+    slots
+        .iter()
+        .filter_map(|r| servers.get(&r.server_key()))
+        .fold(Counters::default(), |c, s| Counters {
+            requests: c.requests + s.counters.requests(),
+            errors: c.errors + s.counters.errors(),
+        })
+}
+
 impl Live {
-    /// The canary's cumulative counters now (summed over its servers).
-    async fn counters(&self, balancer: &str, canary: &[SlotRef]) -> Result<Counters, StepError> {
-        let servers = self.servers(balancer).await?;
-        Ok(canary
-            .iter()
-            .filter_map(|r| servers.get(&r.server_key()))
-            .fold(Counters::default(), |c, s| Counters {
-                requests: c.requests + s.counters.requests(),
-                errors: c.errors + s.counters.errors(),
-            }))
+    /// The cumulative counters of `slots`' servers now (summed).
+    pub(super) async fn counters(
+        &self,
+        balancer: &str,
+        slots: &[SlotRef],
+    ) -> Result<Counters, StepError> {
+        Ok(sum_counters(&self.servers(balancer).await?, slots))
     }
 
     /// GETs each of `paths` from every canary instance; the first that does not answer 2xx.
@@ -142,10 +151,6 @@ impl Live {
             }
         }
         Ok(())
-    }
-
-    async fn save_record(&self, record: &RolloutRecord) -> Result<(), StepError> {
-        Ok(self.world.write_rollout(record).await?)
     }
 
     /// Makes `step` the step in progress: its analysis window starts now, from the canary's
@@ -186,7 +191,7 @@ impl Live {
         let must_be_up = if w > 0 { canary } else { &[] };
         self.set_weights(balancer, &weights, must_be_up).await?;
         self.save_state(balancer, &backend_name(env, app)).await?;
-        let mut record = self.world.record_for(env, app, version).await?;
+        let mut record = self.record_for(env, app, version).await?;
         if record.step != step || record.updated_at == 0 {
             self.start_window(&mut record, step, balancer, canary)
                 .await?;
@@ -224,7 +229,7 @@ impl Live {
             }
             .into());
         };
-        let mut record = self.world.record_for(env, app, version).await?;
+        let mut record = self.record_for(env, app, version).await?;
         if record.step > step {
             return Ok(());
         }
@@ -386,22 +391,6 @@ impl Live {
         record.phase = Phase::Progressing;
         if record.promote == Promote::Step(step) {
             record.promote = Promote::No;
-        }
-        self.save_record(&record).await
-    }
-
-    /// Records the rollout of `version` as succeeded.
-    pub(super) async fn conclude(
-        &self,
-        env: &str,
-        app: &str,
-        version: &str,
-    ) -> Result<(), StepError> {
-        let mut record = self.world.record_for(env, app, version).await?;
-        record.phase = Phase::Succeeded;
-        record.promote = Promote::No;
-        if let Strategy::Canary { steps, .. } = self.strategy(env, app) {
-            record.step = steps.len();
         }
         self.save_record(&record).await
     }

@@ -1,9 +1,10 @@
 //! The live [`Effects`]: what each step does to hosts and balancers, through the drivers of the
 //! world. Each step checks first whether it is done and verifies after. By kind: `instances`
-//! (start, probe, stop), `traffic` (config, enable, weights, drain) and `canary` (weigh, pause and
-//! analysis, conclude). This file dispatches, bounds each step, and says whose fault a failure is:
+//! (start, probe, stop), `traffic` (config, enable, weights, drain), `canary` (weigh, pause and
+//! analysis) and `bake` (bake and take-back, conclude). This file dispatches, bounds each step, and says whose fault a failure is:
 //! every error a step meets becomes a [`StepError`] with its [`Fault`], here and nowhere else.
 
+mod bake;
 mod canary;
 mod instances;
 mod traffic;
@@ -184,7 +185,7 @@ impl From<super::rules::Refusal> for StepError {
 /// The run was asked to stop.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted by a signal")]
-pub struct Interrupted;
+pub(super) struct Interrupted;
 
 impl Live {
     /// The effects of a plan built from `observed`; a cleanup (`cleaning_up`) is not stopped by a
@@ -267,6 +268,18 @@ impl Effects for Live {
                 self.pause(balancer, env, app, version, *step, *pause, canary)
                     .await
             }
+            Action::Bake {
+                balancer,
+                env,
+                app,
+                version,
+                bake,
+                new,
+                old,
+            } => {
+                self.bake(balancer, env, app, version, *bake, new, old)
+                    .await
+            }
             Action::Conclude {
                 env, app, version, ..
             } => self.conclude(env, app, version).await,
@@ -292,6 +305,8 @@ impl Effects for Live {
             Action::Drain { at, .. } => self.app(at).drain + slack,
             Action::Stop { at, .. } => self.app(at).stop_timeout + slack,
             Action::Weigh { .. } | Action::Conclude { .. } => slack,
+            // Reads that fail are retried for a while within it.
+            Action::Bake { bake, .. } => *bake + slack,
             Action::Pause {
                 env, app, pause, ..
             } => {

@@ -7,7 +7,8 @@ use super::*;
 async fn blue_green_switches_without_breaking_a_rule() {
     let (fleet, world) = serving_one("blue-green");
     let report = pass(&world).await.unwrap();
-    assert_eq!(report.steps, 11);
+    // Start, probe, enable on each host, shift, bake, drain and stop on each host, conclude.
+    assert_eq!(report.steps, 13);
     assert_eq!(report.next(), Next::Idle);
     assert_eq!(weights(&fleet), served_by("2.0"));
     assert_eq!(fleet.violations(), Vec::<String>::new());
@@ -72,7 +73,7 @@ async fn a_version_that_never_gets_ready_is_cleaned_up_and_what_serves_is_untouc
     );
     assert!(text.contains("answered 500"), "{text}");
     assert!(
-        text.contains("cleaned up: instances of 2.0 that got no traffic are stopped"),
+        text.contains("rolled back, read back: prod/api traffic goes to 1.0 on web-1_blue (weight 100, UP), web-2_blue (weight 100, UP); no instance of 2.0 runs"),
         "{text}"
     );
     blames_the_version(&err);
