@@ -26,6 +26,8 @@ pub enum Outcome {
         version: String,
         /// The last good version the cleanup brought back where the failed one had traffic.
         restore: Option<String>,
+        /// The strategy holds what the rollout finished (`on_failure: hold`).
+        held: bool,
         cleanup: Result<(), Box<ReconcileError>>,
         quarantined: bool,
         /// What was read back afterwards (`None`: it could not be read).
@@ -54,6 +56,7 @@ impl std::fmt::Display for Outcome {
             app,
             version,
             restore,
+            held,
             cleanup,
             quarantined,
             after,
@@ -78,6 +81,7 @@ impl std::fmt::Display for Outcome {
                 f,
                 "NOT rolled back: {version} keeps traffic ({}{t})",
                 match restore {
+                    None if *held => "on_failure: hold keeps what the rollout finished; ",
                     None => "no earlier version to bring back; ",
                     Some(_) => "",
                 }
@@ -218,6 +222,7 @@ async fn after_failure(
     Ok(ReconcileError::RolledBack {
         outcome: Box::new(Outcome::Cleaned {
             restore: good.filter(|_| restore),
+            held: quarantined && d.strategy.holds(),
             cleanup,
             quarantined,
             after: read_back(world, &env, &app).await,

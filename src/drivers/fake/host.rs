@@ -116,7 +116,7 @@ impl Runtime for FakeHost {
             }
             .into());
         }
-        if Fleet::behaviour(&s, &spec.version).exits_at_once {
+        if Fleet::behaviour(&s, &spec.at.host, &spec.version).exits_at_once {
             return Err(RuntimeError::ExitedAtOnce {
                 host: self.host.clone(),
                 command: spec.launch.command.join(" "),
@@ -129,6 +129,16 @@ impl Runtime for FakeHost {
             revision: spec.revision.clone(),
             ..self.fleet.record(&spec.at, &spec.version, s.next_pid)
         };
+        if let Some(after) = Fleet::behaviour(&s, &spec.at.host, &spec.version).exits_after {
+            let (fleet, pid) = (self.fleet.clone(), record.pid);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let mut s = fleet.lock();
+                if let Some(i) = s.instances.values_mut().find(|i| i.record.pid == pid) {
+                    i.alive = false;
+                }
+            });
+        }
         s.instances.insert(
             spec.at.clone(),
             FakeInstance {

@@ -29,6 +29,8 @@ use std::time::Duration;
 pub struct Behaviour {
     /// Exits as soon as it is started.
     pub exits_at_once: bool,
+    /// Exits this long after it started (having passed its probe and taken traffic).
+    pub exits_after: Option<Duration>,
     /// Answers its readiness probe.
     pub ready: bool,
     /// Passes the balancer's own health check.
@@ -43,6 +45,7 @@ impl Default for Behaviour {
     fn default() -> Self {
         Behaviour {
             exits_at_once: false,
+            exits_after: None,
             ready: true,
             healthy: true,
             checks_pass: true,
@@ -72,6 +75,14 @@ impl Behaviour {
     pub fn exiting() -> Behaviour {
         Behaviour {
             exits_at_once: true,
+            ..Behaviour::default()
+        }
+    }
+
+    /// Exits `after` its start.
+    pub fn dying(after: Duration) -> Behaviour {
+        Behaviour {
+            exits_after: Some(after),
             ..Behaviour::default()
         }
     }
@@ -244,6 +255,13 @@ impl Fleet {
         self.lock().behaviours.insert(version.to_owned(), behaviour);
     }
 
+    /// Instances of `version` on `host` behave as `behaviour` (elsewhere as [`Fleet::behave`] says).
+    pub fn behave_on(&self, host: &str, version: &str, behaviour: Behaviour) {
+        self.lock()
+            .behaviours
+            .insert(format!("{version}@{host}"), behaviour);
+    }
+
     /// Puts an instance of `version` in `at`, running, with the server at `weight` (ready) or in
     /// maintenance (weight 0 and `Maint`).
     pub fn place(&self, at: &SlotRef, version: &str, weight: u32, admin: Admin) {
@@ -414,22 +432,28 @@ impl Fleet {
             .remove(&(env.to_owned(), app.to_owned()));
     }
 
-    fn behaviour(s: &State, version: &str) -> Behaviour {
-        s.behaviours.get(version).copied().unwrap_or_default()
+    /// How `version` behaves on `host` (see [`Fleet::behave_on`]), else everywhere.
+    fn behaviour(s: &State, host: &str, version: &str) -> Behaviour {
+        s.behaviours
+            .get(&format!("{version}@{host}"))
+            .or_else(|| s.behaviours.get(version))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The instance in the slot whose server is `key`, if one is there.
-    fn instance_behind<'s>(s: &'s State, key: &ServerKey) -> Option<&'s FakeInstance> {
-        s.instances
-            .iter()
-            .find(|(at, _)| at.server_key() == *key)
-            .map(|(_, i)| i)
+    fn instance_behind<'s>(
+        s: &'s State,
+        key: &ServerKey,
+    ) -> Option<(&'s SlotRef, &'s FakeInstance)> {
+        s.instances.iter().find(|(at, _)| at.server_key() == *key)
     }
 
     /// Whether the balancer's check finds the instance behind `key` healthy.
     fn healthy(s: &State, key: &ServerKey) -> bool {
-        Self::instance_behind(s, key)
-            .is_some_and(|i| i.alive && Self::behaviour(s, &i.record.version).healthy)
+        Self::instance_behind(s, key).is_some_and(|(at, i)| {
+            i.alive && Self::behaviour(s, &at.host, &i.record.version).healthy
+        })
     }
 
     /// The servers of `balancer` as it reports them: health worked out from the instances.
@@ -494,10 +518,9 @@ impl Fleet {
                 if !takes(srv) || total == 0 {
                     continue;
                 }
-                let version = Self::instance_behind(s, key)
-                    .map(|i| i.record.version.clone())
-                    .unwrap_or_default();
-                let error_rate = Self::behaviour(s, &version).error_rate;
+                let error_rate = Self::instance_behind(s, key).map_or(0.0, |(at, i)| {
+                    Self::behaviour(s, &at.host, &i.record.version).error_rate
+                });
                 let carry = s.carry.entry((b.clone(), key.clone())).or_default();
                 *carry += self.rate * elapsed * f64::from(srv.weight) / f64::from(total);
                 let requests = carry.floor();
@@ -566,12 +589,11 @@ impl Prober for Fleet {
         let instance = s
             .instances
             .iter()
-            .find(|(at, i)| Some(&at.host) == host && i.alive && i.record.port == port)
-            .map(|(_, i)| i);
-        let Some(i) = instance else {
+            .find(|(at, i)| Some(&at.host) == host && i.alive && i.record.port == port);
+        let Some((at, i)) = instance else {
             return Err(ProbeError::Connect { url });
         };
-        let b = Self::behaviour(&s, &i.record.version);
+        let b = Self::behaviour(&s, &at.host, &i.record.version);
         let probe_path = &self.desired.apps[&i.record.app].probe.path;
         let ok = if path == probe_path {
             b.ready

@@ -92,8 +92,11 @@ impl Live {
             self.save_record(&record).await?;
         }
         let bake = record.bake.clone().expect("set above");
-        let ends = bake.started_at + length.as_secs_f64().ceil() as u64;
-        tracing::info!(%env, %app, %version, ends_in = ends.saturating_sub(self.world.clock().now()), "baking");
+        // A resumed bake waits what is left of it (the record counts whole seconds).
+        let gone = self.world.clock().now().saturating_sub(bake.started_at);
+        let remaining = length.saturating_sub(Duration::from_secs(gone));
+        let ends = tokio::time::Instant::now() + remaining;
+        tracing::info!(%env, %app, %version, remaining = %crate::desired::duration::format(remaining), "baking");
         let mut instances = Vec::new();
         for at in new {
             let found = self.world.runtime(at)?.instance(at).await?;
@@ -122,7 +125,7 @@ impl Live {
                 self.save_record(&record).await?;
                 return Err(StepError::new(Fault::Version, spoiled));
             }
-            if now >= ends {
+            if tokio::time::Instant::now() >= ends {
                 break;
             }
             if self.world.is_interrupted() {

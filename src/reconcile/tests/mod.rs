@@ -7,6 +7,7 @@
 
 mod canary;
 mod passes;
+mod rollback;
 mod steps;
 
 use super::effects::Live;
