@@ -373,6 +373,23 @@ fn never_ready_stays_unready() {
 }
 
 #[test]
+fn exit_after_crashes_with_status_one() {
+    let mut demo = Demo::start("doomed", &["--exit-after", "700ms"], &[]);
+    let started = Instant::now();
+    assert_eq!(demo.get("/version").text(), "doomed\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after 5 s");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
 fn start_delay_defers_binding() {
     let port = free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();

@@ -113,7 +113,8 @@ fn blue_green_on_a_fleet_switches_under_load_without_failing_a_request() {
     let (run, tally) = s.reconcile_under_load("GET", LOAD_SECONDS);
     run.code(1)
         .stderr_has("not ready within the probe deadline of 3s")
-        .stderr_has("cleaned up: instances of 3.0.0 that got no traffic are stopped");
+        .stderr_has("rolled back, read back: production/demo traffic goes to 1.0.0 on web-1_")
+        .stderr_has("no instance of 3.0.0 runs");
     assert_eq!(
         tally.failed, 0,
         "load during the failed rollout:\n{}",

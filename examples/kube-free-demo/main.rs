@@ -10,7 +10,7 @@
 //! ```text
 //! kube-free-demo --listen 127.0.0.1:8080 --version v2 \
 //!     [--start-delay 2s] [--ready-delay 500ms] [--never-ready] \
-//!     [--error-rate 0.1] [--fail-path /smoke] [--drain-delay 5s]
+//!     [--error-rate 0.1] [--fail-path /smoke] [--drain-delay 5s] [--exit-after 4s]
 //! ```
 //!
 //! Endpoints (GET, HEAD and POST; POST bodies are read and discarded, their
@@ -84,6 +84,12 @@ struct Args {
     /// Always answer this path with 500 (repeatable): a smoke test that fails.
     #[arg(long, value_name = "PATH")]
     fail_path: Vec<String>,
+
+    /// Crash this long after start: exit with status 1 at once, dropping every
+    /// connection (a bad migration, a lazy init that fails, a leak).
+    #[arg(long, env = "DEMO_EXIT_AFTER", value_name = "DURATION",
+          value_parser = parse_duration)]
+    exit_after: Option<Duration>,
 
     /// After SIGTERM/SIGINT, keep serving (with /readyz failing) this long.
     #[arg(long, env = "DEMO_DRAIN_DELAY", value_name = "DURATION",
@@ -361,6 +367,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+
+    if let Some(after) = args.exit_after {
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            eprintln!("kube-free-demo: crashing, as --exit-after asked");
+            std::process::exit(1);
+        });
+    }
 
     if !args.start_delay.is_zero() {
         tokio::select! {

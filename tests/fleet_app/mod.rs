@@ -5,6 +5,7 @@
 
 use crate::common::*;
 use crate::fleet::{Fleet, FleetSpec};
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 pub struct Setup {
@@ -14,6 +15,11 @@ pub struct Setup {
     pub hosts: Vec<String>,
     /// The `strategy:` value of the app in the environment, as YAML.
     pub strategy: String,
+    /// The app's `bake`.
+    pub bake: String,
+    /// Where [`Setup::script`] writes each version's start script; `Some` once one is written,
+    /// and then the app runs `<dir>/<version>/run <host> --listen … --version …`.
+    scripts: Option<tempfile::TempDir>,
     _turn: LoadTestTurn,
 }
 
@@ -28,11 +34,73 @@ impl Setup {
             repo,
             hosts: app_hosts.iter().map(|h| h.to_string()).collect(),
             strategy: strategy.to_owned(),
+            bake: "2s".to_owned(),
+            scripts: None,
             _turn: turn,
         };
         s.repo.write("ssh/known_hosts", s.fleet.known_hosts_text());
         s.commit("1.0.0", "", "20s");
         s
+    }
+
+    /// Writes the start script of `version`, as a release would ship one: it runs the demo app
+    /// with its arguments and, on each host, the flags `flags(host)` gives (a version that crashes,
+    /// errs or never gets ready there). Once a script is written, commits run the scripts.
+    pub fn script(&mut self, version: &str, flags: &dyn Fn(&str) -> String) {
+        let dir = self
+            .scripts
+            .get_or_insert_with(|| tempfile::tempdir().unwrap())
+            .path()
+            .join(version);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases: String = self
+            .hosts
+            .iter()
+            .map(|h| format!("  {h}) extra=\"{}\" ;;\n", flags(h)))
+            .collect();
+        let script = format!(
+            "#!/bin/sh\nhost=$1; shift\ncase $host in\n{cases}  *) extra= ;;\nesac\nexec {} \"$@\" $extra\n",
+            demo_binary().display()
+        );
+        let path = dir.join("run");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Makes `version`'s start script fail at once (a release whose files are gone).
+    pub fn break_script(&self, version: &str) {
+        let path = self
+            .scripts
+            .as_ref()
+            .unwrap()
+            .path()
+            .join(version)
+            .join("run");
+        std::fs::write(
+            &path,
+            "#!/bin/sh\necho 'release files are gone' >&2\nexit 1\n",
+        )
+        .unwrap();
+    }
+
+    /// Pid of the instance of `version` on `host`, from its instance file.
+    pub fn pid_of(&self, host: &str, version: &str) -> Option<u32> {
+        let dir = self.fleet.state_dir(host).join("production/demo");
+        ["blue", "green"].iter().find_map(|slot| {
+            let text = std::fs::read_to_string(dir.join(format!("{slot}.json"))).ok()?;
+            let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (json["version"] == version).then(|| json["pid"].as_u64().unwrap() as u32)
+        })
+    }
+
+    /// Kills the instance of `version` on every host with SIGKILL (a crash).
+    pub fn kill_version(&self, version: &str) {
+        for host in &self.hosts {
+            let pid = self
+                .pid_of(host, version)
+                .unwrap_or_else(|| panic!("no instance of {version} on {host}"));
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
     }
 
     /// Commits the desired state with `version`, extra demo-app flags and a probe deadline.
@@ -63,11 +131,12 @@ apps:
   demo:
     runtime:
       kind: process
-      command: "{demo} --listen 0.0.0.0:{{port}} --version {{version}}{extra_flags}"
+      command: "{command}"
     slots: {{ blue: 8000, green: 8001 }}
     probe: {{ path: /readyz, interval: 200ms, timeout: 1s, healthy_after: 3, deadline: {deadline} }}
     drain: 5s
     stop_timeout: 10s
+    bake: {bake}
 environments:
   production:
     balancer: edge
@@ -81,7 +150,17 @@ environments:
             admin = f.haproxy_admin_socket().display(),
             config = f.haproxy_config_file().display(),
             reload = f.haproxy_reload_command(),
-            demo = demo_binary().display(),
+            command = match &self.scripts {
+                Some(dir) => format!(
+                    "{}/{{version}}/run {{host}} --listen 0.0.0.0:{{port}} --version {{version}}{extra_flags}",
+                    dir.path().display()
+                ),
+                None => format!(
+                    "{} --listen 0.0.0.0:{{port}} --version {{version}}{extra_flags}",
+                    demo_binary().display()
+                ),
+            },
+            bake = self.bake,
             strategy = self.strategy,
         );
         self.repo.write("kube-free.yaml", yaml);
