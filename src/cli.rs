@@ -38,14 +38,18 @@ pub enum Command {
     /// read. Exit 0 when valid, 2 when not.
     Validate(ValidateArgs),
     /// Observe the hosts and the balancer, diff against the desired state, print the steps; changes
-    /// nothing. Exit 0 when in sync, 10 when changes are pending.
+    /// nothing. Exit 0 when in sync, 10 when changes are pending, 1 when something is wrong that no
+    /// step can put right (traffic left on a quarantined version).
     Plan(PlanArgs),
     /// Converge the hosts to the desired state, then exit.
     ///
     /// Starts the new version in the idle slot, probes it, enables it in HAProxy, moves the traffic
-    /// (all at once, host by host, or in canary steps), drains and stops the old version. A step that
-    /// fails leaves the old version serving (a canary gives its traffic back), stops the new instances
-    /// and quarantines the version. Exit 0 when converged, 1 when a step failed or a version is
+    /// (all at once, host by host, or in canary steps), keeps the old version ready for the app's
+    /// `bake` while the new one is watched, then drains and stops the old version. When the version
+    /// fails (does not start or get ready, fails analysis, dies or errs in its bake), it is
+    /// quarantined and the last good version serves again everywhere (started again where it is
+    /// dead), unless a rolling update says `on_failure: hold`; what serves afterwards is read back
+    /// and said. Exit 0 when converged, 1 when a step failed or a version is
     /// quarantined, 2 on bad input, 3 when a canary pause or gate outlasts --max-wait (run again to
     /// resume at that step), 4 when another run holds the lease.
     ///
