@@ -11,7 +11,40 @@ async fn failed_pass(world: &Arc<World>) -> String {
     crate::error::chain(&err)
 }
 
-/// Where the old version of `fleet` was stopped, if it was.
+/// Runs `then` on the fleet once `entry` is in its log (a spawned task, polling every 10 ms).
+fn once_logged(
+    fleet: &Arc<Fleet>,
+    entry: &'static str,
+    then: impl FnOnce(&Fleet) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let fleet = fleet.clone();
+    tokio::spawn(async move {
+        while fleet.when(entry).is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        then(&fleet);
+    })
+}
+
+/// Kills 1.0 (the stable version, in blue) on both hosts.
+fn kill_stable(fleet: &Fleet) {
+    for host in ["web-1", "web-2"] {
+        fleet.kill(&at(host, "blue"));
+    }
+}
+
+/// The plan a run would make now.
+async fn plan_now(world: &Arc<World>) -> crate::plan::Plan {
+    let observed = world.observe().await.unwrap();
+    crate::plan::build(
+        &world.desired,
+        &observed,
+        &Default::default(),
+        &Scope::default(),
+    )
+}
+
+/// Whether the version was stopped anywhere.
 fn stopped(fleet: &Fleet, version: &str) -> bool {
     fleet
         .log()
@@ -130,12 +163,7 @@ async fn a_run_killed_in_its_bake_resumes_it_where_it_was() {
         "r".into(),
         fleet.drivers(),
     ));
-    let plan = crate::plan::build(
-        &world.desired,
-        &world.observe().await.unwrap(),
-        &Default::default(),
-        &Scope::default(),
-    );
+    let plan = plan_now(&world).await;
     assert!(
         plan.render_text()
             .starts_with("6 steps:\n   1. bake prod/api 2.0 for 5s"),
@@ -164,17 +192,7 @@ async fn a_run_killed_in_its_bake_resumes_it_where_it_was() {
 #[tokio::test(start_paused = true)]
 async fn a_failing_canary_whose_stable_died_brings_the_last_good_version_back() {
     let (fleet, world) = rolling_out(CANARY, Behaviour::erring(0.5));
-    let killer = {
-        let fleet = fleet.clone();
-        tokio::spawn(async move {
-            while fleet.when("weight kf_prod_api/web-1_green 20").is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            for host in ["web-1", "web-2"] {
-                fleet.kill(&at(host, "blue"));
-            }
-        })
-    };
+    let killer = once_logged(&fleet, "weight kf_prod_api/web-1_green 20", kill_stable);
     let text = failed_pass(&world).await;
     killer.await.unwrap();
     assert!(text.contains("analysis failed at step 0"), "{text}");
@@ -207,18 +225,10 @@ async fn a_failing_canary_whose_stable_died_brings_the_last_good_version_back() 
 #[tokio::test(start_paused = true)]
 async fn a_last_good_version_that_cannot_come_back_leaves_the_failed_one_serving_and_says_so() {
     let (fleet, world) = rolling_out(CANARY, Behaviour::erring(0.5));
-    let killer = {
-        let fleet = fleet.clone();
-        tokio::spawn(async move {
-            while fleet.when("weight kf_prod_api/web-1_green 20").is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            fleet.behave("1.0", Behaviour::exiting());
-            for host in ["web-1", "web-2"] {
-                fleet.kill(&at(host, "blue"));
-            }
-        })
-    };
+    let killer = once_logged(&fleet, "weight kf_prod_api/web-1_green 20", |fleet| {
+        fleet.behave("1.0", Behaviour::exiting());
+        kill_stable(fleet);
+    });
     let text = failed_pass(&world).await;
     killer.await.unwrap();
     assert!(text.contains("bringing back 1.0 failed too"), "{text}");
@@ -232,13 +242,7 @@ async fn a_last_good_version_that_cannot_come_back_leaves_the_failed_one_serving
     }
     assert_eq!(fleet.violations(), Vec::<String>::new());
     // The next plan does not call this in sync: it tries to bring 1.0 back again.
-    let observed = world.observe().await.unwrap();
-    let plan = crate::plan::build(
-        &world.desired,
-        &observed,
-        &Default::default(),
-        &Scope::default(),
-    );
+    let plan = plan_now(&world).await;
     assert!(
         plan.render_text()
             .contains("start prod/api 1.0 in slot blue on web-1"),
@@ -288,13 +292,7 @@ async fn a_rolling_update_that_holds_keeps_what_it_finished_and_says_so() {
         said.contains("prod/api 2.0 keeps its traffic on [web-1_green]: its strategy holds what a failed rollout finished (on_failure: hold)"),
         "{said}"
     );
-    let observed = world.observe().await.unwrap();
-    let plan = crate::plan::build(
-        &world.desired,
-        &observed,
-        &Default::default(),
-        &Scope::default(),
-    );
+    let plan = plan_now(&world).await;
     assert!(
         plan.is_empty() && !plan.stuck.is_empty(),
         "{}",
@@ -306,17 +304,7 @@ async fn a_rolling_update_that_holds_keeps_what_it_finished_and_says_so() {
 #[tokio::test(start_paused = true)]
 async fn a_stable_killed_before_the_shift_and_a_new_version_that_dies_bring_the_stable_back() {
     let (fleet, world) = rolling_out("blue-green", Behaviour::dying(Duration::from_secs(3)));
-    let killer = {
-        let fleet = fleet.clone();
-        tokio::spawn(async move {
-            while fleet.when("start 2.0 web-2 in green").is_none() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            for host in ["web-1", "web-2"] {
-                fleet.kill(&at(host, "blue"));
-            }
-        })
-    };
+    let killer = once_logged(&fleet, "start 2.0 web-2 in green", kill_stable);
     let text = failed_pass(&world).await;
     killer.await.unwrap();
     assert!(text.contains("into its bake"), "{text}");
