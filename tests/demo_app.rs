@@ -390,6 +390,32 @@ fn exit_after_crashes_with_status_one() {
 }
 
 #[test]
+fn exit_after_traffic_waits_for_a_request_that_is_not_a_probe() {
+    let mut demo = Demo::start("doomed", &["--exit-after-traffic", "300ms"], &[]);
+    // Probes do not arm it.
+    for _ in 0..5 {
+        assert_eq!(demo.get("/readyz").status, 200);
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        demo.child.try_wait().unwrap().is_none(),
+        "exited on probes alone"
+    );
+    let served = Instant::now();
+    assert_eq!(demo.get("/version").text(), "doomed\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after 5 s");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(served.elapsed() >= Duration::from_millis(250));
+    assert_eq!(status.code(), Some(1));
+}
+
+#[test]
 fn start_delay_defers_binding() {
     let port = free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();

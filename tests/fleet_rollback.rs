@@ -1,6 +1,6 @@
 //! Rollbacks that hold, on a real fleet (two app hosts, HAProxy on a balancer host, all over SSH)
 //! under wrk load, one fleet for all the scenarios:
-//! A. blue-green to a version that crashes 8 s after it starts: its bake catches it, the old
+//! A. blue-green to a version that crashes 3 s after it takes traffic: its bake catches it, the old
 //!    version (still running) takes the traffic back, the version is quarantined, no crash loop;
 //! B. a failing canary whose stable version is killed during its pause: the stable version is
 //!    started again, probed and enabled, then takes the traffic back;
@@ -69,7 +69,7 @@ fn figures(scenario: &str, tally: &Tally) {
 #[test]
 fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
     let mut s = Setup::new(&["web-1", "web-2"], "blue-green");
-    s.bake = "12s".into();
+    s.bake = "6s".into();
     for v in ["1.0.0", "3.0.0-bad", "4.0.0", "6.0.0-bad"] {
         s.script(v, &good);
     }
@@ -77,8 +77,8 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
     s.kube_free(&["reconcile", "--once"]).code(0);
     s.assert_serving_only("1.0.0");
 
-    // A. 2.0.0 passes its probe, takes the traffic, and crashes 8 s after it started.
-    s.script("2.0.0", &|_| "--exit-after 8s".into());
+    // A. 2.0.0 passes its probe, takes the traffic, and crashes 3 s later.
+    s.script("2.0.0", &|_| "--exit-after-traffic 3s".into());
     s.commit("2.0.0", "", "20s");
     let (run, tally) = s.reconcile_under_load("GET", LOAD_SECONDS);
     figures("A: 2.0.0 crashes in its bake", &tally);
@@ -121,15 +121,12 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
         s.kill_version("1.0.0");
     });
     figures("B: stable killed during a failing canary", &tally);
-    // Every failure is one of the canary's own 500s, or one of the few requests in flight on
-    // 1.0.0 when it was killed (a failure that no version answered).
+    // Every failure is one of the canary's own 500s, but for the few requests in flight on 1.0.0
+    // when it was killed (HAProxy's 503s and reset connections).
+    let others = tally.failed.saturating_sub(tally.served_by("3.0.0-bad"));
+    eprintln!("B: {others} failures that are not 3.0.0-bad's own 500s");
     assert!(
-        tally.failed <= tally.served_by("3.0.0-bad") + tally.served_by("(none)"),
-        "{}",
-        tally.text
-    );
-    assert!(
-        (tally.served_by("(none)") as f64) < tally.requests as f64 * 0.002,
+        (others as f64) < tally.requests as f64 * 0.002,
         "{}",
         tally.text
     );
@@ -159,11 +156,13 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
     assert_eq!(tally.failed, 0, "{}", tally.text);
     s.assert_serving_only("1.0.0");
 
-    // D. Blue-green to 5.0.0, which gets ready slowly and crashes 9 s after it starts; 1.0.0 is
+    // D. Blue-green to 5.0.0, which gets ready slowly and crashes 3 s after it takes traffic; 1.0.0 is
     // killed before the shift. Nothing runs to take the traffic back: the last good version
     // (from the rollout record) is started again, probed, enabled and given the traffic.
     s.strategy = "blue-green".into();
-    s.script("5.0.0", &|_| "--ready-delay 2s --exit-after 9s".into());
+    s.script("5.0.0", &|_| {
+        "--ready-delay 2s --exit-after-traffic 3s".into()
+    });
     s.commit("5.0.0", "", "20s");
     let (run, tally) = s.reconcile_under_load_while("GET", LOAD_SECONDS, || {
         wait_for("5.0.0 on both hosts", || {
@@ -195,9 +194,10 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
         s.kill_version("1.0.0");
     });
     figures("E: the last good version cannot come back", &tally);
+    let others = tally.failed.saturating_sub(tally.served_by("6.0.0-bad"));
+    eprintln!("E: {others} failures that are not 6.0.0-bad's own 500s");
     assert!(
-        tally.failed <= tally.served_by("6.0.0-bad") + tally.served_by("(none)")
-            && (tally.served_by("(none)") as f64) < tally.requests as f64 * 0.002,
+        (others as f64) < tally.requests as f64 * 0.002,
         "{}",
         tally.text
     );

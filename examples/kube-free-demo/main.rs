@@ -10,7 +10,8 @@
 //! ```text
 //! kube-free-demo --listen 127.0.0.1:8080 --version v2 \
 //!     [--start-delay 2s] [--ready-delay 500ms] [--never-ready] \
-//!     [--error-rate 0.1] [--fail-path /smoke] [--drain-delay 5s] [--exit-after 4s]
+//!     [--error-rate 0.1] [--fail-path /smoke] [--drain-delay 5s] \
+//!     [--exit-after 4s] [--exit-after-traffic 3s]
 //! ```
 //!
 //! Endpoints (GET, HEAD and POST; POST bodies are read and discarded, their
@@ -91,6 +92,12 @@ struct Args {
           value_parser = parse_duration)]
     exit_after: Option<Duration>,
 
+    /// Crash (as --exit-after) this long after the first request that is
+    /// not a probe: a version that dies once it takes traffic.
+    #[arg(long, env = "DEMO_EXIT_AFTER_TRAFFIC", value_name = "DURATION",
+          value_parser = parse_duration)]
+    exit_after_traffic: Option<Duration>,
+
     /// After SIGTERM/SIGINT, keep serving (with /readyz failing) this long.
     #[arg(long, env = "DEMO_DRAIN_DELAY", value_name = "DURATION",
           value_parser = parse_duration, default_value = "0")]
@@ -142,6 +149,8 @@ struct State {
     draining: AtomicBool,
     error_ppm: u64,
     fail_paths: Vec<String>,
+    /// `--exit-after-traffic`, until the first request that is not a probe arms it.
+    exit_after_traffic: std::sync::Mutex<Option<Duration>>,
     /// Requests eligible for error injection seen so far.
     eligible: AtomicU64,
 }
@@ -166,9 +175,23 @@ impl State {
 
 type Body = Full<Bytes>;
 
+/// Exits with status 1 `after` from now, dropping every connection: a crash.
+fn crash_after(after: Duration, flag: &'static str) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        eprintln!("kube-free-demo: crashing, as {flag} asked");
+        std::process::exit(1);
+    });
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if !matches!(path.as_str(), "/readyz" | "/livez") {
+        if let Some(after) = state.exit_after_traffic.lock().unwrap().take() {
+            crash_after(after, "--exit-after-traffic");
+        }
+    }
 
     // Read (and discard) the whole body, counting bytes.
     let mut body_bytes: u64 = 0;
@@ -369,11 +392,7 @@ async fn main() -> ExitCode {
     };
 
     if let Some(after) = args.exit_after {
-        std::thread::spawn(move || {
-            std::thread::sleep(after);
-            eprintln!("kube-free-demo: crashing, as --exit-after asked");
-            std::process::exit(1);
-        });
+        crash_after(after, "--exit-after");
     }
 
     if !args.start_delay.is_zero() {
@@ -403,6 +422,7 @@ async fn main() -> ExitCode {
         draining: AtomicBool::new(false),
         error_ppm: (args.error_rate * PPM as f64).round() as u64,
         fail_paths: args.fail_path.clone(),
+        exit_after_traffic: std::sync::Mutex::new(args.exit_after_traffic),
         eligible: AtomicU64::new(0),
     });
 
