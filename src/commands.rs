@@ -302,7 +302,7 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
                     app["desired_version"].as_str().unwrap_or_default(),
                     app["strategy"].as_str().unwrap_or_default(),
                     if app["quarantined"] == true {
-                        "quarantined (rolled back; `kube-free retry` or a change lifts it)"
+                        "quarantined (`kube-free retry` or a change lifts it; the traffic line says what serves)"
                     } else if app["in_sync"] == true {
                         "in sync"
                     } else {

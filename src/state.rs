@@ -76,12 +76,13 @@ impl Phase {
         matches!(self, Phase::Failed | Phase::Aborted)
     }
 
-    /// How a quarantining rollout ended, in words: `aborted` or `rolled back`.
+    /// How a quarantining rollout ended, in words: `aborted` or `failed` (whether it was rolled
+    /// back is for what serves to say).
     pub fn ended_as(self) -> &'static str {
         if self == Phase::Aborted {
             "aborted"
         } else {
-            "rolled back"
+            "failed"
         }
     }
 }

@@ -172,9 +172,9 @@ fn a_canary_that_fails_analysis_is_rolled_back_quarantined_and_retried() {
     assert!(figures["error_rate"].as_f64().unwrap() > 0.2, "{app}");
 
     // Quarantined: the next run does nothing but say so.
-    s.kube_free(&["reconcile", "--once"]).code(1).stderr_has(
-        "production/demo 2.0.0 is quarantined (rolled back): analysis failed at step 0",
-    );
+    s.kube_free(&["reconcile", "--once"])
+        .code(1)
+        .stderr_has("production/demo 2.0.0 is quarantined (failed): analysis failed at step 0");
     s.kube_free(&["plan"]).code(0).stdout_has("quarantined");
     for host in ["web-1", "web-2"] {
         assert_eq!(s.demo_processes(host), 1, "nothing started on {host}");

@@ -12,7 +12,7 @@ use petgraph::graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-/// The record of a rollout that quarantines the desired version of `app` in `env`: it was rolled back,
+/// The record of a rollout that quarantines the desired version of `app` in `env`: it failed or was aborted,
 /// and neither the app's desired state nor the operator (`kube-free retry`) said to try again.
 pub fn quarantine<'o>(
     desired: &DesiredState,

@@ -607,7 +607,7 @@ fn a_quarantined_version_is_left_alone_until_its_desired_state_changes() {
     assert!(plan.is_empty(), "{}", plan.render_text());
     assert_eq!(plan.notes.len(), 1);
     assert!(
-        plan.notes[0].starts_with("prod/api 2.0 is quarantined (rolled back): analysis failed;"),
+        plan.notes[0].starts_with("prod/api 2.0 is quarantined (failed): analysis failed;"),
         "{:?}",
         plan.notes
     );

@@ -34,9 +34,9 @@ pub enum GateError {
         version: String,
         record: String,
     },
-    /// The rollout of `version` was aborted or rolled back (by `kube-free abort`, or by another
+    /// The rollout of `version` was aborted or failed (by `kube-free abort`, or in another
     /// run): nothing may write over that.
-    #[error("the rollout of {version} was {ended_as}: {outcome}")]
+    #[error("the rollout of {version} ended ({ended_as}): {outcome}")]
     Ended {
         version: String,
         ended_as: &'static str,

@@ -118,6 +118,8 @@ impl Live {
                 continue;
             };
             if let Some(spoiled) = spoiled {
+                // A run that lost its lease meanwhile leaves the traffic to the one holding it.
+                self.world.check_lease().await?;
                 tracing::error!(%env, %app, %version, "{spoiled}; taking the traffic back");
                 self.take_back(balancer, &backend_name(env, app), new, old)
                     .await;
