@@ -315,7 +315,11 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
                     app["traffic"].as_str().unwrap_or_default()
                 )?;
                 if let Some(good) = app["last_good"].as_str() {
-                    writeln!(out, "  last good version: {good}")?;
+                    writeln!(
+                        out,
+                        "  falls back to: {good} (the last good version before {})",
+                        app["desired_version"].as_str().unwrap_or_default()
+                    )?;
                 }
                 for problem in app["problems"].as_array().into_iter().flatten() {
                     writeln!(out, "  problem: {}", problem.as_str().unwrap_or_default())?;

@@ -168,6 +168,17 @@ impl RolloutRecord {
             self.last_good.as_deref()
         }
     }
+
+    /// What this record says a rollout of `version` falls back to: for its own version the one it
+    /// began after, for another the last good one it knows; never `version` itself.
+    pub fn good_before(&self, version: &str) -> Option<&str> {
+        if self.version == version {
+            self.last_good.as_deref()
+        } else {
+            self.good_version()
+        }
+        .filter(|v| *v != version)
+    }
 }
 
 /// A bake: the new servers watched after traffic moved to them, from when, and their counters then.

@@ -202,7 +202,7 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
         tally.text
     );
     run.code(1)
-        .stderr_has("bringing back 1.0.0 failed too")
+        .stderr_has("the cleanup (bringing back 1.0.0) failed")
         .stderr_has("NOT rolled back: 6.0.0-bad keeps traffic")
         .stderr_has("6.0.0-bad still runs on web-1, web-2");
     assert_eq!(s.weights_of("6.0.0-bad"), [30, 30]);

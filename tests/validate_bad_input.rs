@@ -883,3 +883,25 @@ case!(
         "max_error_rate 5 is outside 0–1"
     )]
 );
+
+case!(
+    bake_analysis_has_no_checks,
+    vec![
+        (ROOT, base_without_environments().into_bytes()),
+        (
+            PROD,
+            PRODUCTION_FILE
+                .replace(
+                    "strategy: blue-green",
+                    "strategy: { rolling: { analysis: { max_error_rate: 0.01, checks: [/smoke] } } }"
+                )
+                .into_bytes()
+        ),
+    ],
+    [(
+        PROD,
+        Some("[/smoke]"),
+        "apps.api.strategy.rolling.analysis.checks",
+        "checks run only between canary steps"
+    )]
+);

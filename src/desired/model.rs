@@ -94,7 +94,7 @@ pub struct App {
     pub drain: Duration,
     #[serde(serialize_with = "duration::serialize")]
     pub stop_timeout: Duration,
-    /// How long the old instances stay ready to take traffic back after it moved (zero: not at all).
+    /// How long the old instances stay kept running to take traffic back after it moved (zero: not at all).
     #[serde(serialize_with = "duration::serialize")]
     pub bake: Duration,
 }

@@ -703,7 +703,7 @@ fn strategy(c: &mut Checker, at: At, path: &YamlPath, raw: Option<&RawStrategy>)
             analysis: b
                 .analysis
                 .as_ref()
-                .map(|a| analysis(c, at, &path.key("blue_green").key("analysis"), a)),
+                .map(|a| analysis(c, at, &path.key("blue_green").key("analysis"), a, false)),
         },
         Some(RawStrategy::Rolling(r)) => {
             let bp = path.key("rolling").key("batch");
@@ -727,7 +727,7 @@ fn strategy(c: &mut Checker, at: At, path: &YamlPath, raw: Option<&RawStrategy>)
                 analysis: r
                     .analysis
                     .as_ref()
-                    .map(|a| analysis(c, at, &path.key("rolling").key("analysis"), a)),
+                    .map(|a| analysis(c, at, &path.key("rolling").key("analysis"), a, false)),
             }
         }
         Some(RawStrategy::Canary(k)) => {
@@ -781,7 +781,7 @@ fn strategy(c: &mut Checker, at: At, path: &YamlPath, raw: Option<&RawStrategy>)
             let analysis = k
                 .analysis
                 .as_ref()
-                .map(|a| analysis(c, at, &cp.key("analysis"), a));
+                .map(|a| analysis(c, at, &cp.key("analysis"), a, true));
             let progress_deadline = c.duration(
                 at,
                 &cp.key("progress_deadline"),
@@ -934,8 +934,16 @@ fn check_ports(
     }
 }
 
-/// The error-rate rules of a strategy (`path` is its `analysis` key).
-fn analysis(c: &mut Checker, at: At, ap: &YamlPath, a: &RawAnalysis) -> Analysis {
+/// The error-rate rules of a strategy (`ap` is its `analysis` key); `checks` only for a canary,
+/// whose steps run them (a bake judges the error rate alone).
+fn analysis(c: &mut Checker, at: At, ap: &YamlPath, a: &RawAnalysis, canary: bool) -> Analysis {
+    if !canary && a.checks.as_ref().is_some_and(|c| !c.is_empty()) {
+        c.value(
+            at,
+            &ap.key("checks"),
+            "checks run only between canary steps; a bake judges the error rate alone".into(),
+        );
+    }
     let max_error_rate = c
         .required(at, &ap.key("max_error_rate"), &a.max_error_rate)
         .copied()

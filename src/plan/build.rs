@@ -64,14 +64,12 @@ pub fn build(
             ));
             // What an earlier rollback could not finish (the last good version did not come
             // back, a host was unreachable) is finished now; unless the strategy holds.
-            plan.merge(cleanup(
-                desired,
-                observed,
-                &env.name,
-                app,
-                &q.version,
-                !d.strategy.holds(),
-            ));
+            let mode = if d.strategy.holds() {
+                Cleanup::Hold
+            } else {
+                Cleanup::Revert
+            };
+            plan.merge(cleanup(desired, observed, &env.name, app, &q.version, mode));
             continue;
         }
         let config = config_steps.get(&env.balancer).copied();
@@ -112,14 +110,10 @@ pub fn build(
 /// version that succeeded), else from the instances found: one of another version that serves,
 /// then one that runs, then one that did run (its record is still there).
 pub fn last_good(observed: &ObservedState, env: &str, app: &str, failed: &str) -> Option<String> {
-    let recorded = observed.rollout(env, app).and_then(|r| {
-        if r.version == failed {
-            r.last_good.as_deref()
-        } else {
-            r.good_version()
-        }
-    });
-    if let Some(v) = recorded.filter(|v| *v != failed) {
+    if let Some(v) = observed
+        .rollout(env, app)
+        .and_then(|r| r.good_before(failed))
+    {
         return Some(v.to_owned());
     }
     let mut found: Vec<(u8, &str)> = Vec::new();
@@ -347,7 +341,7 @@ fn retire(
 /// Blue-green toward `version`: on every host the target slot runs `version`, is probed and enabled;
 /// one shift moves all weight; the other slots are drained, put in maintenance and stopped.
 fn blue_green(plan: &mut Plan, r: &Rollout, config: Option<NodeIndex>) -> Vec<NodeIndex> {
-    let Rollout { env, observed, .. } = *r;
+    let env = r.env;
     let base: Vec<NodeIndex> = config.into_iter().collect();
     let preps: Vec<HostPrep> = env
         .hosts
@@ -358,9 +352,21 @@ fn blue_green(plan: &mut Plan, r: &Rollout, config: Option<NodeIndex>) -> Vec<No
     before.extend(preps.iter().flat_map(|p| p.ready_steps.last().copied()));
     let shift = shift_to_targets(plan, r, &preps, &before);
     let after = shift.map_or(before, |n| vec![n]);
-    let after = bake(plan, r, &preps, shift.is_some(), after);
+    bake_and_retire(plan, r, preps, shift.is_some(), after)
+}
+
+/// After the shift (if any, `moved`): the bake, then the other slots of `preps` drained and
+/// stopped; returns the last steps.
+fn bake_and_retire(
+    plan: &mut Plan,
+    r: &Rollout,
+    preps: Vec<HostPrep>,
+    moved: bool,
+    after: Vec<NodeIndex>,
+) -> Vec<NodeIndex> {
+    let after = bake(plan, r, &preps, moved, after);
     let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
-    let retired = retire(plan, &env.balancer, &old, observed, &after);
+    let retired = retire(plan, &r.env.balancer, &old, r.observed, &after);
     if retired.is_empty() {
         after
     } else {
@@ -402,20 +408,20 @@ fn bake(
         .collect();
     old.sort();
     old.dedup();
+    let names: Vec<String> = new.iter().map(SlotRef::server).collect();
+    let record = observed
+        .rollout(&env.name, app)
+        .filter(|rec| rec.version == version && rec.fingerprint == r.fingerprint);
+    let recorded = record.and_then(|rec| rec.bake.as_ref().filter(|b| b.servers == names));
     let wanted = if moved {
         !old.is_empty() || last_good(observed, &env.name, app, version).is_some()
     } else {
-        let names: Vec<String> = new.iter().map(SlotRef::server).collect();
-        let passed = observed.rollout(&env.name, app).is_some_and(|rec| {
-            rec.version == version
-                && rec.fingerprint == r.fingerprint
-                && (rec.phase == Phase::Succeeded
-                    || rec
-                        .bake
-                        .as_ref()
-                        .is_some_and(|b| b.passed && b.servers == names))
-        });
-        !old.is_empty() && !passed
+        // Traffic moved in an earlier run: a bake of these servers that began and did not pass
+        // goes on; without one, old instances still running are baked against unless this
+        // rollout is recorded as done.
+        let done = record.is_some_and(|rec| rec.phase == Phase::Succeeded && rec.bake.is_none());
+        recorded.is_some_and(|b| !b.passed)
+            || (!old.is_empty() && !done && !recorded.is_some_and(|b| b.passed))
     };
     if !wanted {
         return after;
@@ -428,6 +434,7 @@ fn bake(
         bake: r.bake,
         new,
         old,
+        resume: !moved,
     };
     vec![plan.add(step, &after)]
 }
@@ -553,11 +560,7 @@ fn canary(
     config: Option<NodeIndex>,
 ) -> Vec<NodeIndex> {
     let Rollout {
-        env,
-        app,
-        version,
-        observed,
-        ..
+        env, app, version, ..
     } = *r;
     let base: Vec<NodeIndex> = config.into_iter().collect();
     let preps: Vec<HostPrep> = env
@@ -612,29 +615,36 @@ fn canary(
     if let Some(shift) = shift {
         after = vec![shift];
     }
-    let after = bake(plan, r, &preps, shift.is_some(), after);
-    let old: Vec<SlotRef> = preps.into_iter().flat_map(|p| p.retire).collect();
-    let retired = retire(plan, &env.balancer, &old, observed, &after);
-    if retired.is_empty() {
-        after
-    } else {
-        retired
-    }
+    bake_and_retire(plan, r, preps, shift.is_some(), after)
 }
 
-/// After a failed or aborted rollout to `version`. With `restore`, the last good version
-/// ([`last_good`]) serves again on every host where `version` has weight or nothing else serves: it
-/// is started in its slot where it does not run, probed and enabled (the steps of a forward
-/// rollout), then one shift gives it the traffic; then every instance of `version` is taken out and
-/// stopped. Without `restore` (or without a last good version), instances of `version` that get
-/// traffic keep it, and only the others are stopped. Other versions are left alone.
+/// What a cleanup does with the traffic the version of a failed rollout has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cleanup {
+    /// The version failed: the last good version takes the traffic back, started again where it
+    /// does not run.
+    Revert,
+    /// The version failed, and its strategy holds what the rollout finished (`on_failure: hold`).
+    Hold,
+    /// The failure was not the version's: what serves keeps serving.
+    Keep,
+}
+
+/// After a failed or aborted rollout to `version`. With [`Cleanup::Revert`], the last good version
+/// ([`last_good`]) serves again on every host where `version` has weight, where nothing else
+/// serves, or where it has a canary's partial weight: it is started in its slot where it does not
+/// run, probed and enabled (the steps of a forward rollout), then a shift per host gives it that
+/// host's traffic (a host that cannot be restored holds up no other). Then every instance of
+/// `version` is taken out and stopped. Otherwise (or without a last good version), instances of
+/// `version` that get traffic keep it, and only the others are stopped. Other versions are left
+/// alone.
 pub fn cleanup(
     desired: &DesiredState,
     observed: &ObservedState,
     env: &str,
     app: &str,
     version: &str,
-    restore: bool,
+    mode: Cleanup,
 ) -> Plan {
     let mut plan = Plan::default();
     let (Some(environment), Some(d)) =
@@ -664,11 +674,12 @@ pub fn cleanup(
         .filter(|at| runs_failed(at))
         .collect();
     let kept: Vec<SlotRef> = failed.iter().filter(|at| weighted(at)).cloned().collect();
-    let good = last_good(observed, env, app, version);
-    let mut after = Vec::new();
+    // The steps after which each failed slot that has weight may be taken out.
+    let mut shifted: BTreeMap<SlotRef, Vec<NodeIndex>> = BTreeMap::new();
     let mut retire_now: Vec<SlotRef> = failed.clone();
-    match good.as_deref().filter(|_| restore) {
-        Some(good) => {
+    let good = last_good(observed, env, app, version);
+    match (mode, good.as_deref()) {
+        (Cleanup::Revert, Some(good)) => {
             let r = Rollout {
                 env: environment,
                 app,
@@ -678,41 +689,36 @@ pub fn cleanup(
                 fingerprint: String::new(),
                 bake: Duration::ZERO,
             };
-            // Hosts where the failed version has weight, where nothing else serves, or where the
-            // last good version serves with less than full weight (a canary's stable).
             let partial = |at: &SlotRef| {
                 runs(observed, at, good)
                     && server(observed, balancer, at).is_some_and(|s| s.weight != FULL_WEIGHT)
             };
-            let preps: Vec<HostPrep> = environment
-                .hosts
-                .iter()
-                .filter(|h| {
-                    let here = slots(h);
-                    here.iter()
-                        .any(|at| (runs_failed(at) && weighted(at)) || partial(at))
-                        || !here
-                            .iter()
-                            .any(|at| !runs_failed(at) && serving(observed, balancer, at))
-                })
-                .map(|h| prepare_host(&mut plan, &r, h, &[]))
-                .collect();
-            let mut before: Vec<NodeIndex> = preps
-                .iter()
-                .flat_map(|p| p.ready_steps.last().copied())
-                .collect();
-            if let Some(shift) = shift_to_targets(&mut plan, &r, &preps, &before) {
-                before = vec![shift];
+            for host in &environment.hosts {
+                let here = slots(host);
+                let needed = here
+                    .iter()
+                    .any(|at| (runs_failed(at) && weighted(at)) || partial(at))
+                    || !here
+                        .iter()
+                        .any(|at| !runs_failed(at) && serving(observed, balancer, at));
+                if !needed {
+                    continue;
+                }
+                let prep = prepare_host(&mut plan, &r, host, &[]);
+                let ready: Vec<NodeIndex> = prep.ready_steps.last().copied().into_iter().collect();
+                let shift = shift_to_targets(&mut plan, &r, std::slice::from_ref(&prep), &ready);
+                for at in here.iter().filter(|at| runs_failed(at)) {
+                    shifted.insert(at.clone(), shift.into_iter().collect());
+                }
+                // A slot the last good version now takes is not the failed version's any more.
+                retire_now.retain(|at| *at != prep.target);
             }
-            after = before;
-            // A slot the last good version now takes is not the failed version's any more.
-            retire_now.retain(|at| !preps.iter().any(|p| p.target == *at));
         }
-        None if !kept.is_empty() => {
-            let why = if restore {
-                "no earlier version is known to bring back"
-            } else {
+        (Cleanup::Revert | Cleanup::Hold, _) if !kept.is_empty() => {
+            let why = if mode == Cleanup::Hold {
                 "its strategy holds what a failed rollout finished (on_failure: hold)"
+            } else {
+                "no earlier version is known to bring back"
             };
             plan.stuck(format!(
                 "{env}/{app} {version} keeps its traffic on [{}]: {why}",
@@ -723,14 +729,14 @@ pub fn cleanup(
             ));
             retire_now.retain(|at| !kept.contains(at));
         }
-        None => {}
+        // Not the version's failure: what serves keeps serving.
+        _ => retire_now.retain(|at| !kept.contains(at)),
     }
     retire_now.sort();
     for at in retire_now {
-        let mut last = if weighted(&at) {
-            after.clone()
-        } else {
-            Vec::new()
+        let mut last = match shifted.get(&at) {
+            Some(after) if weighted(&at) => after.clone(),
+            _ => Vec::new(),
         };
         if server(observed, balancer, &at).is_some_and(|s| s.admin != Admin::Maint) {
             last = vec![plan.add(

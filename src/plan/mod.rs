@@ -7,7 +7,7 @@ mod build;
 mod traffic;
 
 pub use crate::names::SlotRef;
-pub use build::{build, cleanup, last_good, quarantine};
+pub use build::{build, cleanup, last_good, quarantine, Cleanup};
 pub use traffic::{SlotTraffic, Traffic};
 
 use crate::desired::Pause;
@@ -68,7 +68,8 @@ pub enum Action {
     /// For the app's `bake`, after traffic moved to `new`: the `old` servers (weight 0, still
     /// running) stay ready to take it back while `new` is watched; a server that goes DOWN, an
     /// instance that exits, or an error rate above the strategy's analysis moves all traffic back
-    /// to `old` in one command and fails the version.
+    /// to `old` in one command and fails the version. `resume`: traffic moved in an earlier run,
+    /// whose bake (recorded in the rollout record) goes on where it was; else a bake starts now.
     Bake {
         balancer: String,
         env: String,
@@ -78,6 +79,7 @@ pub enum Action {
         bake: Duration,
         new: Vec<SlotRef>,
         old: Vec<SlotRef>,
+        resume: bool,
     },
     /// Record the rollout of `version` as succeeded.
     Conclude {
@@ -215,16 +217,18 @@ impl std::fmt::Display for Action {
                 bake,
                 new,
                 old,
+                resume,
                 ..
             } => {
                 write!(
                     f,
-                    "bake {env}/{app} {version} for {}: watch [{}]",
+                    "bake {env}/{app} {version} for {}{}: watch [{}]",
                     crate::desired::duration::format(*bake),
+                    if *resume { " (what is left of it)" } else { "" },
                     list(new)
                 )?;
                 if !old.is_empty() {
-                    write!(f, ", [{}] ready to take traffic back", list(old))?;
+                    write!(f, ", [{}] kept running to take traffic back", list(old))?;
                 }
                 Ok(())
             }

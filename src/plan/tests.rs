@@ -134,7 +134,7 @@ fn version_change_goes_to_the_idle_slot_and_retires_the_old_one_after_the_shift(
    5. probe prod/api slot green on web-2  (after 4)
    6. enable kf_prod_api/web-2_green on edge (weight 0, wait UP)  (after 5)
    7. shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]  (after 3, 6)
-   8. bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue, web-2_blue] ready to take traffic back  (after 7)
+   8. bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue, web-2_blue] kept running to take traffic back  (after 7)
    9. drain kf_prod_api/web-1_blue on edge, then maint  (after 8)
   10. stop prod/api 1.0 in slot blue on web-1  (after 9)
   11. drain kf_prod_api/web-2_blue on edge, then maint  (after 8)
@@ -158,7 +158,7 @@ fn version_change_goes_to_the_idle_slot_and_retires_the_old_one_after_the_shift(
         ));
         assert!(happens_before(
             &plan,
-            "bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue, web-2_blue] ready to take traffic back",
+            "bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue, web-2_blue] kept running to take traffic back",
             &format!("drain kf_prod_api/{host}_blue on edge, then maint")
         ));
         assert!(happens_before(
@@ -231,13 +231,14 @@ fn after_the_shift_the_old_slot_is_retired_once_the_bake_passed() {
         .server("web-1", "blue", 0, Admin::Drain, true)
         .server("web-2", "blue", 0, Admin::Maint, false);
     // A run killed in its bake (or before it recorded one): the bake runs again, then the retire.
-    let bake = "bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue] ready to take traffic back";
+    let bake = "bake prod/api 2.0 for 5s (what is left of it): watch [web-1_green, web-2_green], [web-1_blue] kept running to take traffic back";
+    let resumed = bake;
     assert_eq!(
         world.plan(&[]).render_text(),
         format!(
             "\
 4 steps:
-   1. {bake}
+   1. {resumed}
    2. drain kf_prod_api/web-1_blue on edge, then maint  (after 1)
    3. stop prod/api 1.0 in slot blue on web-1  (after 2)
    4. record prod/api 2.0 as succeeded  (after 3)
@@ -276,7 +277,7 @@ fn cleanup_takes_out_what_gets_no_traffic_and_leaves_what_serves() {
         .serving_blue("1.0")
         .instance("web-1", "green", "2.0", true, false)
         .server("web-1", "green", 0, Admin::Ready, true);
-    let plan = cleanup(&desired(), &world.0, "prod", "api", "2.0", false);
+    let plan = cleanup(&desired(), &world.0, "prod", "api", "2.0", Cleanup::Keep);
     assert_eq!(
         plan.render_text(),
         "\
@@ -343,7 +344,7 @@ fn rolling_one_host_at_a_time_moves_each_hosts_own_weight() {
     assert!(text.starts_with("22 steps:\n"), "{text}");
     for host in ["web-1", "web-2", "web-3"] {
         let shift = format!("shift prod/api traffic on edge to [{host}_green] from [{host}_blue]");
-        let bake = format!("bake prod/api 2.0 for 5s: watch [{host}_green], [{host}_blue] ready to take traffic back");
+        let bake = format!("bake prod/api 2.0 for 5s: watch [{host}_green], [{host}_blue] kept running to take traffic back");
         assert!(happens_before(
             &plan,
             &format!("enable kf_prod_api/{host}_green on edge (weight 0, wait UP)"),
@@ -497,7 +498,7 @@ fn a_canary_walks_its_steps_once_every_host_is_ready() {
    9. canary step 1: prod/api 2.0 gets 50% on edge ([web-1_green, web-2_green] weight 50, [web-1_blue, web-2_blue] weight 50)  (after 8)
   10. canary step 2: wait until `kube-free promote api --env prod`  (after 9)
   11. shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]  (after 10)
-  12. bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue, web-2_blue] ready to take traffic back  (after 11)
+  12. bake prod/api 2.0 for 5s: watch [web-1_green, web-2_green], [web-1_blue, web-2_blue] kept running to take traffic back  (after 11)
   13. drain kf_prod_api/web-1_blue on edge, then maint  (after 12)
   14. stop prod/api 1.0 in slot blue on web-1  (after 13)
   15. drain kf_prod_api/web-2_blue on edge, then maint  (after 12)
@@ -624,16 +625,21 @@ fn a_quarantined_version_is_left_alone_until_its_desired_state_changes() {
     );
     let text = build(&desired, &half.0, &BTreeSet::new(), &Scope::default()).render_text();
     assert!(
-        text.contains(
-            "shift prod/api traffic on edge to [web-1_blue, web-2_blue] from [web-1_green]"
-        ),
+        text.contains("shift prod/api traffic on edge to [web-1_blue] from [web-1_green]"),
         "{text}"
     );
-    // Nothing served on web-2: the last good version is started there first.
+    // Nothing served on web-2: the last good version is started there first, on its own: a
+    // host where it cannot come back holds up no other.
+    let plan = build(&desired, &half.0, &BTreeSet::new(), &Scope::default());
     assert!(happens_before(
-        &build(&desired, &half.0, &BTreeSet::new(), &Scope::default()),
+        &plan,
         "enable kf_prod_api/web-2_blue on edge (weight 0, wait UP)",
-        "shift prod/api traffic on edge to [web-1_blue, web-2_blue] from [web-1_green]"
+        "shift prod/api traffic on edge to [web-2_blue]"
+    ));
+    assert!(!happens_before(
+        &plan,
+        "enable kf_prod_api/web-2_blue on edge (weight 0, wait UP)",
+        "shift prod/api traffic on edge to [web-1_blue] from [web-1_green]"
     ));
     assert!(
         text.contains("stop prod/api 2.0 in slot green on web-1"),
@@ -662,8 +668,13 @@ fn a_canary_rollback_gives_the_traffic_back_before_stopping_the_canary() {
         .server("web-2", "blue", 90, Admin::Ready, true)
         .server("web-1", "green", 10, Admin::Ready, true)
         .server("web-2", "green", 0, Admin::Ready, true);
-    let plan = cleanup(&desired, &world.0, "prod", "api", "2.0", true);
-    let shift = "shift prod/api traffic on edge to [web-1_blue, web-2_blue] from [web-1_green]";
+    let plan = cleanup(&desired, &world.0, "prod", "api", "2.0", Cleanup::Revert);
+    // A shift per host: web-1's takes the canary's weight, web-2's gives the stable its full
+    // weight back.
+    let shift = "shift prod/api traffic on edge to [web-1_blue] from [web-1_green]";
+    assert!(plan
+        .render_text()
+        .contains("shift prod/api traffic on edge to [web-2_blue]\n"));
     assert!(happens_before(
         &plan,
         shift,
@@ -681,8 +692,10 @@ fn a_canary_rollback_gives_the_traffic_back_before_stopping_the_canary() {
     ));
     assert!(!plan.render_text().contains("1.0 in slot blue"));
 
-    // Without take_back (blue-green), what serves keeps serving.
-    let plan = cleanup(&desired, &world.0, "prod", "api", "2.0", false);
+    // When the failure was not the version's, what serves keeps serving, and nothing is said
+    // to be wrong.
+    let plan = cleanup(&desired, &world.0, "prod", "api", "2.0", Cleanup::Keep);
+    assert!(plan.stuck.is_empty());
     assert!(!plan.render_text().contains("shift"));
     assert!(
         !plan.render_text().contains("on web-1"),
@@ -694,9 +707,17 @@ fn a_canary_rollback_gives_the_traffic_back_before_stopping_the_canary() {
     let alone = World::new()
         .instance("web-1", "green", "2.0", true, true)
         .server("web-1", "green", 10, Admin::Ready, true);
-    let plan = cleanup(&desired, &alone.0, "prod", "api", "2.0", true);
+    let plan = cleanup(&desired, &alone.0, "prod", "api", "2.0", Cleanup::Revert);
     assert!(plan.is_empty(), "{}", plan.render_text());
     assert_eq!(plan.notes.len(), 1, "{:?}", plan.notes);
+    assert!(plan.stuck[0].contains("no earlier version is known to bring back"));
+    // Held: the same, for that reason.
+    let plan = cleanup(&desired, &alone.0, "prod", "api", "2.0", Cleanup::Hold);
+    assert!(
+        plan.stuck[0].contains("on_failure: hold"),
+        "{:?}",
+        plan.stuck
+    );
 }
 
 #[test]
@@ -736,7 +757,8 @@ fn a_new_version_that_died_after_the_shift_never_gets_the_old_one_stopped() {
         .server("web-2", "green", 100, Admin::Ready, true)
         .server("web-2", "blue", 0, Admin::Maint, false);
     // The cleanup of a failed rollout to 2.0 leaves 1.0 alone.
-    let cleanup_text = cleanup(&desired(), &world.0, "prod", "api", "2.0", false).render_text();
+    let cleanup_text =
+        cleanup(&desired(), &world.0, "prod", "api", "2.0", Cleanup::Keep).render_text();
     assert!(!cleanup_text.contains("1.0"), "{cleanup_text}");
     // The next plan restarts 2.0 in the dead slot, not over the live 1.0.
     let plan = world.plan(&[]);

@@ -115,7 +115,15 @@ pub async fn abort(
     let (wait, ttl) = (Duration::from_secs(60), Duration::from_secs(30));
     let cleanup = async {
         let observed = world.observe().await?;
-        clean_up(world, observed, env, app, true, parallel).await
+        clean_up(
+            world,
+            observed,
+            env,
+            app,
+            crate::plan::Cleanup::Revert,
+            parallel,
+        )
+        .await
     };
     leased(world, wait, ttl, cleanup).await?;
     let after = Traffic::read(&world.desired, &world.observe().await?, env, app);

@@ -8,7 +8,7 @@ use super::effects::Live;
 use super::{rules, GateError, Options, ReconcileError, Report, World};
 use crate::execute::{self, Fault, StepFailed};
 use crate::observed::ObservedState;
-use crate::plan::{self, Action, Scope, Traffic};
+use crate::plan::{self, Action, Cleanup, Scope, Traffic};
 use crate::state::Phase;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,10 +24,10 @@ pub enum Outcome {
         env: String,
         app: String,
         version: String,
-        /// The last good version the cleanup brought back where the failed one had traffic.
-        restore: Option<String>,
-        /// The strategy holds what the rollout finished (`on_failure: hold`).
-        held: bool,
+        /// What the cleanup did with the version's traffic.
+        mode: Cleanup,
+        /// The last good version (what a revert brings back).
+        good: Option<String>,
         cleanup: Result<(), Box<ReconcileError>>,
         quarantined: bool,
         /// What was read back afterwards (`None`: it could not be read).
@@ -55,8 +55,8 @@ impl std::fmt::Display for Outcome {
             env,
             app,
             version,
-            restore,
-            held,
+            mode,
+            good,
             cleanup,
             quarantined,
             after,
@@ -65,29 +65,32 @@ impl std::fmt::Display for Outcome {
             return f.write_str("nothing was moved");
         };
         if let Err(e) = cleanup {
-            let what = match restore {
-                Some(good) => format!("bringing back {good}"),
-                None => "cleaning up".to_owned(),
-            };
-            write!(
-                f,
-                "{what} failed too: {}; ",
-                crate::error::chain(e.as_ref())
-            )?;
+            match (mode, good) {
+                (Cleanup::Revert, Some(good)) => {
+                    write!(f, "the cleanup (bringing back {good}) failed: ")?
+                }
+                _ => f.write_str("the cleanup failed: ")?,
+            }
+            write!(f, "{}; ", crate::error::chain(e.as_ref()))?;
         }
         match after {
             None => write!(f, "what serves {env}/{app} now could not be read back")?,
+            Some(t) if t.weighs(version) && !quarantined => write!(
+                f,
+                "{version} keeps its traffic: the failure was not its own, and the next run goes on from here ({t})"
+            )?,
             Some(t) if t.weighs(version) => write!(
                 f,
                 "NOT rolled back: {version} keeps traffic ({}{t})",
-                match restore {
-                    None if *held => "on_failure: hold keeps what the rollout finished; ",
-                    None => "no earlier version to bring back; ",
-                    Some(_) => "",
+                match (mode, good) {
+                    (Cleanup::Hold, _) => "on_failure: hold keeps what the rollout finished; ",
+                    (_, None) => "no earlier version to bring back; ",
+                    _ => "",
                 }
             )?,
             Some(t) if !t.serves() => write!(f, "nothing serves {env}/{app} now ({t})")?,
-            Some(t) => write!(f, "rolled back, read back: {t}")?,
+            Some(t) if *mode == Cleanup::Revert => write!(f, "rolled back, read back: {t}")?,
+            Some(t) => write!(f, "read back: {t}")?,
         }
         if let Some(t) = after {
             match t.running(version).as_slice() {
@@ -190,9 +193,11 @@ async fn after_failure(
     let canary = matches!(d.strategy, crate::desired::Strategy::Canary { .. });
     // The version's own failure brings the last good version back (unless the strategy holds what
     // it finished); another failure only takes a canary's traffic back while it is being judged.
-    let restore = match fault {
-        Fault::Version => !d.strategy.holds(),
-        _ => canary && rules::takes_back(&failed.action),
+    let mode = match fault {
+        Fault::Version if d.strategy.holds() => Cleanup::Hold,
+        Fault::Version => Cleanup::Revert,
+        _ if canary && rules::takes_back(&failed.action) => Cleanup::Revert,
+        _ => Cleanup::Keep,
     };
     let quarantined = fault == Fault::Version;
     let observed = world.observe().await?;
@@ -215,14 +220,14 @@ async fn after_failure(
     let cleanup = if repairing.contains(&(env.clone(), app.clone())) {
         Ok(())
     } else {
-        clean_up(world, observed, &env, &app, restore, parallel)
+        clean_up(world, observed, &env, &app, mode, parallel)
             .await
             .map_err(Box::new)
     };
     Ok(ReconcileError::RolledBack {
         outcome: Box::new(Outcome::Cleaned {
-            restore: good.filter(|_| restore),
-            held: quarantined && d.strategy.holds(),
+            mode,
+            good,
             cleanup,
             quarantined,
             after: read_back(world, &env, &app).await,
@@ -262,18 +267,19 @@ fn rollout_of(action: &Action) -> Option<(String, String)> {
     }
 }
 
-/// Takes out and stops the instances of the desired version of `env`/`app`; with `restore`, the
-/// last good version serves again first wherever it had traffic (see [`plan::cleanup`]).
+/// Takes out and stops the instances of the desired version of `env`/`app`; with
+/// [`Cleanup::Revert`], the last good version serves again first wherever it had traffic (see
+/// [`plan::cleanup`]).
 pub(super) async fn clean_up(
     world: &Arc<World>,
     observed: ObservedState,
     env: &str,
     app: &str,
-    restore: bool,
+    mode: Cleanup,
     parallel: usize,
 ) -> Result<(), ReconcileError> {
     let d = world.desired.deployed(env, app);
-    let plan = plan::cleanup(&world.desired, &observed, env, app, &d.version, restore);
+    let plan = plan::cleanup(&world.desired, &observed, env, app, &d.version, mode);
     for note in &plan.notes {
         tracing::warn!("{note}");
     }

@@ -45,12 +45,11 @@ impl World {
     ) -> Result<RolloutRecord, ReconcileError> {
         let fingerprint = self.desired.fingerprint(env, app);
         let previous = self.read_rollout(env, app).await?;
-        let last_good = match &previous {
-            Some(p) if p.version == version => p.last_good.clone(),
-            Some(p) => p.good_version().map(str::to_owned),
-            None => fallback,
-        }
-        .filter(|v| v != version);
+        let last_good = previous
+            .as_ref()
+            .and_then(|p| p.good_before(version))
+            .map(str::to_owned)
+            .or(fallback);
         let current = previous.filter(|r| r.version == version && r.fingerprint == fingerprint);
         if let Some(ended) = current.as_ref().filter(|r| r.phase.quarantines()) {
             return Err(GateError::Ended {

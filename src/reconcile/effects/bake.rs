@@ -63,7 +63,8 @@ impl Live {
         Ok(self.world.write_rollout(record).await?)
     }
 
-    /// The bake of `version` on `new`, `old` ready to take the traffic back (see [`Bake`]).
+    /// The bake of `version` on `new`, `old` kept running to take the traffic back (see
+    /// [`Bake`]); with `resume`, the one an earlier run recorded for these servers goes on.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn bake(
         &self,
@@ -74,10 +75,16 @@ impl Live {
         length: Duration,
         new: &[SlotRef],
         old: &[SlotRef],
+        resume: bool,
     ) -> Result<(), StepError> {
         let mut record = self.record_for(env, app, version).await?;
         let servers: Vec<String> = new.iter().map(SlotRef::server).collect();
-        let begun = record.bake.as_ref().filter(|b| b.servers == servers);
+        // Traffic that moved in this run starts a bake of its own (a restart in the same slots
+        // is baked again); a resumed one goes on from its record.
+        let begun = record
+            .bake
+            .as_ref()
+            .filter(|b| resume && b.servers == servers);
         if begun.is_some_and(|b| b.passed) {
             return Ok(());
         }
@@ -121,10 +128,12 @@ impl Live {
                 // A run that lost its lease meanwhile leaves the traffic to the one holding it.
                 self.world.check_lease().await?;
                 tracing::error!(%env, %app, %version, "{spoiled}; taking the traffic back");
-                self.take_back(balancer, &backend_name(env, app), new, old)
-                    .await;
+                // Failed before anything else: a run killed from here on must not try it again.
+                record.phase = Phase::Failed;
                 record.outcome = Some(format!("bake failed: {spoiled}"));
                 self.save_record(&record).await?;
+                self.take_back(balancer, &backend_name(env, app), new, old)
+                    .await;
                 return Err(StepError::new(Fault::Version, spoiled));
             }
             if tokio::time::Instant::now() >= ends {

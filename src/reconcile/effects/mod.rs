@@ -276,8 +276,9 @@ impl Effects for Live {
                 bake,
                 new,
                 old,
+                resume,
             } => {
-                self.bake(balancer, env, app, version, *bake, new, old)
+                self.bake(balancer, env, app, version, *bake, new, old, *resume)
                     .await
             }
             Action::Conclude {

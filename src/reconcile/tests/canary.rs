@@ -206,7 +206,7 @@ async fn a_failing_canary_never_gives_its_traffic_to_a_stable_version_that_is_do
     assert!(text.contains("analysis failed at step 0"), "{text}");
     // The last good version is tried (it runs, but the balancer never finds it UP), and the
     // message says from what it read back that nothing was rolled back.
-    assert!(text.contains("bringing back 1.0 failed too: step 2 (enable kf_prod_api/web-1_blue on edge (weight 0, wait UP)) failed: balancer edge did not find kf_prod_api/web-1_blue UP within 30s"), "{text}");
+    assert!(text.contains("the cleanup (bringing back 1.0) failed: step 2 (enable kf_prod_api/web-1_blue on edge (weight 0, wait UP)) failed: balancer edge did not find kf_prod_api/web-1_blue UP within 30s"), "{text}");
     blames_the_version(&err);
     assert!(
         text.contains("NOT rolled back: 2.0 keeps traffic (prod/api traffic goes to 1.0 on web-1_blue (weight 80, DOWN), web-2_blue (weight 80, DOWN); 2.0 on web-1_green (weight 20, UP), web-2_green (weight 20, UP)); 2.0 still runs on web-1, web-2"),

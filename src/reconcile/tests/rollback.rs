@@ -231,7 +231,10 @@ async fn a_last_good_version_that_cannot_come_back_leaves_the_failed_one_serving
     });
     let text = failed_pass(&world).await;
     killer.await.unwrap();
-    assert!(text.contains("bringing back 1.0 failed too"), "{text}");
+    assert!(
+        text.contains("the cleanup (bringing back 1.0) failed"),
+        "{text}"
+    );
     assert!(
         text.contains("NOT rolled back: 2.0 keeps traffic (prod/api traffic goes to 2.0 on web-1_green (weight 20, UP), web-2_green (weight 20, UP)); 2.0 still runs on web-1, web-2"),
         "{text}"
@@ -337,4 +340,39 @@ async fn a_version_that_dies_again_after_its_restart_is_quarantined_not_restarte
     assert_eq!(weights(&fleet), served_by("1.0"));
     let err = pass(&world).await.unwrap_err();
     assert!(matches!(err, ReconcileError::Quarantined(_)), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_bake_records_the_failure_itself_before_anything_else() {
+    // The plan's steps alone, without the pass around them: as if the run were killed right after
+    // the bake failed.
+    let (fleet, world) = rolling_out("blue-green", Behaviour::dying(Duration::from_secs(3)));
+    world
+        .acquire_lease(Duration::ZERO, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let observed = world.observe().await.unwrap();
+    let plan = plan_now(&world).await;
+    let effects = Live::new(&world, observed, None, false);
+    let failed = crate::execute::run(&plan, effects, 8).await.unwrap_err();
+    assert!(matches!(failed.action, Action::Bake { .. }), "{failed}");
+    let record = fleet.rollout("prod", "api").unwrap();
+    assert_eq!(record.phase, Phase::Failed, "{record:?}");
+    assert!(record
+        .outcome
+        .unwrap()
+        .starts_with("bake failed: 2.0 on web-"));
+    // The traffic is back on 1.0, and the next plan does not move it to 2.0 again.
+    for host in ["web-1", "web-2"] {
+        assert_eq!(fleet.server(&at(host, "blue")).weight, 100);
+    }
+    let text = plan_now(&world).await.render_text();
+    assert!(
+        !text.contains("shift prod/api traffic on edge to [web-1_green"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stop prod/api 2.0 in slot green on web-1"),
+        "{text}"
+    );
 }
