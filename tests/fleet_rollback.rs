@@ -212,9 +212,11 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
         "{answer}"
     );
     let status = s.kube_free(&["status"]);
-    status.code(0).stdout_has(
-        "traffic: production/demo traffic goes to 6.0.0-bad on web-1_green (weight 30, UP)",
-    );
+    status
+        .code(0)
+        .stdout_has("  traffic: production/demo traffic goes to ")
+        .stdout_has("6.0.0-bad on web-1_green (weight 30, UP), web-2_green (weight 30, UP)")
+        .stdout_has("falls back to: 1.0.0");
     s.kube_free(&["plan"])
         .code(10)
         .stdout_has("start production/demo 1.0.0 in slot blue on web-1");
