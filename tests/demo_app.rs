@@ -372,19 +372,24 @@ fn never_ready_stays_unready() {
     }
 }
 
+/// How the demo ended, waiting for it at most 5 s.
+fn exit_status(demo: &mut Demo) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after 5 s");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn exit_after_crashes_with_status_one() {
     let mut demo = Demo::start("doomed", &["--exit-after", "700ms"], &[]);
     let started = Instant::now();
     assert_eq!(demo.get("/version").text(), "doomed\n");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after 5 s");
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_status(&mut demo);
     assert!(started.elapsed() >= Duration::from_millis(500));
     assert_eq!(status.code(), Some(1));
 }
@@ -403,14 +408,7 @@ fn exit_after_traffic_waits_for_a_request_that_is_not_a_probe() {
     );
     let served = Instant::now();
     assert_eq!(demo.get("/version").text(), "doomed\n");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after 5 s");
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_status(&mut demo);
     assert!(served.elapsed() >= Duration::from_millis(250));
     assert_eq!(status.code(), Some(1));
 }

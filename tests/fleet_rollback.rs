@@ -31,6 +31,22 @@ fn good(_: &str) -> String {
     String::new()
 }
 
+/// A canary at 30% for 10 s, judged by its error rate.
+const FAILING_CANARY: &str = "{ canary: { steps: [{ weight: 30, pause: 10s }], \
+                              analysis: { max_error_rate: 0.05, min_requests: 50 } } }";
+
+/// Every failure is one of `version`'s own 500s, but for the few requests in flight on a killed
+/// process (HAProxy's 503s and reset connections): under 0.2% of the load.
+fn only_its_own_failures(scenario: &str, tally: &Tally, version: &str) {
+    let others = tally.failed.saturating_sub(tally.served_by(version));
+    eprintln!("{scenario}: {others} failures that are not {version}'s own 500s");
+    assert!(
+        (others as f64) < tally.requests as f64 * 0.002,
+        "{}",
+        tally.text
+    );
+}
+
 /// Waits (at most a minute) until `ready` says so.
 fn wait_for(what: &str, ready: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -109,9 +125,7 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
 
     // B. A canary that answers 500 to everything, at 30% for 10 s; both 1.0.0 processes are
     // killed in its pause. Analysis fails it; 1.0.0 is started again and takes the traffic back.
-    s.strategy = "{ canary: { steps: [{ weight: 30, pause: 10s }], \
-                  analysis: { max_error_rate: 0.05, min_requests: 50 } } }"
-        .into();
+    s.strategy = FAILING_CANARY.into();
     s.script("3.0.0-bad", &|_| "--error-rate 1.0".into());
     s.commit("3.0.0-bad", "", "20s");
     let (run, tally) = s.reconcile_under_load_while("GET", LOAD_SECONDS, || {
@@ -121,15 +135,7 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
         s.kill_version("1.0.0");
     });
     figures("B: stable killed during a failing canary", &tally);
-    // Every failure is one of the canary's own 500s, but for the few requests in flight on 1.0.0
-    // when it was killed (HAProxy's 503s and reset connections).
-    let others = tally.failed.saturating_sub(tally.served_by("3.0.0-bad"));
-    eprintln!("B: {others} failures that are not 3.0.0-bad's own 500s");
-    assert!(
-        (others as f64) < tally.requests as f64 * 0.002,
-        "{}",
-        tally.text
-    );
+    only_its_own_failures("B", &tally, "3.0.0-bad");
     run.code(1)
         .stderr_has("analysis failed at step 0")
         .stderr_has("rolled back, read back: production/demo traffic goes to 1.0.0 on web-1_blue (weight 100, UP), web-2_blue (weight 100, UP); no instance of 3.0.0-bad runs");
@@ -181,9 +187,7 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
 
     // E. Like B, but 1.0.0's release is gone when it is needed again: it cannot come back, so the
     // canary keeps serving, and every report says so.
-    s.strategy = "{ canary: { steps: [{ weight: 30, pause: 10s }], \
-                  analysis: { max_error_rate: 0.05, min_requests: 50 } } }"
-        .into();
+    s.strategy = FAILING_CANARY.into();
     s.script("6.0.0-bad", &|_| "--error-rate 1.0".into());
     s.commit("6.0.0-bad", "", "20s");
     let (run, tally) = s.reconcile_under_load_while("GET", LOAD_SECONDS, || {
@@ -194,13 +198,7 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
         s.kill_version("1.0.0");
     });
     figures("E: the last good version cannot come back", &tally);
-    let others = tally.failed.saturating_sub(tally.served_by("6.0.0-bad"));
-    eprintln!("E: {others} failures that are not 6.0.0-bad's own 500s");
-    assert!(
-        (others as f64) < tally.requests as f64 * 0.002,
-        "{}",
-        tally.text
-    );
+    only_its_own_failures("E", &tally, "6.0.0-bad");
     run.code(1)
         .stderr_has("the cleanup (bringing back 1.0.0) failed")
         .stderr_has("NOT rolled back: 6.0.0-bad keeps traffic")
