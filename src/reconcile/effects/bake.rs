@@ -163,17 +163,25 @@ impl Live {
         after: u64,
         analysis: Option<&crate::desired::Analysis>,
     ) -> Result<Option<Spoiled>, StepError> {
-        for (at, instance) in new.iter().zip(instances) {
-            if !self.world.runtime(at)?.is_alive(instance).await? {
-                return Ok(Some(Spoiled::Exited {
-                    version: version.to_owned(),
-                    host: at.host.clone(),
-                    slot: at.slot.clone(),
-                    after,
-                }));
+        // The instances and the balancer are read at once: what a crash costs is this long.
+        let alive = async {
+            for (at, instance) in new.iter().zip(instances) {
+                if !self.world.runtime(at)?.is_alive(instance).await? {
+                    return Ok(Some(at));
+                }
             }
+            Ok::<_, StepError>(None)
+        };
+        let (dead, servers) = tokio::join!(alive, self.servers(balancer));
+        if let Some(at) = dead? {
+            return Ok(Some(Spoiled::Exited {
+                version: version.to_owned(),
+                host: at.host.clone(),
+                slot: at.slot.clone(),
+                after,
+            }));
         }
-        let servers = self.servers(balancer).await?;
+        let servers = servers?;
         for at in new {
             let server = servers.get(&at.server_key());
             if !server.is_some_and(|s| s.up) {
