@@ -57,6 +57,19 @@ pub enum Command {
     /// for it). On SIGTERM or SIGINT the current steps finish, nothing new starts, the lease is
     /// released and it exits 1; the next run resumes.
     Reconcile(ReconcileArgs),
+    /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
+    ///
+    /// Every --interval (±10%) the branch is fetched; on a new commit, when a --resync is due, when
+    /// a canary pause ends, or after a failure's backoff, the same pass as `reconcile --once` runs.
+    /// A resync puts drift back (a dead instance restarted, a weight set by hand set back, an
+    /// edited config rewritten) and logs each as `drift corrected: …`; with --no-self-heal it is
+    /// only reported. The lease is held only while a pass acts, so `promote`, `abort` and a CI
+    /// `reconcile --once` work while the watcher idles, and a second watcher on another bastion
+    /// takes over when this one dies. Serves on --listen: `/` (status page), `/api/v1/status`,
+    /// `/metrics`, `/healthz`, `/readyz`, and `POST /hooks/git` (GitHub, Gitea/Forgejo and GitLab
+    /// signatures, checked with --webhook-secret-file) to fetch at once. On SIGTERM or SIGINT the
+    /// current step finishes, the lease is given back, and it exits 0. See docs/watch.md.
+    Watch(WatchArgs),
     /// End the current pause of a canary (with --all, every remaining pause); the running or next
     /// reconcile goes on from there.
     Promote(GateArgs),
@@ -146,7 +159,7 @@ pub struct ReconcileArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub scope: ScopeArgs,
-    /// Converge once and exit (the only mode so far; `kube-free watch` will run continuously).
+    /// Converge once and exit (`kube-free watch` runs continuously).
     #[arg(long, required = true)]
     pub once: bool,
     /// Most steps running at once (across hosts).
@@ -164,6 +177,42 @@ pub struct ReconcileArgs {
     /// How long the lease (`<state_dir>/lock` on each balancer host) lasts at least without renewal.
     /// A run renews it every quarter of this; the lease of a run that died is taken over once it
     /// expired.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub lease_ttl: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// How often the branch is fetched (each wait is ±10% of it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    pub interval: std::time::Duration,
+    /// How often the pass runs without a new commit, to find and put back drift.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub resync: std::time::Duration,
+    /// Only report drift (`drift found, not corrected`); new commits are still deployed.
+    #[arg(long)]
+    pub no_self_heal: bool,
+    /// Address of the HTTP endpoints (status page, API, metrics, webhooks). Loopback by default:
+    /// put a reverse proxy with TLS in front to expose it.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9420")]
+    pub listen: std::net::SocketAddr,
+    /// File holding the webhook secret (as configured in GitHub, Gitea/Forgejo or GitLab); it must
+    /// not be readable by group or others. Without it, `POST /hooks/git` is refused (403).
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Longest a pass waits at a canary pause before it gives the loop back (the loop reads Git and
+    /// comes back when the pause ends; a new commit pre-empts the canary).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    pub max_wait: std::time::Duration,
+    /// Most steps running at once (across hosts).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// How long the lease lasts at least without renewal; a watcher that died is taken over by
+    /// another once it expired.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub lease_ttl: std::time::Duration,
 }

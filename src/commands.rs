@@ -3,46 +3,16 @@
 
 use crate::cli::{
     GateArgs, Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs, ScopeArgs, SourceArgs,
-    StatusArgs, ValidateArgs,
+    StatusArgs, ValidateArgs, WatchArgs,
 };
-use crate::desired::{self, DesiredState, Files, LoadError};
+use crate::desired::{self, LoadError};
 use crate::error::{Error, Exit};
-use crate::names::{backend_name, server_name};
-use crate::plan::{self, Scope};
+use crate::load;
+use crate::plan::Scope;
 use crate::reconcile::{self, World};
-use crate::source::{self, Snapshot, SourceSpec};
+use crate::source::SourceSpec;
 use std::io::Write;
 use std::sync::Arc;
-
-/// Opens the source named on the command line at the commit it names.
-fn open(args: &SourceArgs) -> Result<Snapshot, Error> {
-    let snapshot = source::open(&SourceSpec {
-        repo: args.repo.clone(),
-        rev: args.rev.clone(),
-        cache_dir: args.cache_dir.clone(),
-    })?;
-    tracing::info!(repo = %snapshot.origin, commit = %snapshot.commit, "reading desired state");
-    Ok(snapshot)
-}
-
-/// The error for a desired state that could not be loaded from `snapshot`.
-fn load_error(snapshot: &Snapshot, e: LoadError) -> Error {
-    let origin = snapshot.origin.clone();
-    let commit = snapshot.commit.to_string();
-    match e {
-        LoadError::Invalid(diagnostics) => Error::Invalid {
-            origin,
-            commit,
-            diagnostics,
-        },
-        LoadError::NoRootFile => Error::NoRootFile { origin, commit },
-        e @ LoadError::Files(_) => Error::Read {
-            origin,
-            commit,
-            source: e,
-        },
-    }
-}
 
 fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
@@ -53,7 +23,7 @@ pub fn validate(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<Exit, Error> {
-    let snapshot = open(&args.source)?;
+    let snapshot = load::open(&spec(&args.source))?;
     let commit = snapshot.commit.to_string();
     if !snapshot.uncommitted.is_empty() && args.output == Output::Text {
         writeln!(
@@ -70,7 +40,7 @@ pub fn validate(
     let (state, diagnostics) = match desired::load(&snapshot) {
         Ok(state) => (Some(state), Vec::new()),
         Err(LoadError::Invalid(d)) => (None, d),
-        Err(e) => return Err(load_error(&snapshot, e)),
+        Err(e) => return Err(load::load_error(&snapshot, e)),
     };
     match args.output {
         Output::Json => {
@@ -95,7 +65,7 @@ pub fn validate(
                 plural(state.hosts.len(), "host"),
                 plural(state.balancers.len(), "balancer"),
             )?,
-            None => return Err(load_error(&snapshot, LoadError::Invalid(diagnostics))),
+            None => return Err(load::load_error(&snapshot, LoadError::Invalid(diagnostics))),
         },
     }
     Ok(if diagnostics.is_empty() {
@@ -118,43 +88,16 @@ pub fn schema(args: &SchemaArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 
 /// Loads the desired state and connects to every host it uses. Bad input is reported before any
 /// host is contacted.
-async fn connect(args: &SourceArgs, scope_filter: &Scope) -> Result<Arc<World>, Error> {
-    let snapshot = open(args)?;
-    let state = desired::load(&snapshot).map_err(|e| load_error(&snapshot, e))?;
-    for (what, name, known) in [
-        (
-            "environment",
-            scope_filter.env.as_deref(),
-            state
-                .environments
-                .contains_key(scope_filter.env.as_deref().unwrap_or_default()),
-        ),
-        (
-            "app",
-            scope_filter.app.as_deref(),
-            state
-                .apps
-                .contains_key(scope_filter.app.as_deref().unwrap_or_default()),
-        ),
-    ] {
-        if let (Some(name), false) = (name, known) {
-            return Err(Error::UnknownName {
-                what,
-                name: name.to_owned(),
-            });
-        }
+async fn connect(args: &SourceArgs, scope: &Scope) -> Result<Arc<World>, Error> {
+    load::connect(load::load(&spec(args), scope)?).await
+}
+
+fn spec(args: &SourceArgs) -> SourceSpec {
+    SourceSpec {
+        repo: args.repo.clone(),
+        rev: args.rev.clone(),
+        cache_dir: args.cache_dir.clone(),
     }
-    let known_hosts = match &state.ssh.known_hosts {
-        Some(path) => Some(
-            snapshot
-                .read(path)
-                .map_err(|e| load_error(&snapshot, LoadError::Files(e)))?,
-        ),
-        None => None,
-    };
-    Ok(Arc::new(
-        World::connect(state, snapshot.commit.to_string(), known_hosts).await?,
-    ))
 }
 
 fn scope(args: &ScopeArgs) -> Scope {
@@ -167,13 +110,7 @@ fn scope(args: &ScopeArgs) -> Scope {
 pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
     let world = connect(&args.source, &scope).await?;
-    let observed = world.observe().await?;
-    let plan = plan::build(
-        &world.desired,
-        &observed,
-        &world.stale_configs(&observed),
-        &scope,
-    );
+    let plan = reconcile::preview(&world, &scope).await?;
     match args.output {
         PlanOutput::Text => write!(
             out,
@@ -227,19 +164,69 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     Ok(Exit::Ok)
 }
 
-/// On SIGTERM or SIGINT, asks the run to stop after its current steps.
-async fn interrupt_on_signal(world: Arc<World>) {
+pub async fn watch(args: &WatchArgs) -> Result<Exit, Error> {
+    let webhook_secret = match &args.webhook_secret_file {
+        Some(path) => Some(read_secret(path)?),
+        None => None,
+    };
+    let config = crate::watch::Config {
+        source: spec(&args.source),
+        scope: scope(&args.scope),
+        interval: args.interval,
+        resync: args.resync,
+        listen: args.listen,
+        webhook_secret,
+        self_heal: !args.no_self_heal,
+        parallel: args.parallel as usize,
+        lease_ttl: args.lease_ttl,
+        max_wait: args.max_wait,
+    };
+    crate::watch::run(config, signalled()).await?;
+    Ok(Exit::Ok)
+}
+
+/// A secret's bytes (trailing newline removed), from a file only its owner can read.
+pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let bad = |why: String| Error::Secret {
+        path: path.display().to_string(),
+        why,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(bad(format!(
+            "readable by group or others (mode {:o}); `chmod 600` it",
+            meta.mode() & 0o777
+        )));
+    }
+    let mut bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(bad("empty".into()));
+    }
+    Ok(bytes)
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn signalled() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        return;
+        return std::future::pending().await;
     };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// On SIGTERM or SIGINT, asks the run to stop after its current steps.
+async fn interrupt_on_signal(world: Arc<World>) {
+    signalled().await;
     tracing::warn!("signal received: finishing the current steps, then stopping");
     world.interrupt();
 }
@@ -279,7 +266,7 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
     let filter = scope(&args.scope);
     let world = connect(&args.source, &filter).await?;
     let observed = world.observe().await?;
-    let report = status_report(
+    let report = crate::status::report(
         &world.desired,
         &observed,
         &world.stale_configs(&observed),
@@ -407,68 +394,4 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
         }
     }
     Ok(Exit::Ok)
-}
-
-/// Per environment and app: desired version, in sync or not, and every slot on every host.
-fn status_report(
-    desired: &DesiredState,
-    observed: &crate::observed::ObservedState,
-    stale: &std::collections::BTreeSet<String>,
-    scope: &Scope,
-) -> Vec<serde_json::Value> {
-    let mut apps = Vec::new();
-    for (env, app, d) in desired.deployments() {
-        if !scope.includes(&env.name, app) {
-            continue;
-        }
-        let only = Scope {
-            env: Some(env.name.clone()),
-            app: Some(app.to_owned()),
-        };
-        let plan = plan::build(desired, observed, stale, &only);
-        let in_sync = plan.is_empty() && plan.stuck.is_empty();
-        let traffic = plan::Traffic::read(desired, observed, &env.name, app);
-        let mut slots = Vec::new();
-        for host in &env.hosts {
-            for slot in &d.slots {
-                let inst = observed.instance(host, &env.name, app, &slot.name);
-                let server = observed.server(
-                    &env.balancer,
-                    &backend_name(&env.name, app),
-                    &server_name(host, &slot.name),
-                );
-                slots.push(serde_json::json!({
-                    "host": host,
-                    "slot": slot.name,
-                    "port": slot.port,
-                    "version": inst.map(|i| i.record.version.clone()),
-                    "revision": inst.map(|i| i.record.revision.clone()),
-                    "pid": inst.map(|i| i.record.pid),
-                    "alive": inst.map(|i| i.alive),
-                    "ready": inst.and_then(|i| i.ready),
-                    "weight": server.map(|s| s.weight),
-                    "admin": server.map(|s| s.admin),
-                    "balancer_status": server.map(|s| s.label.clone()),
-                }));
-            }
-        }
-        // The record of an earlier version is history, not the state of this app.
-        let record = observed
-            .rollout(&env.name, app)
-            .filter(|r| r.version == d.version);
-        apps.push(serde_json::json!({
-            "env": env.name,
-            "app": app,
-            "desired_version": d.version,
-            "strategy": d.strategy.name(),
-            "in_sync": in_sync,
-            "quarantined": plan::quarantine(desired, observed, &env.name, app).is_some(),
-            "last_good": plan::last_good(observed, &env.name, app, &d.version),
-            "traffic": traffic.to_string(),
-            "problems": plan.stuck,
-            "rollout": record,
-            "slots": slots,
-        }));
-    }
-    apps
 }

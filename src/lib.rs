@@ -8,13 +8,16 @@ pub mod desired;
 pub mod drivers;
 pub mod error;
 pub mod execute;
+pub mod load;
 pub mod names;
 pub mod observed;
 pub mod plan;
 pub mod reconcile;
 pub mod source;
 pub mod state;
+pub mod status;
 #[cfg(test)]
 mod testing;
+pub mod watch;
 
 pub use error::{Error, Exit};

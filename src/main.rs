@@ -10,8 +10,14 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A service logs what it does; a one-shot command only what goes wrong.
+    let default = if matches!(cli.command, Command::Watch(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUBE_FREE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -31,6 +37,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => block_on(commands::plan(args, &mut out)),
         Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),
         Command::Status(args) => block_on(commands::status(args, &mut out)),
+        Command::Watch(args) => block_on(commands::watch(args)),
         Command::Promote(args) => block_on(commands::gate(Gate::Promote, args, &mut out)),
         Command::Abort(args) => block_on(commands::gate(Gate::Abort, args, &mut out)),
         Command::Retry(args) => block_on(commands::gate(Gate::Retry, args, &mut out)),

@@ -24,7 +24,7 @@ mod tests;
 
 pub use gates::{abort, promote, retry, GateError};
 pub use lease::{leased, LeaseLoss};
-pub use pass::{once, Outcome};
+pub use pass::{once, preview, Outcome};
 pub use world::{Drivers, World};
 
 use crate::drivers::lease::Holder;
@@ -144,6 +144,8 @@ impl ReconcileError {
 pub struct Report {
     /// Steps done.
     pub steps: usize,
+    /// What they were, in the order they finished.
+    pub done: Vec<crate::plan::Action>,
 }
 
 impl Report {

@@ -105,6 +105,18 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// What one pass would do now, without doing it: observe, then plan (what `kube-free plan` shows,
+/// and what a watcher without self-heal reports as drift).
+pub async fn preview(world: &Arc<World>, scope: &Scope) -> Result<plan::Plan, ReconcileError> {
+    let observed = world.observe().await?;
+    Ok(plan::build(
+        &world.desired,
+        &observed,
+        &world.stale_configs(&observed),
+        scope,
+    ))
+}
+
 /// One pass, under the lease the caller holds: observe, plan, execute; on failure, clean up (a
 /// canary gives its traffic back to the stable version first), quarantine the version when the
 /// version itself failed, and report it.
@@ -121,16 +133,19 @@ pub async fn once(
         &world.stale_configs(&observed),
         scope,
     );
-    let quarantined = |steps| {
+    let quarantined = |done: Vec<Action>| {
         if plan.notes.is_empty() {
-            Ok(Report { steps })
+            Ok(Report {
+                steps: done.len(),
+                done,
+            })
         } else {
             Err(ReconcileError::Quarantined(plan.notes.clone()))
         }
     };
     if plan.is_empty() {
         tracing::info!("in sync");
-        return quarantined(0);
+        return quarantined(Vec::new());
     }
     tracing::info!(
         steps = plan.graph.node_count(),
@@ -145,7 +160,7 @@ pub async fn once(
         .collect();
     let effects = Live::new(&world, observed, options.max_wait, false);
     match execute::run(&plan, effects, options.parallel).await {
-        Ok(report) => quarantined(report.done.len()),
+        Ok(report) => quarantined(report.done.into_iter().map(|(a, _)| a).collect()),
         Err(failed) => Err(after_failure(&world, failed, options.parallel, &repairing).await?),
     }
 }

@@ -83,6 +83,17 @@ pub struct SourceSpec {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// What a person reads about a commit.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CommitInfo {
+    /// The first line of its message.
+    pub subject: String,
+    /// `Name <email>`.
+    pub author: String,
+    /// When it was committed (seconds since the Unix epoch).
+    pub time: i64,
+}
+
 /// The desired-state directory at one commit.
 pub struct Snapshot {
     repo: Repository,
@@ -367,6 +378,22 @@ impl Snapshot {
     /// `origin` with the directory, for messages.
     pub fn describe(&self) -> String {
         self.origin.clone()
+    }
+
+    /// The commit's subject line, author and time, as the watcher shows them.
+    pub fn commit_info(&self) -> CommitInfo {
+        let commit = self.repo.find_commit(self.commit).ok();
+        CommitInfo {
+            subject: commit
+                .as_ref()
+                .and_then(|c| c.summary().ok().flatten().map(str::to_owned))
+                .unwrap_or_default(),
+            author: commit
+                .as_ref()
+                .map(|c| c.author().to_string())
+                .unwrap_or_default(),
+            time: commit.as_ref().map_or(0, |c| c.time().seconds()),
+        }
     }
 
     fn blob_entry(&self, path: &str) -> Result<Option<Oid>, FilesError> {

@@ -1,0 +1,98 @@
+//! The desired state of a run: opens the source at a commit, loads and checks the desired state
+//! there (bad input, unknown `--env`/`--app` names included, is reported before any host is
+//! contacted), and connects the [`World`] that acts on it. Shared by the one-shot commands and
+//! the watcher; prints nothing.
+
+use crate::desired::{self, DesiredState, Files, LoadError};
+use crate::error::Error;
+use crate::plan::Scope;
+use crate::reconcile::World;
+use crate::source::{self, CommitInfo, Snapshot, SourceSpec};
+use std::sync::Arc;
+
+/// The desired state read from one commit, ready to connect.
+pub struct Loaded {
+    pub state: DesiredState,
+    /// The commit id read.
+    pub commit: String,
+    pub info: CommitInfo,
+    /// The `ssh.known_hosts` file's bytes, read from the same commit.
+    pub known_hosts: Option<Vec<u8>>,
+}
+
+/// Opens the source at the commit `spec` names (fetching it first when it is a URL).
+pub fn open(spec: &SourceSpec) -> Result<Snapshot, Error> {
+    let snapshot = source::open(spec)?;
+    tracing::info!(repo = %snapshot.origin, commit = %snapshot.commit, "reading desired state");
+    Ok(snapshot)
+}
+
+/// The error for a desired state that could not be loaded from `snapshot`.
+pub fn load_error(snapshot: &Snapshot, e: LoadError) -> Error {
+    let origin = snapshot.origin.clone();
+    let commit = snapshot.commit.to_string();
+    match e {
+        LoadError::Invalid(diagnostics) => Error::Invalid {
+            origin,
+            commit,
+            diagnostics,
+        },
+        LoadError::NoRootFile => Error::NoRootFile { origin, commit },
+        e @ LoadError::Files(_) => Error::Read {
+            origin,
+            commit,
+            source: e,
+        },
+    }
+}
+
+/// Reads and checks the desired state at the commit `spec` names; `scope` must name only
+/// environments and apps it has. Blocking (Git).
+pub fn load(spec: &SourceSpec, scope: &Scope) -> Result<Loaded, Error> {
+    let snapshot = open(spec)?;
+    let state = desired::load(&snapshot).map_err(|e| load_error(&snapshot, e))?;
+    for (what, name, known) in [
+        (
+            "environment",
+            scope.env.as_deref(),
+            state
+                .environments
+                .contains_key(scope.env.as_deref().unwrap_or_default()),
+        ),
+        (
+            "app",
+            scope.app.as_deref(),
+            state
+                .apps
+                .contains_key(scope.app.as_deref().unwrap_or_default()),
+        ),
+    ] {
+        if let (Some(name), false) = (name, known) {
+            return Err(Error::UnknownName {
+                what,
+                name: name.to_owned(),
+            });
+        }
+    }
+    let known_hosts = match &state.ssh.known_hosts {
+        Some(path) => Some(
+            snapshot
+                .read(path)
+                .map_err(|e| load_error(&snapshot, LoadError::Files(e)))?,
+        ),
+        None => None,
+    };
+    Ok(Loaded {
+        state,
+        commit: snapshot.commit.to_string(),
+        info: snapshot.commit_info(),
+        known_hosts,
+    })
+}
+
+/// Connects to every host the desired state uses.
+pub async fn connect(loaded: Loaded) -> Result<Arc<World>, Error> {
+    Ok(Arc::new(
+        World::connect(loaded.state, loaded.commit, loaded.known_hosts).await?,
+    ))
+}

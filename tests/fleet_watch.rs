@@ -1,0 +1,464 @@
+//! `kube-free watch` on a real fleet (two app hosts, HAProxy on a balancer host, all over SSH),
+//! following a bare Git repository over `file://`, one fleet for all the scenarios:
+//! A. a watcher deploys the first version, then a committed bump within one interval, under wrk
+//!    load with no failed request; SIGTERM ends it with exit 0 and the lease given back;
+//! B. webhooks: a bad signature is refused (401) and deploys nothing, a valid one starts the
+//!    rollout within 2 s of the POST (the watcher polls only every 10 minutes); 405 and 413;
+//! C. self-heal: an instance killed by hand and a weight set by hand are put back by the next
+//!    resync, logged as `drift corrected`;
+//! D. two watchers: the acting one is killed with SIGKILL mid-rollout, the other finishes the
+//!    rollout, under load with no failed request.
+//!
+//! Figures are printed.
+
+mod common;
+#[path = "fleet/mod.rs"]
+mod fleet;
+#[path = "fleet_app/mod.rs"]
+mod fleet_app;
+
+use common::*;
+use fleet_app::Setup;
+use hmac::{Hmac, KeyInit, Mac};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "a webhook secret";
+
+/// A bare repository the watchers follow over `file://`; the setup's work tree pushes to it.
+struct Remote {
+    dir: tempfile::TempDir,
+}
+
+impl Remote {
+    fn new(setup: &Setup) -> Remote {
+        let dir = tempfile::tempdir().unwrap();
+        run_git(dir.path(), &["init", "-q", "--bare", "-b", "main"]);
+        let r = Remote { dir };
+        r.push(setup);
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+
+    fn push(&self, setup: &Setup) {
+        run_git(
+            setup.repo.path(),
+            &[
+                "push",
+                "-q",
+                "--force",
+                self.dir.path().to_str().unwrap(),
+                "HEAD:refs/heads/main",
+            ],
+        );
+    }
+}
+
+/// A running `kube-free watch`, its log in a file.
+struct Watcher {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Watcher {
+    fn start(remote: &Remote, extra: &[&str]) -> Watcher {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let log = dir.path().join("watch.log");
+        let cache = dir.path().join("cache");
+        let mut args = vec![
+            "watch",
+            "--repo",
+            remote.dir.path().to_str().unwrap(),
+            "--rev",
+            "main",
+            "--listen",
+            &listen,
+            "--lease-ttl",
+            "5s",
+            "--max-wait",
+            "5s",
+        ];
+        let url = remote.url();
+        args[2] = &url;
+        let secret = secret.to_str().unwrap().to_owned();
+        args.extend(["--webhook-secret-file", &secret]);
+        let cache = cache.to_str().unwrap().to_owned();
+        args.extend(["--cache-dir", &cache]);
+        args.extend(extra);
+        let child = kube_free_command(Path::new("."), &args)
+            .env("KUBE_FREE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("kube-free watch starts");
+        let w = Watcher {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        wait_for("the watcher's /healthz", Duration::from_secs(20), || {
+            w.get("/healthz").0 == 200
+        });
+        w
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        request(&self.address(), "GET", path, &[], b"")
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/api/v1/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The last cycle converged or found the app in sync at `version`.
+    fn in_sync_at(&self, version: &str) -> bool {
+        let s = self.status();
+        let app = &s["environments"][0];
+        app["desired_version"] == version && app["in_sync"] == true
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then its exit code.
+    fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "watcher did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- watcher on port {} ---\n{}", self.port, self.log());
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request; the status code and the body.
+fn request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(address) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: watch\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    if s.write_all(head.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let _ = s.write_all(body);
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let code = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+fn serves(setup: &Setup, version: &str) -> bool {
+    setup
+        .hosts
+        .iter()
+        .any(|h| setup.pid_of(h, version).is_some())
+}
+
+fn assert_no_failures(scenario: &str, tally: &Tally) {
+    eprintln!(
+        "{scenario}: {} requests, {} failed, served {:?}",
+        tally.requests, tally.failed, tally.served
+    );
+    assert!(
+        tally.requests > 500,
+        "{scenario}: too little load: {}",
+        tally.text
+    );
+    assert_eq!(tally.failed, 0, "{scenario}: {}", tally.text);
+}
+
+#[test]
+fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bastion() {
+    let mut setup = Setup::new(&["web-1", "web-2"], "blue-green");
+    setup.bake = "1s".into();
+    setup.commit("1.0.0", "", "20s");
+    let remote = Remote::new(&setup);
+
+    // A. The first deploy, then a bump within one interval, under load; SIGTERM.
+    let mut a = Watcher::start(&remote, &["--interval", "2s", "--resync", "1h"]);
+    let first = wait_for("1.0.0 in sync", Duration::from_secs(90), || {
+        a.in_sync_at("1.0.0")
+    });
+    eprintln!("A: first deploy by the watcher in {first:?}");
+    setup.assert_serving_only("1.0.0");
+    let load = Load::start(&format!("http://{}/", setup.frontend()), 120, "GET");
+    std::thread::sleep(Duration::from_secs(2));
+    setup.commit("2.0.0", "", "20s");
+    remote.push(&setup);
+    let pushed = Instant::now();
+    let started = wait_for("2.0.0 started", Duration::from_secs(10), || {
+        serves(&setup, "2.0.0")
+    });
+    wait_for("2.0.0 in sync", Duration::from_secs(90), || {
+        a.in_sync_at("2.0.0")
+    });
+    eprintln!(
+        "A: 2.0.0 started {started:?} after the push (interval 2s), in sync after {:?}",
+        pushed.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_no_failures("A", &load.interrupt());
+    setup.assert_serving_only("2.0.0");
+    assert!(
+        started < Duration::from_secs(5),
+        "not within one interval: {started:?}"
+    );
+    let status = a.status();
+    assert_eq!(status["cycle"]["reached_git"], true, "{status}");
+    assert_eq!(status["subject"], "demo 2.0.0", "{status}");
+    assert_eq!(a.get("/readyz").0, 200);
+    let code = a.terminate();
+    let log = a.log();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    // The lease was given back: a one-shot run takes it at once.
+    setup
+        .kube_free(&["reconcile", "--once"])
+        .code(0)
+        .stdout_has("in sync");
+
+    // B. Webhooks, with polling every 10 minutes.
+    let b = Watcher::start(&remote, &["--interval", "10m", "--resync", "4s"]);
+    wait_for("B in sync", Duration::from_secs(60), || {
+        b.in_sync_at("2.0.0")
+    });
+    setup.commit("3.0.0", "", "20s");
+    remote.push(&setup);
+    let payload = br#"{"ref":"refs/heads/main"}"#;
+    let bad = request(
+        &b.address(),
+        "POST",
+        "/hooks/git",
+        &[("X-Hub-Signature-256", "sha256=00")],
+        payload,
+    );
+    assert_eq!(bad.0, 401, "{}", bad.1);
+    let unsigned = request(&b.address(), "POST", "/hooks/git", &[], payload);
+    assert_eq!(unsigned.0, 401, "{}", unsigned.1);
+    assert_eq!(b.get("/hooks/git").0, 405);
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let too_big = request(
+        &b.address(),
+        "POST",
+        "/hooks/git",
+        &[("X-Gitlab-Token", SECRET)],
+        &big,
+    );
+    assert_eq!(too_big.0, 413, "{}", too_big.1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!serves(&setup, "3.0.0"), "a refused webhook deployed 3.0.0");
+    assert!(b.log().contains("webhook refused"), "{}", b.log());
+    let good = request(
+        &b.address(),
+        "POST",
+        "/hooks/git",
+        &[
+            ("X-Hub-Signature-256", &sign(payload)),
+            ("X-GitHub-Event", "push"),
+        ],
+        payload,
+    );
+    assert_eq!(good.0, 202, "{}", good.1);
+    let posted = Instant::now();
+    let started = wait_for(
+        "3.0.0 started after the webhook",
+        Duration::from_secs(10),
+        || serves(&setup, "3.0.0"),
+    );
+    eprintln!("B: 3.0.0 started {started:?} after a valid webhook");
+    assert!(started < Duration::from_secs(2), "{started:?}");
+    wait_for("3.0.0 in sync", Duration::from_secs(60), || {
+        b.in_sync_at("3.0.0")
+    });
+    eprintln!("B: in sync {:?} after the webhook", posted.elapsed());
+    let metrics = b.get("/metrics").1;
+    for line in [
+        r#"kube_free_webhook_requests_total{result="bad_signature"} 1"#,
+        r#"kube_free_webhook_requests_total{result="unsigned"} 1"#,
+        r#"kube_free_webhook_requests_total{result="too_large"} 1"#,
+        r#"kube_free_webhook_requests_total{result="accepted"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+
+    // C. Self-heal at the next resync (every 4 s): an instance killed, a weight set by hand.
+    let pid = setup.pid_of("web-1", "3.0.0").unwrap();
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    let healed = wait_for("3.0.0 restarted on web-1", Duration::from_secs(60), || {
+        setup.pid_of("web-1", "3.0.0").is_some_and(|p| p != pid) && b.in_sync_at("3.0.0")
+    });
+    eprintln!("C: killed instance restarted and in sync after {healed:?}");
+    let server = setup.status_json()["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == "web-2" && s["version"] == "3.0.0")
+        .map(|s| format!("web-2_{}", s["slot"].as_str().unwrap()))
+        .unwrap();
+    setup
+        .fleet
+        .haproxy_runtime(&format!("set weight kf_production_demo/{server} 10"));
+    assert_eq!(
+        setup
+            .weights_of("3.0.0")
+            .iter()
+            .filter(|w| **w == 10)
+            .count(),
+        1
+    );
+    let healed = wait_for("the weight set back", Duration::from_secs(30), || {
+        setup.weights_of("3.0.0") == [100, 100]
+    });
+    eprintln!("C: weight set back after {healed:?}");
+    let log = b.log();
+    assert!(log.contains("drift corrected: start"), "{log}");
+    assert!(log.contains("drift corrected"), "{log}");
+    let metrics = b.get("/metrics").1;
+    assert!(
+        metrics.contains(r#"kube_free_drift_corrections_total{kind="instance"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"kube_free_drift_corrections_total{kind="traffic"}"#),
+        "{metrics}"
+    );
+    setup.assert_serving_only("3.0.0");
+
+    // D. Two watchers; the one acting is killed mid-rollout; the other finishes it.
+    let mut watchers = [
+        b,
+        Watcher::start(&remote, &["--interval", "2s", "--resync", "1h"]),
+    ];
+    let load = Load::start(&format!("http://{}/", setup.frontend()), 150, "GET");
+    std::thread::sleep(Duration::from_secs(2));
+    setup.bake = "4s".into();
+    setup.commit("4.0.0", "", "20s");
+    remote.push(&setup);
+    let pushed = Instant::now();
+    let acting = {
+        let mut found = None;
+        wait_for("a watcher acting", Duration::from_secs(30), || {
+            found = watchers
+                .iter()
+                .position(|w| w.metric("kube_free_lease_held") == Some(1.0));
+            found.is_some()
+        });
+        found.unwrap()
+    };
+    wait_for("4.0.0 started", Duration::from_secs(30), || {
+        serves(&setup, "4.0.0")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    watchers[acting].kill();
+    let killed = Instant::now();
+    eprintln!(
+        "D: watcher {acting} killed with SIGKILL mid-rollout, {:?} after the push",
+        pushed.elapsed()
+    );
+    let other = &watchers[1 - acting];
+    let took = wait_for(
+        "4.0.0 in sync by the other watcher",
+        Duration::from_secs(120),
+        || other.in_sync_at("4.0.0"),
+    );
+    eprintln!("D: the other watcher finished the rollout {took:?} after the kill");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_no_failures("D", &load.interrupt());
+    setup.assert_serving_only("4.0.0");
+    // Lease TTL 5 s + the other's interval (2 s, or its retry) + the rest of the rollout.
+    assert!(killed.elapsed() < Duration::from_secs(60));
+}
