@@ -20,6 +20,7 @@ fn open(args: &SourceArgs) -> Result<Snapshot, Error> {
         repo: args.repo.clone(),
         rev: args.rev.clone(),
         cache_dir: args.cache_dir.clone(),
+        credentials: Default::default(),
     })?;
     tracing::info!(repo = %snapshot.origin, commit = %snapshot.commit, "reading desired state");
     Ok(snapshot)
