@@ -294,7 +294,9 @@ pub fn cache_entry(cache: &Path, url: &str) -> PathBuf {
 /// negotiation finds every wanted commit already in the cache).
 ///
 /// A failed fetch leaves the cache as it was: libgit2 writes a pack under a temporary name and
-/// moves refs only once the pack is complete, so the next fetch starts from what is there.
+/// moves refs only once the pack is complete, so the next fetch starts from what is there. Fetches
+/// into one entry take turns (an `flock` on `<entry>.flock`), so any `*.lock` file in the entry
+/// when a fetch starts was left by a process killed while updating a ref: it is removed.
 fn fetch(
     url: &str,
     cache: &Path,
@@ -315,6 +317,8 @@ fn fetch(
             url: url.into(),
             source,
         })?;
+    let _turn = take_turn(cache, &path)?;
+    remove_stale_locks(&path);
     let repo = match Repository::open_bare(&path) {
         Ok(r) => r,
         Err(_) => Repository::init_bare(&path).map_err(err)?,
@@ -358,6 +362,50 @@ fn fetch(
         received
     };
     Ok((repo, received))
+}
+
+/// Waits for, then holds until dropped, the exclusive `flock` of the cache entry `path`.
+fn take_turn(cache: &Path, path: &Path) -> Result<std::fs::File, SourceError> {
+    use std::os::unix::io::AsRawFd;
+    let cache_err = |source| SourceError::Cache {
+        path: cache.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_extension("flock"))
+        .map_err(cache_err)?;
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(cache_err(e));
+        }
+    }
+}
+
+/// Removes the `*.lock` files under `dir` (refs, HEAD, config, packed-refs) but not in `objects/`.
+fn remove_stale_locks(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() && entry.file_name() != "objects" {
+            remove_stale_locks(&path);
+        } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+            tracing::warn!(file = %path.display(), "removing a lock file left by a killed fetch");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 impl Snapshot {
@@ -522,5 +570,32 @@ mod tests {
             repo.head().unwrap().target(),
             upstream.head().unwrap().target()
         );
+    }
+
+    #[test]
+    fn a_fetch_killed_half_way_does_not_lock_the_cache_for_good() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin_dir = tmp.path().join("origin");
+        std::fs::create_dir(&origin_dir).unwrap();
+        let upstream = origin(&origin_dir, &["one"]);
+        let url = format!("file://{}", origin_dir.display());
+        let cache = tmp.path().join("cache");
+        let creds = GitCredentials::default();
+        fetch(&url, &cache, &creds).unwrap();
+
+        // What a process killed while updating refs leaves behind.
+        let entry = cache_entry(&cache, &url);
+        let branch = upstream.head().unwrap().name().unwrap().to_owned();
+        let ref_lock = entry.join(format!("{branch}.lock"));
+        std::fs::write(&ref_lock, "").unwrap();
+        std::fs::write(entry.join("HEAD.lock"), "").unwrap();
+        drop(upstream);
+        let upstream = origin(&origin_dir, &["two"]);
+        let (repo, _) = fetch(&url, &cache, &creds).expect("fetch after a killed one");
+        assert_eq!(
+            repo.find_reference(&branch).unwrap().target(),
+            upstream.head().unwrap().target()
+        );
+        assert!(!ref_lock.exists());
     }
 }
