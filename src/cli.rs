@@ -112,6 +112,17 @@ pub struct SourceArgs {
         hide_env_values = true
     )]
     pub cache_dir: Option<PathBuf>,
+    /// Private key (a deploy key) for SSH Git URLs, instead of the SSH agent and ~/.ssh keys. It
+    /// must be readable by its owner only.
+    #[arg(long, value_name = "FILE")]
+    pub git_ssh_key: Option<PathBuf>,
+    /// known_hosts file that the Git server's SSH host key must be in.
+    #[arg(long, value_name = "FILE")]
+    pub git_known_hosts: Option<PathBuf>,
+    /// File holding a token for HTTPS Git URLs (sent as the password; readable by its owner
+    /// only; read at each fetch, so it can be rotated in place).
+    #[arg(long, value_name = "FILE")]
+    pub git_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use crate::error::{Error, Exit};
 use crate::load;
 use crate::plan::Scope;
 use crate::reconcile::{self, World};
-use crate::source::SourceSpec;
+use crate::source::{GitCredentials, SourceSpec};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -97,6 +97,11 @@ fn spec(args: &SourceArgs) -> SourceSpec {
         repo: args.repo.clone(),
         rev: args.rev.clone(),
         cache_dir: args.cache_dir.clone(),
+        credentials: GitCredentials {
+            ssh_key: args.git_ssh_key.clone(),
+            known_hosts: args.git_known_hosts.clone(),
+            token_file: args.git_token_file.clone(),
+        },
     }
 }
 

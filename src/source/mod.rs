@@ -3,11 +3,13 @@
 //! of the desired-state directory read from that commit's tree with git2, never from the work tree.
 //! Knows nothing of the desired-state format.
 
+mod credentials;
+mod known_hosts;
+
+pub use credentials::{CredentialError, GitCredentials};
+
 use crate::desired::{Files, FilesError};
-use git2::{
-    AutotagOption, Cred, CredentialType, FetchOptions, ObjectType, Oid, RemoteCallbacks,
-    Repository, Status, StatusOptions,
-};
+use git2::{AutotagOption, FetchOptions, ObjectType, Oid, Repository, Status, StatusOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,12 @@ pub enum SourceError {
         #[source]
         source: git2::Error,
     },
+    #[error("cannot fetch {url}")]
+    Credentials {
+        url: String,
+        #[source]
+        source: CredentialError,
+    },
     #[error("cannot use cache directory {path}")]
     Cache {
         path: String,
@@ -68,7 +76,7 @@ impl SourceError {
                 | SourceError::UnknownRevision { .. }
                 | SourceError::NoCommits { .. }
                 | SourceError::NoSuchDirectory { .. }
-        )
+        ) || matches!(self, SourceError::Credentials { source, .. } if source.is_bad_input())
     }
 }
 
@@ -81,6 +89,8 @@ pub struct SourceSpec {
     pub rev: Option<String>,
     /// Where URLs are cloned; default `$XDG_CACHE_HOME/kube-free/repos`.
     pub cache_dir: Option<PathBuf>,
+    /// Explicit credentials for URLs; the default uses the SSH agent, ~/.ssh and git's helpers.
+    pub credentials: GitCredentials,
 }
 
 /// What a person reads about a commit.
@@ -135,7 +145,8 @@ pub fn open(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
             Some(d) => d.clone(),
             None => default_cache_dir(),
         };
-        (fetch(&spec.repo, &cache)?, String::new(), spec.repo.clone())
+        let (repo, _) = fetch(&spec.repo, &cache, &spec.credentials)?;
+        (repo, String::new(), spec.repo.clone())
     } else {
         let (repo, dir) = open_local(&spec.repo)?;
         (repo, dir, spec.repo.clone())
@@ -290,8 +301,18 @@ pub fn cache_entry(cache: &Path, url: &str) -> PathBuf {
 }
 
 /// Clones or updates a bare mirror of `url`'s branches and tags in the cache, with HEAD at the remote's
-/// default branch.
-fn fetch(url: &str, cache: &Path) -> Result<Repository, SourceError> {
+/// default branch; also returns how many objects were received (none when nothing changed: the
+/// negotiation finds every wanted commit already in the cache).
+///
+/// A failed fetch leaves the cache as it was: libgit2 writes a pack under a temporary name and
+/// moves refs only once the pack is complete, so the next fetch starts from what is there. Fetches
+/// into one entry take turns (an `flock` on `<entry>.flock`), so any `*.lock` file in the entry
+/// when a fetch starts was left by a process killed while updating a ref: it is removed.
+fn fetch(
+    url: &str,
+    cache: &Path,
+    credentials: &GitCredentials,
+) -> Result<(Repository, usize), SourceError> {
     let path = cache_entry(cache, url);
     std::fs::create_dir_all(cache).map_err(|source| SourceError::Cache {
         path: cache.display().to_string(),
@@ -302,65 +323,100 @@ fn fetch(url: &str, cache: &Path) -> Result<Repository, SourceError> {
         cache: path.display().to_string(),
         source,
     };
+    let session =
+        credentials::Session::new(credentials, url).map_err(|source| SourceError::Credentials {
+            url: url.into(),
+            source,
+        })?;
+    let _turn = take_turn(cache, &path)?;
+    remove_stale_locks(&path);
     let repo = match Repository::open_bare(&path) {
         Ok(r) => r,
         Err(_) => Repository::init_bare(&path).map_err(err)?,
     };
-    {
+    let received = {
         let mut remote = repo.remote_anonymous(url).map_err(err)?;
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks())
+        opts.remote_callbacks(session.callbacks())
             .download_tags(AutotagOption::All);
-        tracing::info!(url, cache = %path.display(), "fetching desired-state repository");
-        remote
-            .fetch(
-                &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-                Some(&mut opts),
-                None,
-            )
-            .map_err(err)?;
+        tracing::debug!(url, cache = %path.display(), "fetching desired-state repository");
+        let fetched = remote.fetch(
+            &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            Some(&mut opts),
+            None,
+        );
+        drop(opts);
+        if let Err(e) = fetched {
+            return Err(match session.into_failure() {
+                Some(source) => SourceError::Credentials {
+                    url: url.into(),
+                    source,
+                },
+                None => err(e),
+            });
+        }
+        let stats = remote.stats();
+        let received = stats.received_objects();
+        if received > 0 {
+            tracing::info!(
+                url,
+                objects = received,
+                bytes = stats.received_bytes(),
+                "fetched desired-state repository"
+            );
+        }
         if let Ok(default) = remote.default_branch() {
             if let Ok(name) = default.as_str() {
                 repo.set_head(name).map_err(err)?;
             }
         }
-    }
-    Ok(repo)
+        received
+    };
+    Ok((repo, received))
 }
 
-/// Credentials for fetching: the SSH agent, then the usual key files; for HTTPS, git's credential
-/// helpers. Each kind is tried once, so a refused credential ends in an error, not a loop.
-fn callbacks() -> RemoteCallbacks<'static> {
-    let mut tried = Vec::new();
-    let mut cbs = RemoteCallbacks::new();
-    cbs.credentials(move |url, username, allowed| {
-        let user = username.unwrap_or("git");
-        if allowed.contains(CredentialType::SSH_KEY) {
-            if !tried.contains(&"agent") {
-                tried.push("agent");
-                return Cred::ssh_key_from_agent(user);
-            }
-            let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
-            for (label, key) in [
-                ("ed25519", "id_ed25519"),
-                ("rsa", "id_rsa"),
-                ("ecdsa", "id_ecdsa"),
-            ] {
-                let file = home.join(".ssh").join(key);
-                if !tried.contains(&label) && file.exists() {
-                    tried.push(label);
-                    return Cred::ssh_key(user, None, &file, None);
-                }
-            }
+/// Waits for, then holds until dropped, the exclusive `flock` of the cache entry `path`.
+fn take_turn(cache: &Path, path: &Path) -> Result<std::fs::File, SourceError> {
+    use std::os::unix::io::AsRawFd;
+    let cache_err = |source| SourceError::Cache {
+        path: cache.display().to_string(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.with_extension("flock"))
+        .map_err(cache_err)?;
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(file);
         }
-        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) && !tried.contains(&"helper") {
-            tried.push("helper");
-            let config = git2::Config::open_default()?;
-            return Cred::credential_helper(&config, url, username);
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(cache_err(e));
         }
-        Err(git2::Error::from_str("no credentials accepted"))
-    });
-    cbs
+    }
+}
+
+/// Removes the `*.lock` files under `dir` (refs, HEAD, config, packed-refs) but not in `objects/`.
+fn remove_stale_locks(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() && entry.file_name() != "objects" {
+            remove_stale_locks(&path);
+        } else if kind.is_file() && path.extension().is_some_and(|e| e == "lock") {
+            tracing::warn!(file = %path.display(), "removing a lock file left by a killed fetch");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 impl Snapshot {
@@ -492,5 +548,81 @@ mod tests {
             a,
             cache_entry(Path::new("/c"), "https://host/org/deploy.git")
         );
+    }
+
+    /// A repository with one commit per message, made with git2 (no `git` needed).
+    fn origin(dir: &Path, messages: &[&str]) -> Repository {
+        let repo = Repository::init(dir).unwrap();
+        let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+        for (n, message) in messages.iter().enumerate() {
+            std::fs::write(dir.join("f"), format!("{n}")).unwrap();
+            let mut index = repo.index().unwrap();
+            index.add_path(Path::new("f")).unwrap();
+            let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+            index.write().unwrap();
+            let parent = repo.head().ok().map(|h| h.peel_to_commit().unwrap());
+            let parents: Vec<&git2::Commit> = parent.iter().collect();
+            repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+                .unwrap();
+        }
+        repo
+    }
+
+    #[test]
+    fn fetching_an_unchanged_remote_receives_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin_dir = tmp.path().join("origin");
+        std::fs::create_dir(&origin_dir).unwrap();
+        let upstream = origin(&origin_dir, &["one", "two"]);
+        let url = format!("file://{}", origin_dir.display());
+        let cache = tmp.path().join("cache");
+        let creds = GitCredentials::default();
+
+        let (repo, received) = fetch(&url, &cache, &creds).unwrap();
+        assert!(received >= 6, "first fetch received {received} objects");
+        let head = upstream.head().unwrap().target().unwrap();
+        assert_eq!(repo.head().unwrap().target(), Some(head));
+
+        let (_, received) = fetch(&url, &cache, &creds).unwrap();
+        assert_eq!(received, 0, "an unchanged remote is fetched again");
+
+        drop(upstream);
+        let upstream = origin(&origin_dir, &["three"]);
+        let (repo, received) = fetch(&url, &cache, &creds).unwrap();
+        assert!(
+            (1..=3).contains(&received),
+            "one new commit, tree and blob; got {received} objects"
+        );
+        assert_eq!(
+            repo.head().unwrap().target(),
+            upstream.head().unwrap().target()
+        );
+    }
+
+    #[test]
+    fn a_fetch_killed_half_way_does_not_lock_the_cache_for_good() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin_dir = tmp.path().join("origin");
+        std::fs::create_dir(&origin_dir).unwrap();
+        let upstream = origin(&origin_dir, &["one"]);
+        let url = format!("file://{}", origin_dir.display());
+        let cache = tmp.path().join("cache");
+        let creds = GitCredentials::default();
+        fetch(&url, &cache, &creds).unwrap();
+
+        // What a process killed while updating refs leaves behind.
+        let entry = cache_entry(&cache, &url);
+        let branch = upstream.head().unwrap().name().unwrap().to_owned();
+        let ref_lock = entry.join(format!("{branch}.lock"));
+        std::fs::write(&ref_lock, "").unwrap();
+        std::fs::write(entry.join("HEAD.lock"), "").unwrap();
+        drop(upstream);
+        let upstream = origin(&origin_dir, &["two"]);
+        let (repo, _) = fetch(&url, &cache, &creds).expect("fetch after a killed one");
+        assert_eq!(
+            repo.find_reference(&branch).unwrap().target(),
+            upstream.head().unwrap().target()
+        );
+        assert!(!ref_lock.exists());
     }
 }
