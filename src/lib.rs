@@ -16,5 +16,6 @@ pub mod source;
 pub mod state;
 #[cfg(test)]
 mod testing;
+pub mod watch;
 
 pub use error::{Error, Exit};

@@ -1,0 +1,2 @@
+//! The long-running `kube-free watch` service.
+pub mod page;
