@@ -30,7 +30,7 @@ code,pre{font-family:ui-monospace,monospace}pre{white-space:pre-wrap;margin:.2em
 table{border-collapse:collapse;margin:.3em 0}th,td{text-align:left;padding:.1em .6em;border-bottom:1px solid #ddd}\
 tr.dead td{color:#a00}\
 td.weight{width:8em;padding:0;background:#eee}\
-.bar{box-sizing:border-box;padding:0 .3em;white-space:nowrap;background:#9d9}\
+.bar{text-indent:.3em;white-space:nowrap;background:#9d9}\
 @media(prefers-color-scheme:dark){body{color:#ddd;background:#181818}.app{border-color:#555}\
 .banner{background:#3a3000}.error{background:#3a1515}.state{background:#333}.state.in-sync{background:#1e4028}\
 .state.pending{background:#3a3000}.state.quarantined{background:#4a1c1c}td.weight{background:#333}\
