@@ -18,3 +18,10 @@ pub mod state;
 mod testing;
 
 pub use error::{Error, Exit};
+
+/// Installs rustls's `ring` crypto provider as the process default (the first call does; later calls
+/// do nothing). reqwest is built without a provider of its own (no aws-lc), so every place that builds
+/// an HTTP client calls this first, or building the client panics.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
