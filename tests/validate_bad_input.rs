@@ -905,3 +905,36 @@ case!(
         "checks run only between canary steps"
     )]
 );
+
+case!(
+    notification_targets,
+    root(&format!(
+        "{BASE}notifications:\n  - name: ops-slack\n    url: ftp://hooks.example/x\n    format: slack\n    events: [started, deployed]\n    secret_file: /etc/kube-free/hook-secret\n  - url: https://hooks.example/kube-free\n    ca_file: certs/ca.pem\n"
+    )),
+    [
+        (
+            ROOT,
+            Some("ftp://"),
+            "notifications[0].url",
+            "unsupported URL scheme \"ftp\" in \"ftp://hooks.example/x\" (http or https)"
+        ),
+        (
+            ROOT,
+            Some("deployed"),
+            "notifications[0].events[1]",
+            "unknown value \"deployed\", expected one of `started`, `step`"
+        ),
+        (
+            ROOT,
+            Some("secret_file"),
+            "notifications[0].secret_file",
+            "`secret_file` applies to `format: json` only"
+        ),
+        (
+            ROOT,
+            Some("certs/ca.pem"),
+            "notifications[1].ca_file",
+            "invalid path \"certs/ca.pem\""
+        ),
+    ]
+);

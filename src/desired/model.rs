@@ -17,6 +17,8 @@ pub struct DesiredState {
     pub balancers: BTreeMap<Name, Balancer>,
     pub apps: BTreeMap<Name, App>,
     pub environments: BTreeMap<Name, Environment>,
+    /// Where events are sent; not part of any app's fingerprint (changing them starts no rollout).
+    pub notifications: Vec<Notification>,
 }
 
 impl DesiredState {
@@ -285,6 +287,109 @@ pub struct Analysis {
     pub min_requests: u64,
     /// Paths every canary instance must answer with a 2xx at the end of each window.
     pub checks: Vec<String>,
+}
+
+/// One notification target: an HTTP(S) endpoint that receives a POST per event it wants.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Notification {
+    /// The `name` given, or the target's position in the list (`"0"`, `"1"`, ...).
+    pub name: String,
+    /// An `http://` or `https://` URL, checked to parse.
+    pub url: String,
+    pub format: NotifyFormat,
+    /// Events it receives, each once, in the order of [`EventKind::ALL`].
+    pub events: Vec<EventKind>,
+    pub header: Option<NotifyHeader>,
+    /// Absolute path of the HMAC key file (`json` format only).
+    pub secret_file: Option<String>,
+    /// Absolute path of a PEM file with extra root certificates.
+    pub ca_file: Option<String>,
+}
+
+impl Notification {
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.contains(&kind)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    /// `{event, env, app, commit, version, message, time}`, optionally signed.
+    #[default]
+    Json,
+    /// A Slack incoming webhook's `{"text": ...}`.
+    Slack,
+}
+
+/// An extra request header; the value is read from `value_file` when the sender starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NotifyHeader {
+    pub name: String,
+    pub value_file: String,
+}
+
+/// What happened, as notifications name it (`as_str` is the name written in `events:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A rollout of a new version began.
+    Started,
+    /// A rollout moved on by one step (a canary weight, a rolling batch).
+    Step,
+    /// A rollout waits at a gate for `kube-free promote`.
+    Paused,
+    /// An operator promoted a paused rollout.
+    Promoted,
+    /// A rollout finished: the new version serves all traffic.
+    Succeeded,
+    /// A rollout failed and was rolled back (or held).
+    Failed,
+    /// A version was quarantined: it is not tried again until the desired state changes or `retry`.
+    Quarantined,
+    /// Drift from the desired state (a stopped instance, a changed weight) was put right.
+    DriftCorrected,
+    /// Syncing keeps failing (the repository cannot be read, hosts cannot be reached, ...).
+    SyncFailing,
+    /// A condition that was notified as failing is over.
+    Recovered,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 10] = [
+        EventKind::Started,
+        EventKind::Step,
+        EventKind::Paused,
+        EventKind::Promoted,
+        EventKind::Succeeded,
+        EventKind::Failed,
+        EventKind::Quarantined,
+        EventKind::DriftCorrected,
+        EventKind::SyncFailing,
+        EventKind::Recovered,
+    ];
+
+    /// The name used in `events:` and in the JSON body's `event`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::Step => "step",
+            EventKind::Paused => "paused",
+            EventKind::Promoted => "promoted",
+            EventKind::Succeeded => "succeeded",
+            EventKind::Failed => "failed",
+            EventKind::Quarantined => "quarantined",
+            EventKind::DriftCorrected => "drift_corrected",
+            EventKind::SyncFailing => "sync_failing",
+            EventKind::Recovered => "recovered",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

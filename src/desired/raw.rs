@@ -37,6 +37,10 @@ pub struct RawConfig {
     #[serde(default)]
     #[schemars(extend("propertyNames" = { "pattern": NAME_PATTERN }))]
     pub environments: BTreeMap<String, RawEnvironment>,
+    /// Where `kube-free watch` and `kube-free reconcile --once` send events (rollout started,
+    /// succeeded, failed, ...): HTTP(S) endpoints, generic JSON or a Slack incoming webhook.
+    #[serde(default)]
+    pub notifications: Vec<RawNotification>,
 }
 
 /// A host: reached over SSH (the default) or, with `transport: local`, this machine itself.
@@ -295,6 +299,76 @@ pub struct RawAnalysis {
     /// Paths that every canary instance must answer with a 2xx to a GET at the end of each step's
     /// window (for example a smoke-test endpoint).
     pub checks: Option<Vec<String>>,
+}
+
+/// One notification target.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Notification")]
+pub struct RawNotification {
+    /// Label used in logs; default: the target's position in the list, from 0.
+    #[schemars(regex(pattern = NAME_PATTERN))]
+    pub name: Option<String>,
+    /// Endpoint that receives a POST per event; `http://` or `https://`.
+    #[schemars(required)]
+    pub url: Option<String>,
+    /// Body format: `json` (default) or `slack` (an incoming webhook's `{"text": ...}`).
+    pub format: Option<RawNotifyFormat>,
+    /// Events this target receives; default: all of them.
+    pub events: Option<Vec<RawEventKind>>,
+    /// One extra request header whose value is read from a file on the machine running kube-free.
+    pub header: Option<RawNotifyHeader>,
+    /// `json` only: file (on the machine running kube-free) holding the key that signs each body
+    /// with HMAC-SHA256 (`X-Kube-Free-Signature`, `X-Kube-Free-Timestamp`).
+    pub secret_file: Option<String>,
+    /// PEM file (on the machine running kube-free) with extra root certificates for `https://`.
+    pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "NotifyFormat")]
+pub enum RawNotifyFormat {
+    #[serde(rename = "json")]
+    Json,
+    #[serde(rename = "slack")]
+    Slack,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "NotifyEvent")]
+pub enum RawEventKind {
+    #[serde(rename = "started")]
+    Started,
+    #[serde(rename = "step")]
+    Step,
+    #[serde(rename = "paused")]
+    Paused,
+    #[serde(rename = "promoted")]
+    Promoted,
+    #[serde(rename = "succeeded")]
+    Succeeded,
+    #[serde(rename = "failed")]
+    Failed,
+    #[serde(rename = "quarantined")]
+    Quarantined,
+    #[serde(rename = "drift_corrected")]
+    DriftCorrected,
+    #[serde(rename = "sync_failing")]
+    SyncFailing,
+    #[serde(rename = "recovered")]
+    Recovered,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "NotifyHeader")]
+pub struct RawNotifyHeader {
+    /// Header name, e.g. `Authorization`.
+    #[schemars(required)]
+    pub name: Option<String>,
+    /// Absolute path of the file holding the header's value (only its owner may read it).
+    #[schemars(required)]
+    pub value_file: Option<String>,
 }
 
 /// A key whose value takes several shapes: kept as YAML by the deserializer and judged by

@@ -298,6 +298,7 @@ pub fn validate(
         }
     }
     check_ports(&mut c, envs, &environments, &hosts, &balancers);
+    let notifications = notifications(&mut c, at, &top.key("notifications"), &raw.notifications);
 
     (c.diags.len() == before).then_some(DesiredState {
         hosts,
@@ -305,7 +306,219 @@ pub fn validate(
         balancers,
         apps,
         environments,
+        notifications,
     })
+}
+
+/// Headers a notification target may not set: the transport's own and the signature's.
+const RESERVED_HEADERS: [&str; 7] = [
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-kube-free-timestamp",
+    "x-kube-free-signature",
+];
+
+static HEADER_NAME: LazyLock<regex_lite::Regex> =
+    LazyLock::new(|| regex_lite::Regex::new(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$").unwrap());
+
+fn notifications(
+    c: &mut Checker,
+    at: At,
+    path: &YamlPath,
+    raw: &[RawNotification],
+) -> Vec<Notification> {
+    let mut out: Vec<Notification> = Vec::new();
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, n) in raw.iter().enumerate() {
+        let np = path.index(i);
+        let name = match &n.name {
+            Some(name) => {
+                if !NAME.is_match(name) {
+                    c.value(
+                        at,
+                        &np.key("name"),
+                        format!("invalid notification name {name:?} (lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)"),
+                    );
+                }
+                name.clone()
+            }
+            None => i.to_string(),
+        };
+        match names.get(&name) {
+            Some(j) => {
+                let p = if n.name.is_some() {
+                    np.key("name")
+                } else {
+                    np.clone()
+                };
+                c.value(
+                    at,
+                    &p,
+                    format!("notification name {name:?} is already used by notifications[{j}]; names must be unique"),
+                );
+            }
+            None => {
+                names.insert(name.clone(), i);
+            }
+        }
+        let url = c
+            .required(at, &np.key("url"), &n.url)
+            .cloned()
+            .unwrap_or_default();
+        if n.url.is_some() {
+            if let Err(e) = notification_url(&url) {
+                c.value(at, &np.key("url"), e);
+            }
+        }
+        let format = match n.format {
+            None | Some(RawNotifyFormat::Json) => NotifyFormat::Json,
+            Some(RawNotifyFormat::Slack) => NotifyFormat::Slack,
+        };
+        let events = match &n.events {
+            None => EventKind::ALL.to_vec(),
+            Some(list) => {
+                if list.is_empty() {
+                    c.value(
+                        at,
+                        &np.key("events"),
+                        "an empty list sends nothing; list the events, or leave `events` out for all of them".into(),
+                    );
+                }
+                let mut seen: Vec<EventKind> = Vec::new();
+                for (j, e) in list.iter().enumerate() {
+                    let kind = event_kind(e);
+                    if seen.contains(&kind) {
+                        c.value(
+                            at,
+                            &np.key("events").index(j),
+                            format!("event `{kind}` is listed twice"),
+                        );
+                    } else {
+                        seen.push(kind);
+                    }
+                }
+                EventKind::ALL
+                    .into_iter()
+                    .filter(|k| seen.contains(k))
+                    .collect()
+            }
+        };
+        let header = n.header.as_ref().map(|h| {
+            let hp = np.key("header");
+            let name = c
+                .required(at, &hp.key("name"), &h.name)
+                .cloned()
+                .unwrap_or_default();
+            if h.name.is_some() {
+                if !HEADER_NAME.is_match(&name) {
+                    c.value(
+                        at,
+                        &hp.key("name"),
+                        format!("invalid header name {name:?} (letters, digits and !#$%&'*+.^_`|~-, at most 64)"),
+                    );
+                } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                    c.value(
+                        at,
+                        &hp.key("name"),
+                        format!("header {name:?} is set by kube-free itself; choose another"),
+                    );
+                }
+            }
+            c.required(at, &hp.key("value_file"), &h.value_file);
+            NotifyHeader {
+                name,
+                value_file: opt_abs_path(c, at, &hp.key("value_file"), &h.value_file)
+                    .unwrap_or_default(),
+            }
+        });
+        let secret_file = opt_abs_path(c, at, &np.key("secret_file"), &n.secret_file);
+        if secret_file.is_some() && format != NotifyFormat::Json {
+            c.key(
+                at,
+                &np.key("secret_file"),
+                "`secret_file` applies to `format: json` only (a Slack webhook is not signed)"
+                    .into(),
+            );
+        }
+        let ca_file = opt_abs_path(c, at, &np.key("ca_file"), &n.ca_file);
+        if ca_file.is_some() && url.starts_with("http://") {
+            c.key(
+                at,
+                &np.key("ca_file"),
+                "`ca_file` applies to `https://` URLs only".into(),
+            );
+        }
+        out.push(Notification {
+            name,
+            url,
+            format,
+            events,
+            header,
+            secret_file,
+            ca_file,
+        });
+    }
+    out
+}
+
+/// Checks a notification URL: parses, `http` or `https`, names a host, holds no credentials.
+fn notification_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text:?} ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "unsupported URL scheme {:?} in {text:?} (http or https)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("URL {text:?} names no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "URL {text:?} holds credentials; put them in a `header` whose value is read from a file"
+        ));
+    }
+    Ok(())
+}
+
+fn event_kind(raw: &RawEventKind) -> EventKind {
+    match raw {
+        RawEventKind::Started => EventKind::Started,
+        RawEventKind::Step => EventKind::Step,
+        RawEventKind::Paused => EventKind::Paused,
+        RawEventKind::Promoted => EventKind::Promoted,
+        RawEventKind::Succeeded => EventKind::Succeeded,
+        RawEventKind::Failed => EventKind::Failed,
+        RawEventKind::Quarantined => EventKind::Quarantined,
+        RawEventKind::DriftCorrected => EventKind::DriftCorrected,
+        RawEventKind::SyncFailing => EventKind::SyncFailing,
+        RawEventKind::Recovered => EventKind::Recovered,
+    }
+}
+
+/// An optional absolute path (same rules as `state_dir`).
+fn opt_abs_path(
+    c: &mut Checker,
+    at: At,
+    path: &YamlPath,
+    value: &Option<String>,
+) -> Option<String> {
+    let p = value.as_ref()?;
+    if ABS_PATH.is_match(p) && !p.split('/').any(|s| s == "..") {
+        Some(p.clone())
+    } else {
+        c.value(
+            at,
+            path,
+            format!(
+                "invalid path {p:?} (an absolute path of letters, digits and ._/+@-, without ..)"
+            ),
+        );
+        None
+    }
 }
 
 fn host(c: &mut Checker, at: At, path: &YamlPath, name: &str, h: &RawHost) -> Option<Host> {
@@ -1000,6 +1213,107 @@ mod tests {
         ] {
             assert!(parse_listen(bad).is_none(), "{bad:?} was accepted");
         }
+    }
+
+    fn load(notifications: &str) -> Result<DesiredState, Vec<String>> {
+        let files = crate::desired::MemFiles::default().with(
+            "kube-free.yaml",
+            format!("version: 1\nnotifications:\n{notifications}"),
+        );
+        crate::desired::load(&files).map_err(|e| match e {
+            crate::desired::LoadError::Invalid(d) => d.iter().map(|d| d.to_string()).collect(),
+            other => vec![other.to_string()],
+        })
+    }
+
+    #[test]
+    fn notifications_take_defaults() {
+        let state = load(
+            "  - url: https://hooks.example.com/kube-free\n  - name: ops-slack\n    url: http://10.0.0.5:9000/hook\n    format: slack\n    events: [failed, started, sync_failing]\n    header: { name: Authorization, value_file: /etc/kube-free/ops-token }\n",
+        )
+        .unwrap();
+        let [first, second] = &state.notifications[..] else {
+            panic!("{:?}", state.notifications)
+        };
+        assert_eq!(first.name, "0");
+        assert_eq!(first.format, NotifyFormat::Json);
+        assert_eq!(first.events, EventKind::ALL.to_vec());
+        assert_eq!(
+            (first.header.as_ref(), first.secret_file.as_ref()),
+            (None, None)
+        );
+        assert_eq!(second.name, "ops-slack");
+        assert_eq!(second.format, NotifyFormat::Slack);
+        assert_eq!(
+            second.events,
+            vec![
+                EventKind::Started,
+                EventKind::Failed,
+                EventKind::SyncFailing
+            ]
+        );
+        assert_eq!(
+            second.header,
+            Some(NotifyHeader {
+                name: "Authorization".into(),
+                value_file: "/etc/kube-free/ops-token".into()
+            })
+        );
+        assert!(load("").unwrap().notifications.is_empty());
+    }
+
+    #[test]
+    fn every_notification_problem_is_reported_where_it_is() {
+        let errors = load(concat!(
+            "  - name: ops\n",                                         // 3
+            "    url: ftp://example.com/x\n",                          // 4
+            "    format: slack\n",                                     // 5
+            "    secret_file: /etc/kube-free/secret\n",                // 6
+            "  - name: ops\n",                                         // 7
+            "    url: \"https://user:pw@example.com/\"\n",             // 8
+            "    events: [started, deployed, started]\n",              // 9
+            "    header: { name: Content-Type, value_file: token }\n", // 10
+            "  - url: not a url\n",                                    // 11
+            "    ca_file: ../ca.pem\n",                                // 12
+            "    colour: red\n",                                       // 13
+            "  - events: []\n",                                        // 14
+            "    header: { value_file: /etc/x }\n",                    // 15
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:4:10: notifications[0].url: unsupported URL scheme \"ftp\" in \"ftp://example.com/x\" (http or https)",
+                "kube-free.yaml:6:5: notifications[0].secret_file: `secret_file` applies to `format: json` only (a Slack webhook is not signed)",
+                "kube-free.yaml:7:11: notifications[1].name: notification name \"ops\" is already used by notifications[0]; names must be unique",
+                "kube-free.yaml:8:10: notifications[1].url: URL \"https://user:pw@example.com/\" holds credentials; put them in a `header` whose value is read from a file",
+                "kube-free.yaml:9:23: notifications[1].events[1]: unknown value \"deployed\", expected one of `started`, `step`, `paused`, `promoted`, `succeeded`, `failed`, `quarantined`, `drift_corrected`, `sync_failing`, `recovered`",
+                "kube-free.yaml:9:33: notifications[1].events[2]: event `started` is listed twice",
+                "kube-free.yaml:10:21: notifications[1].header.name: header \"Content-Type\" is set by kube-free itself; choose another",
+                "kube-free.yaml:10:47: notifications[1].header.value_file: invalid path \"token\" (an absolute path of letters, digits and ._/+@-, without ..)",
+                "kube-free.yaml:11:10: notifications[2].url: invalid URL \"not a url\" (relative URL without a base)",
+                "kube-free.yaml:12:14: notifications[2].ca_file: invalid path \"../ca.pem\" (an absolute path of letters, digits and ._/+@-, without ..)",
+                "kube-free.yaml:13:5: notifications[2].colour: unknown key \"colour\", expected one of `name`, `url`, `format`, `events`, `header`, `secret_file`, `ca_file`",
+                "kube-free.yaml:14:5: notifications[3].url: missing required key `url`",
+                "kube-free.yaml:14:13: notifications[3].events: an empty list sends nothing; list the events, or leave `events` out for all of them",
+                "kube-free.yaml:15:5: notifications[3].header.name: missing required key `name`",
+            ]
+        );
+    }
+
+    #[test]
+    fn ca_file_needs_https_and_unnamed_targets_are_numbered() {
+        let errors = load(
+            "  - url: http://example.com/hook\n    ca_file: /etc/ca.pem\n  - name: \"2\"\n    url: https://a.example/\n  - url: https://b.example/\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:4:5: notifications[0].ca_file: `ca_file` applies to `https://` URLs only",
+                "kube-free.yaml:7:5: notifications[2]: notification name \"2\" is already used by notifications[1]; names must be unique",
+            ]
+        );
     }
 
     #[test]

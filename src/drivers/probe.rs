@@ -43,12 +43,13 @@ pub struct HttpProber {
 
 impl Default for HttpProber {
     fn default() -> Self {
+        crate::install_tls_provider();
         HttpProber {
             client: reqwest::Client::builder()
                 .no_proxy()
                 .pool_max_idle_per_host(0)
                 .build()
-                .expect("an HTTP client without TLS builds"),
+                .expect("an HTTP client with default settings builds"),
         }
     }
 }
@@ -76,5 +77,26 @@ impl Prober for HttpProber {
                 source: e.without_url(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let prober = super::HttpProber::default();
+        let err = super::Prober::probe(
+            &prober,
+            "127.0.0.1",
+            port,
+            "/readyz",
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, super::ProbeError::Connect { .. }), "{err:?}");
     }
 }
