@@ -143,6 +143,7 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
     let world = connect(&args.source, &scope).await?;
+    let notifier = notifier(&world)?;
     let options = reconcile::Options {
         parallel: args.parallel as usize,
         max_wait: args.max_wait,
@@ -155,7 +156,10 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         signals.abort();
         result
     };
-    let report = reconcile::leased(&world, args.lock_wait, args.lease_ttl, pass).await?;
+    let report = reconcile::leased(&world, args.lock_wait, args.lease_ttl, pass).await;
+    // What happened is sent before the process ends (a receiver that does not answer is given up).
+    notifier.flush(std::time::Duration::from_secs(5)).await;
+    let report = report?;
     if report.steps == 0 {
         writeln!(out, "in sync at commit {}: nothing to do", world.revision)?;
     } else {
@@ -256,6 +260,7 @@ pub async fn gate(gate: Gate, args: &GateArgs, out: &mut dyn Write) -> Result<Ex
             name: args.app.clone(),
         });
     }
+    let notifier = notifier(&world)?;
     let message = match gate {
         Gate::Promote => reconcile::promote(&world, &args.env, &args.app, args.all).await?,
         Gate::Abort => {
@@ -263,8 +268,16 @@ pub async fn gate(gate: Gate, args: &GateArgs, out: &mut dyn Write) -> Result<Ex
         }
         Gate::Retry => reconcile::retry(&world, &args.env, &args.app).await?,
     };
+    notifier.flush(std::time::Duration::from_secs(5)).await;
     writeln!(out, "{message}")?;
     Ok(Exit::Ok)
+}
+
+/// The sender of the desired state's notifications, set on `world`.
+fn notifier(world: &World) -> Result<crate::notify::Notifier, Error> {
+    let notifier = crate::notify::Notifier::new(&world.desired.notifications)?;
+    world.set_notifier(notifier.clone());
+    Ok(notifier)
 }
 
 pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Error> {

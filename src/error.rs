@@ -45,6 +45,8 @@ pub enum Error {
     Secret { path: String, why: String },
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
+    #[error("notifications")]
+    Notify(#[from] crate::notify::NotifyError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -56,7 +58,8 @@ impl Error {
             Error::Invalid { .. }
             | Error::NoRootFile { .. }
             | Error::UnknownName { .. }
-            | Error::Secret { .. } => Exit::BadInput,
+            | Error::Secret { .. }
+            | Error::Notify(_) => Exit::BadInput,
             Error::Reconcile(e) if e.waits() => Exit::Waiting,
             Error::Reconcile(e) if e.locked() => Exit::Locked,
             Error::Source(_)

@@ -141,6 +141,13 @@ impl Watcher {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the log, past its first `mark` bytes, has `needle`; how long that took.
+    fn wait_log(&self, mark: usize, needle: &str, limit: Duration) -> Duration {
+        wait_for(needle, limit, || {
+            self.log().get(mark..).is_some_and(|l| l.contains(needle))
+        })
+    }
+
     fn metric(&self, name: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics");
         text.lines()
@@ -277,25 +284,26 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     setup.assert_serving_only("1.0.0");
     let load = Load::start(&format!("http://{}/", setup.frontend()), 120, "GET");
     std::thread::sleep(Duration::from_secs(2));
-    setup.commit("2.0.0", "", "20s");
+    let commit = setup.commit("2.0.0", "", "20s");
+    let mark = a.log().len();
     remote.push(&setup);
     let pushed = Instant::now();
-    let started = wait_for("2.0.0 started", Duration::from_secs(10), || {
-        serves(&setup, "2.0.0")
-    });
+    let read = a.wait_log(mark, &format!("commit={commit}"), Duration::from_secs(10));
+    let acting = a.wait_log(mark, "executing plan", Duration::from_secs(60));
     wait_for("2.0.0 in sync", Duration::from_secs(90), || {
         a.in_sync_at("2.0.0")
     });
     eprintln!(
-        "A: 2.0.0 started {started:?} after the push (interval 2s), in sync after {:?}",
+        "A: 2.0.0 read {read:?} after the push (interval 2s), its plan executing after {acting:?}, in sync after {:?}",
         pushed.elapsed()
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_no_failures("A", &load.interrupt());
     setup.assert_serving_only("2.0.0");
+    // One interval (2 s, +10% jitter) and the fetch.
     assert!(
-        started < Duration::from_secs(5),
-        "not within one interval: {started:?}"
+        read < Duration::from_millis(3200),
+        "not within one interval: {read:?}"
     );
     let status = a.status();
     assert_eq!(status["cycle"]["reached_git"], true, "{status}");
@@ -312,11 +320,11 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
         .stdout_has("in sync");
 
     // B. Webhooks, with polling every 10 minutes.
-    let b = Watcher::start(&remote, &["--interval", "10m", "--resync", "4s"]);
+    let mut b = Watcher::start(&remote, &["--interval", "10m", "--resync", "1h"]);
     wait_for("B in sync", Duration::from_secs(60), || {
         b.in_sync_at("2.0.0")
     });
-    setup.commit("3.0.0", "", "20s");
+    let commit = setup.commit("3.0.0", "", "20s");
     remote.push(&setup);
     let payload = br#"{"ref":"refs/heads/main"}"#;
     let bad = request(
@@ -342,6 +350,7 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     std::thread::sleep(Duration::from_secs(3));
     assert!(!serves(&setup, "3.0.0"), "a refused webhook deployed 3.0.0");
     assert!(b.log().contains("webhook refused"), "{}", b.log());
+    let mark = b.log().len();
     let good = request(
         &b.address(),
         "POST",
@@ -354,13 +363,10 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     );
     assert_eq!(good.0, 202, "{}", good.1);
     let posted = Instant::now();
-    let started = wait_for(
-        "3.0.0 started after the webhook",
-        Duration::from_secs(10),
-        || serves(&setup, "3.0.0"),
-    );
-    eprintln!("B: 3.0.0 started {started:?} after a valid webhook");
-    assert!(started < Duration::from_secs(2), "{started:?}");
+    let read = b.wait_log(mark, &format!("commit={commit}"), Duration::from_secs(10));
+    let lease = b.wait_log(mark, "lease taken", Duration::from_secs(30));
+    eprintln!("B: 3.0.0 read {read:?} after a valid webhook, the lease taken after {lease:?}");
+    assert!(read < Duration::from_secs(2), "{read:?}");
     wait_for("3.0.0 in sync", Duration::from_secs(60), || {
         b.in_sync_at("3.0.0")
     });
@@ -375,11 +381,17 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
 
+    assert_eq!(b.terminate(), Some(0));
+
     // C. Self-heal at the next resync (every 4 s): an instance killed, a weight set by hand.
+    let c = Watcher::start(&remote, &["--interval", "10m", "--resync", "4s"]);
+    wait_for("C in sync", Duration::from_secs(60), || {
+        c.in_sync_at("3.0.0")
+    });
     let pid = setup.pid_of("web-1", "3.0.0").unwrap();
     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     let healed = wait_for("3.0.0 restarted on web-1", Duration::from_secs(60), || {
-        setup.pid_of("web-1", "3.0.0").is_some_and(|p| p != pid) && b.in_sync_at("3.0.0")
+        setup.pid_of("web-1", "3.0.0").is_some_and(|p| p != pid) && c.in_sync_at("3.0.0")
     });
     eprintln!("C: killed instance restarted and in sync after {healed:?}");
     let server = setup.status_json()["slots"]
@@ -404,10 +416,10 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
         setup.weights_of("3.0.0") == [100, 100]
     });
     eprintln!("C: weight set back after {healed:?}");
-    let log = b.log();
+    let log = c.log();
     assert!(log.contains("drift corrected: start"), "{log}");
     assert!(log.contains("drift corrected"), "{log}");
-    let metrics = b.get("/metrics").1;
+    let metrics = c.get("/metrics").1;
     assert!(
         metrics.contains(r#"kube_free_drift_corrections_total{kind="instance"}"#),
         "{metrics}"
@@ -420,7 +432,7 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
 
     // D. Two watchers; the one acting is killed mid-rollout; the other finishes it.
     let mut watchers = [
-        b,
+        c,
         Watcher::start(&remote, &["--interval", "2s", "--resync", "1h"]),
     ];
     let load = Load::start(&format!("http://{}/", setup.frontend()), 150, "GET");
@@ -461,4 +473,115 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     setup.assert_serving_only("4.0.0");
     // Lease TTL 5 s + the other's interval (2 s, or its retry) + the rest of the rollout.
     assert!(killed.elapsed() < Duration::from_secs(60));
+
+    // E. What the surviving watcher shows: Prometheus scrapes it, Chromium renders its page.
+    prometheus_scrapes_the_serving_version(other, "4.0.0");
+    the_page_shows_every_app_in_chromium(other, "4.0.0");
+}
+
+/// A real Prometheus scrapes the watcher every second; a PromQL query over its HTTP API returns
+/// the serving version's info series.
+fn prometheus_scrapes_the_serving_version(watcher: &Watcher, version: &str) {
+    require_tools(&["prometheus"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kube-free\n    static_configs:\n      - targets: [\"{}\"]\n",
+            watcher.address()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut prometheus = KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts"),
+    );
+    let query = format!("/api/v1/query?query=kube_free_app_info%7Bserving%3D%22{version}%22%7D");
+    let address = format!("127.0.0.1:{port}");
+    let mut answer = String::new();
+    let took = wait_for(
+        "prometheus to have the series",
+        Duration::from_secs(60),
+        || {
+            answer = request(&address, "GET", &query, &[], b"").1;
+            answer.contains(r#""app":"demo""#)
+        },
+    );
+    let json: serde_json::Value = serde_json::from_str(answer.trim()).unwrap_or_default();
+    let series = &json["data"]["result"][0]["metric"];
+    assert_eq!(series["desired"], version, "{answer}");
+    assert_eq!(series["env"], "production", "{answer}");
+    eprintln!("E: Prometheus has kube_free_app_info{{serving=\"{version}\"}} after {took:?}");
+    let _ = prometheus.0.kill();
+}
+
+/// Headless Chromium renders the status page: the DOM shows the desired and serving versions of
+/// every app; a screenshot is saved under the target directory.
+fn the_page_shows_every_app_in_chromium(watcher: &Watcher, version: &str) {
+    require_tools(&["chromium"]);
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/", watcher.address());
+    let chromium = |extra: &[&str]| {
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("chromium runs")
+    };
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom"]).stdout).into_owned();
+    let section = dom
+        .split(r#"id="production-demo""#)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no section for production/demo in\n{dom}"));
+    assert!(
+        section.contains(&format!(r#"<span class="desired">{version}</span>"#)),
+        "{section}"
+    );
+    assert!(
+        section.contains(&format!(r#"<span class="serving">{version}</span>"#)),
+        "{section}"
+    );
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("watch-status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = chromium(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=1200,900",
+        "--hide-scrollbars",
+    ]);
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "E: the page in Chromium shows {version}; screenshot {}",
+        shot.display()
+    );
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -16,8 +16,9 @@ pub const RESEND_AFTER: [Duration; 3] = [
 /// How many once-only events are remembered; past this the oldest half is forgotten.
 pub const REMEMBERED: usize = 10_000;
 
-/// Identity of a once-only event: kind, environment, app and commit, plus the message for `step`
-/// and `paused` (so that each step and each gate of one rollout is sent once).
+/// Identity of a once-only event: kind, environment, app and commit, plus the message for `step`,
+/// `paused` and `drift_corrected` (so that each step and each gate of one rollout, and each kind
+/// of drift at one commit, is sent once).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct OnceKey {
     kind: EventKind,
@@ -35,7 +36,9 @@ impl OnceKey {
             app: e.app.clone(),
             commit: e.commit.clone(),
             detail: match e.kind {
-                EventKind::Step | EventKind::Paused => e.message.clone(),
+                EventKind::Step | EventKind::Paused | EventKind::DriftCorrected => {
+                    e.message.clone()
+                }
                 _ => String::new(),
             },
         }

@@ -75,14 +75,16 @@ pub async fn promote(
         Promote::Step(record.step)
     };
     world.write_rollout(&record).await?;
-    Ok(if all {
+    let said = if all {
         format!("promoted {env}/{app} {version}: every remaining pause is skipped")
     } else {
         format!(
             "promoted {env}/{app} {version}: the pause of step {} ends",
             record.step
         )
-    })
+    };
+    world.notify(crate::notify::EventKind::Promoted, env, app, said.clone());
+    Ok(said)
 }
 
 /// `kube-free abort`: the running canary of `env`/`app` gives its traffic back to the stable version

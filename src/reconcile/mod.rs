@@ -24,7 +24,7 @@ mod tests;
 
 pub use gates::{abort, promote, retry, GateError};
 pub use lease::{leased, LeaseLoss};
-pub use pass::{once, preview, Outcome};
+pub use pass::{once, preview, rollout_of, Outcome};
 pub use world::{Drivers, World};
 
 use crate::drivers::lease::Holder;

@@ -7,6 +7,7 @@
 use super::effects::Live;
 use super::{rules, GateError, Options, ReconcileError, Report, World};
 use crate::execute::{self, Fault, StepFailed};
+use crate::notify::EventKind;
 use crate::observed::ObservedState;
 use crate::plan::{self, Action, Cleanup, Scope, Traffic};
 use crate::state::Phase;
@@ -158,9 +159,35 @@ pub async fn once(
         .filter(|(e, a, _)| plan::quarantine(&world.desired, &observed, &e.name, a).is_some())
         .map(|(e, a, _)| (e.name.clone(), a.to_owned()))
         .collect();
+    let rollouts: BTreeSet<(String, String)> =
+        plan.graph.node_weights().filter_map(rollout_of).collect();
+    for (env, app) in &rollouts {
+        let d = world.desired.deployed(env, app);
+        world.notify(
+            EventKind::Started,
+            env,
+            app,
+            format!(
+                "{env}/{app}: rolling out {} ({})",
+                d.version,
+                d.strategy.name()
+            ),
+        );
+    }
     let effects = Live::new(&world, observed, options.max_wait, false);
     match execute::run(&plan, effects, options.parallel).await {
-        Ok(report) => quarantined(report.done.into_iter().map(|(a, _)| a).collect()),
+        Ok(report) => {
+            for (env, app) in &rollouts {
+                let d = world.desired.deployed(env, app);
+                world.notify(
+                    EventKind::Succeeded,
+                    env,
+                    app,
+                    format!("{env}/{app}: {} serves", d.version),
+                );
+            }
+            quarantined(report.done.into_iter().map(|(a, _)| a).collect())
+        }
         Err(failed) => Err(after_failure(&world, failed, options.parallel, &repairing).await?),
     }
 }
@@ -179,6 +206,25 @@ async fn after_failure(
         return Ok(if world.is_interrupted() || fault == Fault::Interrupted {
             ReconcileError::Interrupted { failed }
         } else {
+            if let Action::Pause {
+                env,
+                app,
+                version,
+                step,
+                ..
+            } = &failed.action
+            {
+                // The same words at every pass, so that the event is sent once.
+                world.notify(
+                    EventKind::Paused,
+                    env,
+                    app,
+                    format!(
+                        "{env}/{app}: the canary of {version} is paused at step {}",
+                        step + 1
+                    ),
+                );
+            }
             ReconcileError::Waiting { failed }
         });
     }
@@ -239,17 +285,32 @@ async fn after_failure(
             .await
             .map_err(Box::new)
     };
+    let outcome = Outcome::Cleaned {
+        mode,
+        good,
+        cleanup,
+        quarantined,
+        after: read_back(world, &env, &app).await,
+        env: env.clone(),
+        app: app.clone(),
+        version,
+    };
+    world.notify(
+        EventKind::Failed,
+        &env,
+        &app,
+        format!("{env}/{app}: {failed}; {outcome}"),
+    );
+    if quarantined {
+        world.notify(
+            EventKind::Quarantined,
+            &env,
+            &app,
+            format!("{env}/{app}: {outcome}"),
+        );
+    }
     Ok(ReconcileError::RolledBack {
-        outcome: Box::new(Outcome::Cleaned {
-            mode,
-            good,
-            cleanup,
-            quarantined,
-            after: read_back(world, &env, &app).await,
-            env,
-            app,
-            version,
-        }),
+        outcome: Box::new(outcome),
         failed,
     })
 }
@@ -266,7 +327,7 @@ async fn read_back(world: &Arc<World>, env: &str, app: &str) -> Option<Traffic> 
 }
 
 /// The (env, app) whose rollout a step is part of; `None` for a balancer's config.
-fn rollout_of(action: &Action) -> Option<(String, String)> {
+pub fn rollout_of(action: &Action) -> Option<(String, String)> {
     match action {
         Action::Start { at, .. }
         | Action::Probe { at }

@@ -14,6 +14,7 @@ use crate::drivers::runtime::Kind;
 use crate::drivers::ssh::{SshOptions, SshTarget, SshTransport};
 use crate::drivers::{Balancer, Ledger, Prober, Runtime, RuntimeError, Transport, TransportError};
 use crate::names::SlotRef;
+use crate::notify::{Event, EventKind, Notifier};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,8 @@ pub struct World {
     pub(super) leases: Mutex<Vec<(String, u64)>>,
     /// This run's id in lock files.
     pub(super) run_id: String,
+    /// Where the events of rollouts go (disabled until set).
+    notifier: Mutex<Notifier>,
     _runtime_dir: Option<tempfile::TempDir>,
 }
 
@@ -65,8 +68,36 @@ impl World {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() % 1_000_000_000)
             ),
+            notifier: Mutex::new(Notifier::disabled()),
             _runtime_dir: None,
         }
+    }
+
+    /// Sends the events of this world's rollouts to `notifier`.
+    pub fn set_notifier(&self, notifier: Notifier) {
+        *self.notifier.lock().expect("not poisoned") = notifier;
+    }
+
+    /// Queues an event about `env`/`app` at this world's commit (never blocks).
+    pub fn notify(&self, kind: EventKind, env: &str, app: &str, message: String) {
+        let version = self
+            .desired
+            .deployment(env, app)
+            .map(|_| self.desired.deployed(env, app).version.clone());
+        let event = Event {
+            kind,
+            env: env.to_owned(),
+            app: app.to_owned(),
+            commit: self.revision.clone(),
+            version,
+            message,
+        };
+        self.notifier.lock().expect("not poisoned").send(event);
+    }
+
+    /// The notifier in use.
+    pub fn notifier(&self) -> Notifier {
+        self.notifier.lock().expect("not poisoned").clone()
     }
 
     /// Connects to every host in use, in parallel, and sets up the drivers the desired state

@@ -11,7 +11,9 @@ pub mod metrics;
 pub mod page;
 pub mod webhook;
 
+use crate::desired::Notification;
 use crate::error::Error;
+use crate::notify::{Event, EventKind, Notifier};
 use crate::plan::{Action, Scope};
 use crate::reconcile::{self, Next, World};
 use crate::source::{CommitInfo, SourceSpec};
@@ -170,6 +172,49 @@ struct Loop {
     due: Option<Instant>,
     next_poll: Instant,
     failures: u32,
+    /// The notification targets in use and their sender, kept across cycles (its memory is what
+    /// keeps an event from being sent twice); rebuilt when the targets change.
+    notifier: Option<(Vec<Notification>, Notifier)>,
+}
+
+impl Loop {
+    /// The sender for `targets`; the one in use while they are the same.
+    fn notifier(&mut self, targets: &[Notification]) -> Notifier {
+        if let Some((t, n)) = &self.notifier {
+            if t == targets {
+                return n.clone();
+            }
+        }
+        let notifier = Notifier::new(targets).unwrap_or_else(|e| {
+            tracing::error!(
+                "notifications are off until the next commit: {}",
+                crate::error::chain(&e)
+            );
+            Notifier::disabled()
+        });
+        self.notifier = Some((targets.to_vec(), notifier.clone()));
+        notifier
+    }
+
+    /// Says that cycles fail (sent at once, then at 5 m, 30 m, 2 h while it lasts).
+    fn sync_failing(&self, commit: Option<&str>, message: &str) {
+        if let Some((_, n)) = &self.notifier {
+            n.failing(Event {
+                kind: EventKind::SyncFailing,
+                env: String::new(),
+                app: String::new(),
+                commit: commit.unwrap_or_default().to_owned(),
+                version: None,
+                message: message.to_owned(),
+            });
+        }
+    }
+
+    fn sync_recovered(&self) {
+        if let Some((_, n)) = &self.notifier {
+            n.clear(EventKind::SyncFailing, "", "");
+        }
+    }
 }
 
 /// Runs the watcher until SIGTERM or SIGINT (or `stop` resolves): the current step finishes, the
@@ -213,6 +258,7 @@ pub async fn run(
         due: None,
         next_poll: Instant::now(),
         failures: 0,
+        notifier: None,
     };
     let mut stopped = stopping.clone();
     loop {
@@ -273,6 +319,7 @@ async fn cycle(
                 }
                 tracing::error!("desired state not read: {message}");
             }
+            state.sync_failing(commit.as_deref(), &message);
             if commit.is_some() || invalid {
                 // The commit is bad input: nothing is done until another commit.
                 state.invalid = commit.clone();
@@ -305,12 +352,20 @@ async fn cycle(
         }
     };
     let commit = loaded.commit.clone();
+    let notifier = state.notifier(&loaded.state.notifications);
     let new_commit = state.last_commit.as_deref() != Some(commit.as_str());
     let resync_due = state
         .last_pass
         .is_none_or(|t| started.duration_since(t) >= config.resync);
     let due = state.due.is_some_and(|d| d <= started);
     if !new_commit && !resync_due && !due {
+        shared
+            .metrics
+            .cycles
+            .get_or_create(&ResultLabel {
+                result: "unchanged".into(),
+            })
+            .inc();
         let mut v = shared.view();
         v.cycle.next_poll_at = now + state.next_poll.duration_since(started).as_secs();
         return false;
@@ -330,6 +385,7 @@ async fn cycle(
         Err(e) => {
             let message = crate::error::chain(&e);
             tracing::error!("hosts not reached: {message}");
+            state.sync_failing(Some(&commit), &message);
             backoff(config, state);
             finish(
                 shared,
@@ -344,12 +400,18 @@ async fn cycle(
             return false;
         }
     };
+    world.set_notifier(notifier);
     *current.lock().expect("not poisoned") = Some(world.clone());
     let (outcome, error, stop, reached_hosts) = if resumed_at_sync && !config.self_heal {
         report_drift(config, shared, &world).await
     } else {
         act(config, shared, state, &world, resumed_at_sync).await
     };
+    match (&outcome[..], &error) {
+        ("in sync" | "converged" | "drift" | "waiting" | "locked", _) => state.sync_recovered(),
+        (_, Some(error)) => state.sync_failing(Some(&commit), error),
+        _ => {}
+    }
     if outcome == "in sync" || outcome == "converged" {
         state.synced = Some(commit.clone());
         state.failures = 0;
@@ -404,15 +466,16 @@ async fn act(
         Ok(report) => {
             if at_sync && !report.done.is_empty() {
                 let drift = describe_drift(&report.done);
-                for (kind, text) in &drift {
+                for (kind, text, env, app) in &drift {
                     tracing::warn!("drift corrected: {text}");
+                    world.notify(EventKind::DriftCorrected, env, app, text.clone());
                     shared
                         .metrics
                         .drift_corrections
                         .get_or_create(&KindLabel { kind: kind.clone() })
                         .inc();
                 }
-                shared.view().cycle.drift = drift.into_iter().map(|(_, t)| t).collect();
+                shared.view().cycle.drift = drift.into_iter().map(|(_, t, ..)| t).collect();
             }
             let outcome = if report.steps == 0 {
                 "in sync"
@@ -472,7 +535,7 @@ async fn report_drift(config: &Config, shared: &Shared, world: &Arc<World>) -> P
         Ok(plan) => {
             let actions: Vec<Action> = plan.graph.node_weights().cloned().collect();
             let drift = describe_drift(&actions);
-            for (kind, text) in &drift {
+            for (kind, text, ..) in &drift {
                 tracing::warn!("drift found, not corrected (self-heal is off): {text}");
                 shared
                     .metrics
@@ -480,16 +543,16 @@ async fn report_drift(config: &Config, shared: &Shared, world: &Arc<World>) -> P
                     .get_or_create(&KindLabel { kind: kind.clone() })
                     .inc();
             }
-            shared.view().cycle.drift = drift.into_iter().map(|(_, t)| t).collect();
+            shared.view().cycle.drift = drift.into_iter().map(|(_, t, ..)| t).collect();
             ("drift".into(), None, false, true)
         }
         Err(e) => ("failed".into(), Some(crate::error::chain(&e)), false, false),
     }
 }
 
-/// The kind (`instance`, `traffic`, `config`) and text of each step that puts drift back;
-/// bookkeeping steps (records) are not drift.
-fn describe_drift(actions: &[Action]) -> Vec<(String, String)> {
+/// The kind (`instance`, `traffic`, `config`), text, environment and app (empty for a balancer's
+/// config) of each step that puts drift back; bookkeeping steps (records) are not drift.
+fn describe_drift(actions: &[Action]) -> Vec<(String, String, String, String)> {
     actions
         .iter()
         .filter_map(|a| {
@@ -502,7 +565,8 @@ fn describe_drift(actions: &[Action]) -> Vec<(String, String)> {
                 Action::ApplyConfig { .. } => "config",
                 _ => return None,
             };
-            Some((kind.to_owned(), a.to_string()))
+            let (env, app) = crate::reconcile::rollout_of(a).unwrap_or_default();
+            Some((kind.to_owned(), a.to_string(), env, app))
         })
         .collect()
 }

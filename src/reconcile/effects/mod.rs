@@ -254,7 +254,17 @@ impl Effects for Live {
                 stable,
             } => {
                 self.weigh(balancer, env, app, version, *step, *weight, canary, stable)
-                    .await
+                    .await?;
+                self.world.notify(
+                    crate::notify::EventKind::Step,
+                    env,
+                    app,
+                    format!(
+                        "{env}/{app}: the canary of {version} takes {weight}% (step {})",
+                        step + 1
+                    ),
+                );
+                Ok(())
             }
             Action::Pause {
                 balancer,
