@@ -70,6 +70,11 @@ struct Watcher {
 
 impl Watcher {
     fn start(remote: &Remote, extra: &[&str]) -> Watcher {
+        Watcher::start_url(&remote.url(), extra)
+    }
+
+    /// A watcher of the repository at `url`.
+    fn start_url(url: &str, extra: &[&str]) -> Watcher {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
@@ -81,7 +86,7 @@ impl Watcher {
         let mut args = vec![
             "watch",
             "--repo",
-            remote.dir.path().to_str().unwrap(),
+            url,
             "--rev",
             "main",
             "--listen",
@@ -91,8 +96,6 @@ impl Watcher {
             "--max-wait",
             "5s",
         ];
-        let url = remote.url();
-        args[2] = &url;
         let secret = secret.to_str().unwrap().to_owned();
         args.extend(["--webhook-secret-file", &secret]);
         let cache = cache.to_str().unwrap().to_owned();
@@ -324,6 +327,12 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     wait_for("B in sync", Duration::from_secs(60), || {
         b.in_sync_at("2.0.0")
     });
+    let receiver = Receiver::start(true);
+    let dead = Receiver::start(false);
+    setup.extra = format!(
+        "notifications:\n  - {{ name: ops, url: \"http://{}/hook\", events: [started, succeeded, failed] }}\n  - {{ name: dead, url: \"http://{}/hook\" }}\n",
+        receiver.address, dead.address
+    );
     let commit = setup.commit("3.0.0", "", "20s");
     remote.push(&setup);
     let payload = br#"{"ref":"refs/heads/main"}"#;
@@ -370,6 +379,23 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     wait_for("3.0.0 in sync", Duration::from_secs(60), || {
         b.in_sync_at("3.0.0")
     });
+    // The receiver got `started` and `succeeded` for the rollout; the one that never answers did
+    // not hold it up: the first step began right after `started` was sent.
+    let started = receiver.wait_for("started", &commit);
+    let succeeded = receiver.wait_for("succeeded", &commit);
+    assert!(started.1.contains(r#""version":"3.0.0""#), "{}", started.1);
+    let first_step = log_time(&b.log()[mark..], "step started step=1 ");
+    let since_started = first_step - started.0;
+    eprintln!(
+        "B: notifications: started and succeeded received {:.1}s apart; the first step began {since_started:.2}s after `started` arrived; the dead receiver holds {} connections",
+        succeeded.0 - started.0,
+        dead.connections()
+    );
+    assert!(dead.connections() >= 1, "the dead receiver was not tried");
+    assert!(
+        since_started < 2.0,
+        "the first step waited {since_started:.2}s after `started` was sent"
+    );
     eprintln!("B: in sync {:?} after the webhook", posted.elapsed());
     let metrics = b.get("/metrics").1;
     for line in [
@@ -431,14 +457,39 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     setup.assert_serving_only("3.0.0");
 
     // D. Two watchers; the one acting is killed mid-rollout; the other finishes it.
+    // The second one reads the repository over SSH from a fleet host, with a deploy key and the
+    // host key from a file.
+    let ssh_url = format!(
+        "ssh://root@{}{}",
+        setup.fleet.address("web-1"),
+        remote.dir.path().display()
+    );
+    let key = setup.fleet.identity_file().to_str().unwrap().to_owned();
+    let known = setup.fleet.known_hosts().to_str().unwrap().to_owned();
     let mut watchers = [
         c,
-        Watcher::start(&remote, &["--interval", "2s", "--resync", "1h"]),
+        Watcher::start_url(
+            &ssh_url,
+            &[
+                "--interval",
+                "2s",
+                "--resync",
+                "1h",
+                "--git-ssh-key",
+                &key,
+                "--git-known-hosts",
+                &known,
+            ],
+        ),
     ];
+    wait_for("the SSH watcher's first cycle", Duration::from_secs(60), || {
+        watchers[1].status()["cycle"]["reached_git"] == true
+    });
     let load = Load::start(&format!("http://{}/", setup.frontend()), 150, "GET");
     std::thread::sleep(Duration::from_secs(2));
     setup.bake = "4s".into();
-    setup.commit("4.0.0", "", "20s");
+    let commit = setup.commit("4.0.0", "", "20s");
+    let mark = watchers[1].log().len();
     remote.push(&setup);
     let pushed = Instant::now();
     let acting = {
@@ -451,6 +502,9 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
         });
         found.unwrap()
     };
+    let read = watchers[1].wait_log(mark, &format!("commit={commit}"), Duration::from_secs(10));
+    eprintln!("D: the SSH watcher read 4.0.0 {read:?} after the push (interval 2s)");
+    assert!(read < Duration::from_millis(3200), "not within one interval: {read:?}");
     wait_for("4.0.0 started", Duration::from_secs(30), || {
         serves(&setup, "4.0.0")
     });
@@ -575,6 +629,113 @@ fn the_page_shows_every_app_in_chromium(watcher: &Watcher, version: &str) {
         "E: the page in Chromium shows {version}; screenshot {}",
         shot.display()
     );
+}
+
+/// Seconds since midnight (UTC) of the log line that has `needle`.
+fn log_time(log: &str, needle: &str) -> f64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} in\n{log}"));
+    // 2026-11-30T13:08:15.358433Z
+    let time = &line[11..line.find('Z').unwrap()];
+    let mut parts = time.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+fn seconds_of_day() -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    (now.as_secs() % 86_400) as f64 + now.subsec_micros() as f64 / 1e6
+}
+
+/// A local HTTP receiver of notifications: it answers 200 and keeps each body with the time it
+/// arrived; or (`answer: false`) accepts connections and never answers.
+struct Receiver {
+    address: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(f64, String)>>>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Receiver {
+    fn start(answer: bool) -> Receiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (g, h) = (got.clone(), held.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if !answer {
+                    h.lock().unwrap().push(stream);
+                    continue;
+                }
+                let g = g.clone();
+                std::thread::spawn(move || {
+                    if let Some(body) = read_request(&stream) {
+                        g.lock().unwrap().push((seconds_of_day(), body));
+                        let _ = (&stream).write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                    }
+                });
+            }
+        });
+        Receiver { address, got, held }
+    }
+
+    /// The first `event` about `commit`: when it arrived and its body (waits up to a minute).
+    fn wait_for(&self, event: &str, commit: &str) -> (f64, String) {
+        let needle = format!(r#""event":"{event}""#);
+        let mut found = None;
+        wait_for(&format!("a {event} notification"), Duration::from_secs(60), || {
+            found = self
+                .got
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, b)| b.contains(&needle) && b.contains(commit))
+                .cloned();
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    fn connections(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+}
+
+/// Reads one HTTP request; its body.
+fn read_request(mut stream: &std::net::TcpStream) -> Option<String> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return Some(body.to_owned());
+            }
+        }
+    }
 }
 
 struct KillOnDrop(Child);

@@ -449,6 +449,19 @@ async fn act(
         parallel: config.parallel,
         max_wait: Some(config.max_wait),
     };
+    // Nothing to do needs no lease: a resync that finds the hosts in sync leaves the lease to
+    // whoever acts (another watcher, a CI run, `promote`).
+    match reconcile::preview(world, &config.scope).await {
+        Ok(plan) if plan.is_empty() && plan.notes.is_empty() => {
+            shared.view().cycle.acting = false;
+            return ("in sync".into(), None, false, true);
+        }
+        Ok(_) => {}
+        Err(e) => {
+            backoff(config, state);
+            return ("failed".into(), Some(crate::error::chain(&e)), false, false);
+        }
+    }
     let pass = async {
         shared.metrics.lease_held.set(1);
         shared.view().cycle.acting = true;
@@ -457,11 +470,7 @@ async fn act(
         result
     };
     let result = reconcile::leased(world, Duration::ZERO, config.lease_ttl, pass).await;
-    if !matches!(&result, Err(e) if e.locked()) {
-        shared.view().cycle.acting = !matches!(&result, Ok(r) if r.steps == 0);
-    } else {
-        shared.view().cycle.acting = false;
-    }
+    shared.view().cycle.acting = !matches!(&result, Err(e) if e.locked());
     match result {
         Ok(report) => {
             if at_sync && !report.done.is_empty() {

@@ -17,6 +17,8 @@ pub struct Setup {
     pub strategy: String,
     /// The app's `bake`.
     pub bake: String,
+    /// More top-level YAML for `kube-free.yaml` (e.g. `notifications:`), appended as it is.
+    pub extra: String,
     /// Where [`Setup::script`] writes each version's start script; `Some` once one is written,
     /// and then the app runs `<dir>/<version>/run <host> --listen … --version …`.
     scripts: Option<tempfile::TempDir>,
@@ -35,6 +37,7 @@ impl Setup {
             hosts: app_hosts.iter().map(|h| h.to_string()).collect(),
             strategy: strategy.to_owned(),
             bake: "2s".to_owned(),
+            extra: String::new(),
             scripts: None,
             _turn: turn,
         };
@@ -163,7 +166,8 @@ environments:
             bake = self.bake,
             strategy = self.strategy,
         );
-        self.repo.write("kube-free.yaml", yaml);
+        self.repo
+            .write("kube-free.yaml", format!("{yaml}{}", self.extra));
         self.repo.commit(&format!("demo {version}{extra_flags}"))
     }
 
