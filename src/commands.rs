@@ -109,6 +109,7 @@ fn scope(args: &ScopeArgs) -> Scope {
     Scope {
         env: args.env.clone(),
         app: args.app.clone(),
+        except: Vec::new(),
     }
 }
 
@@ -248,6 +249,7 @@ pub async fn gate(gate: Gate, args: &GateArgs, out: &mut dyn Write) -> Result<Ex
     let scope = Scope {
         env: Some(args.env.clone()),
         app: Some(args.app.clone()),
+        except: Vec::new(),
     };
     let world = connect(&args.source, &scope).await?;
     if world.desired.deployment(&args.env, &args.app).is_none() {
