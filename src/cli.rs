@@ -56,6 +56,9 @@ pub enum Command {
     /// It takes the lease on every balancer host first, so one run acts at a time (--lock-wait waits
     /// for it). On SIGTERM or SIGINT the current steps finish, nothing new starts, the lease is
     /// released and it exits 1; the next run resumes.
+    ///
+    /// An environment suspended by `kube-free suspend` is left alone: when that is everything in
+    /// scope, nothing runs and it prints what it would do (exit 0).
     Reconcile(ReconcileArgs),
     /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
     ///

@@ -285,9 +285,17 @@ fn who() -> String {
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
         .unwrap_or_else(|| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata("/proc/self")
-                .map_or_else(|_| "unknown".into(), |m| format!("uid {}", m.uid()))
+            // SAFETY: getuid cannot fail and touches no memory.
+            let uid = unsafe { libc::getuid() }.to_string();
+            std::fs::read_to_string("/etc/passwd")
+                .ok()
+                .and_then(|passwd| {
+                    passwd.lines().find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() > 2 && f[2] == uid).then(|| f[0].to_owned())
+                    })
+                })
+                .unwrap_or_else(|| format!("uid {uid}"))
         });
     format!("{user}@{host}")
 }
