@@ -56,6 +56,9 @@ pub enum Command {
     /// It takes the lease on every balancer host first, so one run acts at a time (--lock-wait waits
     /// for it). On SIGTERM or SIGINT the current steps finish, nothing new starts, the lease is
     /// released and it exits 1; the next run resumes.
+    ///
+    /// An environment suspended by `kube-free suspend` is left alone: when that is everything in
+    /// scope, nothing runs and it prints what it would do (exit 0).
     Reconcile(ReconcileArgs),
     /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
     ///
@@ -79,6 +82,20 @@ pub enum Command {
     Abort(GateArgs),
     /// Lift the quarantine of a rolled-back version, so that the next reconcile rolls it out again.
     Retry(GateArgs),
+    /// Make an environment (or, without --env, every one) observe-only for a while.
+    ///
+    /// While suspended, `reconcile --once` and watchers change nothing there: they observe and
+    /// report what they would do (drift, a new version) and exit 0. It ends by itself after --for,
+    /// or with `kube-free resume`. Kept on every balancer host, so every machine that runs
+    /// kube-free sees it; written under the lease (waits up to 60 s for a running pass, which it
+    /// does not stop: `abort` does). This is not a canary pause (that is a rollout step, ended
+    /// by `promote`). Suspending an environment again replaces its suspension.
+    Suspend(SuspendArgs),
+    /// End the suspension of an environment (with --env) or every suspension (without).
+    ///
+    /// With --env, a suspension of every environment still applies to it: resume without --env
+    /// lifts that.
+    Resume(ResumeArgs),
     /// Show, per environment and app, the desired version and what runs and serves on each host.
     Status(StatusArgs),
     /// Print the JSON Schema of the desired-state files.
@@ -249,6 +266,43 @@ pub struct GateArgs {
     /// abort: most steps running at once while rolling back.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..), hide = true)]
     pub parallel: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct SuspendArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The environment to suspend; without it, every environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// How long (`30m`, `2h`, at most 30 days); it ends by itself then.
+    #[arg(long = "for", value_name = "DURATION", required = true, value_parser = parse_suspension)]
+    pub for_: std::time::Duration,
+    /// Why, for whoever finds it suspended (shown by `status`, `reconcile` and the watcher).
+    #[arg(long, value_name = "TEXT", required = true, value_parser = parse_reason)]
+    pub reason: String,
+}
+
+fn parse_suspension(text: &str) -> Result<std::time::Duration, String> {
+    let length = parse_duration(text)?;
+    crate::reconcile::suspend::check_length(length).map_err(|e| e.to_string())?;
+    Ok(length)
+}
+
+fn parse_reason(text: &str) -> Result<String, String> {
+    match text.trim() {
+        "" => Err("a suspension needs a reason".into()),
+        reason => Ok(reason.to_owned()),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The environment to resume; without it, every suspension ends.
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
 }
 
 #[derive(Debug, Args)]

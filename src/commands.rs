@@ -5,10 +5,12 @@ use crate::cli::{
     GateArgs, Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs, ScopeArgs, SourceArgs,
     StatusArgs, ValidateArgs, WatchArgs,
 };
+use crate::cli::{ResumeArgs, SuspendArgs};
 use crate::desired::{self, LoadError};
 use crate::error::{Error, Exit};
 use crate::load;
 use crate::plan::Scope;
+use crate::reconcile::suspend::{utc, Decision};
 use crate::reconcile::{self, World};
 use crate::source::{GitCredentials, SourceSpec};
 use std::io::Write;
@@ -109,6 +111,7 @@ fn scope(args: &ScopeArgs) -> Scope {
     Scope {
         env: args.env.clone(),
         app: args.app.clone(),
+        except: Vec::new(),
     }
 }
 
@@ -143,6 +146,42 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
     let world = connect(&args.source, &scope).await?;
+    // Suspended environments are left out; when nothing is left, say what a pass would do.
+    let scope = match reconcile::suspend::check(&world, &scope).await? {
+        Decision::Suspended(by) => {
+            for s in &by {
+                writeln!(
+                    out,
+                    "{} suspended until {} by {} ({}): nothing changed",
+                    s.what(),
+                    utc(s.until),
+                    s.by,
+                    s.reason
+                )?;
+            }
+            let plan = reconcile::preview(&world, &scope).await?;
+            write!(
+                out,
+                "what reconcile would do at commit {}:\n{}",
+                world.revision,
+                plan.render_text()
+            )?;
+            return Ok(Exit::Ok);
+        }
+        Decision::Run { scope, skipped } => {
+            for s in &skipped {
+                writeln!(
+                    out,
+                    "skipped {}: suspended until {} by {} ({})",
+                    s.what(),
+                    utc(s.until),
+                    s.by,
+                    s.reason
+                )?;
+            }
+            scope
+        }
+    };
     let notifier = notifier(&world)?;
     let options = reconcile::Options {
         parallel: args.parallel as usize,
@@ -252,6 +291,7 @@ pub async fn gate(gate: Gate, args: &GateArgs, out: &mut dyn Write) -> Result<Ex
     let scope = Scope {
         env: Some(args.env.clone()),
         app: Some(args.app.clone()),
+        except: Vec::new(),
     };
     let world = connect(&args.source, &scope).await?;
     if world.desired.deployment(&args.env, &args.app).is_none() {
@@ -284,6 +324,12 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
     let filter = scope(&args.scope);
     let world = connect(&args.source, &filter).await?;
     let observed = world.observe().await?;
+    // Those that apply to the environments shown; a file that cannot be read is said, not fatal.
+    let suspended = reconcile::suspensions(&world).await.map(|list| {
+        list.into_iter()
+            .filter(|s| filter.env.is_none() || s.env.is_none() || s.env == filter.env)
+            .collect::<Vec<_>>()
+    });
     let report = crate::status::report(
         &world.desired,
         &observed,
@@ -292,12 +338,31 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
     );
     match args.output {
         Output::Json => {
-            let json = serde_json::json!({ "commit": world.revision, "environments": report });
+            let mut json = serde_json::json!({ "commit": world.revision, "environments": report });
+            match &suspended {
+                Ok(list) => json["suspended"] = serde_json::json!(list),
+                Err(e) => json["suspended_error"] = crate::error::chain(e).into(),
+            }
             serde_json::to_writer_pretty(&mut *out, &json).map_err(std::io::Error::from)?;
             writeln!(out)?;
         }
         Output::Text => {
             writeln!(out, "desired state at commit {}", world.revision)?;
+            match &suspended {
+                Ok(list) => {
+                    for s in list {
+                        writeln!(
+                            out,
+                            "suspended: {} until {} by {} ({})",
+                            s.what(),
+                            utc(s.until),
+                            s.by,
+                            s.reason
+                        )?;
+                    }
+                }
+                Err(e) => writeln!(out, "suspended: unknown: {}", crate::error::chain(e))?,
+            }
             for app in &report {
                 writeln!(
                     out,
@@ -410,6 +475,51 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
                 }
             }
         }
+    }
+    Ok(Exit::Ok)
+}
+
+/// `kube-free suspend`: the environment (or every one) is observe-only until it ends or is resumed.
+pub async fn suspend(args: &SuspendArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    let scope = Scope {
+        env: args.env.clone(),
+        ..Scope::default()
+    };
+    let world = connect(&args.source, &scope).await?;
+    let s = reconcile::suspend(&world, args.env.as_deref(), args.for_, &args.reason).await?;
+    writeln!(
+        out,
+        "suspended {} until {} ({}): {}",
+        s.what(),
+        utc(s.until),
+        crate::desired::duration::format(args.for_),
+        s.reason
+    )?;
+    Ok(Exit::Ok)
+}
+
+/// `kube-free resume`: ends the suspension of the environment (or every suspension).
+pub async fn resume(args: &ResumeArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    let scope = Scope {
+        env: args.env.clone(),
+        ..Scope::default()
+    };
+    let world = connect(&args.source, &scope).await?;
+    let resumed = reconcile::resume(&world, args.env.as_deref()).await?;
+    for s in &resumed.removed {
+        writeln!(out, "resumed {} (was suspended: {s})", s.what())?;
+    }
+    if resumed.removed.is_empty() {
+        match &args.env {
+            Some(env) => writeln!(out, "{env} was not suspended")?,
+            None => writeln!(out, "nothing was suspended")?,
+        }
+    }
+    if let (Some(env), Some(s)) = (&args.env, &resumed.still) {
+        writeln!(
+            out,
+            "{env} is still suspended: {s}; `kube-free resume` without --env ends that"
+        )?;
     }
     Ok(Exit::Ok)
 }

@@ -41,6 +41,8 @@ fn main() -> ExitCode {
         Command::Promote(args) => block_on(commands::gate(Gate::Promote, args, &mut out)),
         Command::Abort(args) => block_on(commands::gate(Gate::Abort, args, &mut out)),
         Command::Retry(args) => block_on(commands::gate(Gate::Retry, args, &mut out)),
+        Command::Suspend(args) => block_on(commands::suspend(args, &mut out)),
+        Command::Resume(args) => block_on(commands::resume(args, &mut out)),
     };
     let _ = out.flush();
     let code = match result {

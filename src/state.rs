@@ -53,6 +53,11 @@ pub fn rollout_file(state_dir: &str, env: &str, app: &str) -> String {
     )
 }
 
+/// `<balancer host's state_dir>/suspensions.json`: what `kube-free suspend` wrote.
+pub fn suspensions_file(state_dir: &str) -> String {
+    format!("{}/suspensions.json", state_dir.trim_end_matches('/'))
+}
+
 /// Where a rollout stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

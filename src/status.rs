@@ -21,6 +21,7 @@ pub fn report(
         let only = Scope {
             env: Some(env.name.clone()),
             app: Some(app.to_owned()),
+            except: Vec::new(),
         };
         let plan = plan::build(desired, observed, stale, &only);
         let in_sync = plan.is_empty() && plan.stuck.is_empty();

@@ -482,9 +482,11 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
             ],
         ),
     ];
-    wait_for("the SSH watcher's first cycle", Duration::from_secs(60), || {
-        watchers[1].status()["cycle"]["reached_git"] == true
-    });
+    wait_for(
+        "the SSH watcher's first cycle",
+        Duration::from_secs(60),
+        || watchers[1].status()["cycle"]["reached_git"] == true,
+    );
     let load = Load::start(&format!("http://{}/", setup.frontend()), 150, "GET");
     std::thread::sleep(Duration::from_secs(2));
     setup.bake = "4s".into();
@@ -504,7 +506,10 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     };
     let read = watchers[1].wait_log(mark, &format!("commit={commit}"), Duration::from_secs(10));
     eprintln!("D: the SSH watcher read 4.0.0 {read:?} after the push (interval 2s)");
-    assert!(read < Duration::from_millis(3200), "not within one interval: {read:?}");
+    assert!(
+        read < Duration::from_millis(3200),
+        "not within one interval: {read:?}"
+    );
     wait_for("4.0.0 started", Duration::from_secs(30), || {
         serves(&setup, "4.0.0")
     });
@@ -692,16 +697,20 @@ impl Receiver {
     fn wait_for(&self, event: &str, commit: &str) -> (f64, String) {
         let needle = format!(r#""event":"{event}""#);
         let mut found = None;
-        wait_for(&format!("a {event} notification"), Duration::from_secs(60), || {
-            found = self
-                .got
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(_, b)| b.contains(&needle) && b.contains(commit))
-                .cloned();
-            found.is_some()
-        });
+        wait_for(
+            &format!("a {event} notification"),
+            Duration::from_secs(60),
+            || {
+                found = self
+                    .got
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(_, b)| b.contains(&needle) && b.contains(commit))
+                    .cloned();
+                found.is_some()
+            },
+        );
         found.unwrap()
     }
 
@@ -712,7 +721,9 @@ impl Receiver {
 
 /// Reads one HTTP request; its body.
 fn read_request(mut stream: &std::net::TcpStream) -> Option<String> {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     let mut data = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

@@ -1,5 +1,5 @@
 //! The [`Ledger`] trait: what runs share on a balancer host — the rollout records
-//! (`rollouts/<env>/<app>.json`) and the lease (`lock`) — and [`HostLedger`], which keeps them as
+//! (`rollouts/<env>/<app>.json`), the lease (`lock`) and the suspensions (`suspensions.json`) — and [`HostLedger`], which keeps them as
 //! files under that host's `state_dir` through its transport. Records are bytes here: what they say
 //! is the reconciler's to judge (a torn record is not trusted).
 
@@ -35,7 +35,7 @@ pub enum LeaseOp {
 
 /// Where runs keep what they share, on one balancer host.
 ///
-/// Promises: a record is written whole or not at all (a reader never sees half of one); lease
+/// Promises: a record (and the suspensions file) is written whole or not at all (a reader never sees half of one); lease
 /// operations are atomic with respect to each other across every machine that runs kube-free,
 /// and every time in them is the balancer host's clock.
 #[async_trait::async_trait]
@@ -54,6 +54,15 @@ pub trait Ledger: Send + Sync {
 
     /// Runs a lease operation and returns what the lease says now.
     async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError>;
+
+    /// Where the suspensions are kept, for messages.
+    fn suspensions_file(&self) -> String;
+
+    /// The suspensions file's bytes (`kube-free suspend`); `None` when there is none.
+    async fn read_suspensions(&self) -> Result<Option<Vec<u8>>, LedgerError>;
+
+    /// Replaces the suspensions file.
+    async fn write_suspensions(&self, bytes: &[u8]) -> Result<(), LedgerError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +113,27 @@ impl Ledger for HostLedger {
 
     async fn write_rollout(&self, env: &str, app: &str, bytes: &[u8]) -> Result<(), LedgerError> {
         let path = self.rollout_file(env, app);
+        run_ok(
+            self.transport.as_ref(),
+            &write_file_cmd(&path, bytes),
+            TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn suspensions_file(&self) -> String {
+        crate::state::suspensions_file(&self.state_dir)
+    }
+
+    async fn read_suspensions(&self) -> Result<Option<Vec<u8>>, LedgerError> {
+        let path = self.suspensions_file();
+        let out = run_ok(self.transport.as_ref(), &read_file_cmd(&path), TIMEOUT).await?;
+        Ok((!out.stdout.is_empty()).then_some(out.stdout))
+    }
+
+    async fn write_suspensions(&self, bytes: &[u8]) -> Result<(), LedgerError> {
+        let path = self.suspensions_file();
         run_ok(
             self.transport.as_ref(),
             &write_file_cmd(&path, bytes),

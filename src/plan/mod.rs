@@ -415,16 +415,20 @@ impl Plan {
 }
 
 /// What the planner is asked to do.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scope {
     /// Only this environment / app (all when `None`).
     pub env: Option<String>,
     pub app: Option<String>,
+    /// Never these environments (suspended ones: `reconcile::suspend::decide`).
+    pub except: Vec<String>,
 }
 
 impl Scope {
     pub fn includes(&self, env: &str, app: &str) -> bool {
-        self.env.as_deref().is_none_or(|e| e == env) && self.app.as_deref().is_none_or(|a| a == app)
+        self.env.as_deref().is_none_or(|e| e == env)
+            && self.app.as_deref().is_none_or(|a| a == app)
+            && !self.except.iter().any(|e| e == env)
     }
 }
 

@@ -309,9 +309,16 @@ fn scope_limits_the_plan() {
     let world = World::new();
     let scope = Scope {
         env: Some("staging".into()),
-        app: None,
+        ..Scope::default()
     };
     assert!(build(&desired(), &world.0, &BTreeSet::new(), &scope).is_empty());
+    // An environment left out (suspended) gets no step either.
+    let except = Scope {
+        except: vec!["prod".into()],
+        ..Scope::default()
+    };
+    assert!(build(&desired(), &world.0, &BTreeSet::new(), &except).is_empty());
+    assert!(!build(&desired(), &world.0, &BTreeSet::new(), &Scope::default()).is_empty());
 }
 
 fn rolling_desired(batch: &str) -> DesiredState {

@@ -5,6 +5,7 @@
 //! - `records`: rollout records (read, fresh, written);
 //! - `pass`: [`once`] — observe, plan, execute, and after a failed step clean up and quarantine;
 //! - `gates`: `promote`, `abort`, `retry`;
+//! - `suspend`: `kube-free suspend`/`resume`, and what a pass may do while something is suspended;
 //! - `effects`: what each step does to hosts and balancers (instances, traffic, canary);
 //! - `rules`: the pure decisions — weight and drain safety, the canary's analysis verdict.
 //!
@@ -17,6 +18,7 @@ mod observe;
 mod pass;
 mod records;
 pub mod rules;
+pub mod suspend;
 mod world;
 
 #[cfg(test)]
@@ -25,6 +27,9 @@ mod tests;
 pub use gates::{abort, promote, retry, GateError};
 pub use lease::{leased, LeaseLoss};
 pub use pass::{once, preview, rollout_of, Outcome};
+pub use suspend::{
+    applies, resume, suspend, suspensions, Decision, Resumed, SuspendError, Suspension,
+};
 pub use world::{Drivers, World};
 
 use crate::drivers::lease::Holder;
@@ -77,6 +82,8 @@ pub enum ReconcileError {
     LeaseLost { host: String, loss: LeaseLoss },
     #[error(transparent)]
     Gate(#[from] GateError),
+    #[error(transparent)]
+    Suspend(#[from] SuspendError),
     /// A rollout record could not be written (the cause names the balancer host).
     #[error("rollout record {path}")]
     Record {

@@ -78,6 +78,7 @@ struct View {
     commit: Option<String>,
     info: CommitInfo,
     environments: Vec<serde_json::Value>,
+    suspended: Vec<reconcile::Suspension>,
 }
 
 /// What the loop and the HTTP endpoints share.
@@ -112,6 +113,7 @@ impl Shared {
             "author": v.info.author,
             "committed_at": v.info.time,
             "environments": v.environments,
+            "suspended": v.suspended,
             "cycle": v.cycle,
         })
     }
@@ -131,6 +133,19 @@ impl Shared {
         } else {
             None
         }
+    }
+
+    fn set_suspensions(&self, list: &[reconcile::Suspension]) {
+        self.metrics.suspended.clear();
+        for s in list {
+            self.metrics
+                .suspended
+                .get_or_create(&metrics::EnvLabel {
+                    env: s.env.clone().unwrap_or_else(|| "*".into()),
+                })
+                .set(1);
+        }
+        self.view().suspended = list.to_vec();
     }
 
     fn count_webhook(&self, result: &str) {
@@ -402,11 +417,58 @@ async fn cycle(
     };
     world.set_notifier(notifier);
     *current.lock().expect("not poisoned") = Some(world.clone());
-    let (outcome, error, stop, reached_hosts) = if resumed_at_sync && !config.self_heal {
-        report_drift(config, shared, &world).await
-    } else {
-        act(config, shared, state, &world, resumed_at_sync).await
+    // Suspended environments are only observed: their drift is reported, nothing is changed.
+    let suspensions = match reconcile::suspensions(&world).await {
+        Ok(list) => list,
+        Err(e) => {
+            let message = crate::error::chain(&e);
+            tracing::error!("suspensions not read: {message}");
+            backoff(config, state);
+            finish(
+                shared,
+                state,
+                started,
+                Some(commit),
+                "failed",
+                Some(message),
+                true,
+                false,
+            );
+            *current.lock().expect("not poisoned") = None;
+            return false;
+        }
     };
+    shared.set_suspensions(&suspensions);
+    let (outcome, error, stop, reached_hosts) =
+        match reconcile::suspend::decide(&world.desired, &config.scope, &suspensions) {
+            reconcile::Decision::Suspended(by) => {
+                for s in &by {
+                    tracing::info!(
+                        "{} is suspended until {} ({}): observe only",
+                        s.what(),
+                        reconcile::suspend::utc(s.until),
+                        s.reason
+                    );
+                }
+                let (_, error, stop, reached) = report_drift(&config.scope, shared, &world).await;
+                ("suspended".into(), error, stop, reached)
+            }
+            reconcile::Decision::Run { scope, skipped } => {
+                for s in &skipped {
+                    tracing::info!(
+                        "{} is suspended until {} ({}): left out",
+                        s.what(),
+                        reconcile::suspend::utc(s.until),
+                        s.reason
+                    );
+                }
+                if resumed_at_sync && !config.self_heal {
+                    report_drift(&scope, shared, &world).await
+                } else {
+                    act(config, &scope, shared, state, &world, resumed_at_sync).await
+                }
+            }
+        };
     match (&outcome[..], &error) {
         ("in sync" | "converged" | "drift" | "waiting" | "locked", _) => state.sync_recovered(),
         (_, Some(error)) => state.sync_failing(Some(&commit), error),
@@ -440,6 +502,7 @@ type PassEnd = (String, Option<String>, bool, bool);
 /// Runs the pass under the lease.
 async fn act(
     config: &Config,
+    scope: &Scope,
     shared: &Shared,
     state: &mut Loop,
     world: &Arc<World>,
@@ -451,7 +514,7 @@ async fn act(
     };
     // Nothing to do needs no lease: a resync that finds the hosts in sync leaves the lease to
     // whoever acts (another watcher, a CI run, `promote`).
-    match reconcile::preview(world, &config.scope).await {
+    match reconcile::preview(world, scope).await {
         Ok(plan) if plan.is_empty() && plan.notes.is_empty() => {
             shared.view().cycle.acting = false;
             return ("in sync".into(), None, false, true);
@@ -465,7 +528,7 @@ async fn act(
     let pass = async {
         shared.metrics.lease_held.set(1);
         shared.view().cycle.acting = true;
-        let result = reconcile::once(world.clone(), &config.scope, options).await;
+        let result = reconcile::once(world.clone(), scope, options).await;
         shared.metrics.lease_held.set(0);
         result
     };
@@ -537,15 +600,15 @@ async fn act(
 }
 
 /// Without self-heal: the pass's plan is reported as drift, nothing is changed.
-async fn report_drift(config: &Config, shared: &Shared, world: &Arc<World>) -> PassEnd {
+async fn report_drift(scope: &Scope, shared: &Shared, world: &Arc<World>) -> PassEnd {
     shared.metrics.drift_found.clear();
-    match reconcile::preview(world, &config.scope).await {
+    match reconcile::preview(world, scope).await {
         Ok(plan) if plan.is_empty() => ("in sync".into(), None, false, true),
         Ok(plan) => {
             let actions: Vec<Action> = plan.graph.node_weights().cloned().collect();
             let drift = describe_drift(&actions);
             for (kind, text, ..) in &drift {
-                tracing::warn!("drift found, not corrected (self-heal is off): {text}");
+                tracing::warn!("drift found, not corrected (self-heal off or suspended): {text}");
                 shared
                     .metrics
                     .drift_found

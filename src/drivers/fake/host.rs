@@ -211,6 +211,22 @@ impl Ledger for FakeHost {
         Ok(())
     }
 
+    fn suspensions_file(&self) -> String {
+        "suspensions.json".into()
+    }
+
+    async fn read_suspensions(&self) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        Ok(self.fleet.lock().suspensions.get(&self.host).cloned())
+    }
+
+    async fn write_suspensions(&self, bytes: &[u8]) -> Result<(), LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        let mut s = self.fleet.lock();
+        s.suspensions.insert(self.host.clone(), bytes.to_vec());
+        Ok(())
+    }
+
     async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError> {
         self.fleet.unreachable(&self.host)?;
         let now = self.fleet.now();

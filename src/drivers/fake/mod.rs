@@ -117,6 +117,8 @@ struct State {
     servers: BTreeMap<String, Servers>,
     configs: BTreeMap<String, Option<String>>,
     records: BTreeMap<(String, String), Vec<u8>>,
+    /// The suspensions file per balancer host.
+    suspensions: BTreeMap<String, Vec<u8>>,
     /// Lease per balancer host: (epoch, expires, run id).
     leases: BTreeMap<String, (u64, u64, String)>,
     behaviours: BTreeMap<String, Behaviour>,
@@ -200,6 +202,21 @@ impl Fleet {
             epoch: 1_700_000_000,
             started: tokio::time::Instant::now(),
         })
+    }
+
+    /// The suspensions file of balancer host `host`, as text.
+    pub fn suspensions(&self, host: &str) -> Option<String> {
+        let s = self.lock();
+        s.suspensions
+            .get(host)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
+    /// Replaces the suspensions file of balancer host `host` (a torn one, in tests).
+    pub fn set_suspensions(&self, host: &str, bytes: &[u8]) {
+        self.lock()
+            .suspensions
+            .insert(host.to_owned(), bytes.to_vec());
     }
 
     /// The drivers of a world on this fleet.

@@ -9,6 +9,7 @@ mod canary;
 mod passes;
 mod rollback;
 mod steps;
+mod suspend;
 
 use super::effects::Live;
 use super::*;
