@@ -417,8 +417,9 @@ impl Watcher {
         http_get(self.port, "/metrics").map(|t| Metrics::parse(&t))
     }
 
-    /// (RSS in KiB, threads, utime+stime in seconds) from /proc.
-    fn proc_sample(&self) -> (u64, u64, f64) {
+    /// (RSS in KiB, threads, utime+stime, cutime+cstime in seconds) from /proc: the last is the
+    /// CPU of its children that it waited for (the commands the local transport runs).
+    fn proc_sample(&self) -> (u64, u64, f64, f64) {
         let pid = self.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let field = |name: &str| {
@@ -435,10 +436,17 @@ impl Watcher {
             .1
             .split_whitespace()
             .collect();
-        // After the command: state is field 3, utime 14 and stime 15 (1-based).
-        let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+        // After the command: state is field 3, utime 14, stime 15, cutime 16, cstime 17 (1-based).
+        let ticks = |i: usize, j: usize| {
+            (rest[i].parse::<u64>().unwrap() + rest[j].parse::<u64>().unwrap()) as f64
+        };
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (field("VmRSS:"), field("Threads:"), ticks as f64 / hz)
+        (
+            field("VmRSS:"),
+            field("Threads:"),
+            ticks(11, 12) / hz,
+            ticks(13, 14) / hz,
+        )
     }
 }
 
@@ -519,6 +527,8 @@ struct Run {
     rss_kib: Vec<u64>,
     threads: Vec<u64>,
     cpu_secs: f64,
+    /// CPU of the children it reaped (`sh`, `cat` … run by the local transport).
+    child_cpu_secs: f64,
     wall_secs: f64,
     m0: Metrics,
     m1: Metrics,
@@ -535,11 +545,12 @@ struct Run {
 /// Samples /proc every second and the status every `status_every` for `secs` seconds.
 fn sample(w: &Watcher, secs: u64, status_every: Duration) -> Run {
     let m0 = w.metrics().expect("metrics");
-    let (rss, thr, cpu0) = w.proc_sample();
+    let (rss, thr, cpu0, ccpu0) = w.proc_sample();
     let mut run = Run {
         rss_kib: vec![rss],
         threads: vec![thr],
         cpu_secs: 0.0,
+        child_cpu_secs: 0.0,
         wall_secs: 0.0,
         m0: m0.clone(),
         m1: m0,
@@ -556,6 +567,7 @@ fn sample(w: &Watcher, secs: u64, status_every: Duration) -> Run {
     let mut next_status = start;
     let mut first_cycle = None;
     let mut cpu1 = cpu0;
+    let mut ccpu1 = ccpu0;
     while Instant::now() < end {
         let now = Instant::now();
         if now >= next_status {
@@ -583,16 +595,18 @@ fn sample(w: &Watcher, secs: u64, status_every: Duration) -> Run {
         }
         if now >= next_proc {
             next_proc += Duration::from_secs(1);
-            let (rss, thr, cpu) = w.proc_sample();
+            let (rss, thr, cpu, ccpu) = w.proc_sample();
             run.rss_kib.push(rss);
             run.threads.push(thr);
             cpu1 = cpu;
+            ccpu1 = ccpu;
         }
         let wake = next_proc.min(next_status).min(end);
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
     }
     run.wall_secs = start.elapsed().as_secs_f64();
     run.cpu_secs = cpu1 - cpu0;
+    run.child_cpu_secs = ccpu1 - ccpu0;
     run.m1 = w.metrics().expect("metrics");
     run.polls_seen = polls.len();
     run.first_poll = polls.first().copied().unwrap_or(0);
@@ -702,6 +716,12 @@ fn report(idle: &Run, pass: &Run, idle_secs: u64, pass_secs: u64) {
     );
     println!(
         "{:<40} {:>17} {:>17}",
+        "children's CPU seconds (cutime+cstime)",
+        format!("{:.2}", idle.child_cpu_secs),
+        format!("{:.2}", pass.child_cpu_secs)
+    );
+    println!(
+        "{:<40} {:>17} {:>17}",
         "polls (distinct last_poll_at seconds)",
         format!("{} ", idle.polls_seen),
         format!("{} ", pass.polls_seen)
@@ -732,7 +752,19 @@ fn report(idle: &Run, pass: &Run, idle_secs: u64, pass_secs: u64) {
     );
     println!(
         "{:<40} {:>17} {:>17}",
-        "CPU ms a pass adds over a poll",
+        "CPU ms per poll / per pass, with children",
+        format!(
+            "{:.2}",
+            1000.0 * (idle.cpu_secs + idle.child_cpu_secs) / idle_polls.max(1.0)
+        ),
+        format!(
+            "{:.2}",
+            1000.0 * (pass.cpu_secs + pass.child_cpu_secs) / passes.max(1.0)
+        )
+    );
+    println!(
+        "{:<40} {:>17} {:>17}",
+        "CPU ms a pass adds over a poll (approx.)",
         "-",
         format!("{:.2}", 1000.0 * cpu_pass_extra)
     );
