@@ -215,11 +215,13 @@ pub struct WatchArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub scope: ScopeArgs,
-    /// How often the branch is fetched (each wait is ±10% of it).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "60s")]
+    /// How often the branch is fetched (each wait is ±10% of it); at least 1s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_period, default_value = "60s")]
     pub interval: std::time::Duration,
-    /// How often the pass runs without a new commit, to find and put back drift.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    /// How often the pass runs without a new commit, to find and put back drift; at least 1s. The
+    /// first pass after a start deploys the head commit (and so puts back drift even with
+    /// --no-self-heal).
+    #[arg(long, value_name = "DURATION", value_parser = parse_period, default_value = "5m")]
     pub resync: std::time::Duration,
     /// Only report drift (`drift found, not corrected`); new commits are still deployed.
     #[arg(long)]
@@ -247,6 +249,15 @@ pub struct WatchArgs {
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     crate::desired::duration::parse(text)
+}
+
+/// A period of the watch loop: 1 s at least, so that it cannot spin.
+fn parse_period(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(text)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("{text:?} is shorter than 1s"));
+    }
+    Ok(d)
 }
 
 /// Which rollout a manual gate acts on.

@@ -182,7 +182,7 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
             scope
         }
     };
-    let notifier = notifier(&world)?;
+    let notifier = notifier(&world);
     let options = reconcile::Options {
         parallel: args.parallel as usize,
         max_wait: args.max_wait,
@@ -214,7 +214,7 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
 
 pub async fn watch(args: &WatchArgs) -> Result<Exit, Error> {
     let webhook_secret = match &args.webhook_secret_file {
-        Some(path) => Some(read_secret(path)?),
+        Some(path) => Some(crate::secret::read(path, "webhook secret file")?),
         None => None,
     };
     let config = crate::watch::Config {
@@ -231,30 +231,6 @@ pub async fn watch(args: &WatchArgs) -> Result<Exit, Error> {
     };
     crate::watch::run(config, signalled()).await?;
     Ok(Exit::Ok)
-}
-
-/// A secret's bytes (trailing newline removed), from a file only its owner can read.
-pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, Error> {
-    use std::os::unix::fs::MetadataExt;
-    let bad = |why: String| Error::Secret {
-        path: path.display().to_string(),
-        why,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(bad(format!(
-            "readable by group or others (mode {:o}); `chmod 600` it",
-            meta.mode() & 0o777
-        )));
-    }
-    let mut bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
-        bytes.pop();
-    }
-    if bytes.is_empty() {
-        return Err(bad("empty".into()));
-    }
-    Ok(bytes)
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -300,7 +276,7 @@ pub async fn gate(gate: Gate, args: &GateArgs, out: &mut dyn Write) -> Result<Ex
             name: args.app.clone(),
         });
     }
-    let notifier = notifier(&world)?;
+    let notifier = notifier(&world);
     let message = match gate {
         Gate::Promote => reconcile::promote(&world, &args.env, &args.app, args.all).await?,
         Gate::Abort => {
@@ -313,11 +289,19 @@ pub async fn gate(gate: Gate, args: &GateArgs, out: &mut dyn Write) -> Result<Ex
     Ok(Exit::Ok)
 }
 
-/// The sender of the desired state's notifications, set on `world`.
-fn notifier(world: &World) -> Result<crate::notify::Notifier, Error> {
-    let notifier = crate::notify::Notifier::new(&world.desired.notifications)?;
+/// The sender of the desired state's notifications, set on `world`. One that cannot be set up
+/// (a header file others can read, say) is said and left out: notifications never stop a rollout
+/// or an abort.
+fn notifier(world: &World) -> crate::notify::Notifier {
+    let notifier = crate::notify::Notifier::new(&world.desired.notifications).unwrap_or_else(|e| {
+        tracing::error!(
+            "notifications are off for this run: {}",
+            crate::error::chain(&e)
+        );
+        crate::notify::Notifier::disabled()
+    });
     world.set_notifier(notifier.clone());
-    Ok(notifier)
+    notifier
 }
 
 pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Error> {

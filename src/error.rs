@@ -41,12 +41,10 @@ pub enum Error {
     Reconcile(Box<crate::reconcile::ReconcileError>),
     #[error("unknown {what} {name:?} (not in the desired state)")]
     UnknownName { what: &'static str, name: String },
-    #[error("secret file {path}: {why}")]
-    Secret { path: String, why: String },
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
-    #[error("notifications")]
-    Notify(#[from] crate::notify::NotifyError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 }
@@ -55,17 +53,17 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Source(e) if e.is_bad_input() => Exit::BadInput,
-            Error::Invalid { .. }
-            | Error::NoRootFile { .. }
-            | Error::UnknownName { .. }
-            | Error::Secret { .. }
-            | Error::Notify(_) => Exit::BadInput,
+            Error::Invalid { .. } | Error::NoRootFile { .. } | Error::UnknownName { .. } => {
+                Exit::BadInput
+            }
+            Error::Secret(e) if e.is_bad_input() => Exit::BadInput,
             Error::Reconcile(e) if e.waits() => Exit::Waiting,
             Error::Reconcile(e) if e.locked() => Exit::Locked,
             Error::Source(_)
             | Error::Read { .. }
             | Error::Output(_)
             | Error::Reconcile(_)
+            | Error::Secret(_)
             | Error::Watch(_)
             | Error::Runtime(_) => Exit::Failed,
         }

@@ -15,6 +15,7 @@ pub mod notify;
 pub mod observed;
 pub mod plan;
 pub mod reconcile;
+pub mod secret;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    kube_free::source::set_network_timeouts();
     // A service logs what it does; a one-shot command only what goes wrong.
     let default = if matches!(cli.command, Command::Watch(_)) {
         "info"

@@ -442,6 +442,10 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
         setup.weights_of("3.0.0") == [100, 100]
     });
     eprintln!("C: weight set back after {healed:?}");
+    // Traffic moved back onto the server, so it bakes; then the rollout record is done again.
+    wait_for("in sync after the bake", Duration::from_secs(30), || {
+        setup.status_json()["in_sync"] == true
+    });
     let log = c.log();
     assert!(log.contains("drift corrected: start"), "{log}");
     assert!(log.contains("drift corrected"), "{log}");

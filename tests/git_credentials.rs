@@ -12,6 +12,7 @@ mod fleet;
 use common::{run_git, Repo};
 use fleet::{Fleet, FleetSpec};
 use kube_free::desired::Files;
+use kube_free::secret::SecretError;
 use kube_free::source::{self, CredentialError, GitCredentials, SourceError, SourceSpec};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -165,7 +166,7 @@ fn ssh_with_a_deploy_key_and_a_known_hosts_file() {
     let err = source::open(&spec(&url, &cache, open_creds.clone())).unwrap_err();
     assert!(err.is_bad_input(), "{err:?}");
     match credentials_error(Err(err)) {
-        CredentialError::TooOpen { path, mode, .. } => {
+        CredentialError::Secret(SecretError::TooOpen { path, mode, .. }) => {
             assert_eq!(path, open_key.display().to_string());
             assert_eq!(mode, 0o644);
         }
@@ -362,7 +363,7 @@ fn a_token_file_as_the_basic_auth_password_over_http() {
     // A token file others can read is refused.
     chmod(&token_file, 0o644);
     match credentials_error(source::open(&spec(&url, &cache, creds))) {
-        CredentialError::TooOpen { path, .. } => {
+        CredentialError::Secret(SecretError::TooOpen { path, .. }) => {
             assert_eq!(path, token_file.display().to_string())
         }
         other => panic!("expected TooOpen, got {other:?}"),

@@ -13,7 +13,6 @@ pub use crate::desired::EventKind;
 use crate::desired::{Notification, NotifyFormat};
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use std::fmt;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -50,18 +49,11 @@ pub enum NotifyError {
         #[source]
         source: std::io::Error,
     },
-    #[error("notification {target:?}: {what} {path} is open to group or others (mode {mode:04o}); make it readable by its owner only (chmod 600)")]
-    Exposed {
+    #[error("notification {target:?}")]
+    Secret {
         target: String,
-        what: &'static str,
-        path: String,
-        mode: u32,
-    },
-    #[error("notification {target:?}: {what} {path} is empty")]
-    Empty {
-        target: String,
-        what: &'static str,
-        path: String,
+        #[source]
+        source: crate::secret::SecretError,
     },
     #[error("notification {target:?}: header {name:?}: the value in {path} is not a valid HTTP header value (one line of visible characters)")]
     HeaderValue {
@@ -427,38 +419,16 @@ impl Sender {
 /// Reads a secret file that only its owner may read; trailing whitespace (the final newline) is
 /// not part of the secret.
 fn read_secret(target: &str, what: &'static str, path: &str) -> Result<Vec<u8>, NotifyError> {
-    let read = |source| NotifyError::Read {
+    crate::secret::read(std::path::Path::new(path), what).map_err(|source| NotifyError::Secret {
         target: target.to_owned(),
-        what,
-        path: path.to_owned(),
         source,
-    };
-    let meta = std::fs::metadata(path).map_err(read)?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(NotifyError::Exposed {
-            target: target.to_owned(),
-            what,
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let mut content = std::fs::read(path).map_err(read)?;
-    let len = content.trim_ascii_end().len();
-    content.truncate(len);
-    if content.is_empty() {
-        return Err(NotifyError::Empty {
-            target: target.to_owned(),
-            what,
-            path: path.to_owned(),
-        });
-    }
-    Ok(content)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn target(dir: &std::path::Path) -> Notification {
         Notification {
@@ -483,23 +453,32 @@ mod tests {
         let t = target(dir.path());
         let secret = dir.path().join("secret");
         let err = Notifier::new(std::slice::from_ref(&t)).unwrap_err();
-        assert!(matches!(err, NotifyError::Read { .. }), "{err:?}");
-        assert!(
-            err.to_string().starts_with(&format!(
-                "notification \"ops\": cannot read secret_file {}",
+        assert!(matches!(err, NotifyError::Secret { .. }), "{err:?}");
+        assert_eq!(
+            crate::error::chain(&err),
+            format!(
+                "notification \"ops\": cannot read secret_file {}: No such file or directory (os error 2)",
                 secret.display()
-            )),
-            "{err}"
+            )
         );
         write(&secret, "s3cret\n", 0o640);
         let err = Notifier::new(std::slice::from_ref(&t)).unwrap_err();
         assert_eq!(
-            err.to_string(),
-            format!("notification \"ops\": secret_file {} is open to group or others (mode 0640); make it readable by its owner only (chmod 600)", secret.display())
+            crate::error::chain(&err),
+            format!("notification \"ops\": permissions 0640 for secret_file {} are too open: it must be accessible only by its owner (chmod 600)", secret.display())
         );
         write(&secret, "\n", 0o600);
         let err = Notifier::new(std::slice::from_ref(&t)).unwrap_err();
-        assert!(matches!(err, NotifyError::Empty { .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                NotifyError::Secret {
+                    source: crate::secret::SecretError::Empty { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         write(&secret, "s3cret\n", 0o600);
         assert_eq!(
             read_secret("ops", "secret_file", secret.to_str().unwrap()).unwrap(),

@@ -159,8 +159,19 @@ pub async fn once(
         .filter(|(e, a, _)| plan::quarantine(&world.desired, &observed, &e.name, a).is_some())
         .map(|(e, a, _)| (e.name.clone(), a.to_owned()))
         .collect();
-    let rollouts: BTreeSet<(String, String)> =
-        plan.graph.node_weights().filter_map(rollout_of).collect();
+    // A rollout is what moves an app to a version it has not finished rolling out; steps for an
+    // app whose record says its version succeeded are a repair (self-heal), not a rollout.
+    let rollouts: BTreeSet<(String, String)> = plan
+        .graph
+        .node_weights()
+        .filter_map(rollout_of)
+        .filter(|(env, app)| {
+            let version = &world.desired.deployed(env, app).version;
+            !observed
+                .rollout(env, app)
+                .is_some_and(|r| r.version == *version && r.phase == Phase::Succeeded)
+        })
+        .collect();
     for (env, app) in &rollouts {
         let d = world.desired.deployed(env, app);
         world.notify(

@@ -6,8 +6,6 @@
 use super::known_hosts::{lookup_name, KnownHosts, Verdict};
 use git2::{CertificateCheckStatus, Cred, CredentialType, RemoteCallbacks};
 use std::cell::RefCell;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Explicit credentials for Git URLs. The default (all `None`) is the SSH agent, then
@@ -26,14 +24,8 @@ pub struct GitCredentials {
 /// Why explicit credentials could not be used, or what they refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    #[error(
-        "permissions {mode:04o} for {what} {path} are too open: it must be accessible only by its owner (chmod 600)"
-    )]
-    TooOpen {
-        what: &'static str,
-        path: String,
-        mode: u32,
-    },
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
     #[error("cannot read {what} {path}")]
     Read {
         what: &'static str,
@@ -41,8 +33,6 @@ pub enum CredentialError {
         #[source]
         source: std::io::Error,
     },
-    #[error("token file {path} is empty")]
-    EmptyToken { path: String },
     #[error("host key of {host} not in {file}")]
     UnknownHostKey { host: String, file: String },
     #[error("host key of {host} is marked @revoked in {file}")]
@@ -59,10 +49,7 @@ impl CredentialError {
     /// Whether the problem is in what the user configured (a file's permissions or contents), as
     /// opposed to the server or the network.
     pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            CredentialError::TooOpen { .. } | CredentialError::EmptyToken { .. }
-        )
+        matches!(self, CredentialError::Secret(e) if e.is_bad_input())
     }
 }
 
@@ -206,50 +193,15 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Refuses a file that its group or others may access, as OpenSSH does for private keys.
-fn check_mode(
-    meta: &std::fs::Metadata,
-    what: &'static str,
-    path: &Path,
-) -> Result<(), CredentialError> {
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(CredentialError::TooOpen {
-            what,
-            path: path.display().to_string(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
 fn check_private(path: &Path, what: &'static str) -> Result<(), CredentialError> {
-    let meta = std::fs::metadata(path).map_err(|source| CredentialError::Read {
-        what,
-        path: path.display().to_string(),
-        source,
-    })?;
-    check_mode(&meta, what, path)
+    Ok(crate::secret::check(path, what)?)
 }
 
-/// The token in `path`, without surrounding whitespace; the mode is checked on the file read.
+/// The token in `path`, without surrounding whitespace; read at each fetch, so that a rotated
+/// token is used from the next one on.
 fn read_token(path: &Path) -> Result<String, CredentialError> {
-    let read = |source| CredentialError::Read {
-        what: TOKEN_FILE,
-        path: path.display().to_string(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(read)?;
-    check_mode(&file.metadata().map_err(read)?, TOKEN_FILE, path)?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(read)?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(CredentialError::EmptyToken {
-            path: path.display().to_string(),
-        });
-    }
-    Ok(token.to_owned())
+    let bytes = crate::secret::read(path, TOKEN_FILE)?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
 }
 
 /// The port of an `ssh://` URL (22 when it names none, and for scp-like `host:path`).
@@ -272,6 +224,7 @@ fn ssh_port(url: &str) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn ports_of_ssh_urls() {
@@ -296,7 +249,10 @@ mod tests {
         std::fs::write(&file, "  s3cret\n").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
         let err = read_token(&file).unwrap_err();
-        assert!(matches!(err, CredentialError::TooOpen { mode: 0o640, .. }));
+        assert!(matches!(
+            err,
+            CredentialError::Secret(crate::secret::SecretError::TooOpen { mode: 0o640, .. })
+        ));
         assert_eq!(
             err.to_string(),
             format!(
@@ -309,11 +265,15 @@ mod tests {
         std::fs::write(&file, "\n").unwrap();
         assert!(matches!(
             read_token(&file),
-            Err(CredentialError::EmptyToken { .. })
+            Err(CredentialError::Secret(
+                crate::secret::SecretError::Empty { .. }
+            ))
         ));
         assert!(matches!(
             read_token(&dir.path().join("missing")),
-            Err(CredentialError::Read { .. })
+            Err(CredentialError::Secret(
+                crate::secret::SecretError::Read { .. }
+            ))
         ));
     }
 }

@@ -138,6 +138,18 @@ pub fn is_url(repo: &str) -> bool {
     }
 }
 
+/// Bounds libgit2's network waits (connecting: 10 s; a server that stops sending: 60 s), so that a
+/// stalled Git server fails a fetch instead of freezing a run or a watcher. Call once, before any
+/// thread is started (libgit2 keeps these in globals).
+pub fn set_network_timeouts() {
+    // SAFETY: called by `main` before the async runtime or any other thread exists, as
+    // `git2::opts` requires for these globals.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(10_000);
+        let _ = git2::opts::set_server_timeout_in_milliseconds(60_000);
+    }
+}
+
 /// Opens the repository, fetching it first when it is a URL, and resolves the commit.
 pub fn open(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
     let (repo, dir, origin) = if is_url(&spec.repo) {

@@ -101,12 +101,12 @@ impl Metrics {
         let r = &mut registry;
         r.register(
             "cycles",
-            "Watch cycles by result (in_sync, converged, waiting, locked, failed, invalid, git_failed, suspended, drift)",
+            "Watch cycles by result (in_sync, converged, waiting, locked, failed, quarantined, invalid, git_failed, drift, suspended, stopped, unchanged)",
             m.cycles.clone(),
         );
         r.register(
             "cycle_duration_seconds",
-            "Duration of watch cycles that ran a pass or a preview",
+            "Duration of watch cycles (every cycle but a poll that found nothing new)",
             m.cycle_duration.clone(),
         );
         r.register(
@@ -141,7 +141,7 @@ impl Metrics {
         );
         r.register(
             "drift_corrections",
-            "Drift put back by self-heal, by kind (instance, traffic, config, other)",
+            "Drift put back by self-heal, by kind (instance, traffic, config)",
             m.drift_corrections.clone(),
         );
         r.register(

@@ -50,7 +50,7 @@ pub struct Cycle {
     /// The commit the cycle read (`None`: Git could not be read).
     pub commit: Option<String>,
     /// `in sync`, `converged`, `waiting`, `locked`, `failed`, `quarantined`, `invalid`,
-    /// `git failed`, `drift` (found, not corrected), `unchanged` (a poll without a pass).
+    /// `git failed`, `drift` (found, not corrected), `suspended`, `stopped`.
     pub outcome: String,
     pub error: Option<String>,
     pub finished_at: u64,
@@ -124,6 +124,11 @@ impl Shared {
         let c = &v.cycle;
         if c.finished_at == 0 {
             Some("no cycle has finished yet".into())
+        } else if c.outcome == "invalid" {
+            Some(format!(
+                "the desired state at the head commit is invalid, no host was contacted: {}",
+                c.error.as_deref().unwrap_or_default()
+            ))
         } else if !c.reached_git || !c.reached_hosts {
             Some(format!(
                 "the last cycle did not reach {}: {}",
@@ -253,10 +258,11 @@ pub async fn run(
         tokio::spawn(async move {
             stop.await;
             tracing::warn!("stopping: finishing the current step, then giving the lease back");
+            // Said first, so that a world connected from now on is interrupted by the cycle.
+            let _ = stopping_tx.send(true);
             if let Some(world) = current.lock().expect("not poisoned").as_ref() {
                 world.interrupt();
             }
-            let _ = stopping_tx.send(true);
         });
     }
     let server = {
@@ -277,7 +283,12 @@ pub async fn run(
     };
     let mut stopped = stopping.clone();
     loop {
-        let resync = state.last_pass.map(|t| t + config.resync);
+        // No resync while the head commit is invalid or cycles fail: the backoff (`due`) or a new
+        // commit decides then, else the loop would spin on a resync that is past.
+        let resync = state
+            .last_pass
+            .filter(|_| state.invalid.is_none() && state.failures == 0)
+            .map(|t| t + config.resync);
         let wake = [state.due, resync]
             .into_iter()
             .flatten()
@@ -290,7 +301,7 @@ pub async fn run(
         if *stopping.borrow() {
             break;
         }
-        let stop = cycle(&config, &shared, &mut state, &current).await;
+        let stop = cycle(&config, &shared, &mut state, &current, &stopping).await;
         if stop || *stopping.borrow() {
             break;
         }
@@ -306,6 +317,7 @@ async fn cycle(
     shared: &Shared,
     state: &mut Loop,
     current: &Mutex<Option<Arc<World>>>,
+    stopping: &tokio::sync::watch::Receiver<bool>,
 ) -> bool {
     let started = Instant::now();
     let now = crate::state::now();
@@ -417,6 +429,9 @@ async fn cycle(
     };
     world.set_notifier(notifier);
     *current.lock().expect("not poisoned") = Some(world.clone());
+    if *stopping.borrow() {
+        world.interrupt();
+    }
     // Suspended environments are only observed: their drift is reported, nothing is changed.
     let suspensions = match reconcile::suspensions(&world).await {
         Ok(list) => list,
@@ -474,9 +489,11 @@ async fn cycle(
         (_, Some(error)) => state.sync_failing(Some(&commit), error),
         _ => {}
     }
-    if outcome == "in sync" || outcome == "converged" {
-        state.synced = Some(commit.clone());
+    if !matches!(&outcome[..], "failed" | "git failed" | "invalid") {
         state.failures = 0;
+    }
+    if matches!(&outcome[..], "in sync" | "converged" | "quarantined") {
+        state.synced = Some(commit.clone());
         shared.metrics.last_success.set(crate::state::now() as f64);
         shared.view().cycle.last_sync_at = Some(crate::state::now());
     }
@@ -512,12 +529,22 @@ async fn act(
         parallel: config.parallel,
         max_wait: Some(config.max_wait),
     };
+    shared.metrics.drift_found.clear();
     // Nothing to do needs no lease: a resync that finds the hosts in sync leaves the lease to
     // whoever acts (another watcher, a CI run, `promote`).
     match reconcile::preview(world, scope).await {
-        Ok(plan) if plan.is_empty() && plan.notes.is_empty() => {
+        Ok(plan) if plan.is_empty() => {
             shared.view().cycle.acting = false;
-            return ("in sync".into(), None, false, true);
+            return if plan.notes.is_empty() {
+                ("in sync".into(), None, false, true)
+            } else {
+                (
+                    "quarantined".into(),
+                    Some(plan.notes.join("; ")),
+                    false,
+                    true,
+                )
+            };
         }
         Ok(_) => {}
         Err(e) => {
