@@ -112,24 +112,9 @@ pub fn unix_secs(time: SystemTime) -> u64 {
 
 /// `2026-11-30T12:45:35Z`.
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = unix_secs(time);
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    crate::state::utc(unix_secs(time))
+        .replacen(' ', "T", 1)
+        .replace(" UTC", "Z")
 }
 
 #[cfg(test)]

@@ -412,18 +412,7 @@ async fn cycle(
         Err(e) => {
             let message = crate::error::chain(&e);
             tracing::error!("hosts not reached: {message}");
-            state.sync_failing(Some(&commit), &message);
-            backoff(config, state);
-            finish(
-                shared,
-                state,
-                started,
-                Some(commit),
-                "failed",
-                Some(message),
-                true,
-                false,
-            );
+            hosts_failed(config, shared, state, started, commit, message);
             return false;
         }
     };
@@ -438,17 +427,7 @@ async fn cycle(
         Err(e) => {
             let message = crate::error::chain(&e);
             tracing::error!("suspensions not read: {message}");
-            backoff(config, state);
-            finish(
-                shared,
-                state,
-                started,
-                Some(commit),
-                "failed",
-                Some(message),
-                true,
-                false,
-            );
+            hosts_failed(config, shared, state, started, commit, message);
             *current.lock().expect("not poisoned") = None;
             return false;
         }
@@ -685,6 +664,29 @@ async fn refresh(shared: &Shared, world: &Arc<World>, scope: &Scope) {
         }
         Err(e) => tracing::warn!(error = %crate::error::chain(&e), "status not read"),
     }
+}
+
+/// Ends a cycle whose hosts could not be reached before its pass: said, backed off.
+fn hosts_failed(
+    config: &Config,
+    shared: &Shared,
+    state: &mut Loop,
+    started: Instant,
+    commit: String,
+    message: String,
+) {
+    state.sync_failing(Some(&commit), &message);
+    backoff(config, state);
+    finish(
+        shared,
+        state,
+        started,
+        Some(commit),
+        "failed",
+        Some(message),
+        true,
+        false,
+    );
 }
 
 /// Waits longer after each failing cycle: 1 s, 2 s, 4 s … up to the interval.

@@ -4,6 +4,7 @@
 //! `now`), no file and no socket, and never panics on missing or odd fields (they show as `-`).
 //! Every string taken from the JSON is HTML-escaped.
 
+use crate::state::utc;
 use serde_json::Value;
 use std::fmt::{self, Write};
 
@@ -426,26 +427,6 @@ fn span(secs: u64) -> String {
 fn utc_title(t: &Value) -> String {
     t.as_u64()
         .map_or_else(String::new, |t| format!(" title=\"{}\"", utc(t)))
-}
-
-/// Seconds since the Unix epoch as `YYYY-MM-DD hh:mm:ss UTC` (proleptic Gregorian calendar).
-fn utc(t: u64) -> String {
-    let (days, secs) = ((t / 86_400) as i64, t % 86_400);
-    // Howard Hinnant's civil_from_days: eras of 400 years starting on 0000-03-01.
-    let z = days + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
 }
 
 #[cfg(test)]
