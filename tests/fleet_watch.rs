@@ -6,8 +6,15 @@
 //!    rollout within 2 s of the POST (the watcher polls only every 10 minutes); 405 and 413;
 //! C. self-heal: an instance killed by hand and a weight set by hand are put back by the next
 //!    resync, logged as `drift corrected`;
-//! D. two watchers: the acting one is killed with SIGKILL mid-rollout, the other finishes the
-//!    rollout, under load with no failed request.
+//! D. two watchers (the second reads the repository over SSH from a fleet host, with a deploy key
+//!    and a known_hosts file): the acting one is killed with SIGKILL mid-rollout, the other
+//!    finishes the rollout, under load with no failed request;
+//! E. a real Prometheus scrapes the watcher, and headless Chromium renders its status page;
+//! F. with --no-self-heal, and while the environment is suspended, a weight set by hand is
+//!    reported and left alone; resumed, the next resync sets it back.
+//!
+//! B also checks notifications: a local receiver gets `started` and `succeeded`, and one that
+//! never answers does not hold the rollout up.
 //!
 //! Figures are printed.
 
@@ -493,6 +500,94 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     // E. What the surviving watcher shows: Prometheus scrapes it, Chromium renders its page.
     prometheus_scrapes_the_serving_version(other, "4.0.0");
     the_page_shows_every_app_in_chromium(other, "4.0.0");
+    drop(watchers);
+
+    // F. Without self-heal, and while suspended, drift is reported and left alone; resumed, the
+    // next resync puts it back.
+    let weight_by_hand = |weight: u64| {
+        let server = setup.status_json()["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["host"] == "web-2" && s["version"] == "4.0.0")
+            .map(|s| format!("web-2_{}", s["slot"].as_str().unwrap()))
+            .unwrap();
+        setup
+            .fleet
+            .haproxy_runtime(&format!("set weight kf_production_demo/{server} {weight}"));
+    };
+    let mut f = Watcher::start(
+        &remote,
+        &["--interval", "10m", "--resync", "2s", "--no-self-heal"],
+    );
+    wait_for("F in sync", Duration::from_secs(60), || {
+        f.in_sync_at("4.0.0")
+    });
+    weight_by_hand(10);
+    let mark = f.log().len();
+    f.wait_log(
+        mark,
+        "drift found, not corrected (self-heal off or suspended): shift production/demo traffic",
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        setup.weights_of("4.0.0").contains(&10),
+        "--no-self-heal put the weight back"
+    );
+    assert_eq!(f.status()["cycle"]["outcome"], "drift");
+    assert!(f
+        .get("/metrics")
+        .1
+        .contains(r#"kube_free_drift{kind="traffic"}"#));
+    assert_eq!(f.terminate(), Some(0));
+    eprintln!("F: --no-self-heal reported the weight set by hand and left it");
+
+    setup
+        .kube_free(&[
+            "suspend",
+            "--env",
+            "production",
+            "--for",
+            "1h",
+            "--reason",
+            "a test",
+        ])
+        .code(0)
+        .stdout_has("suspended production until");
+    let g = Watcher::start(&remote, &["--interval", "10m", "--resync", "2s"]);
+    wait_for("G's first cycle", Duration::from_secs(60), || {
+        g.status()["cycle"]["outcome"] == "suspended"
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        setup.weights_of("4.0.0").contains(&10),
+        "a suspended environment was healed"
+    );
+    let status = g.status();
+    assert_eq!(status["suspended"][0]["env"], "production", "{status}");
+    assert_eq!(status["suspended"][0]["reason"], "a test", "{status}");
+    assert!(g
+        .get("/metrics")
+        .1
+        .contains(r#"kube_free_suspended{env="production"} 1"#));
+    assert!(
+        g.get("/").1.contains("a test"),
+        "the page shows the suspension"
+    );
+    setup
+        .kube_free(&["resume", "--env", "production"])
+        .code(0)
+        .stdout_has("resumed production");
+    let healed = wait_for(
+        "the weight set back after resume",
+        Duration::from_secs(60),
+        || setup.weights_of("4.0.0") == [100, 100],
+    );
+    eprintln!("F: suspended, the drift stayed; resumed, it was put back {healed:?} later");
+    wait_for("in sync after the bake", Duration::from_secs(30), || {
+        setup.status_json()["in_sync"] == true
+    });
 }
 
 /// A real Prometheus scrapes the watcher every second; a PromQL query over its HTTP API returns
