@@ -478,6 +478,7 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
         serves(&setup, "4.0.0")
     });
     std::thread::sleep(Duration::from_millis(500));
+    let other_mark = watchers[1 - acting].log().len();
     watchers[acting].kill();
     let killed = Instant::now();
     eprintln!(
@@ -485,6 +486,14 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
         pushed.elapsed()
     );
     let other = &watchers[1 - acting];
+    // The dead one's lease expires after the TTL (5 s, +1 s on the host's clock); the other tries
+    // again at most one interval (2 s) or its lock retry later, then connects and takes it.
+    let took_over = other.wait_log(other_mark, "lease taken", Duration::from_secs(60));
+    eprintln!("D: the other watcher took the lease {took_over:?} after the kill");
+    assert!(
+        took_over < Duration::from_secs(15),
+        "not within the lease TTL and one interval: {took_over:?}"
+    );
     let took = wait_for(
         "4.0.0 in sync by the other watcher",
         Duration::from_secs(120),
