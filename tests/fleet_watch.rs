@@ -406,10 +406,27 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     wait_for("in sync after the bake", Duration::from_secs(30), || {
         setup.status_json()["in_sync"] == true
     });
-    let log = c.log();
-    assert!(log.contains("drift corrected: start"), "{log}");
-    assert!(log.contains("drift corrected"), "{log}");
+    // The balancer's config, kube-free's own file, edited by hand: rewritten and reloaded.
+    let config = setup.fleet.haproxy_config_file();
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{original}\n# edited by hand\n")).unwrap();
+    let healed = wait_for("the config rewritten", Duration::from_secs(30), || {
+        std::fs::read_to_string(&config).unwrap() == original
+    });
+    eprintln!("C: edited config rewritten after {healed:?}");
+    // Each is logged once its pass is over.
+    for drift in [
+        "drift corrected: start",
+        "drift corrected: shift",
+        "drift corrected: apply config and reload balancer edge",
+    ] {
+        c.wait_log(0, drift, Duration::from_secs(30));
+    }
     let metrics = c.get("/metrics").1;
+    assert!(
+        metrics.contains(r#"kube_free_drift_corrections_total{kind="config"} 1"#),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(r#"kube_free_drift_corrections_total{kind="instance"}"#),
         "{metrics}"
