@@ -338,7 +338,7 @@ async fn cycle(
             };
             let message = crate::error::chain(&e);
             // Said once per commit, not at every poll.
-            if commit.is_none() || commit != state.invalid {
+            if commit.is_none() || commit.as_ref() != state.invalid.as_ref() {
                 if let Error::Invalid { diagnostics, .. } = &e {
                     for d in diagnostics {
                         tracing::error!("{d}");
@@ -348,8 +348,9 @@ async fn cycle(
             }
             state.sync_failing(commit.as_deref(), &message);
             if commit.is_some() || invalid {
-                // The commit is bad input: nothing is done until another commit.
-                state.invalid = commit.clone();
+                // The commit (or the command line: an --env it does not have) is bad input:
+                // nothing is done until another commit.
+                state.invalid = Some(commit.clone().unwrap_or_default());
                 state.due = None;
                 finish(
                     shared,
