@@ -504,11 +504,12 @@ fn watch_follows_the_branch_heals_drift_answers_webhooks_and_survives_a_dead_bas
     );
     let other = &watchers[1 - acting];
     // The dead one's lease expires after the TTL (5 s, +1 s on the host's clock); the other tries
-    // again at most one interval (2 s) or its lock retry later, then connects and takes it.
+    // again when its lock retry (the lease's remaining time + 1 s) or its interval says, then
+    // connects, plans and takes it: measured 14 s on a loaded 2-core machine.
     let took_over = other.wait_log(other_mark, "lease taken", Duration::from_secs(60));
     eprintln!("D: the other watcher took the lease {took_over:?} after the kill");
     assert!(
-        took_over < Duration::from_secs(15),
+        took_over < Duration::from_secs(25),
         "not within the lease TTL and one interval: {took_over:?}"
     );
     let took = wait_for(
