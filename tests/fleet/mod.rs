@@ -511,6 +511,10 @@ impl Fleet {
         let mut known_hosts = String::new();
         for h in &self.hosts {
             create_dir(&h.dir.join("state"));
+            // An empty home for the sessions: the machine's own shell start-up files (a `pyenv
+            // init` in root's .bashrc, say) are not run for every command, and a session killed
+            // at teardown cannot leave their lock files behind for the next fleet's logins.
+            create_dir(&h.dir.join("home"));
             let key = h.dir.join("ssh_host_ed25519_key");
             keygen(&key, &format!("{}@kube-free-fleet-{}", h.name, self.id));
             let public = fs::read_to_string(key.with_extension("pub")).unwrap();
@@ -537,6 +541,7 @@ impl Fleet {
                  X11Forwarding no\n\
                  AllowTcpForwarding yes\n\
                  AllowStreamLocalForwarding yes\n\
+                 SetEnv HOME={dir}/home\n\
                  LogLevel VERBOSE\n\
                  Subsystem sftp internal-sftp\n",
                 name = h.name,
