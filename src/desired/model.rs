@@ -77,12 +77,31 @@ pub struct Balancer {
     pub config_file: String,
     /// argv, split by shell quoting rules; never run through a shell.
     pub reload_command: Vec<String>,
+    /// nginx: how weights change (HAProxy: always at runtime, `Dynamic`).
+    pub mode: NginxMode,
+    /// nginx: argv that checks the whole config (`nginx -t`); empty for HAProxy.
+    pub test_command: Vec<String>,
+    /// nginx, dynamic mode: the Lua module file to check for on the balancer host.
+    pub lua_module: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BalancerKind {
     Haproxy,
+    Nginx,
+}
+
+/// How the nginx driver changes weights and states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NginxMode {
+    /// At runtime, through the Lua endpoint kube-free renders; a reload only for new frontends or
+    /// servers.
+    #[default]
+    Dynamic,
+    /// Every change rewrites the upstreams, tests the config and reloads nginx.
+    Reload,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -84,18 +84,43 @@ pub struct RawSsh {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Balancer")]
 pub struct RawBalancer {
-    /// Balancer software; `haproxy`.
+    /// Balancer software: `haproxy` or `nginx`.
     #[schemars(required)]
     pub kind: Option<RawBalancerKind>,
     /// Name of the host the balancer runs on.
     #[schemars(required, regex(pattern = NAME_PATTERN))]
     pub host: Option<String>,
-    /// HAProxy admin socket on that host; default `/run/haproxy/admin.sock`.
+    /// Control socket on that host: HAProxy's admin socket (default `/run/haproxy/admin.sock`), or
+    /// for nginx in `mode: dynamic` the unix socket of the endpoint kube-free renders and alone
+    /// reaches (default `/run/kube-free/nginx-admin.sock`; its directory is made mode 0700).
     pub admin_socket: Option<String>,
-    /// Config file kube-free owns and renders; default `/etc/haproxy/kube-free.cfg`.
+    /// Config file kube-free owns and renders; default `/etc/haproxy/kube-free.cfg` (HAProxy) or
+    /// `/etc/nginx/conf.d/kube-free.conf` (nginx, included in the `http` block).
     pub config_file: Option<String>,
-    /// Command that reloads the balancer hitlessly; default `systemctl reload haproxy`.
+    /// Command that reloads the balancer hitlessly; default `systemctl reload haproxy` or
+    /// `systemctl reload nginx`.
     pub reload_command: Option<String>,
+    /// nginx only: `dynamic` (default: weights change at runtime through Lua, a reload only when
+    /// frontends or servers change; needs the Lua module) or `reload` (plain nginx: every change
+    /// is a config test and a reload).
+    pub mode: Option<RawNginxMode>,
+    /// nginx only: command that checks nginx's whole config with kube-free's file in place;
+    /// default `nginx -t`.
+    pub test_command: Option<String>,
+    /// nginx `mode: dynamic` only: the Lua module file (`ngx_http_lua_module.so`) that nginx.conf
+    /// loads, checked on the balancer host before kube-free installs its config;
+    /// `kube-free nginx-snippet` prints the `load_module` lines for it. Default: not checked (the
+    /// distribution loads the module, as Debian's `libnginx-mod-http-lua` does).
+    pub lua_module: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "NginxMode")]
+pub enum RawNginxMode {
+    #[serde(rename = "dynamic")]
+    Dynamic,
+    #[serde(rename = "reload")]
+    Reload,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -103,6 +128,8 @@ pub struct RawBalancer {
 pub enum RawBalancerKind {
     #[serde(rename = "haproxy")]
     Haproxy,
+    #[serde(rename = "nginx")]
+    Nginx,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -37,6 +37,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/kube-free";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/haproxy/admin.sock";
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/haproxy/kube-free.cfg";
 pub const DEFAULT_RELOAD_COMMAND: &str = "systemctl reload haproxy";
+pub const DEFAULT_NGINX_ADMIN_SOCKET: &str = "/run/kube-free/nginx-admin.sock";
+pub const DEFAULT_NGINX_CONFIG_FILE: &str = "/etc/nginx/conf.d/kube-free.conf";
+pub const DEFAULT_NGINX_RELOAD_COMMAND: &str = "systemctl reload nginx";
+pub const DEFAULT_NGINX_TEST_COMMAND: &str = "nginx -t";
 
 /// One parsed file: its path in the desired-state directory and its YAML tree.
 pub struct FileDoc {
@@ -253,33 +257,114 @@ pub fn validate(
         if b.host.is_some() {
             c.reference(at, &path.key("host"), "host", &host, &host_names);
         }
-        let reload = b
-            .reload_command
-            .as_deref()
-            .unwrap_or(DEFAULT_RELOAD_COMMAND);
-        let reload_command = split_words(reload).unwrap_or_else(|e| {
-            c.value(at, &path.key("reload_command"), e);
+        let kind = match b.kind {
+            Some(RawBalancerKind::Nginx) => BalancerKind::Nginx,
+            _ => BalancerKind::Haproxy,
+        };
+        let nginx = kind == BalancerKind::Nginx;
+        let mode = match b.mode {
+            Some(RawNginxMode::Reload) => NginxMode::Reload,
+            _ => NginxMode::Dynamic,
+        };
+        let only = |c: &mut Checker, key: &str, set: bool, why: &str| {
+            if set {
+                c.value(at, &path.key(key), format!("`{key}` {why}"));
+            }
+        };
+        only(&mut c, "mode", !nginx && b.mode.is_some(), "is only for `kind: nginx`");
+        only(
+            &mut c,
+            "test_command",
+            !nginx && b.test_command.is_some(),
+            "is only for `kind: nginx` (HAProxy's config is checked with `haproxy -c`)",
+        );
+        let dynamic = !nginx || mode == NginxMode::Dynamic;
+        only(
+            &mut c,
+            "lua_module",
+            b.lua_module.is_some() && !(nginx && dynamic),
+            "is only for `kind: nginx` in `mode: dynamic`",
+        );
+        only(
+            &mut c,
+            "admin_socket",
+            b.admin_socket.is_some() && !dynamic,
+            "is not used in `mode: reload` (plain nginx has no runtime endpoint)",
+        );
+        let (admin_default, config_default, reload_default) = if nginx {
+            (
+                DEFAULT_NGINX_ADMIN_SOCKET,
+                DEFAULT_NGINX_CONFIG_FILE,
+                DEFAULT_NGINX_RELOAD_COMMAND,
+            )
+        } else {
+            (
+                DEFAULT_ADMIN_SOCKET,
+                DEFAULT_CONFIG_FILE,
+                DEFAULT_RELOAD_COMMAND,
+            )
+        };
+        let mut words = |key: &str, value: Option<&str>, default: &str| {
+            split_words(value.unwrap_or(default)).unwrap_or_else(|e| {
+                c.value(at, &path.key(key), e);
+                Vec::new()
+            })
+        };
+        let reload_command = words(
+            "reload_command",
+            b.reload_command.as_deref(),
+            reload_default,
+        );
+        let test_command = if nginx {
+            words(
+                "test_command",
+                b.test_command.as_deref(),
+                DEFAULT_NGINX_TEST_COMMAND,
+            )
+        } else {
             Vec::new()
-        });
+        };
+        let lua_module = b
+            .lua_module
+            .is_some()
+            .then(|| c.abs_path(at, &path.key("lua_module"), &b.lua_module, ""));
+        if nginx {
+            if let Some(other) = balancers
+                .values()
+                .find(|o: &&Balancer| o.kind == BalancerKind::Nginx && o.host == host)
+            {
+                c.value(
+                    at,
+                    &path.key("host"),
+                    format!(
+                        "host {host:?} already has nginx balancer {:?}; one nginx serves every environment of a host through one balancer",
+                        other.name
+                    ),
+                );
+            }
+        }
         balancers.insert(
             name.clone(),
             Balancer {
                 name: name.clone(),
-                kind: BalancerKind::Haproxy,
+                kind,
                 host,
                 admin_socket: c.abs_path(
                     at,
                     &path.key("admin_socket"),
                     &b.admin_socket,
-                    DEFAULT_ADMIN_SOCKET,
+                    admin_default,
                 ),
                 config_file: c.abs_path(
                     at,
                     &path.key("config_file"),
                     &b.config_file,
-                    DEFAULT_CONFIG_FILE,
+                    config_default,
                 ),
                 reload_command,
+                mode,
+                test_command,
+                lua_module,
             },
         );
     }

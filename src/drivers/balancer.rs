@@ -105,5 +105,6 @@ pub fn for_balancer(
 ) -> Arc<dyn Balancer> {
     match desired.balancers[name].kind {
         BalancerKind::Haproxy => Arc::new(super::haproxy::Haproxy::new(desired, name, transport)),
+        BalancerKind::Nginx => Arc::new(super::nginx::Nginx::new(desired, name, transport)),
     }
 }

@@ -19,6 +19,7 @@ pub mod haproxy;
 pub mod lease;
 pub mod ledger;
 pub mod local;
+pub mod nginx;
 pub mod probe;
 pub mod process;
 pub mod runtime;
