@@ -271,7 +271,12 @@ pub fn validate(
                 c.value(at, &path.key(key), format!("`{key}` {why}"));
             }
         };
-        only(&mut c, "mode", !nginx && b.mode.is_some(), "is only for `kind: nginx`");
+        only(
+            &mut c,
+            "mode",
+            !nginx && b.mode.is_some(),
+            "is only for `kind: nginx`",
+        );
         only(
             &mut c,
             "test_command",
@@ -284,12 +289,6 @@ pub fn validate(
             "lua_module",
             b.lua_module.is_some() && !(nginx && dynamic),
             "is only for `kind: nginx` in `mode: dynamic`",
-        );
-        only(
-            &mut c,
-            "admin_socket",
-            b.admin_socket.is_some() && !dynamic,
-            "is not used in `mode: reload` (plain nginx has no runtime endpoint)",
         );
         let (admin_default, config_default, reload_default) = if nginx {
             (
