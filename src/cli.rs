@@ -103,6 +103,13 @@ pub enum Command {
     /// `schema/kube-free.schema.json` in kube-free's repository is this output. Point your editor at it
     /// with a first line such as `# yaml-language-server: $schema=<path or URL of the schema>`.
     Schema(SchemaArgs),
+    /// Print the lines to add to nginx.conf for each nginx balancer of the desired state.
+    ///
+    /// kube-free owns one include file per nginx balancer (`config_file`); nginx.conf must include
+    /// it inside its `http` block and, in `mode: dynamic`, load the Lua module in its main
+    /// context. Prints those lines, commented, for copying; touches no host. Exit 2 when the
+    /// desired state has no nginx balancer (or not the one named).
+    NginxSnippet(NginxSnippetArgs),
 }
 
 /// Where the desired state is read from.
@@ -331,6 +338,15 @@ pub struct StatusArgs {
 pub enum Output {
     Text,
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct NginxSnippetArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Only this balancer (default: every nginx balancer).
+    #[arg(long, value_name = "NAME")]
+    pub balancer: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -2,8 +2,8 @@
 //! Output goes to the writers given, so tests can read it; errors are returned, never printed here.
 
 use crate::cli::{
-    GateArgs, Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs, ScopeArgs, SourceArgs,
-    StatusArgs, ValidateArgs, WatchArgs,
+    GateArgs, NginxSnippetArgs, Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs, ScopeArgs,
+    SourceArgs, StatusArgs, ValidateArgs, WatchArgs,
 };
 use crate::cli::{ResumeArgs, SuspendArgs};
 use crate::desired::{self, LoadError};
@@ -75,6 +75,35 @@ pub fn validate(
     } else {
         Exit::BadInput
     })
+}
+
+/// `kube-free nginx-snippet`: the nginx.conf lines of each nginx balancer.
+pub fn nginx_snippet(args: &NginxSnippetArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    let loaded = load::load(&spec(&args.source), &Scope::default())?;
+    let state = &loaded.state;
+    let chosen: Vec<&desired::Balancer> = state
+        .balancers
+        .values()
+        .filter(|b| b.kind == desired::BalancerKind::Nginx)
+        .filter(|b| args.balancer.as_ref().is_none_or(|n| *n == b.name))
+        .collect();
+    if chosen.is_empty() {
+        return Err(Error::UnknownName {
+            what: "nginx balancer",
+            name: args.balancer.clone().unwrap_or_else(|| "(any)".to_owned()),
+        });
+    }
+    for (i, b) in chosen.into_iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        write!(
+            out,
+            "{}",
+            crate::drivers::nginx::snippet(b, state.state_dir(&b.host))
+        )?;
+    }
+    Ok(Exit::Ok)
 }
 
 pub fn schema(args: &SchemaArgs, out: &mut dyn Write) -> Result<Exit, Error> {

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate(args) => commands::validate(args, &mut out, &mut err),
         Command::Schema(args) => commands::schema(args, &mut out),
+        Command::NginxSnippet(args) => commands::nginx_snippet(args, &mut out),
         Command::Plan(args) => block_on(commands::plan(args, &mut out)),
         Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),
         Command::Status(args) => block_on(commands::status(args, &mut out)),

@@ -701,7 +701,7 @@ case!(
             base_without_environments()
                 .replace("port: 2222", "port: x")
                 .replace("drain: 10s", "drain: soon")
-                .replace("kind: haproxy", "kind: nginx")
+                .replace("kind: haproxy", "kind: traefik")
                 .into_bytes()
         ),
         (
@@ -721,9 +721,9 @@ case!(
         ),
         (
             ROOT,
-            Some("nginx"),
+            Some("traefik"),
             "balancers.edge.kind",
-            "unknown value \"nginx\", expected one of `haproxy`"
+            "unknown value \"traefik\", expected one of `haproxy`, `nginx`"
         ),
         (
             ROOT,
@@ -937,4 +937,76 @@ case!(
             "invalid path \"certs/ca.pem\""
         ),
     ]
+);
+
+case!(
+    nginx_keys_on_haproxy,
+    root(&base_with(
+        "edge: { kind: haproxy, host: lb-1 }",
+        "edge: { kind: haproxy, host: lb-1, mode: reload, test_command: \"nginx -t\", lua_module: /usr/share/nginx/modules/ngx_http_lua_module.so }"
+    )),
+    [
+        (ROOT, Some("reload,"), "balancers.edge.mode", "`mode` is only for `kind: nginx`"),
+        (ROOT, Some("\"nginx -t\""), "balancers.edge.test_command", "`test_command` is only for `kind: nginx`"),
+        (ROOT, Some("/usr/share/nginx"), "balancers.edge.lua_module", "`lua_module` is only for `kind: nginx` in `mode: dynamic`")
+    ]
+);
+
+case!(
+    nginx_reload_mode_has_no_lua_module,
+    root(&base_with(
+        "edge: { kind: haproxy, host: lb-1 }",
+        "edge: { kind: nginx, host: lb-1, mode: reload, lua_module: /usr/lib/lua.so, config_file: kube-free.conf }"
+    )),
+    [
+        (ROOT, Some("/usr/lib/lua.so"), "balancers.edge.lua_module", "`lua_module` is only for `kind: nginx` in `mode: dynamic`"),
+        (ROOT, Some("kube-free.conf }"), "balancers.edge.config_file", "invalid path \"kube-free.conf\"")
+    ]
+);
+
+case!(
+    nginx_lua_module_is_an_absolute_path,
+    root(&base_with(
+        "edge: { kind: haproxy, host: lb-1 }",
+        "edge: { kind: nginx, host: lb-1, lua_module: modules/lua.so }"
+    )),
+    [(
+        ROOT,
+        Some("modules/lua.so"),
+        "balancers.edge.lua_module",
+        "invalid path \"modules/lua.so\""
+    )]
+);
+
+case!(
+    nginx_unknown_mode,
+    root(&base_with(
+        "edge: { kind: haproxy, host: lb-1 }",
+        "edge: { kind: nginx, host: lb-1, mode: fast }"
+    )),
+    [(
+        ROOT,
+        Some("fast"),
+        "balancers.edge.mode",
+        "unknown value \"fast\", expected one of `dynamic`, `reload`"
+    )]
+);
+
+case!(
+    two_nginx_balancers_on_one_host,
+    root(&base_with(
+        "edge: { kind: haproxy, host: lb-1 }",
+        "edge: { kind: nginx, host: lb-1 }\n  edge2: { kind: nginx, host: lb-1, config_file: /etc/nginx/conf.d/other.conf }"
+    )),
+    [(ROOT, Some("lb-1, config_file"), "balancers.edge2.host", "host \"lb-1\" already has nginx balancer \"edge\"")]
+);
+
+case!(
+    nginx_frontend_clashes_with_an_haproxy_frontend_on_one_host,
+    vec![
+        (ROOT, base_without_environments().replace("edge: { kind: haproxy, host: lb-1 }", "edge: { kind: haproxy, host: lb-1 }\n  web: { kind: nginx, host: lb-1 }").into_bytes()),
+        (PROD, PRODUCTION_FILE.as_bytes().to_vec()),
+        ("environments/staging.yaml", b"balancer: web\nhosts: [web-1]\napps:\n  api:\n    version: 1.5.0\n    listen: \"0.0.0.0:80\"\n    slots: { blue: 9000, green: 9001 }\n".to_vec()),
+    ],
+    [("environments/staging.yaml", Some("\"0.0.0.0:80\""), "apps.api.listen", "port 80 on host \"lb-1\" is already taken by the frontend of app \"api\" in environment \"production\"; choose another `listen` port or address")]
 );

@@ -23,6 +23,59 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Where Debian's `libnginx-mod-http-lua` and `libnginx-mod-http-ndk` put their modules.
+pub const DEBIAN_MODULES: &str = "/usr/share/nginx/modules";
+
+/// The lines nginx.conf needs for `balancer` (`kube-free nginx-snippet`), with comments.
+pub fn snippet(balancer: &crate::desired::Balancer, state_dir: &str) -> String {
+    let mut out = format!(
+        "# nginx balancer {:?} on host {:?} (mode: {})\n",
+        balancer.name,
+        balancer.host,
+        match balancer.mode {
+            NginxMode::Dynamic => "dynamic",
+            NginxMode::Reload => "reload",
+        }
+    );
+    if balancer.mode == NginxMode::Dynamic {
+        let dir = balancer
+            .lua_module
+            .as_deref()
+            .and_then(|m| m.rsplit_once('/'))
+            .map_or(DEBIAN_MODULES, |(d, _)| d);
+        let lua = balancer
+            .lua_module
+            .clone()
+            .unwrap_or_else(|| format!("{dir}/ngx_http_lua_module.so"));
+        out.push_str(&format!(
+            "#\n# 1. In the main context of nginx.conf (top level, before `events`), unless the\n#    distribution loads them already (Debian's libnginx-mod-http-lua does, through\n#    /etc/nginx/modules-enabled/); the NDK module first:\nload_module {dir}/ndk_http_module.so;\nload_module {lua};\n"
+        ));
+    }
+    let n = if balancer.mode == NginxMode::Dynamic {
+        "2"
+    } else {
+        "1"
+    };
+    out.push_str(&format!(
+        "#\n# {n}. Inside the http {{ }} block of nginx.conf (Debian's nginx.conf includes\n#    /etc/nginx/conf.d/*.conf already):\ninclude {};\n",
+        balancer.config_file
+    ));
+    let mut owned = vec![balancer.config_file.clone()];
+    if balancer.mode == NginxMode::Reload {
+        owned.push(reload::Paths::new(state_dir, &balancer.name).upstreams);
+    }
+    out.push_str("#\n# kube-free writes (do not edit them):\n");
+    for file in owned {
+        out.push_str(&format!("#    {file}\n"));
+    }
+    out.push_str(&format!(
+        "# and checks nginx's config with `{}` before every reload. Its endpoint listens on\n#    unix:{} (directory mode 0700).\n",
+        balancer.test_command.join(" "),
+        balancer.admin_socket
+    ));
+    out
+}
+
 /// One server of a backend and where nginx reaches it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
