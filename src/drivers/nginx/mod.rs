@@ -647,6 +647,8 @@ impl Balancer for Nginx {
     }
 
     async fn observe(&self) -> Result<BalancerState, BalancerError> {
+        // Before any step: a run on a host without the module changes nothing.
+        self.check_lua_module().await?;
         let config = self.current_config().await?;
         let servers = match self.mode {
             NginxMode::Reload => self.reload_servers().await?,
@@ -722,18 +724,7 @@ impl Balancer for Nginx {
         let _one_at_a_time = self.lock.lock().await;
         match self.mode {
             NginxMode::Dynamic => {
-                if let Some(module) = &self.lua_module {
-                    let out = self
-                        .t()
-                        .run(&Cmd::read(["test", "-f", module]), TIMEOUT)
-                        .await?;
-                    if !out.success() {
-                        return Err(self.error(format!(
-                            "balancers.{}.lua_module: {module:?} is not a file on this host (Debian: apt-get install libnginx-mod-http-lua; or set `mode: reload`)",
-                            self.name
-                        )));
-                    }
-                }
+                self.check_lua_module().await?;
                 run_ok(self.t(), &self.socket_dir_cmd(), TIMEOUT).await?;
                 // Weights and states survive a reload in the dict; the file keeps them for a
                 // restart.
@@ -770,6 +761,25 @@ impl Balancer for Nginx {
 }
 
 impl Nginx {
+    /// Dynamic mode with `lua_module` set: the module file is on the host.
+    async fn check_lua_module(&self) -> Result<(), BalancerError> {
+        let Some(module) = self.lua_module.as_deref().filter(|_| self.mode == NginxMode::Dynamic)
+        else {
+            return Ok(());
+        };
+        let out = self
+            .t()
+            .run(&Cmd::read(["test", "-f", module]), TIMEOUT)
+            .await?;
+        if out.success() {
+            return Ok(());
+        }
+        Err(self.error(format!(
+            "balancers.{}.lua_module: {module:?} is not a file on this host (Debian: apt-get install libnginx-mod-http-lua; or use `mode: reload`)",
+            self.name
+        )))
+    }
+
     async fn write_dynamic_state(&self, servers: &Servers) -> Result<(), BalancerError> {
         let text = state_text(servers.iter().map(|(k, s)| {
             (
