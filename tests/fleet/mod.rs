@@ -26,7 +26,9 @@
 //!   namespace has an empty, accepting ruleset, and the host's firewall stays untouched.
 //! * Everything else in `/tmp/kube-free-fleet-<id>/` ([`Fleet::dir`]): keys, `known_hosts`, per
 //!   host `hosts/<host>/{sshd_config,ssh_host_ed25519_key,sshd.pid,sshd.log,state/}`, and
-//!   `haproxy/{base.cfg,kube-free.cfg,reload.sh,admin.sock,haproxy.pid,haproxy.log}`. The name
+//!   `haproxy/{base.cfg,kube-free.cfg,reload.sh,admin.sock,haproxy.pid,haproxy.log}`, and with
+//!   nginx `nginx/{nginx.conf,kube-free.conf,reload.sh,nginx.pid,error.log,access.log,tmp/,admin/}`
+//!   (`admin/` is kube-free's to make). The name
 //!   is fixed per id (not random) so leftovers of a killed run can be found and removed.
 //!
 //! # Hosts
@@ -45,6 +47,21 @@
 //! start) and reloads with [`Fleet::haproxy_reload_command`], a synchronous script (HAProxy 2.6
 //! drops a SIGUSR2 that arrives while it starts or re-executes itself, so a bare `kill -USR2`
 //! shortly after a start or another reload is silently lost).
+//!
+//! # nginx (optional)
+//!
+//! With [`FleetSpec::with_nginx`] (or [`FleetSpec::with_nginx_modules`]) the balancer host also
+//! runs nginx: `nginx -p <dir>/nginx/ -c <dir>/nginx/nginx.conf -e <dir>/nginx/error.log -g
+//! 'daemon off;'` in its namespace, the master (root, `user root;`) a child of the test process,
+//! [`NGINX_WORKERS`] workers. The main config loads the NDK and Lua modules
+//! ([`NginxModules::Lua`], for kube-free's `mode: dynamic`) or none ([`NginxModules::Plain`]:
+//! the nginx of the scripts and of `mode: reload`), keeps pid, logs and temp files in
+//! `<dir>/nginx/`, and includes [`Fleet::nginx_config_file`] (kube-free's, empty at start) in
+//! `http {}`. kube-free reloads with [`Fleet::nginx_reload_command`] (synchronous, like
+//! `systemctl reload`) and checks with [`Fleet::nginx_test_command`]; its admin endpoint goes
+//! to [`Fleet::nginx_admin_socket`]. [`Fleet::restart_nginx`] switches the modules on a running
+//! fleet. Off by default: nginx listens on nothing until kube-free.conf says so, but other fleet
+//! tests need not pay for its start.
 //!
 //! Keep a `Fleet` in a local of the test (not in a `static`, which is never dropped).
 //!
@@ -83,6 +100,13 @@ const SSHD: &str = "/usr/sbin/sshd";
 const HAPROXY: &str = "/usr/sbin/haproxy";
 const SSH: &str = "/usr/bin/ssh";
 const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+const NGINX: &str = "/usr/sbin/nginx";
+/// The modules Debian's `libnginx-mod-http-ndk` and `libnginx-mod-http-lua` install; the Lua one
+/// needs the NDK one loaded first.
+pub const NGINX_NDK_MODULE: &str = "/usr/share/nginx/modules/ndk_http_module.so";
+pub const NGINX_LUA_MODULE: &str = "/usr/share/nginx/modules/ngx_http_lua_module.so";
+/// `worker_processes` of the fleet's nginx.
+pub const NGINX_WORKERS: usize = 2;
 /// Lock serializing the one-time `apt-get` install across test processes.
 const INSTALL_LOCK: &str = "/tmp/kube-free-fleet-install.lock";
 /// Debian packages providing every tool the fleet and the tests using it need.
@@ -102,6 +126,18 @@ pub struct FleetSpec {
     pub app_hosts: Vec<String>,
     /// The balancer host, e.g. `"lb-1"`: runs sshd like every host, and HAProxy.
     pub balancer: String,
+    /// Also run nginx on the balancer host, with or without the Lua module; `None` (the default):
+    /// no nginx, so fleets that do not use it do not pay for it.
+    pub nginx: Option<NginxModules>,
+}
+
+/// What the fleet's nginx loads (see [`FleetSpec::nginx`] and [`Fleet::restart_nginx`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NginxModules {
+    /// `load_module` of [`NGINX_NDK_MODULE`] and [`NGINX_LUA_MODULE`]: for `mode: dynamic`.
+    Lua,
+    /// No module: plain nginx, as the scripts and `mode: reload` use it.
+    Plain,
 }
 
 impl FleetSpec {
@@ -110,7 +146,19 @@ impl FleetSpec {
         FleetSpec {
             app_hosts: app_hosts.iter().map(|h| h.to_string()).collect(),
             balancer: balancer.to_string(),
+            nginx: None,
         }
+    }
+
+    /// Also runs nginx with the Lua module on the balancer host.
+    pub fn with_nginx(self) -> FleetSpec {
+        self.with_nginx_modules(NginxModules::Lua)
+    }
+
+    /// Also runs nginx on the balancer host, loading `modules`.
+    pub fn with_nginx_modules(mut self, modules: NginxModules) -> FleetSpec {
+        self.nginx = Some(modules);
+        self
     }
 }
 
@@ -135,6 +183,9 @@ pub struct Fleet {
     sshd: Mutex<HashMap<String, Child>>,
     /// The HAProxy master (`-W -db`, foreground, a child of this process).
     haproxy: Mutex<Option<Child>>,
+    /// The nginx master (`daemon off;`, a child of this process) and what it loaded, if the
+    /// fleet runs nginx.
+    nginx: Mutex<Option<(Child, NginxModules)>>,
     /// Held for the fleet's lifetime; dropped last, after [`Drop::drop`] has cleaned everything.
     _lock: File,
 }
@@ -180,6 +231,7 @@ impl Fleet {
             balancer: spec.balancer.clone(),
             sshd: Mutex::new(HashMap::new()),
             haproxy: Mutex::new(None),
+            nginx: Mutex::new(None),
             _lock: lock,
         };
         fleet.build_dirs_and_keys();
@@ -191,6 +243,9 @@ impl Fleet {
             fleet.wait_sshd(&host.name);
         }
         fleet.start_haproxy();
+        if let Some(modules) = spec.nginx {
+            fleet.start_nginx(modules);
+        }
         fleet
     }
 
@@ -476,6 +531,295 @@ impl Fleet {
         }
     }
 
+    // ---- nginx (only with `FleetSpec::with_nginx`) ----
+
+    /// `<dir>/nginx`: nginx's prefix (`-p`) and the home of everything of the fleet's nginx.
+    pub fn nginx_dir(&self) -> PathBuf {
+        self.dir.join("nginx")
+    }
+
+    /// The main config the fleet wrote, `<dir>/nginx/nginx.conf` (`user root;`, `worker_processes
+    /// 2`, the modules, pid, logs and temp paths in `<dir>/nginx`, and in `http {}` the line
+    /// `include <dir>/nginx/kube-free.conf;`).
+    pub fn nginx_main_config_file(&self) -> PathBuf {
+        self.nginx_dir().join("nginx.conf")
+    }
+
+    /// The include file kube-free owns (http context), `<dir>/nginx/kube-free.conf`; empty at start.
+    pub fn nginx_config_file(&self) -> PathBuf {
+        self.nginx_dir().join("kube-free.conf")
+    }
+
+    /// Where kube-free's admin endpoint (`mode: dynamic`) is to listen:
+    /// `<dir>/nginx/admin/admin.sock`. The fleet does not create `admin/` (kube-free makes it, 0700).
+    pub fn nginx_admin_socket(&self) -> PathBuf {
+        self.nginx_dir().join("admin").join("admin.sock")
+    }
+
+    /// nginx's pid file (the master's pid; stable across reloads).
+    pub fn nginx_pid_file(&self) -> PathBuf {
+        self.nginx_dir().join("nginx.pid")
+    }
+
+    /// nginx's error log (level `notice`: starts, reloads, worker exits), also for `-t` and `-s`.
+    pub fn nginx_error_log(&self) -> PathBuf {
+        self.nginx_dir().join("error.log")
+    }
+
+    /// nginx's access log (main config, `combined`, buffered).
+    pub fn nginx_access_log(&self) -> PathBuf {
+        self.nginx_dir().join("access.log")
+    }
+
+    /// The reload script the fleet wrote, `<dir>/nginx/reload.sh` (see
+    /// [`Fleet::nginx_reload_command`]).
+    pub fn nginx_reload_script(&self) -> PathBuf {
+        self.nginx_dir().join("reload.sh")
+    }
+
+    /// The options that point the `nginx` binary at the fleet's nginx: `-p <dir>/nginx/ -c
+    /// <dir>/nginx/nginx.conf -e <dir>/nginx/error.log`.
+    pub fn nginx_options(&self) -> Vec<String> {
+        vec![
+            "-p".into(),
+            format!("{}/", self.nginx_dir().display()),
+            "-c".into(),
+            self.nginx_main_config_file().display().to_string(),
+            "-e".into(),
+            self.nginx_error_log().display().to_string(),
+        ]
+    }
+
+    /// `/usr/sbin/nginx <options> <args>` as one command line (words split by shell rules, no
+    /// shell syntax), e.g. `nginx_command("-s reload")`: what an operator's script runs (a bare
+    /// `nginx -s reload` only signals the master and returns before anything is reloaded).
+    pub fn nginx_command(&self, args: &str) -> String {
+        format!("{NGINX} {} {args}", self.nginx_options().join(" "))
+            .trim_end()
+            .to_string()
+    }
+
+    /// Command line that checks the whole nginx config with kube-free's file in place, in
+    /// kube-free's desired-state form: `/usr/sbin/nginx -t -p … -c … -e …`.
+    pub fn nginx_test_command(&self) -> String {
+        format!("{NGINX} -t {}", self.nginx_options().join(" "))
+    }
+
+    /// Command line that reloads nginx synchronously, in kube-free's desired-state form: `sh
+    /// <dir>/nginx/reload.sh`. Runs on the balancer (over ssh or `ip netns exec`).
+    ///
+    /// The script runs `nginx -s reload` (with [`Fleet::nginx_options`]; this fails at once, and
+    /// nothing is signalled, when the config does not parse), then waits (≤ 10 s) until the master
+    /// has [`NGINX_WORKERS`] worker processes that were not there before (read from /proc: the
+    /// master's children). Exit 0: the new workers run the new config (old workers may still be
+    /// finishing their requests). Exit 1 with a message on stderr: the config was refused (an
+    /// `[emerg]`/`[alert]` of the master in the error log after the signal; the old workers keep
+    /// serving), the master is not running or died, or a timeout.
+    pub fn nginx_reload_command(&self) -> String {
+        format!("sh {}", self.nginx_reload_script().display())
+    }
+
+    /// The modules the running nginx loaded; `None` when the fleet runs no nginx.
+    pub fn nginx_modules(&self) -> Option<NginxModules> {
+        self.nginx.lock().unwrap().as_ref().map(|(_, m)| *m)
+    }
+
+    /// Pid of the nginx master, from the pid file.
+    pub fn nginx_master_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.nginx_pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Pids of the nginx master's children (its workers, also old ones still shutting down),
+    /// sorted; empty when nginx does not run.
+    pub fn nginx_worker_pids(&self) -> Vec<u32> {
+        self.nginx_master_pid()
+            .map(|master| children_of(master as i32))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p as u32)
+            .collect()
+    }
+
+    /// Runs [`Fleet::nginx_reload_command`] in the balancer's namespace and checks it succeeded;
+    /// returns the worker pids after it. Panics otherwise, with the script's stderr and the tail of
+    /// the error log.
+    pub fn nginx_reload(&self) -> Vec<u32> {
+        let command = self.nginx_reload_command();
+        let argv: Vec<&str> = command.split(' ').collect();
+        let out = self.exec(&self.balancer, &argv);
+        assert!(
+            out.status.success(),
+            "fleet: nginx reload ({command}) failed: {}\nerror log (end):\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&read_lossy(&self.nginx_error_log()), 30)
+        );
+        self.nginx_worker_pids()
+    }
+
+    /// Stops nginx if it runs and starts it again loading `modules` (the main config is written
+    /// again; kube-free.conf is kept as it is, so empty it first if it uses what `modules` lack).
+    /// Like [`Fleet::start`], waits until the new master runs its workers, checks a reload, and
+    /// returns once the master has [`NGINX_WORKERS`] children (the new workers) only.
+    pub fn restart_nginx(&self, modules: NginxModules) {
+        self.stop_nginx();
+        self.start_nginx(modules);
+    }
+
+    /// Stops nginx (SIGTERM to the master, then SIGKILL to any nginx process left in the
+    /// balancer's namespace) and removes its pid file and a stale admin socket. No-op if stopped.
+    pub fn stop_nginx(&self) {
+        let taken = self.nginx.lock().unwrap().take();
+        if let Some((mut child, _)) = taken {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let ns = self.netns(&self.balancer);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left: Vec<i32> = netns_pids(&ns)
+                .into_iter()
+                .filter(|pid| {
+                    fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == Path::new(NGINX))
+                })
+                .collect();
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in left {
+                kill9(pid);
+            }
+            sleep(Duration::from_millis(20));
+        }
+        let _ = fs::remove_file(self.nginx_pid_file());
+        let _ = fs::remove_file(self.nginx_admin_socket());
+    }
+
+    fn start_nginx(&self, modules: NginxModules) {
+        let dir = self.nginx_dir();
+        create_dir(&dir.join("tmp"));
+        let load = match modules {
+            NginxModules::Lua => {
+                format!("load_module {NGINX_NDK_MODULE};\nload_module {NGINX_LUA_MODULE};\n")
+            }
+            NginxModules::Plain => String::new(),
+        };
+        let d = dir.display();
+        let main = format!(
+            "# Main config of the fleet's nginx, written by tests/fleet; kube-free owns kube-free.conf.\n\
+             user root;\n\
+             worker_processes {NGINX_WORKERS};\n\
+             pid {pid};\n\
+             error_log {error_log} notice;\n\
+             {load}\
+             events {{\n\
+             \x20   worker_connections 4096;\n\
+             }}\n\
+             http {{\n\
+             \x20   access_log {d}/access.log combined buffer=64k flush=1s;\n\
+             \x20   client_body_temp_path {d}/tmp/client_body;\n\
+             \x20   proxy_temp_path {d}/tmp/proxy;\n\
+             \x20   fastcgi_temp_path {d}/tmp/fastcgi;\n\
+             \x20   uwsgi_temp_path {d}/tmp/uwsgi;\n\
+             \x20   scgi_temp_path {d}/tmp/scgi;\n\
+             \x20   include {config};\n\
+             }}\n",
+            pid = self.nginx_pid_file().display(),
+            error_log = self.nginx_error_log().display(),
+            config = self.nginx_config_file().display(),
+        );
+        fs::write(self.nginx_main_config_file(), main).unwrap();
+        if !self.nginx_config_file().exists() {
+            fs::write(self.nginx_config_file(), "").unwrap();
+        }
+        let script = NGINX_RELOAD_SCRIPT
+            .replace("@NGINX@", &self.nginx_command(""))
+            .replace("@PIDFILE@", &self.nginx_pid_file().display().to_string())
+            .replace("@LOG@", &self.nginx_error_log().display().to_string())
+            .replace("@WORKERS@", &NGINX_WORKERS.to_string());
+        fs::write(self.nginx_reload_script(), script).unwrap();
+        fs::set_permissions(
+            self.nginx_reload_script(),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        // A pid file left by a master that was killed would name a process that is gone (or,
+        // worse, another one): the readiness check below waits for the new master's pid.
+        let _ = fs::remove_file(self.nginx_pid_file());
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.nginx_error_log())
+            .unwrap();
+        let ns = self.netns(&self.balancer);
+        let child = Command::new(ip_bin())
+            .args(["netns", "exec", &ns, NGINX])
+            .args(self.nginx_options())
+            .args(["-g", "daemon off;"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("fleet: start nginx: {e}"));
+        let master = child.id();
+        *self.nginx.lock().unwrap() = Some((child, modules));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .nginx
+                .lock()
+                .unwrap()
+                .as_mut()
+                .and_then(|(c, _)| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "fleet: nginx exited ({status}); error log (end):\n{}",
+                    tail(&read_lossy(&self.nginx_error_log()), 30)
+                );
+            }
+            if self.nginx_master_pid() == Some(master)
+                && self.nginx_worker_pids().len() == NGINX_WORKERS
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "fleet: nginx not ready (pid file, {NGINX_WORKERS} workers) within {READY_TIMEOUT:?}; error log (end):\n{}",
+                    tail(&read_lossy(&self.nginx_error_log()), 30)
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+        // The reload command works from the start.
+        let before = self.nginx_worker_pids();
+        let after = self.nginx_reload();
+        assert!(
+            after.iter().filter(|p| !before.contains(p)).count() == NGINX_WORKERS,
+            "fleet: nginx reload gave no {NGINX_WORKERS} new workers ({before:?} -> {after:?})"
+        );
+        // The old workers, idle, are gone at once: after a start, the master has its workers only.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.nginx_worker_pids().len() > NGINX_WORKERS {
+            assert!(
+                Instant::now() < deadline,
+                "fleet: nginx's old workers still run {READY_TIMEOUT:?} after a reload at start"
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Pids of all processes currently in the host's namespace.
     pub fn pids(&self, host: &str) -> Vec<i32> {
         netns_pids(&self.netns(host))
@@ -739,7 +1083,7 @@ impl Fleet {
 }
 
 impl Drop for Fleet {
-    /// Kills sshd, HAProxy and every other process in the fleet's namespaces or mentioning its
+    /// Kills sshd, HAProxy, nginx and every other process in the fleet's namespaces or mentioning its
     /// directory, deletes namespaces, bridge and veths, removes the directory; then (field drop)
     /// releases the id lock. Never panics.
     fn drop(&mut self) {
@@ -753,6 +1097,11 @@ impl Drop for Fleet {
                 let _ = child.kill();
             }
         }
+        if let Ok(mut ng) = self.nginx.lock() {
+            if let Some((child, _)) = ng.as_mut() {
+                let _ = child.kill();
+            }
+        }
         cleanup_id(self.id);
         // Reap our children (already killed; does not block).
         if let Ok(mut map) = self.sshd.lock() {
@@ -762,6 +1111,11 @@ impl Drop for Fleet {
         }
         if let Ok(mut hp) = self.haproxy.lock() {
             if let Some(mut child) = hp.take() {
+                let _ = child.wait();
+            }
+        }
+        if let Ok(mut ng) = self.nginx.lock() {
+            if let Some((mut child, _)) = ng.take() {
                 let _ = child.wait();
             }
         }
@@ -814,6 +1168,75 @@ fi
 echo "reload: HAProxy failed to load the new configuration and keeps the old one; see $log" >&2
 exit 1
 "#;
+
+/// `<dir>/nginx/reload.sh`; see [`Fleet::nginx_reload_command`].
+const NGINX_RELOAD_SCRIPT: &str = r#"#!/bin/sh
+# Synchronous nginx reload for the kube-free test fleet (written by tests/fleet).
+# Runs `nginx -s reload` and waits until the master runs new workers.
+# Exit 0: the new configuration is loaded. Exit 1: it was refused (the old workers keep serving),
+# the master is not running or died, or no new workers came within 10 s.
+pidfile='@PIDFILE@'
+log='@LOG@'
+pid=$(cat "$pidfile" 2>/dev/null) || { echo "reload: no nginx pid file $pidfile" >&2; exit 1; }
+alive() { [ -e "/proc/$pid" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; }
+alive || { echo "reload: nginx master $pid is not running" >&2; exit 1; }
+workers() { pgrep -P "$pid" | tr '\n' ' '; }
+old=" $(workers)"
+offset=$(wc -c < "$log")
+@NGINX@ -s reload || exit 1
+i=0
+while :; do
+  alive || { echo "reload: nginx master $pid died" >&2; exit 1; }
+  n=0
+  for w in $(workers); do
+    case "$old" in *" $w "*) ;; *) n=$((n + 1)) ;; esac
+  done
+  [ "$n" -ge @WORKERS@ ] && exit 0
+  refused=$(tail -c +$((offset + 1)) "$log" | grep -e "\[emerg\] $pid#" -e "\[alert\] $pid#")
+  if [ -n "$refused" ]; then
+    echo "reload: nginx refused the new configuration (the old workers keep serving):" >&2
+    echo "$refused" >&2
+    exit 1
+  fi
+  i=$((i + 1))
+  [ "$i" -le 500 ] || { echo "reload: nginx master $pid started no new workers within 10 s" >&2; exit 1; }
+  sleep 0.02
+done
+"#;
+
+/// Pids whose parent is `parent` (from /proc/PID/stat), zombies excluded, sorted.
+fn children_of(parent: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(parent) && state != Some("Z") {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
 
 // ---- tools ----
 

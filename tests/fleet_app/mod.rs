@@ -4,9 +4,31 @@
 #![allow(dead_code)]
 
 use crate::common::*;
-use crate::fleet::{Fleet, FleetSpec};
+use crate::fleet::{Fleet, FleetSpec, NginxModules, NGINX_LUA_MODULE};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+
+/// The balancer software of the setup's `edge` balancer on `lb-1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balancer {
+    /// `kind: haproxy` (the default).
+    Haproxy,
+    /// `kind: nginx`, `mode: dynamic`: the fleet's nginx with the Lua module.
+    NginxDynamic,
+    /// `kind: nginx`, `mode: reload`: the fleet's nginx without modules.
+    NginxReload,
+}
+
+impl Balancer {
+    /// The modules the fleet's nginx needs for this balancer; `None` for HAProxy.
+    pub fn nginx_modules(self) -> Option<NginxModules> {
+        match self {
+            Balancer::Haproxy => None,
+            Balancer::NginxDynamic => Some(NginxModules::Lua),
+            Balancer::NginxReload => Some(NginxModules::Plain),
+        }
+    }
+}
 
 pub struct Setup {
     /// Dropped last: the fleet is torn down before the next load test starts.
@@ -22,14 +44,24 @@ pub struct Setup {
     /// Where [`Setup::script`] writes each version's start script; `Some` once one is written,
     /// and then the app runs `<dir>/<version>/run <host> --listen … --version …`.
     scripts: Option<tempfile::TempDir>,
+    /// The balancer commits render; change it with [`Setup::use_balancer`].
+    balancer: Balancer,
     _turn: LoadTestTurn,
 }
 
 impl Setup {
     pub fn new(app_hosts: &[&str], strategy: &str) -> Setup {
+        Setup::with_balancer(app_hosts, strategy, Balancer::Haproxy)
+    }
+
+    /// [`Setup::new`] with another balancer: for nginx, the fleet runs nginx on `lb-1` (with the
+    /// Lua module for [`Balancer::NginxDynamic`]) and commits render `kind: nginx`.
+    pub fn with_balancer(app_hosts: &[&str], strategy: &str, balancer: Balancer) -> Setup {
         require_tools(&["wrk", "dot", "git"]);
         let turn = load_test_turn();
-        let fleet = Fleet::start(FleetSpec::new(app_hosts, "lb-1"));
+        let mut spec = FleetSpec::new(app_hosts, "lb-1");
+        spec.nginx = balancer.nginx_modules();
+        let fleet = Fleet::start(spec);
         let repo = Repo::new();
         let s = Setup {
             fleet,
@@ -39,11 +71,31 @@ impl Setup {
             bake: "2s".to_owned(),
             extra: String::new(),
             scripts: None,
+            balancer,
             _turn: turn,
         };
         s.repo.write("ssh/known_hosts", s.fleet.known_hosts_text());
         s.commit("1.0.0", "", "20s");
         s
+    }
+
+    /// The balancer commits render.
+    pub fn balancer(&self) -> Balancer {
+        self.balancer
+    }
+
+    /// Makes later commits render `balancer`; for nginx, (re)starts the fleet's nginx with the
+    /// modules it needs when it runs others or none (kube-free.conf is emptied then, as what it
+    /// holds may need what the new modules lack). Does not commit.
+    pub fn use_balancer(&mut self, balancer: Balancer) {
+        if let Some(modules) = balancer.nginx_modules() {
+            if self.fleet.nginx_modules() != Some(modules) {
+                self.fleet.stop_nginx();
+                std::fs::write(self.fleet.nginx_config_file(), "").unwrap();
+                self.fleet.restart_nginx(modules);
+            }
+        }
+        self.balancer = balancer;
     }
 
     /// Writes the start script of `version`, as a release would ship one: it runs the demo app
@@ -125,12 +177,7 @@ hosts:
   identity_file: {identity}
 balancers:
   edge:
-    kind: haproxy
-    host: lb-1
-    admin_socket: {admin}
-    config_file: {config}
-    reload_command: {reload:?}
-apps:
+{balancer}apps:
   demo:
     runtime:
       kind: process
@@ -150,9 +197,7 @@ environments:
             lb = host("lb-1"),
             host_list = self.hosts.join(", "),
             identity = f.identity_file().display(),
-            admin = f.haproxy_admin_socket().display(),
-            config = f.haproxy_config_file().display(),
-            reload = f.haproxy_reload_command(),
+            balancer = self.balancer_yaml(),
             command = match &self.scripts {
                 Some(dir) => format!(
                     "{}/{{version}}/run {{host}} --listen 0.0.0.0:{{port}} --version {{version}}{extra_flags}",
@@ -169,6 +214,39 @@ environments:
         self.repo
             .write("kube-free.yaml", format!("{yaml}{}", self.extra));
         self.repo.commit(&format!("demo {version}{extra_flags}"))
+    }
+
+    /// The keys of the `edge` balancer, indented for `balancers.edge`.
+    fn balancer_yaml(&self) -> String {
+        let f = &self.fleet;
+        match self.balancer {
+            Balancer::Haproxy => format!(
+                "    kind: haproxy\n    host: lb-1\n    admin_socket: {}\n    config_file: {}\n    reload_command: {:?}\n",
+                f.haproxy_admin_socket().display(),
+                f.haproxy_config_file().display(),
+                f.haproxy_reload_command(),
+            ),
+            Balancer::NginxDynamic | Balancer::NginxReload => {
+                let dynamic = self.balancer == Balancer::NginxDynamic;
+                let mut yaml = format!(
+                    "    kind: nginx\n    host: lb-1\n    mode: {}\n    config_file: {}\n",
+                    if dynamic { "dynamic" } else { "reload" },
+                    f.nginx_config_file().display(),
+                );
+                if dynamic {
+                    yaml.push_str(&format!(
+                        "    admin_socket: {}\n    lua_module: {NGINX_LUA_MODULE}\n",
+                        f.nginx_admin_socket().display()
+                    ));
+                }
+                yaml.push_str(&format!(
+                    "    reload_command: {:?}\n    test_command: {:?}\n",
+                    f.nginx_reload_command(),
+                    f.nginx_test_command()
+                ));
+                yaml
+            }
+        }
     }
 
     pub fn kube_free(&self, args: &[&str]) -> Run {
