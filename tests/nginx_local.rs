@@ -65,7 +65,10 @@ fn the_reload_mode_example_switches_and_reports_what_the_reloads_cost() {
     // how many instead of hiding it.
     if tally.failed > 0 {
         assert!(
-            stdout.contains(&format!("the reloads cost {} failed requests", tally.failed)),
+            stdout.contains(&format!(
+                "the reloads cost {} failed requests",
+                tally.failed
+            )),
             "{stdout}"
         );
     }

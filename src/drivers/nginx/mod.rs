@@ -763,7 +763,10 @@ impl Balancer for Nginx {
 impl Nginx {
     /// Dynamic mode with `lua_module` set: the module file is on the host.
     async fn check_lua_module(&self) -> Result<(), BalancerError> {
-        let Some(module) = self.lua_module.as_deref().filter(|_| self.mode == NginxMode::Dynamic)
+        let Some(module) = self
+            .lua_module
+            .as_deref()
+            .filter(|_| self.mode == NginxMode::Dynamic)
         else {
             return Ok(());
         };
