@@ -1010,3 +1010,12 @@ case!(
     ],
     [("environments/staging.yaml", Some("\"0.0.0.0:80\""), "apps.api.listen", "port 80 on host \"lb-1\" is already taken by the frontend of app \"api\" in environment \"production\"; choose another `listen` port or address")]
 );
+
+case!(
+    nginx_reaches_app_hosts_by_ip_address,
+    root(&base_with(
+        "edge: { kind: haproxy, host: lb-1 }",
+        "edge: { kind: nginx, host: lb-1 }"
+    ).replace("web-1: { address: 192.0.2.11 }", "web-1: { address: web-1.internal }")),
+    [(ROOT, Some("web-1.internal"), "hosts.web-1.address", "nginx balancer \"edge\" reaches host \"web-1\" by IP address (environment \"production\"); give its IP address, not the name \"web-1.internal\"")]
+);

@@ -382,6 +382,7 @@ pub fn validate(
         }
     }
     check_ports(&mut c, envs, &environments, &hosts, &balancers);
+    check_nginx_addresses(&mut c, at, &top, &environments, &hosts, &balancers);
     let notifications = notifications(&mut c, at, &top.key("notifications"), &raw.notifications);
 
     (c.diags.len() == before).then_some(DesiredState {
@@ -1143,6 +1144,43 @@ impl Claim<'_> {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
             }
+    }
+}
+
+/// nginx reaches the app hosts of the environments it serves by IP address: the Lua balancer sets
+/// peers by address, and counters are matched by `$upstream_addr`; a DNS name would be resolved
+/// once, when nginx loads its config, or not at all.
+fn check_nginx_addresses(
+    c: &mut Checker,
+    at: At,
+    top: &YamlPath,
+    environments: &BTreeMap<Name, Environment>,
+    hosts: &BTreeMap<Name, Host>,
+    balancers: &BTreeMap<Name, Balancer>,
+) {
+    let mut reported = BTreeSet::new();
+    for env in environments.values() {
+        let Some(b) = balancers
+            .get(&env.balancer)
+            .filter(|b| b.kind == BalancerKind::Nginx)
+        else {
+            continue;
+        };
+        for h in &env.hosts {
+            let Some(Transport::Ssh { address, .. }) = hosts.get(h).map(|h| &h.transport) else {
+                continue;
+            };
+            if address.parse::<std::net::IpAddr>().is_err() && reported.insert(h.clone()) {
+                c.value(
+                    at,
+                    &top.key("hosts").key(h).key("address"),
+                    format!(
+                        "nginx balancer {:?} reaches host {h:?} by IP address (environment {:?}); give its IP address, not the name {address:?}",
+                        b.name, env.name
+                    ),
+                );
+            }
+        }
     }
 }
 
