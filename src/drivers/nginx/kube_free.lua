@@ -272,6 +272,8 @@ function M.log()
       dict:incr("if:" .. s.key, -1, 0)
     end
   end
+  -- A client that gave up (499) is not the server's fault: its last attempt is not counted.
+  local aborted = var.status == "499"
   local statuses = split(var.upstream_status or "", " : ")
   local connects = split(var.upstream_connect_time or "", " : ")
   local headers = split(var.upstream_header_time or "", " : ")
@@ -282,7 +284,7 @@ function M.log()
     local ht = split(headers[p] or "", ", ")
     for i, addr in ipairs(a) do
       local s = server_of(addr)
-      if s then
+      if s and not (aborted and p == #passes and i == #a) then
         local k = s.key
         local status = tonumber(st[i] or "")
         if ct[i] == nil or ct[i] == "-" then
