@@ -56,17 +56,9 @@ fn wait_for_port(port: u16) {
     }
 }
 
-/// The demo app's binary: `KUBE_FREE_DEMO_BIN` when set (a prebuilt copy, so that test processes
-/// sharing a target directory with other builds do not each wait on `cargo build`), else built.
-fn demo_path() -> PathBuf {
-    std::env::var_os("KUBE_FREE_DEMO_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| demo_binary().clone())
-}
-
 /// The demo app on 127.0.0.1:`port`, answering with `version`.
 fn demo(port: u16, version: &str, extra: &[&str]) -> Proc {
-    let child = Command::new(demo_path())
+    let child = Command::new(demo_binary())
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),

@@ -12,7 +12,6 @@
 
 use crate::desired::DesiredState;
 use crate::names::{backend_name, server_name};
-use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
 /// The shared dict's name. Never change it (nor [`DICT_SIZE`]): nginx keeps a zone across a reload
@@ -53,12 +52,7 @@ pub fn lua_string(s: &str) -> String {
 /// the file rendered with an empty generation. The admin endpoint answers with the generation of
 /// the worker that serves it, so a reload is done when it answers with this one.
 pub fn generation(desired: &DesiredState, balancer: &str) -> String {
-    generation_of_text(&render_with(desired, balancer, ""))
-}
-
-fn generation_of_text(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
-    hex::encode(digest)[..16].to_owned()
+    super::generation(&render_with(desired, balancer, ""))
 }
 
 /// The generation written in a rendered file (what [`generation`] computed when it was rendered).

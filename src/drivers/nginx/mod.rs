@@ -628,11 +628,9 @@ impl Nginx {
 
     /// Dynamic mode: the generation the rendered config carries.
     fn rendered_generation(&self) -> String {
-        let after = self
-            .config
-            .split_once("generation = \"")
-            .map_or("", |(_, a)| a);
-        after.split('"').next().unwrap_or_default().to_owned()
+        dynamic::generation_in(&self.config)
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
