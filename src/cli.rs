@@ -43,7 +43,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Converge the hosts to the desired state, then exit.
     ///
-    /// Starts the new version in the idle slot, probes it, enables it in HAProxy, moves the traffic
+    /// Starts the new version in the idle slot, probes it, enables it in the balancer (HAProxy or nginx), moves the traffic
     /// (all at once, host by host, or in canary steps), keeps the old version ready for the app's
     /// `bake` while the new one is watched, then drains and stops the old version. When the version
     /// fails (does not start or get ready, fails analysis, dies or errs in its bake), it is

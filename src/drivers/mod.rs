@@ -1,7 +1,7 @@
 //! Drivers: every way kube-free touches the outside world, behind traits so that the planner and the
 //! executor never see SSH, sockets or HTTP:
 //! - [`Transport`] runs commands on a host (`ssh`, `local`);
-//! - [`Balancer`] is a traffic layer (`haproxy`);
+//! - [`Balancer`] is a traffic layer (`haproxy`, `nginx` in two modes);
 //! - [`Runtime`] runs app instances on a host (`process`);
 //! - [`Prober`] asks an instance whether it is ready (`probe`, over HTTP);
 //! - [`Ledger`] keeps what runs share on a balancer host: rollout records and the lease (`ledger`).
