@@ -8,28 +8,10 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Runs `examples/nginx/run.sh` in `mode` and returns its output and wrk's tally.
-fn run_example(mode: &str) -> (String, Tally) {
+/// Runs `examples/nginx/run.sh` in `mode`; checks both versions served; its output and tally.
+fn run_mode(mode: &str) -> (String, Tally) {
     require_tools(&["nginx", "wrk", "git", "curl"]);
-    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(top.join("examples/nginx/run.sh"))
-        .env("MODE", mode)
-        .env("KUBE_FREE", bin())
-        .env("DEMO_DIR", demo_binary().parent().unwrap())
-        .env("LOAD_SECONDS", "8")
-        .env_remove("KEEP")
-        .current_dir(top)
-        .output()
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "run.sh ({mode}) failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    let tally = Tally::parse(&stdout);
+    let (stdout, tally) = run_example("nginx", &[("MODE", mode)]);
     assert!(
         tally.served_by("1.0.0") > 100,
         "1.0.0 served before the switch\n{stdout}"
@@ -49,7 +31,7 @@ fn run_example(mode: &str) -> (String, Tally) {
 #[test]
 fn the_dynamic_mode_example_switches_with_no_failed_request() {
     let _turn = load_test_turn();
-    let (stdout, tally) = run_example("dynamic");
+    let (stdout, tally) = run_mode("dynamic");
     assert_eq!(tally.failed, 0, "{stdout}");
     assert!(
         stdout.contains("switched 1.0.0 -> 2.0.0 under load with 0 failed requests"),
@@ -60,7 +42,7 @@ fn the_dynamic_mode_example_switches_with_no_failed_request() {
 #[test]
 fn the_reload_mode_example_switches_and_reports_what_the_reloads_cost() {
     let _turn = load_test_turn();
-    let (stdout, tally) = run_example("reload");
+    let (stdout, tally) = run_mode("reload");
     // A reload closes idle keep-alive connections: some requests may fail, and the example says
     // how many instead of hiding it.
     if tally.failed > 0 {

@@ -4,31 +4,12 @@
 
 mod common;
 use common::*;
-use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn the_quickstart_switches_versions_under_load_with_no_failed_request() {
     require_tools(&["haproxy", "wrk", "git", "curl"]);
     let _turn = load_test_turn();
-    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(top.join("examples/quickstart/run.sh"))
-        .env("KUBE_FREE", bin())
-        .env("DEMO_DIR", demo_binary().parent().unwrap())
-        .env("LOAD_SECONDS", "8")
-        .env_remove("KEEP")
-        .current_dir(top)
-        .output()
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "run.sh failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    let tally = Tally::parse(&stdout);
+    let (stdout, tally) = run_example("quickstart", &[]);
     assert_eq!(tally.failed, 0, "{stdout}");
     assert!(
         tally.served_by("1.0.0") > 100,
