@@ -291,6 +291,44 @@ fn kube_free_reload_mode(s: &mut Setup) {
             tally.text
         );
     }
+    // Rolling, and a canary judged on the counters kube-free sums from its access log: one reload
+    // per batch or step.
+    let rollouts = [
+        ("3.1.0", "{ rolling: { batch: 1 } }"),
+        (
+            "3.2.0",
+            "{ canary: { steps: [{ weight: 50, pause: 3s }], analysis: { max_error_rate: 0.05, min_requests: 20 } } }",
+        ),
+    ];
+    for (version, strategy) in rollouts {
+        s.strategy = strategy.to_owned();
+        s.commit(version, "", "20s");
+        let started = Instant::now();
+        let (run, tally) = s.reconcile_under_load("GET", 90);
+        let took = started.elapsed();
+        run.code(0);
+        report(
+            &format!("kube-free reload-mode {strategy}"),
+            "GET",
+            &tally,
+            &[took],
+            Duration::ZERO,
+        );
+        s.assert_serving_only(version);
+        assert!(tally.failed * 100 < tally.requests.max(1), "{}", tally.text);
+    }
+    let app = s.status_json();
+    assert_eq!(app["rollout"]["phase"], "succeeded", "{app}");
+    // A verdict of `passed` needs `min_requests`: the counters summed from nginx's log count them.
+    assert!(
+        app["rollout"]["analysis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["verdict"] == "passed"),
+        "the canary's analysis read nginx's counters: {app}"
+    );
+    s.strategy = "blue-green".to_owned();
 }
 
 /// kube-free in `mode: dynamic` on nginx with Lua, taking over the running deployment from reload
@@ -298,9 +336,9 @@ fn kube_free_reload_mode(s: &mut Setup) {
 /// with no failed request; the 10% step serves 7–13% of the requests.
 fn kube_free_dynamic_mode(s: &mut Setup) {
     s.use_balancer(Balancer::NginxDynamic);
-    s.commit("3.0.0", "", "20s");
+    s.commit("3.2.0", "", "20s");
     s.kube_free(&["reconcile", "--once"]).code(0);
-    s.assert_serving_only("3.0.0");
+    s.assert_serving_only("3.2.0");
     let rollouts = [
         ("4.0.0", "blue-green", "GET"),
         ("5.0.0", "blue-green", "POST"),

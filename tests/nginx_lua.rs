@@ -885,6 +885,10 @@ fn pitfall_7_in_flight_after_client_abort_internal_redirect_and_worker_kill() {
     // Internal redirect: blue answers 500 twice (first pass, then @again).
     drop(slow);
     let mut boom = demo(lab.fb, "v1", &["--fail-path", "/boom"]);
+    // The checks may have seen the port closed between the two servers: one check interval with
+    // the demo app listening, then UP.
+    std::thread::sleep(Duration::from_millis(300));
+    lab.wait_up(FAST, BLUE, true);
     let before = lab.srv(FAST, BLUE);
     assert_eq!(get(lab.fast, "/boom").0, 500);
     std::thread::sleep(Duration::from_millis(50)); // the log phase runs after the response

@@ -74,7 +74,12 @@ for _ in $(seq 50); do [ -s "$nx/nginx.pid" ] && break; sleep 0.1; done
 
 step "desired state: a temporary Git repository with examples/nginx/kube-free.yaml, version 1.0.0"
 mkdir -p "$work/repo"
-sed "s/mode: dynamic /mode: $MODE /" "$here/kube-free.yaml" >"$work/repo/kube-free.yaml"
+if [ "$MODE" = reload ]; then
+  # plain nginx has no runtime endpoint: no admin_socket
+  sed -e "s/mode: dynamic /mode: reload /" -e "/admin_socket:/d" "$here/kube-free.yaml" >"$work/repo/kube-free.yaml"
+else
+  cp "$here/kube-free.yaml" "$work/repo/kube-free.yaml"
+fi
 git -C "$work/repo" init -q -b main
 git -C "$work/repo" add -A
 git -C "$work/repo" -c user.name=example -c user.email=example@localhost commit -q -m "demo 1.0.0"

@@ -91,9 +91,10 @@ pub struct RawBalancer {
     #[schemars(required, regex(pattern = NAME_PATTERN))]
     pub host: Option<String>,
     /// Control socket on that host: HAProxy's admin socket (default `/run/haproxy/admin.sock`), or
-    /// for nginx the unix socket of the endpoint kube-free renders and alone reaches (weights,
-    /// states and counters in `mode: dynamic`, the loaded config's generation in both modes;
-    /// default `/run/kube-free/nginx-admin.sock`; its directory is made mode 0700).
+    /// for nginx in `mode: dynamic` the unix socket of the endpoint kube-free renders and alone
+    /// reaches (weights, states, counters, the loaded config's generation; default
+    /// `/run/kube-free/nginx-admin.sock`, in a directory of its own that kube-free makes with mode
+    /// 0700).
     pub admin_socket: Option<String>,
     /// Config file kube-free owns and renders; default `/etc/haproxy/kube-free.cfg` (HAProxy) or
     /// `/etc/nginx/conf.d/kube-free.conf` (nginx, included in the `http` block).

@@ -290,6 +290,12 @@ pub fn validate(
             b.lua_module.is_some() && !(nginx && dynamic),
             "is only for `kind: nginx` in `mode: dynamic`",
         );
+        only(
+            &mut c,
+            "admin_socket",
+            nginx && !dynamic && b.admin_socket.is_some(),
+            "is not used in `mode: reload` (plain nginx has no runtime endpoint)",
+        );
         let (admin_default, config_default, reload_default) = if nginx {
             (
                 DEFAULT_NGINX_ADMIN_SOCKET,

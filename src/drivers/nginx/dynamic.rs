@@ -153,9 +153,10 @@ server {{
     out.push_str(LUA_MODULE);
     let _ = writeln!(
         out,
-        "\nkube_free.configure({{\n  generation = {},\n  state_file = {},\n  backends = {{",
+        "\nkube_free.configure({{\n  generation = {},\n  state_file = {},\n  admin_socket = {},\n  backends = {{",
         lua_string(generation),
         lua_string(&state_file(state_dir, balancer)),
+        lua_string(admin_socket),
     );
     out.push_str(&backends);
     let _ = writeln!(out, "  }},\n}})\n}}\n");

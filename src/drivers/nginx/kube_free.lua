@@ -48,9 +48,8 @@ local function admin_of(k)
   return dict:get("a:" .. k) or "maint"
 end
 
-local function eligible(s)
-  local k = s.key
-  return dict:get("a:" .. k) == "ready" and dict:get("h:" .. k) == "up" and (dict:get("w:" .. k) or 0) > 0
+local function eligible_by_admin_and_weight(k)
+  return dict:get("a:" .. k) == "ready" and (dict:get("w:" .. k) or 0) > 0
 end
 
 -- Weighted random choice among eligible servers of `b`, leaving out those in `exclude` (a set of
@@ -151,6 +150,45 @@ local function random_id()
   return table.concat(t)
 end
 
+-- The admin socket at a fresh start of nginx (not a reload): its directory is made (mode 0700) if
+-- it is missing (a tmpfs such as /run is empty after a boot), and a socket file left by an nginx
+-- that did not exit cleanly is removed, or nginx could not bind it and would not start. A socket
+-- that answers belongs to a running nginx (this is `nginx -t` beside it) and is left alone.
+local function prepare_admin_socket(path)
+  if not path or path == "" then
+    return
+  end
+  local ffi = require("ffi")
+  pcall(ffi.cdef, [[
+    struct kube_free_sockaddr_un { unsigned short sun_family; char sun_path[108]; };
+    int socket(int domain, int type, int protocol);
+    int connect(int fd, const void *addr, unsigned int len);
+    int close(int fd);
+    int unlink(const char *path);
+    int mkdir(const char *path, unsigned int mode);
+  ]])
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir and dir ~= "" then
+    ffi.C.mkdir(dir, tonumber("700", 8))
+  end
+  if #path >= 108 then
+    return
+  end
+  local fd = ffi.C.socket(1, 1, 0) -- AF_UNIX, SOCK_STREAM
+  if fd < 0 then
+    return
+  end
+  local addr = ffi.new("struct kube_free_sockaddr_un")
+  addr.sun_family = 1
+  ffi.copy(addr.sun_path, path)
+  local rc = ffi.C.connect(fd, addr, ffi.sizeof(addr))
+  local errno = ffi.errno()
+  ffi.C.close(fd)
+  if rc ~= 0 and errno == 111 then -- ECONNREFUSED: nobody listens, the file is stale
+    ffi.C.unlink(path)
+  end
+end
+
 local function seed()
   math.randomseed(math.floor(ngx.now() * 1000) + ngx.worker.pid())
   local f = M.state_file and io.open(M.state_file, "r")
@@ -164,6 +202,17 @@ local function seed()
         for _, c in ipairs(changes) do
           apply_change(c)
         end
+      end
+    end
+  end
+  -- What served before the restart serves again at once (as HAProxy restores its servers' state);
+  -- the first checks correct it within `fall` intervals. Other servers start DOWN.
+  for _, b in ipairs(M.backends) do
+    for _, s in ipairs(b.servers) do
+      if eligible_by_admin_and_weight(s.key) then
+        dict:set("h:" .. s.key, "up")
+        dict:set("c:" .. s.key, "passed")
+        dict:set("l:" .. s.key, "restored")
       end
     end
   end
@@ -199,6 +248,7 @@ function M.configure(cfg)
     M.by_name[b.name] = b
   end
   if not dict:get("seeded") then
+    prepare_admin_socket(cfg.admin_socket)
     seed()
   end
 end
@@ -207,6 +257,15 @@ end
 function M.access(backend)
   local b = M.by_name[backend]
   local pick = b and choose(b, nil)
+  -- An apply writes a batch key by key: a request that arrives between two of them may find no
+  -- server eligible for a moment. Look again before answering 503.
+  for _ = 1, 3 do
+    if pick or not b then
+      break
+    end
+    ngx.sleep(0.002)
+    pick = choose(b, nil)
+  end
   if not pick then
     return ngx.exit(503)
   end
@@ -241,12 +300,12 @@ function M.balance(backend)
     end
     pick = choose(b, seen) or choose(b, nil) or prev
   end
-  tried[#tried + 1] = pick
-  dict:incr("if:" .. pick.key, 1, 0)
   local ok, err = balancer.set_current_peer(pick.ip, pick.port)
   if not ok then
     error("kube-free: set_current_peer: " .. tostring(err))
   end
+  tried[#tried + 1] = pick
+  dict:incr("if:" .. pick.key, 1, 0)
 end
 
 local function server_of(addr)
@@ -362,7 +421,9 @@ local function tick(premature)
   end
   for _, b in ipairs(M.backends) do
     for _, s in ipairs(b.servers) do
-      if admin_of(s.key) ~= "maint" and dict:add("lock:" .. s.key, true, b.check.interval) then
+      -- One check of a server at a time: the lock lasts the interval, or the timeout when longer.
+      local hold = math.max(b.check.interval, b.check.timeout)
+      if admin_of(s.key) ~= "maint" and dict:add("lock:" .. s.key, true, hold) then
         local ok, err = ngx.timer.at(0, probe, s)
         if not ok then
           dict:delete("lock:" .. s.key)

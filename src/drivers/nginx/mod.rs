@@ -69,10 +69,19 @@ pub fn snippet(balancer: &crate::desired::Balancer, state_dir: &str) -> String {
         out.push_str(&format!("#    {file}\n"));
     }
     out.push_str(&format!(
-        "# and checks nginx's config with `{}` before every reload. Its endpoint listens on\n#    unix:{} (directory mode 0700).\n",
-        balancer.test_command.join(" "),
-        balancer.admin_socket
+        "# and checks nginx's config with `{}` before every reload.\n",
+        balancer.test_command.join(" ")
     ));
+    out.push_str(&match balancer.mode {
+        NginxMode::Dynamic => format!(
+            "# Its endpoint listens on unix:{} (directory mode 0700).\n",
+            balancer.admin_socket
+        ),
+        NginxMode::Reload => format!(
+            "# nginx answers the generation of the loaded files on the first frontend, to requests\n#    from this host with `Host: {}`.\n",
+            reload::GENERATION_HOST
+        ),
+    });
     out
 }
 
@@ -205,6 +214,25 @@ pub fn state_text<'a>(entries: impl IntoIterator<Item = (&'a ServerKey, Entry)>)
     out
 }
 
+/// The admin socket an installed dynamic-mode file listens on.
+pub fn installed_socket(config: &str) -> Option<&str> {
+    config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen unix:"))
+        .map(|l| l.trim_end_matches(';').trim())
+}
+
+/// Makes `dir` (mode 0700 when it is new) and prints its mode.
+pub fn socket_dir_cmd(dir: &str) -> Cmd {
+    Cmd::change([
+        "sh",
+        "-c",
+        r#"mkdir -p -m 0700 -- "$1" && stat -c %a -- "$1""#,
+        "kube-free-socket-dir",
+        dir,
+    ])
+}
+
 /// The generation of a rendered text: the first 16 hex digits of its SHA-256.
 pub fn generation(text: &str) -> String {
     use sha2::Digest;
@@ -280,6 +308,9 @@ pub struct Nginx {
     /// Reload mode: (backend, server, URL) of each server's health check.
     probes: Vec<(String, String, String)>,
     probe_timeout: f64,
+    /// Reload mode: the URL of the generation endpoint (on the first frontend), from the balancer
+    /// host; `None` without frontends.
+    generation_url: Option<String>,
     /// One change of files and reload at a time (parallel steps change one backend each).
     lock: tokio::sync::Mutex<()>,
 }
@@ -289,19 +320,17 @@ impl Nginx {
         let b = &desired.balancers[name];
         let paths = reload::Paths::new(desired.state_dir(&b.host), name);
         let peers = peers(desired, name);
+        let frontends: Vec<(String, String)> = desired
+            .environments_of(name)
+            .flat_map(|e| {
+                e.apps
+                    .iter()
+                    .map(|(app, d)| (backend_name(&e.name, app), d.listen.to_string()))
+            })
+            .collect();
         let config = match b.mode {
             NginxMode::Dynamic => dynamic::render(desired, name),
-            NginxMode::Reload => {
-                let frontends: Vec<(String, String)> = desired
-                    .environments_of(name)
-                    .flat_map(|e| {
-                        e.apps
-                            .iter()
-                            .map(|(app, d)| (backend_name(&e.name, app), d.listen.to_string()))
-                    })
-                    .collect();
-                reload::render(&peers, &frontends, &paths)
-            }
+            NginxMode::Reload => reload::render(&peers, &frontends, &paths),
         };
         let mut probes = Vec::new();
         let mut probe_timeout: f64 = 1.0;
@@ -333,6 +362,9 @@ impl Nginx {
             peers,
             probes,
             probe_timeout,
+            generation_url: frontends
+                .first()
+                .map(|(_, listen)| reload::generation_url(listen)),
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -349,16 +381,27 @@ impl Nginx {
         }
     }
 
-    /// One HTTP/1.0 request to the endpoint on the admin socket: (status, body).
+    /// One HTTP/1.0 request to the dynamic endpoint on the admin socket: (status, body).
     async fn http(
         &self,
         method: &str,
         path: &str,
         body: &str,
     ) -> Result<(u16, String), TransportError> {
+        self.http_at(&self.admin_socket, method, path, body).await
+    }
+
+    /// [`Nginx::http`] on `socket`.
+    async fn http_at(
+        &self,
+        socket: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String), TransportError> {
         let io = |what: &str| {
             let host = self.t().host().to_owned();
-            let what = format!("{what} {}", self.admin_socket);
+            let what = format!("{what} {socket}");
             move |source| TransportError::Io { host, what, source }
         };
         let request = format!(
@@ -366,7 +409,7 @@ impl Nginx {
             body.len()
         );
         let work = async {
-            let mut stream = self.t().connect_unix(&self.admin_socket).await?;
+            let mut stream = self.t().connect_unix(socket).await?;
             stream
                 .write_all(request.as_bytes())
                 .await
@@ -383,7 +426,7 @@ impl Nginx {
                 .await
                 .map_err(|_| TransportError::Timeout {
                     host: self.t().host().to_owned(),
-                    cmd: format!("{method} {path} on {}", self.admin_socket),
+                    cmd: format!("{method} {path} on {socket}"),
                     timeout: TIMEOUT,
                 })??;
         let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
@@ -407,7 +450,17 @@ impl Nginx {
 
     /// The dynamic endpoint's servers, with the generation of the worker that answered.
     async fn dynamic_servers(&self) -> Result<(Option<String>, Servers), BalancerError> {
-        let (status, body) = self.http("GET", "/kube-free/servers", "").await?;
+        self.dynamic_servers_at(&self.admin_socket).await
+    }
+
+    /// [`Nginx::dynamic_servers`] on `socket`.
+    async fn dynamic_servers_at(
+        &self,
+        socket: &str,
+    ) -> Result<(Option<String>, Servers), BalancerError> {
+        let (status, body) = self
+            .http_at(socket, "GET", "/kube-free/servers", "")
+            .await?;
         match parse_dynamic_servers(&body) {
             Some(servers) if status == 200 && generation_of_text(&body).is_some() => {
                 Ok((generation_of_text(&body).map(str::to_owned), servers))
@@ -418,14 +471,18 @@ impl Nginx {
 
     /// The generation of the config nginx runs now (`None`: the endpoint does not answer).
     async fn running_generation(&self) -> Option<String> {
-        let path = match self.mode {
-            NginxMode::Dynamic => "/kube-free/servers",
-            NginxMode::Reload => "/kube-free/generation",
-        };
-        let (status, body) = self.http("GET", path, "").await.ok()?;
-        (status == 200)
-            .then(|| generation_of_text(&body).map(str::to_owned))
-            .flatten()
+        match self.mode {
+            NginxMode::Dynamic => self.dynamic_servers().await.ok()?.0,
+            NginxMode::Reload => {
+                let url = self.generation_url.as_deref()?;
+                let out = self
+                    .t()
+                    .run(&reload::generation_cmd(url), TIMEOUT)
+                    .await
+                    .ok()?;
+                generation_of_text(&out.stdout_text()).map(str::to_owned)
+            }
+        }
     }
 
     async fn read(&self, path: &str) -> Result<Option<String>, TransportError> {
@@ -439,8 +496,13 @@ impl Nginx {
     }
 
     /// Writes `files`, tests nginx's config, reloads and waits until the endpoint answers with
-    /// `generation`. The previous files go back when the test or the reload fails.
-    async fn install(&self, files: &[(&str, &str)], generation: &str) -> Result<(), BalancerError> {
+    /// `generation` (`None`: there is no endpoint to ask, one reload). The previous files go back
+    /// when the test or the reload fails.
+    async fn install(
+        &self,
+        files: &[(&str, &str)],
+        generation: Option<&str>,
+    ) -> Result<(), BalancerError> {
         let mut previous = Vec::new();
         for (path, _) in files {
             previous.push((path.to_string(), self.read(path).await?));
@@ -461,9 +523,16 @@ impl Nginx {
             self.restore(&previous).await;
             return Err(e);
         }
-        if self.reload_until(generation).await? {
-            return Ok(());
-        }
+        let failure = match self.reload_until(generation).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => self.error(format!(
+                "`{}`: nginx did not load the new config (generation {}) after two reloads (30 s); the previous files are back; check nginx's error log",
+                self.reload_command.join(" "),
+                generation.unwrap_or("-")
+            )),
+            Err(e) => e,
+        };
+        // What nginx runs is not what the files say: put the previous files back and reload them.
         self.restore(&previous).await;
         let _ = run_ok(
             self.t(),
@@ -471,10 +540,7 @@ impl Nginx {
             TIMEOUT,
         )
         .await;
-        Err(self.error(format!(
-            "`{}`: nginx did not load the new config (generation {generation}) after two reloads (30 s); the previous files are back; check nginx's error log",
-            self.reload_command.join(" ")
-        )))
+        Err(failure)
     }
 
     /// What a failed config test means, in words an operator can act on.
@@ -506,7 +572,7 @@ impl Nginx {
 
     /// Runs the reload command until nginx answers with `generation` (a second reload when the
     /// first shows no effect in 10 s); whether it did.
-    async fn reload_until(&self, generation: &str) -> Result<bool, BalancerError> {
+    async fn reload_until(&self, generation: Option<&str>) -> Result<bool, BalancerError> {
         for wait in [Duration::from_secs(10), Duration::from_secs(20)] {
             run_ok(
                 self.t(),
@@ -514,6 +580,9 @@ impl Nginx {
                 TIMEOUT,
             )
             .await?;
+            let Some(generation) = generation else {
+                return Ok(true);
+            };
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 if self.running_generation().await.as_deref() == Some(generation) {
@@ -553,7 +622,7 @@ impl Nginx {
             self.t(),
             &reload::observe_cmd(
                 &self.paths,
-                &self.admin_socket,
+                self.generation_url.as_deref().unwrap_or(""),
                 &self.probes,
                 self.probe_timeout,
             ),
@@ -563,13 +632,23 @@ impl Nginx {
         Ok(reload::parse_observation(&out.stdout_text()))
     }
 
-    /// Reload mode: every server of the installed config.
-    async fn reload_servers(&self) -> Result<Servers, BalancerError> {
-        let Some(config) = self.current_config().await? else {
-            return Ok(Servers::new());
+    /// Reload mode: every server of the installed config, and whether nginx runs the installed
+    /// upstreams file (its generation answers); an error when nginx does not answer at all.
+    async fn reload_servers(&self, config: Option<&str>) -> Result<(Servers, bool), BalancerError> {
+        let Some(config) = config else {
+            return Ok((Servers::new(), false));
         };
+        let peers = Self::installed_peers(config);
         let o = self.reload_observation().await?;
-        Ok(reload::servers(&Self::installed_peers(&config), &o))
+        if o.generation.is_none() && !peers.is_empty() {
+            return Err(self.error(format!(
+                "nginx does not answer its generation endpoint ({}); is it running?",
+                self.generation_url.as_deref().unwrap_or("none")
+            )));
+        }
+        let upstreams = self.read(&self.paths.upstreams).await?.unwrap_or_default();
+        let loaded = reload::generation_of(&upstreams) == o.generation.as_deref();
+        Ok((reload::servers(&peers, &o), loaded))
     }
 
     /// Reload mode: writes the upstreams file for `peers` with `state`, tests, reloads and then
@@ -581,18 +660,25 @@ impl Nginx {
         config: Option<&str>,
     ) -> Result<(), BalancerError> {
         let include = config.map_or_else(|| self.config.clone(), str::to_owned);
-        let upstreams = reload::render_upstreams(peers, state, &self.admin_socket, &include);
-        let generation = reload::generation_of(&upstreams)
-            .unwrap_or_default()
-            .to_owned();
+        // The generation server listens on the include file's first frontend.
+        let listen = self.generation_url.as_ref().and(
+            include
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("listen "))
+                .map(|l| l.trim_end_matches(';')),
+        );
+        let upstreams = reload::render_upstreams(peers, state, listen, &include);
+        let generation = listen.and(reload::generation_of(&upstreams));
         let current = self.read(&self.paths.upstreams).await?;
-        if config.is_some() || current.as_deref() != Some(upstreams.as_str()) {
+        // A file already in place counts only when nginx runs it (a reload may have failed).
+        let loaded = current.as_deref() == Some(upstreams.as_str())
+            && (generation.is_none() || self.running_generation().await.as_deref() == generation);
+        if config.is_some() || !loaded {
             let mut files = vec![(self.paths.upstreams.as_str(), upstreams.as_str())];
             if let Some(c) = config {
                 files.push((self.config_file.as_str(), c));
             }
-            run_ok(self.t(), &self.socket_dir_cmd(), TIMEOUT).await?;
-            self.install(&files, &generation).await?;
+            self.install(&files, generation).await?;
         }
         let kept: BTreeMap<&ServerKey, Entry> = peers
             .iter()
@@ -616,14 +702,23 @@ impl Nginx {
         Ok(parse_state(&out.stdout_text()))
     }
 
-    /// Makes the admin socket's directory, readable by its owner only (nginx makes the socket
-    /// itself mode 0666).
-    fn socket_dir_cmd(&self) -> Cmd {
+    /// Makes the admin socket's directory (mode 0700) and checks that only its owner can enter it:
+    /// nginx makes the socket itself mode 0666, so the directory is what keeps others out.
+    async fn private_socket_dir(&self) -> Result<(), BalancerError> {
         let dir =
             self.admin_socket
                 .rsplit_once('/')
                 .map_or("/", |(d, _)| if d.is_empty() { "/" } else { d });
-        Cmd::change(["mkdir", "-p", "-m", "0700", dir])
+        let out = run_ok(self.t(), &socket_dir_cmd(dir), TIMEOUT).await?;
+        let mode = out.stdout_text();
+        if mode.trim().ends_with("00") {
+            return Ok(());
+        }
+        Err(self.error(format!(
+            "balancers.{}.admin_socket: its directory {dir} has mode {} (others may enter it and reach the socket, which nginx makes mode 0666); give the socket a directory of its own, which kube-free makes with mode 0700",
+            self.name,
+            mode.trim()
+        )))
     }
 
     /// Dynamic mode: the generation the rendered config carries.
@@ -648,25 +743,50 @@ impl Balancer for Nginx {
         // Before any step: a run on a host without the module changes nothing.
         self.check_lua_module().await?;
         let config = self.current_config().await?;
-        let servers = match self.mode {
-            NginxMode::Reload => self.reload_servers().await?,
-            NginxMode::Dynamic => match self.dynamic_servers().await {
-                Ok((_, servers)) => servers,
-                // Before kube-free's config is installed there is no endpoint, and no server.
-                Err(e) if config.as_deref() != Some(self.config.as_str()) => {
-                    tracing::debug!(error = %e, "no nginx endpoint yet; the config is to be installed");
-                    Servers::new()
+        let (servers, loaded) = match self.mode {
+            NginxMode::Reload => self.reload_servers(config.as_deref()).await?,
+            NginxMode::Dynamic => {
+                let installed = config.as_deref().and_then(dynamic::generation_in);
+                // The endpoint of the installed file (admin_socket may have changed since).
+                let socket = config
+                    .as_deref()
+                    .and_then(installed_socket)
+                    .unwrap_or(&self.admin_socket)
+                    .to_owned();
+                match self.dynamic_servers_at(&socket).await {
+                    Ok((running, servers)) => {
+                        let loaded = installed.is_some() && running.as_deref() == installed;
+                        (servers, loaded)
+                    }
+                    // Before kube-free's file is installed there is no endpoint, and no server.
+                    Err(e) if installed.is_none() => {
+                        tracing::debug!(error = %e, "no nginx endpoint yet; kube-free's file is to be installed");
+                        (Servers::new(), false)
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            },
+            }
         };
-        Ok(BalancerState { config, servers })
+        if config.is_some() && !loaded {
+            tracing::debug!(
+                balancer = %self.name,
+                "nginx does not run the files on disk (a reload failed or was cut short): config is stale"
+            );
+        }
+        Ok(BalancerState {
+            // A file nginx does not run is not the config in force: it is installed again.
+            config: config.filter(|_| loaded),
+            servers,
+        })
     }
 
     async fn servers(&self) -> Result<Servers, BalancerError> {
         match self.mode {
             NginxMode::Dynamic => Ok(self.dynamic_servers().await?.1),
-            NginxMode::Reload => self.reload_servers().await,
+            NginxMode::Reload => {
+                let config = self.current_config().await?;
+                Ok(self.reload_servers(config.as_deref()).await?.0)
+            }
         }
     }
 
@@ -723,7 +843,7 @@ impl Balancer for Nginx {
         match self.mode {
             NginxMode::Dynamic => {
                 self.check_lua_module().await?;
-                run_ok(self.t(), &self.socket_dir_cmd(), TIMEOUT).await?;
+                self.private_socket_dir().await?;
                 // Weights and states survive a reload in the dict; the file keeps them for a
                 // restart.
                 if let Ok((_, servers)) = self.dynamic_servers().await {
@@ -732,7 +852,7 @@ impl Balancer for Nginx {
                 let generation = self.rendered_generation();
                 self.install(
                     &[(self.config_file.as_str(), self.config.as_str())],
-                    &generation,
+                    Some(&generation),
                 )
                 .await
             }
@@ -750,8 +870,9 @@ impl Balancer for Nginx {
             // The state file is written with every change.
             NginxMode::Reload => Ok(()),
             NginxMode::Dynamic => {
-                let (_, servers) = self.dynamic_servers().await?;
+                // Read and written under the lock: a later read is written after an earlier one.
                 let _one_at_a_time = self.lock.lock().await;
+                let (_, servers) = self.dynamic_servers().await?;
                 self.write_dynamic_state(&servers).await
             }
         }

@@ -52,7 +52,6 @@ pub fn render(peers: &[Peer], frontends: &[(String, String)], paths: &Paths) -> 
         out,
         "log_format {LOG_FORMAT} '$upstream_addr|$upstream_status|$upstream_connect_time|$upstream_header_time';"
     );
-    let _ = writeln!(out, "include {};", paths.upstreams);
     for (backend, listen) in frontends {
         let _ = writeln!(
             out,
@@ -60,6 +59,8 @@ pub fn render(peers: &[Peer], frontends: &[(String, String)], paths: &Paths) -> 
             paths.log
         );
     }
+    // After the frontends: the generation server it holds is then never a listen's default server.
+    let _ = writeln!(out, "\ninclude {};", paths.upstreams);
     // Every server must exist in the upstreams file for the file to be valid; the servers list is
     // part of what this file stands for.
     let _ = writeln!(out, "\n# servers:");
@@ -69,13 +70,17 @@ pub fn render(peers: &[Peer], frontends: &[(String, String)], paths: &Paths) -> 
     out
 }
 
+/// The `Host` of the generation endpoint: a name no client sends (`.invalid` is reserved).
+pub const GENERATION_HOST: &str = "kube-free-generation.invalid";
+
 /// The upstreams file for `peers` with the weights and states of `state` (a server it does not
-/// know is in maintenance with weight 0), and the endpoint on `admin_socket` that answers the
-/// generation of the loaded files (and the pid of the worker answering).
+/// know is in maintenance with weight 0) and, on the first frontend's `listen`, a server named
+/// [`GENERATION_HOST`] that answers the generation of the loaded files (and the pid of the worker
+/// answering) to requests from the balancer host itself.
 pub fn render_upstreams(
     peers: &[Peer],
     state: &BTreeMap<(String, String), Entry>,
-    admin_socket: &str,
+    generation_listen: Option<&str>,
     include: &str,
 ) -> String {
     let mut body = String::new();
@@ -102,10 +107,62 @@ pub fn render_upstreams(
         let _ = writeln!(body, "    keepalive 32;\n}}");
     }
     let generation = super::generation(&format!("{include}\n{body}"));
-    format!(
+    let mut out = format!(
         "# Managed by kube-free: weights and states of nginx balancer servers; rewritten for every change.\n\
-         # generation {generation}\n\n{body}\nserver {{\n    listen unix:{admin_socket};\n    access_log off;\n    location = /kube-free/generation {{\n        default_type text/plain;\n        return 200 \"generation {generation}\\npid $pid\\n\";\n    }}\n    location / {{\n        return 404;\n    }}\n}}\n"
+         # generation {generation}\n\n{body}"
+    );
+    if let Some(listen) = generation_listen {
+        let _ = write!(
+            out,
+            "\nserver {{\n    listen {listen};\n    server_name {GENERATION_HOST};\n    access_log off;\n    location = /kube-free/generation {{\n{}        deny all;\n        default_type text/plain;\n        return 200 \"generation {generation}\\npid $pid\\n\";\n    }}\n    location / {{\n        return 404;\n    }}\n}}\n",
+            allow_local(listen)
+        );
+    }
+    out
+}
+
+/// `allow` lines for the addresses a request from the balancer host itself comes from, when it
+/// is sent to `listen`: loopback, and the listen address when it is a specific one.
+fn allow_local(listen: &str) -> String {
+    let mut out = "        allow 127.0.0.0/8;\n        allow ::1;\n".to_owned();
+    let address = local_address(listen);
+    if !address.starts_with("127.") && address != "[::1]" {
+        let _ = writeln!(out, "        allow {};", address.trim_matches(['[', ']']));
+    }
+    out
+}
+
+/// The address the balancer host reaches `listen` (`ADDRESS:PORT`) at: loopback for a wildcard.
+pub fn local_address(listen: &str) -> String {
+    let address = listen.rsplit_once(':').map_or(listen, |(a, _)| a);
+    match address {
+        "" | "*" | "0.0.0.0" => "127.0.0.1".to_owned(),
+        "[::]" => "[::1]".to_owned(),
+        a => a.to_owned(),
+    }
+}
+
+/// The URL of the generation endpoint on `listen`, from the balancer host.
+pub fn generation_url(listen: &str) -> String {
+    let port = listen.rsplit_once(':').map_or("80", |(_, p)| p);
+    format!(
+        "http://{}:{port}/kube-free/generation",
+        local_address(listen)
     )
+}
+
+/// Asks, on the balancer host, the generation endpoint at `url`.
+pub fn generation_cmd(url: &str) -> Cmd {
+    Cmd::read([
+        "curl",
+        "-s",
+        "--max-time",
+        "2",
+        "-H",
+        &format!("Host: {GENERATION_HOST}"),
+        "--",
+        url,
+    ])
 }
 
 /// The generation written in an upstreams file.
@@ -120,7 +177,7 @@ pub fn generation_of(upstreams: &str) -> Option<&str> {
 /// maintenance) and the counters summed from the access log.
 pub fn observe_cmd(
     paths: &Paths,
-    admin_socket: &str,
+    generation_url: &str,
     probes: &[(String, String, String)],
     timeout_secs: f64,
 ) -> Cmd {
@@ -131,7 +188,7 @@ pub fn observe_cmd(
         "kube-free-nginx",
         &paths.state,
         &paths.log,
-        admin_socket,
+        generation_url,
         &format!("{timeout_secs:.1}"),
     ]
     .map(str::to_owned)
@@ -142,10 +199,11 @@ pub fn observe_cmd(
     Cmd::read(argv)
 }
 
-const OBSERVE_SCRIPT: &str = r###"state=$1 log=$2 sock=$3 timeout=$4; shift 4
+const OBSERVE_SCRIPT: &str = r###"state=$1 log=$2 url=$3 timeout=$4; shift 4
 echo "## state"; test ! -e "$state" || cat -- "$state"
-pid=$(curl -s --max-time 2 --unix-socket "$sock" http://kube-free/kube-free/generation | sed -n 's/^pid //p')
-echo "## generation $(curl -s --max-time 2 --unix-socket "$sock" http://kube-free/kube-free/generation | sed -n 's/^generation //p')"
+answer=$(curl -s --max-time 2 -H 'Host: kube-free-generation.invalid' -- "$url")
+pid=$(printf '%s\n' "$answer" | sed -n 's/^pid //p')
+echo "## generation $(printf '%s\n' "$answer" | sed -n 's/^generation //p')"
 old=0
 if [ -n "$pid" ] && [ -r "/proc/$pid/stat" ]; then
   master=$(cut -d' ' -f4 "/proc/$pid/stat")
@@ -319,7 +377,7 @@ mod tests {
                 weight: 0,
             },
         );
-        let up = render_upstreams(&peers(), &state, "/run/kf/a.sock", "inc");
+        let up = render_upstreams(&peers(), &state, Some("0.0.0.0:80"), "inc");
         assert!(
             up.contains("    server 10.0.0.11:8000 weight=100; # web-1_blue\n"),
             "{up}"
@@ -328,7 +386,14 @@ mod tests {
             up.contains("    server 10.0.0.11:8001 down; # web-1_green\n"),
             "{up}"
         );
-        assert!(up.contains("listen unix:/run/kf/a.sock;"), "{up}");
+        assert!(
+            up.contains("    listen 0.0.0.0:80;\n    server_name kube-free-generation.invalid;"),
+            "{up}"
+        );
+        assert!(
+            up.contains("allow 127.0.0.0/8;\n        allow ::1;\n        deny all;"),
+            "{up}"
+        );
         let generation = generation_of(&up).unwrap();
         assert_eq!(generation.len(), 16);
         assert!(up.contains(&format!(
@@ -342,8 +407,29 @@ mod tests {
                 weight: 50,
             },
         );
-        let other = render_upstreams(&peers(), &state, "/run/kf/a.sock", "inc");
+        let other = render_upstreams(&peers(), &state, Some("0.0.0.0:80"), "inc");
         assert_ne!(generation_of(&other), Some(generation));
+    }
+
+    #[test]
+    fn the_generation_endpoint_is_reached_from_the_balancer_host() {
+        assert_eq!(
+            generation_url("0.0.0.0:80"),
+            "http://127.0.0.1:80/kube-free/generation"
+        );
+        assert_eq!(
+            generation_url("[::]:8080"),
+            "http://[::1]:8080/kube-free/generation"
+        );
+        assert_eq!(
+            generation_url("10.0.0.10:443"),
+            "http://10.0.0.10:443/kube-free/generation"
+        );
+        assert!(allow_local("10.0.0.10:443").contains("allow 10.0.0.10;"));
+        assert_eq!(
+            generation_cmd("http://127.0.0.1:80/kube-free/generation").to_string(),
+            "curl -s --max-time 2 -H 'Host: kube-free-generation.invalid' -- http://127.0.0.1:80/kube-free/generation"
+        );
     }
 
     #[test]
@@ -371,7 +457,7 @@ mod tests {
         assert_eq!(paths.state, "/var/lib/kube-free/nginx/edge.state");
         let cmd = observe_cmd(
             &paths,
-            "/run/kf.sock",
+            "http://127.0.0.1:80/kube-free/generation",
             &[(
                 "kf_p_api".into(),
                 "web-1_blue".into(),
@@ -386,7 +472,7 @@ mod tests {
                 "kube-free-nginx",
                 "/var/lib/kube-free/nginx/edge.state",
                 "/var/lib/kube-free/nginx/edge.access.log",
-                "/run/kf.sock",
+                "http://127.0.0.1:80/kube-free/generation",
                 "2.0",
                 "kf_p_api",
                 "web-1_blue",
