@@ -414,3 +414,28 @@ fn nginx_snippet_prints_the_lines_for_nginx_conf() {
         .stdout_has("edge.upstreams.conf");
     assert!(!run.stdout.contains("load_module"), "{}", run.stdout);
 }
+
+#[test]
+fn reload_mode_follows_a_frontend_that_moved() {
+    let nginx = Nginx::start(false);
+    let repo = Repo::new();
+    repo.write("kube-free.yaml", nginx.desired("1.0.0", "reload", ""));
+    repo.commit("demo 1.0.0");
+    kube_free(&["reconcile", "--once", "--repo", repo.path_str()]).code(0);
+    // The generation server moves with the first frontend: the installed files are still read at
+    // the old one, and the new config is installed and reloaded.
+    let moved = format!("127.0.0.1:{}", free_port());
+    repo.write(
+        "kube-free.yaml",
+        nginx
+            .desired("1.0.0", "reload", "")
+            .replace(&nginx.frontend(), &moved),
+    );
+    repo.commit("the frontend moves");
+    kube_free(&["plan", "--repo", repo.path_str()])
+        .code(10)
+        .stdout_has("apply config and reload balancer edge");
+    kube_free(&["reconcile", "--once", "--repo", repo.path_str()]).code(0);
+    assert_eq!(http_get(&moved, "/version"), "1.0.0");
+    kube_free(&["plan", "--repo", repo.path_str()]).code(0);
+}

@@ -214,6 +214,14 @@ pub fn state_text<'a>(entries: impl IntoIterator<Item = (&'a ServerKey, Entry)>)
     out
 }
 
+/// The first `listen` of an include file (reload mode: the first frontend's).
+fn first_listen(config: &str) -> Option<&str> {
+    config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("listen "))
+        .map(|l| l.trim_end_matches(';'))
+}
+
 /// The admin socket an installed dynamic-mode file listens on.
 pub fn installed_socket(config: &str) -> Option<&str> {
     config
@@ -617,15 +625,12 @@ impl Nginx {
             .collect()
     }
 
-    async fn reload_observation(&self) -> Result<reload::Observation, BalancerError> {
+    /// Reload mode: what the balancer host shows; `url`: the generation endpoint of the installed
+    /// files.
+    async fn reload_observation(&self, url: &str) -> Result<reload::Observation, BalancerError> {
         let out = run_ok(
             self.t(),
-            &reload::observe_cmd(
-                &self.paths,
-                self.generation_url.as_deref().unwrap_or(""),
-                &self.probes,
-                self.probe_timeout,
-            ),
+            &reload::observe_cmd(&self.paths, url, &self.probes, self.probe_timeout),
             TIMEOUT + Duration::from_secs_f64(self.probe_timeout * self.probes.len() as f64),
         )
         .await?;
@@ -639,11 +644,13 @@ impl Nginx {
             return Ok((Servers::new(), false));
         };
         let peers = Self::installed_peers(config);
-        let o = self.reload_observation().await?;
+        // The generation server is on the installed file's first frontend (which the desired
+        // state may have moved since).
+        let url = first_listen(config).map_or_else(String::new, reload::generation_url);
+        let o = self.reload_observation(&url).await?;
         if o.generation.is_none() && !peers.is_empty() {
             return Err(self.error(format!(
-                "nginx does not answer its generation endpoint ({}); is it running?",
-                self.generation_url.as_deref().unwrap_or("none")
+                "nginx does not answer its generation endpoint ({url}); is it running?"
             )));
         }
         let upstreams = self.read(&self.paths.upstreams).await?.unwrap_or_default();
@@ -661,12 +668,7 @@ impl Nginx {
     ) -> Result<(), BalancerError> {
         let include = config.map_or_else(|| self.config.clone(), str::to_owned);
         // The generation server listens on the include file's first frontend.
-        let listen = self.generation_url.as_ref().and(
-            include
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("listen "))
-                .map(|l| l.trim_end_matches(';')),
-        );
+        let listen = self.generation_url.as_ref().and(first_listen(&include));
         let upstreams = reload::render_upstreams(peers, state, listen, &include);
         let generation = listen.and(reload::generation_of(&upstreams));
         let current = self.read(&self.paths.upstreams).await?;
