@@ -60,6 +60,13 @@ fn the_reload_mode_example_switches_and_reports_what_the_reloads_cost() {
     );
 }
 
+/// Waits until process `pid` is gone.
+fn wait_gone(pid: u32) {
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// An nginx of its own in a temporary directory, with or without the Lua module, and the ports of
 /// a desired state for it; killed on drop.
 struct Nginx {
@@ -127,9 +134,7 @@ impl Nginx {
         for pid in std::iter::once(master.to_string()).chain(workers.lines().map(str::to_owned)) {
             let _ = Command::new("kill").args(["-9", &pid]).status();
         }
-        while Path::new(&format!("/proc/{master}")).exists() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_gone(master);
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -364,9 +369,7 @@ fn reload_mode_puts_the_previous_files_back_when_the_test_or_the_reload_fails() 
     // nginx down: kube-free says so instead of reporting the servers of its files.
     let master = nginx.pid();
     nginx.run(&["-s", "stop"]);
-    while Path::new(&format!("/proc/{master}")).exists() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_gone(master);
     kube_free(&["plan", "--repo", repo.path_str()])
         .code(1)
         .stderr_has("nginx does not answer its generation endpoint");
