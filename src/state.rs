@@ -21,6 +21,9 @@ pub struct InstanceRecord {
     /// Seconds since the Unix epoch.
     pub started_at: u64,
     pub argv: Vec<String>,
+    /// The container's id (docker runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// The version of an instance rebuilt from what runs when its command line is not the one the desired

@@ -132,7 +132,56 @@ pub enum Runtime {
         image: Template,
         command: Option<Vec<Template>>,
         env: BTreeMap<String, Template>,
+        cli: ContainerCli,
+        network: ContainerNetwork,
+        /// Address the slot's port is published on (`network: bridge`); `None`: every address.
+        bind: Option<std::net::IpAddr>,
+        pull: PullPolicy,
     },
+}
+
+impl Runtime {
+    /// The image an instance of `version` runs, when the runtime runs images.
+    pub fn image(&self) -> Option<&Template> {
+        match self {
+            Runtime::Docker { image, .. } => Some(image),
+            Runtime::Process { .. } => None,
+        }
+    }
+}
+
+/// The container tool a docker runtime runs on its hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerCli {
+    Docker,
+    Podman,
+}
+
+impl ContainerCli {
+    pub fn program(self) -> &'static str {
+        match self {
+            ContainerCli::Docker => "docker",
+            ContainerCli::Podman => "podman",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerNetwork {
+    /// The engine's own network; the slot's port is published.
+    Bridge,
+    /// The host's network.
+    Host,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Only when the host does not have the image.
+    Missing,
+    Always,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

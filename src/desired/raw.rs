@@ -171,12 +171,53 @@ pub struct RawRuntime {
     /// Command line (process runtime, required; docker: optional override). Placeholders: {version},
     /// {port}, {slot}, {app}, {env}, {host}; `{{` and `}}` for literal braces.
     pub command: Option<String>,
-    /// Image reference (docker runtime), e.g. `registry.local/api:{version}`.
+    /// Image reference (docker runtime), e.g. `registry.local/api:{version}`. Placeholders:
+    /// {version}, {app}, {env}, {host}.
     pub image: Option<String>,
-    /// Environment variables for the instance; values take placeholders.
+    /// Environment variables for the instance; values take placeholders. They reach the instance
+    /// through its standard input (process) or a 0600 env file removed after the start (docker),
+    /// never through a command line.
     #[serde(default)]
     #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }))]
     pub env: BTreeMap<String, String>,
+    /// Docker runtime: the command-line tool on the host, `docker` (default) or `podman`.
+    pub cli: Option<RawContainerCli>,
+    /// Docker runtime: `bridge` (default; the slot's port is published on `bind`) or `host` (the
+    /// container shares the host's network and listens on the slot's port itself).
+    pub network: Option<RawContainerNetwork>,
+    /// Docker runtime, `network: bridge`: the host address the slot's port is published on; default
+    /// every address.
+    pub bind: Option<String>,
+    /// Docker runtime: when the image is pulled before the start, `missing` (default: only when
+    /// the host does not have it) or `always`.
+    pub pull: Option<RawPullPolicy>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "ContainerCli")]
+pub enum RawContainerCli {
+    #[serde(rename = "docker")]
+    Docker,
+    #[serde(rename = "podman")]
+    Podman,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "ContainerNetwork")]
+pub enum RawContainerNetwork {
+    #[serde(rename = "bridge")]
+    Bridge,
+    #[serde(rename = "host")]
+    Host,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(rename = "PullPolicy")]
+pub enum RawPullPolicy {
+    #[serde(rename = "missing")]
+    Missing,
+    #[serde(rename = "always")]
+    Always,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -6,7 +6,7 @@ use super::diag::{Diagnostic, Diagnostics, Mark, Seg, YamlPath};
 use super::duration;
 use super::model::*;
 use super::raw::*;
-use super::template::{parse_command, split_words, Template};
+use super::template::{parse_command, split_words, Placeholder, Template};
 use super::yaml::{Kind, Node, Scalar};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -706,12 +706,20 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
         }
         match c.required(at, &rp.key("kind"), &r.kind) {
             None | Some(RawRuntimeKind::Process) => {
-                if r.image.is_some() {
-                    c.key(
-                        at,
-                        &rp.key("image"),
-                        "`image` applies to `kind: docker` only".into(),
-                    );
+                for (key, set) in [
+                    ("image", r.image.is_some()),
+                    ("cli", r.cli.is_some()),
+                    ("network", r.network.is_some()),
+                    ("bind", r.bind.is_some()),
+                    ("pull", r.pull.is_some()),
+                ] {
+                    if set {
+                        c.key(
+                            at,
+                            &rp.key(key),
+                            format!("`{key}` applies to `kind: docker` only"),
+                        );
+                    }
                 }
                 let command = match c.required(at, &rp.key("command"), &r.command) {
                     Some(line) => templates(c, at, &rp.key("command"), line),
@@ -721,19 +729,59 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
             }
             Some(RawRuntimeKind::Docker) => {
                 let image = c.required(at, &rp.key("image"), &r.image).map(|i| {
-                    Template::parse(i).unwrap_or_else(|e| {
-                        c.value(at, &rp.key("image"), e);
-                        Template { parts: Vec::new() }
-                    })
+                    let ip = rp.key("image");
+                    match Template::parse(i) {
+                        Ok(t) if i.trim().is_empty() || i.contains(char::is_whitespace) => {
+                            c.value(at, &ip, format!("invalid image reference {i:?}"));
+                            t
+                        }
+                        Ok(t) => {
+                            for p in [Placeholder::Port, Placeholder::Slot] {
+                                if t.uses(p) {
+                                    c.value(at, &ip, format!("the image cannot use {{{}}}: one image serves both slots (placeholders here: {{version}}, {{app}}, {{env}}, {{host}})", p.name()));
+                                }
+                            }
+                            t
+                        }
+                        Err(e) => {
+                            c.value(at, &ip, e);
+                            Template { parts: Vec::new() }
+                        }
+                    }
                 });
                 let command = r
                     .command
                     .as_ref()
                     .map(|line| templates(c, at, &rp.key("command"), line));
+                let network = match r.network {
+                    Some(RawContainerNetwork::Host) => ContainerNetwork::Host,
+                    _ => ContainerNetwork::Bridge,
+                };
+                let bind = r.bind.as_ref().and_then(|b| {
+                    let bp = rp.key("bind");
+                    if network == ContainerNetwork::Host {
+                        c.value(at, &bp, "`bind` applies to `network: bridge` only (with `network: host` the app chooses its own address)".into());
+                    }
+                    b.parse::<std::net::IpAddr>()
+                        .map_err(|_| {
+                            c.value(at, &bp, format!("invalid bind address {b:?} (an IPv4 or IPv6 address, no port)"))
+                        })
+                        .ok()
+                });
                 Runtime::Docker {
                     image: image.unwrap_or(Template { parts: Vec::new() }),
                     command,
                     env,
+                    cli: match r.cli {
+                        Some(RawContainerCli::Podman) => ContainerCli::Podman,
+                        _ => ContainerCli::Docker,
+                    },
+                    network,
+                    bind,
+                    pull: match r.pull {
+                        Some(RawPullPolicy::Always) => PullPolicy::Always,
+                        _ => PullPolicy::Missing,
+                    },
                 }
             }
         }

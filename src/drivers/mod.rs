@@ -12,6 +12,7 @@
 //! [`runtime::Kind::of`]). Fakes of every trait for fast tests are in `fake` (tests only).
 
 pub mod balancer;
+pub mod docker;
 #[cfg(test)]
 pub mod fake;
 pub mod files;
@@ -35,11 +36,25 @@ use std::time::Duration;
 
 /// One command to run on a host: argv (never a shell string), optional stdin, and whether it changes
 /// anything (read-only commands may be retried after a dropped connection; changing ones may not).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Cmd {
     pub argv: Vec<String>,
+    /// What the command reads (an env file, a record): may hold secrets, so it is never shown.
     pub stdin: Option<Vec<u8>>,
     pub changes: bool,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cmd")
+            .field("argv", &self.argv)
+            .field(
+                "stdin",
+                &self.stdin.as_ref().map(|b| format!("<{} bytes>", b.len())),
+            )
+            .field("changes", &self.changes)
+            .finish()
+    }
 }
 
 impl Cmd {

@@ -18,20 +18,22 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 const EXITS_AT_ONCE: Duration = Duration::from_millis(150);
 
 /// Starts argv in its own session with output appended to `log`, in `/`, writes `PID START_TICKS` to
-/// `pid_file` (atomically, before anything else can happen to the caller) and prints the pid. Every
-/// value is a positional parameter; the script text is constant.
-pub fn start_cmd(dir: &str, log: &str, pid_file: &str, argv: &[String]) -> Cmd {
+/// `pid_file` (atomically, before anything else can happen to the caller) and prints the pid. The
+/// environment it adds comes as `NAME=value` lines on the command's standard input (`export`ed by
+/// the shell, so no value is ever on a command line). Every value is a positional parameter; the
+/// script text is constant.
+pub fn start_cmd(dir: &str, log: &str, pid_file: &str, env: &str, argv: &[String]) -> Cmd {
     let mut words = vec![
         "sh".to_owned(),
         "-c".to_owned(),
-        r#"set -e; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & pid=$!; st=$(sed 's/.*)//' "/proc/$pid/stat" | cut -d' ' -f21) || st=0; printf '%s %s\n' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid""#.to_owned(),
+        r#"set -e; while IFS= read -r kv; do export "$kv"; done; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & pid=$!; st=$(sed 's/.*)//' "/proc/$pid/stat" | cut -d' ' -f21) || st=0; printf '%s %s\n' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid""#.to_owned(),
         "kube-free-start".to_owned(),
         dir.to_owned(),
         log.to_owned(),
         pid_file.to_owned(),
     ];
     words.extend(argv.iter().cloned());
-    Cmd::change(words)
+    Cmd::change(words).with_stdin(env.as_bytes())
 }
 
 pub fn stat_cmd(pid: u32) -> Cmd {
@@ -160,6 +162,7 @@ impl ProcessRuntime {
                 start_ticks,
                 started_at: 0,
                 argv: Vec::new(),
+                container: None,
             }),
         )
     }
@@ -284,14 +287,19 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, spec: &StartSpec) -> Result<InstanceRecord, RuntimeError> {
         let at = &spec.at;
         self.stop_orphan(at, spec.stop_timeout).await?;
-        let mut argv = vec!["env".to_owned()];
-        argv.extend(spec.launch.env.iter().cloned());
-        argv.extend(spec.launch.command.iter().cloned());
+        let env = spec
+            .launch
+            .env_lines()
+            .map_err(|name| RuntimeError::BadEnvValue {
+                app: at.app.clone(),
+                name,
+            })?;
+        let argv = spec.launch.command.clone();
         let dir = crate::state::app_dir(&self.state_dir, &at.env, &at.app);
         let log = self.log_file(at);
         let out = run_ok(
             self.t(),
-            &start_cmd(&dir, &log, &self.pid_file(at), &argv),
+            &start_cmd(&dir, &log, &self.pid_file(at), &env, &argv),
             TIMEOUT,
         )
         .await?;
@@ -329,6 +337,7 @@ impl Runtime for ProcessRuntime {
             start_ticks,
             started_at: crate::state::now(),
             argv,
+            container: None,
         };
         self.write_record(&record).await?;
         Ok(record)
@@ -393,11 +402,12 @@ mod tests {
             "/s/prod/api",
             "/s/prod/api/blue.log",
             "/s/prod/api/blue.pid",
-            &["env".into(), "PORT=8000".into(), "/opt/api bin".into()],
+            "PORT=8000\n",
+            &["/opt/api bin".into()],
         );
         assert_eq!(
             cmd.to_string(),
-            r#"sh -c 'set -e; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & pid=$!; st=$(sed '\''s/.*)//'\'' "/proc/$pid/stat" | cut -d'\'' '\'' -f21) || st=0; printf '\''%s %s\n'\'' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid"' kube-free-start /s/prod/api /s/prod/api/blue.log /s/prod/api/blue.pid env PORT=8000 '/opt/api bin'"#
+            r#"sh -c 'set -e; while IFS= read -r kv; do export "$kv"; done; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & pid=$!; st=$(sed '\''s/.*)//'\'' "/proc/$pid/stat" | cut -d'\'' '\'' -f21) || st=0; printf '\''%s %s\n'\'' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid"' kube-free-start /s/prod/api /s/prod/api/blue.log /s/prod/api/blue.pid '/opt/api bin'"#
         );
         assert_eq!(parse_pid_file("4242 31337\n"), Some((4242, 31337)));
         assert_eq!(parse_pid_file("4242"), None);
@@ -446,7 +456,13 @@ mod tests {
         let pid_file = crate::state::pid_file(state_dir, "test", "sleeper", "green");
         let out = run_ok(
             rt.t(),
-            &start_cmd(&app_dir, &log, &pid_file, &["sleep".into(), "30".into()]),
+            &start_cmd(
+                &app_dir,
+                &log,
+                &pid_file,
+                "",
+                &["sleep".into(), "30".into()],
+            ),
             TIMEOUT,
         )
         .await
@@ -476,13 +492,18 @@ mod tests {
             revision: "abc".into(),
             port: 1,
             launch: Launch {
-                env: vec!["KUBE_FREE_SLOT=blue".into()],
+                env: vec![
+                    "KUBE_FREE_SLOT=blue".into(),
+                    "SECRET=a value with spaces; $(and shell)".into(),
+                ],
                 command: vec!["sleep".into(), "30".into()],
+                container: None,
             },
             stop_timeout: Duration::from_secs(5),
         };
         let record = rt.start(&spec).await.unwrap();
-        assert_eq!(record.argv, ["env", "KUBE_FREE_SLOT=blue", "sleep", "30"]);
+        // The environment is not on the command line, and reached the process as it is.
+        assert_eq!(record.argv, ["sleep", "30"]);
         assert!(rt.is_alive(&record).await.unwrap());
         assert_eq!(
             rt.instance(&slot("blue")).await.unwrap(),
@@ -505,6 +526,9 @@ mod tests {
         let running = rt.recover(&slot("blue")).await.unwrap().unwrap();
         assert_eq!(running.argv, ["sleep", "30"]);
         assert!(running.environ.contains(&"KUBE_FREE_SLOT=blue".to_owned()));
+        assert!(running
+            .environ
+            .contains(&"SECRET=a value with spaces; $(and shell)".to_owned()));
         // A record whose start time does not match is not our process, even with a live pid.
         let impostor = InstanceRecord {
             start_ticks: record.start_ticks + 1,
@@ -521,6 +545,7 @@ mod tests {
             launch: Launch {
                 env: vec![],
                 command: vec!["sh".into(), "-c".into(), "echo boom >&2; exit 3".into()],
+                container: None,
             },
             ..spec
         };

@@ -4,7 +4,7 @@
 //! state ([`Kind::of`]).
 
 use super::TransportError;
-use crate::desired::App;
+use crate::desired::{App, ContainerCli};
 use crate::names::SlotRef;
 use crate::state::InstanceRecord;
 use std::time::Duration;
@@ -22,12 +22,79 @@ pub struct StartSpec {
     pub stop_timeout: Duration,
 }
 
-/// What an instance runs: its environment and its command, rendered from the app's runtime.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an instance runs: its environment and its command, rendered from the app's runtime, and
+/// for a container its image and network.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Launch {
-    /// `NAME=value` assignments, in order.
+    /// `NAME=value` assignments, in order. Values may be secrets: they reach the instance through
+    /// its standard input or a 0600 file, never a command line, and `Debug` shows only the names.
     pub env: Vec<String>,
     pub command: Vec<String>,
+    pub container: Option<Container>,
+}
+
+/// How a container runs (docker runtime).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    pub image: String,
+    /// The host's network (`true`) or the engine's, with the slot's port published on `bind`.
+    pub host_network: bool,
+    /// `None`: every address.
+    pub bind: Option<std::net::IpAddr>,
+}
+
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self
+            .env
+            .iter()
+            .map(|a| a.split_once('=').map_or(a.as_str(), |(n, _)| n))
+            .collect();
+        f.debug_struct("Launch")
+            .field("env", &names)
+            .field("command", &self.command)
+            .field("container", &self.container)
+            .finish()
+    }
+}
+
+impl Launch {
+    /// The environment as `NAME=value` lines (an env file, or what a start script reads), or the
+    /// name of the first variable whose value holds a newline or NUL (which no line can carry).
+    pub fn env_lines(&self) -> Result<String, String> {
+        let mut text = String::new();
+        for assignment in &self.env {
+            let name = assignment.split_once('=').map_or("", |(n, _)| n);
+            if assignment.contains(['\n', '\r', '\0']) {
+                return Err(name.to_owned());
+            }
+            text.push_str(assignment);
+            text.push('\n');
+        }
+        Ok(text)
+    }
+
+    /// A digest of everything that shapes an instance on `port` (image, network, command, every
+    /// variable with its value): the same launch gives the same digest, any change another. The
+    /// first 16 hex digits of a SHA-256; values cannot be read back from it.
+    pub fn digest(&self, port: u16) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut word = |w: &str| {
+            h.update((w.len() as u64).to_le_bytes());
+            h.update(w.as_bytes());
+        };
+        word(&port.to_string());
+        if let Some(c) = &self.container {
+            word(&c.image);
+            word(if c.host_network { "host" } else { "bridge" });
+            word(&c.bind.map(|b| b.to_string()).unwrap_or_default());
+        }
+        word(&self.command.len().to_string());
+        self.command.iter().for_each(|w| word(w));
+        self.env.iter().for_each(|w| word(w));
+        hex::encode(h.finalize())[..16].to_owned()
+    }
 }
 
 /// An instance record as found on its host.
@@ -99,13 +166,22 @@ pub trait Runtime: Send + Sync {
 
     /// The last `lines` lines of the slot's log, and where they come from.
     async fn logs(&self, at: &SlotRef, lines: u32) -> Result<(String, String), RuntimeError>;
+
+    /// Makes `image` available on the host before anything is started or stopped for it (pulls
+    /// it; with `always` false only when the host does not have it). Runtimes that run no images
+    /// have nothing to do.
+    async fn pull(&self, image: &str, always: bool) -> Result<(), RuntimeError> {
+        let _ = (image, always);
+        Ok(())
+    }
 }
 
 /// The runtimes there are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Process,
-    Docker,
+    /// Containers, through the `docker` or `podman` command.
+    Container(ContainerCli),
 }
 
 impl Kind {
@@ -113,14 +189,14 @@ impl Kind {
     pub fn of(app: &App) -> Kind {
         match app.runtime {
             crate::desired::Runtime::Process { .. } => Kind::Process,
-            crate::desired::Runtime::Docker { .. } => Kind::Docker,
+            crate::desired::Runtime::Docker { cli, .. } => Kind::Container(cli),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Process => "process",
-            Kind::Docker => "docker",
+            Kind::Container(cli) => cli.program(),
         }
     }
 }
@@ -146,6 +222,40 @@ pub enum RuntimeError {
     Unkillable { host: String, pid: u32 },
     #[error("app {app:?}: the {} runtime is not supported yet", .kind.name())]
     Unsupported { app: String, kind: Kind },
+    #[error("environment variable {name} of app {app:?} holds a line break or NUL, which cannot be passed to an instance")]
+    BadEnvValue { app: String, name: String },
+    /// The registry says there is no such image: the version's fault.
+    #[error("host {host:?}: image {image} not found: {error}")]
+    ImageMissing {
+        host: String,
+        image: String,
+        error: String,
+    },
+    /// The image could not be pulled for another reason (the registry does not answer, a full
+    /// disk): a later run tries again.
+    #[error("host {host:?}: pulling image {image} failed: {error}")]
+    Pull {
+        host: String,
+        image: String,
+        error: String,
+    },
+    /// `docker run` refused the container (exit 125: the engine's own trouble).
+    #[error("host {host:?}: `{cli} run` of {name} failed: {error}")]
+    Run {
+        host: String,
+        cli: &'static str,
+        name: String,
+        error: String,
+    },
+    #[error("host {host:?}: a container named {name} that kube-free did not start is in the way")]
+    InTheWay { host: String, name: String },
+    #[error("host {host:?}: container {container} is still there after `{cli} rm -f`: {error}")]
+    NotRemoved {
+        host: String,
+        cli: &'static str,
+        container: String,
+        error: String,
+    },
 }
 
 impl RuntimeError {
@@ -154,12 +264,16 @@ impl RuntimeError {
         matches!(self, RuntimeError::Transport(e) if e.lost_contact())
     }
 
-    /// Whether the instance itself failed (it exited at once; the app asks for a runtime there is
-    /// not), as opposed to the host.
+    /// Whether the instance itself failed (it exited at once, its image does not exist, its
+    /// environment cannot be passed; the app asks for a runtime there is not), as opposed to the
+    /// host.
     pub fn by_the_instance(&self) -> bool {
         matches!(
             self,
-            RuntimeError::ExitedAtOnce { .. } | RuntimeError::Unsupported { .. }
+            RuntimeError::ExitedAtOnce { .. }
+                | RuntimeError::Unsupported { .. }
+                | RuntimeError::BadEnvValue { .. }
+                | RuntimeError::ImageMissing { .. }
         )
     }
 }

@@ -83,12 +83,16 @@ pub fn build(
             bake: desired.apps[app].bake,
         };
         let before = plan.graph.node_count();
+        let mut roots: Vec<NodeIndex> = config.into_iter().collect();
+        if desired.apps[app].runtime.image().is_some() {
+            roots.extend(pulls(&mut plan, &r, &roots));
+        }
         let last = match &d.strategy {
             Strategy::Rolling { batch, .. } => {
-                rolling(&mut plan, &r, batch.size(env.hosts.len()), config)
+                rolling(&mut plan, &r, batch.size(env.hosts.len()), &roots)
             }
-            Strategy::BlueGreen { .. } => blue_green(&mut plan, &r, config),
-            Strategy::Canary { steps, .. } => canary(&mut plan, &r, steps, config),
+            Strategy::BlueGreen { .. } => blue_green(&mut plan, &r, &roots),
+            Strategy::Canary { steps, .. } => canary(&mut plan, &r, steps, &roots),
         };
         // The rollout is recorded as succeeded when this plan did anything for it, or when an
         // earlier run began it and did not finish.
@@ -162,6 +166,34 @@ fn serving(observed: &ObservedState, balancer: &str, at: &SlotRef) -> bool {
 
 fn slot_ref(env: &Environment, app: &str, host: &str, slot: &str) -> SlotRef {
     SlotRef::new(&env.name, app, host, slot)
+}
+
+/// For an app that runs images: a pull of the version's image on every host where no slot runs
+/// it yet, after `after`. Every other step of the rollout comes after them, so a missing image
+/// fails the rollout before anything stops.
+fn pulls(plan: &mut Plan, r: &Rollout, after: &[NodeIndex]) -> Vec<NodeIndex> {
+    r.env
+        .hosts
+        .iter()
+        .filter(|host| {
+            !r.d.slots.iter().any(|s| {
+                runs(
+                    r.observed,
+                    &slot_ref(r.env, r.app, host, &s.name),
+                    r.version,
+                )
+            })
+        })
+        .map(|host| {
+            let pull = Action::Pull {
+                host: host.clone(),
+                env: r.env.name.clone(),
+                app: r.app.to_owned(),
+                version: r.version.to_owned(),
+            };
+            plan.add(pull, after)
+        })
+        .collect()
 }
 
 /// One app of one environment going to one version, as seen in one snapshot.
@@ -340,9 +372,9 @@ fn retire(
 
 /// Blue-green toward `version`: on every host the target slot runs `version`, is probed and enabled;
 /// one shift moves all weight; the other slots are drained, put in maintenance and stopped.
-fn blue_green(plan: &mut Plan, r: &Rollout, config: Option<NodeIndex>) -> Vec<NodeIndex> {
+fn blue_green(plan: &mut Plan, r: &Rollout, roots: &[NodeIndex]) -> Vec<NodeIndex> {
     let env = r.env;
-    let base: Vec<NodeIndex> = config.into_iter().collect();
+    let base: Vec<NodeIndex> = roots.to_vec();
     let preps: Vec<HostPrep> = env
         .hosts
         .iter()
@@ -462,14 +494,9 @@ fn shift_to_targets(
 /// Rolling toward `version`: hosts in batches of `batch`; within a batch each host gets its target
 /// slot ready, moves its own weight to it and retires its old slot; the next batch starts when the
 /// batch before it is done, so at most one batch of hosts is ever changing.
-fn rolling(
-    plan: &mut Plan,
-    r: &Rollout,
-    batch: usize,
-    config: Option<NodeIndex>,
-) -> Vec<NodeIndex> {
+fn rolling(plan: &mut Plan, r: &Rollout, batch: usize, roots: &[NodeIndex]) -> Vec<NodeIndex> {
     let Rollout { env, observed, .. } = *r;
-    let mut after: Vec<NodeIndex> = config.into_iter().collect();
+    let mut after: Vec<NodeIndex> = roots.to_vec();
     for hosts in env.hosts.chunks(batch.max(1)) {
         let mut shifted = Vec::new();
         let mut preps: Vec<HostPrep> = Vec::new();
@@ -557,12 +584,12 @@ fn canary(
     plan: &mut Plan,
     r: &Rollout,
     steps: &[CanaryStep],
-    config: Option<NodeIndex>,
+    roots: &[NodeIndex],
 ) -> Vec<NodeIndex> {
     let Rollout {
         env, app, version, ..
     } = *r;
-    let base: Vec<NodeIndex> = config.into_iter().collect();
+    let base: Vec<NodeIndex> = roots.to_vec();
     let preps: Vec<HostPrep> = env
         .hosts
         .iter()

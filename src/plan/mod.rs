@@ -24,6 +24,14 @@ use std::time::Duration;
 pub enum Action {
     /// Write the balancer's config file (frontends, backends, servers) and reload hitlessly.
     ApplyConfig { balancer: String },
+    /// Make the image of `version` available on `host` (pull it; apps that run images only),
+    /// before anything of the rollout starts or stops.
+    Pull {
+        host: String,
+        env: String,
+        app: String,
+        version: String,
+    },
     /// Start `version` in the slot (detached, recorded in its instance file).
     Start { at: SlotRef, version: String },
     /// Probe the instance until it passes `healthy_after` times in a row (bounded by `deadline`).
@@ -98,6 +106,7 @@ impl Action {
                 Some(&at.host)
             }
             Action::Enable { at, .. } | Action::Drain { at, .. } => Some(&at.host),
+            Action::Pull { host, .. } => Some(host),
             Action::ApplyConfig { .. }
             | Action::Shift { .. }
             | Action::Weigh { .. }
@@ -125,6 +134,12 @@ impl std::fmt::Display for Action {
             Action::ApplyConfig { balancer } => {
                 write!(f, "apply config and reload balancer {balancer}")
             }
+            Action::Pull {
+                host,
+                env,
+                app,
+                version,
+            } => write!(f, "pull the image of {env}/{app} {version} on {host}"),
             Action::Start { at, version } => write!(
                 f,
                 "start {}/{} {version} in slot {} on {}",

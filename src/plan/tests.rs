@@ -46,6 +46,7 @@ impl World {
             start_ticks: 1,
             started_at: 0,
             argv: vec![],
+            container: None,
         };
         self.0
             .hosts
@@ -783,4 +784,52 @@ fn a_new_version_that_died_after_the_shift_never_gets_the_old_one_stopped() {
         "shift prod/api traffic on edge to [web-1_green, web-2_green]",
         "stop prod/api 1.0 in slot blue on web-1"
     ));
+}
+
+/// An app that runs images pulls the version's image on every host that lacks it before anything
+/// of the rollout starts or stops, also in a rolling update whose later batches stop old
+/// instances; a host that runs the version already pulls nothing.
+#[test]
+fn images_are_pulled_before_anything_starts_or_stops() {
+    let yaml = two_hosts_yaml("{ rolling: { batch: 1 } }").replace(
+        r#"runtime: { kind: process, command: "/opt/api/{version}/api --port {port}" }"#,
+        r#"runtime: { kind: docker, image: "reg.local/api:{version}" }"#,
+    );
+    let desired = crate::testing::desired(&yaml);
+    // Both slots hold 1.0 on web-2 (green in maintenance), so its rollout stops green first.
+    let world = World::new()
+        .serving_blue("1.0")
+        .instance("web-2", "green", "1.0", true, true);
+    let plan = build(&desired, &world.0, &BTreeSet::new(), &Scope::default());
+    let text = plan.render_text();
+    for host in ["web-1", "web-2"] {
+        let pull = format!("pull the image of prod/api 2.0 on {host}");
+        assert!(text.contains(&pull), "{text}");
+        for n in plan.graph.node_indices() {
+            let step = plan.graph[n].to_string();
+            if !step.starts_with("pull ") {
+                assert!(
+                    happens_before(&plan, &pull, &step),
+                    "{pull} before {step}\n{text}"
+                );
+            }
+        }
+    }
+    // Where the version runs already, nothing is pulled.
+    let done = World::new()
+        .instance("web-1", "green", "2.0", true, true)
+        .instance("web-2", "green", "2.0", true, true);
+    let plan = build(&desired, &done.0, &BTreeSet::new(), &Scope::default());
+    assert!(
+        !plan.render_text().contains("pull "),
+        "{}",
+        plan.render_text()
+    );
+    // A process app pulls nothing.
+    let plan = World::new().plan(&[]);
+    assert!(
+        !plan.render_text().contains("pull "),
+        "{}",
+        plan.render_text()
+    );
 }

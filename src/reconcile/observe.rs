@@ -133,6 +133,7 @@ impl World {
             start_ticks: running.start_ticks,
             started_at: 0,
             argv: running.argv,
+            container: None,
         }))
     }
 

@@ -346,6 +346,7 @@ pub fn rollout_of(action: &Action) -> Option<(String, String)> {
         | Action::Drain { at, .. }
         | Action::Stop { at, .. } => Some((at.env.clone(), at.app.clone())),
         Action::Shift { env, app, .. }
+        | Action::Pull { env, app, .. }
         | Action::Weigh { env, app, .. }
         | Action::Pause { env, app, .. }
         | Action::Bake { env, app, .. }

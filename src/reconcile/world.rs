@@ -1,11 +1,13 @@
 //! The world of a run: the desired state and the drivers that reach what it names — a transport per
-//! host in use, a runtime per app host and runtime kind, a balancer driver per balancer in use, a
+//! host in use, a runtime per app host and runtime kind (process everywhere, docker or podman where
+//! an app runs containers), a balancer driver per balancer in use, a
 //! ledger (records and lease) per balancer host, the prober and the clock. [`World::connect`] builds
 //! the real ones from the desired state; [`World::new`] takes any (fakes in tests).
 
 use super::{Clock, ReconcileError, SystemClock};
 use crate::desired::{DesiredState, Transport as HostTransport};
 use crate::drivers::balancer::for_balancer;
+use crate::drivers::docker::ContainerRuntime;
 use crate::drivers::ledger::HostLedger;
 use crate::drivers::local::LocalTransport;
 use crate::drivers::probe::HttpProber;
@@ -220,18 +222,32 @@ impl World {
 }
 
 /// The drivers the desired state chooses, on the hosts' transports: a process runtime on every app
-/// host, the driver of each balancer's kind, a ledger on every balancer host, HTTP probes, the
-/// machine's clock.
+/// host, a container runtime (docker or podman) on every app host of an app that runs on one, the
+/// driver of each balancer's kind, a ledger on every balancer host, HTTP probes, the machine's
+/// clock.
 fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transport>>) -> Drivers {
-    let runtimes = desired
-        .app_hosts()
-        .into_iter()
-        .map(|h| {
-            let r: Arc<dyn Runtime> =
-                Arc::new(ProcessRuntime::new(hosts[h].clone(), desired.state_dir(h)));
-            ((h.to_owned(), Kind::Process), r)
-        })
-        .collect();
+    let mut runtimes: BTreeMap<(String, Kind), Arc<dyn Runtime>> = BTreeMap::new();
+    for h in desired.app_hosts() {
+        let r: Arc<dyn Runtime> =
+            Arc::new(ProcessRuntime::new(hosts[h].clone(), desired.state_dir(h)));
+        runtimes.insert((h.to_owned(), Kind::Process), r);
+    }
+    for (env, app, _) in desired.deployments() {
+        let Kind::Container(cli) = Kind::of(&desired.apps[app]) else {
+            continue;
+        };
+        for h in &env.hosts {
+            runtimes
+                .entry((h.clone(), Kind::Container(cli)))
+                .or_insert_with(|| {
+                    Arc::new(ContainerRuntime::new(
+                        hosts[h].clone(),
+                        cli.program(),
+                        desired.state_dir(h),
+                    ))
+                });
+        }
+    }
     let balancers = desired
         .balancers_in_use()
         .into_iter()

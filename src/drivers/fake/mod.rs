@@ -320,6 +320,7 @@ impl Fleet {
             start_ticks: 1,
             started_at: 0,
             argv: vec![],
+            container: None,
         }
     }
 

@@ -1,11 +1,11 @@
-//! Steps on instances: start a version in a slot (done when it runs there already; never over a
-//! live instance of another version), probe it until it is ready, stop it. What an instance runs
-//! ([`launch`]) is rendered here from the app's runtime.
+//! Steps on instances: pull a version's image, start a version in a slot (done when it runs there
+//! already; never over a live instance of another version), probe it until it is ready, stop it.
+//! What an instance runs ([`launch`], [`image`]) is rendered here from the app's runtime.
 
 use super::{Live, Trouble};
 use crate::desired::template::Placeholder;
-use crate::desired::DesiredState;
-use crate::drivers::runtime::{Kind, Launch, StartSpec};
+use crate::desired::{ContainerNetwork, DesiredState, PullPolicy, Runtime};
+use crate::drivers::runtime::{Container, Launch, StartSpec};
 use crate::drivers::RuntimeError;
 use crate::execute::StepError;
 use crate::names::SlotRef;
@@ -28,11 +28,24 @@ pub(in crate::reconcile) fn launch(
         Placeholder::Host => at.host.clone(),
     };
     let app = &desired.apps[&at.app];
-    let crate::desired::Runtime::Process { command, env } = &app.runtime else {
-        return Err(RuntimeError::Unsupported {
-            app: at.app.clone(),
-            kind: Kind::of(app),
-        });
+    let (command, env, container) = match &app.runtime {
+        Runtime::Process { command, env } => (command.as_slice(), env, None),
+        Runtime::Docker {
+            image,
+            command,
+            env,
+            network,
+            bind,
+            ..
+        } => (
+            command.as_deref().unwrap_or_default(),
+            env,
+            Some(Container {
+                image: image.render(value),
+                host_network: *network == ContainerNetwork::Host,
+                bind: *bind,
+            }),
+        ),
     };
     let mut assignments = vec![
         format!("PORT={port}"),
@@ -42,9 +55,37 @@ pub(in crate::reconcile) fn launch(
         format!("KUBE_FREE_VERSION={version}"),
     ];
     assignments.extend(env.iter().map(|(k, v)| format!("{k}={}", v.render(value))));
-    Ok(Launch {
+    let launch = Launch {
         env: assignments,
         command: command.iter().map(|w| w.render(value)).collect(),
+        container,
+    };
+    launch
+        .env_lines()
+        .map_err(|name| RuntimeError::BadEnvValue {
+            app: at.app.clone(),
+            name,
+        })?;
+    Ok(launch)
+}
+
+/// The image `version` of the app runs on `host`, when it runs one.
+pub(in crate::reconcile) fn image(
+    desired: &DesiredState,
+    host: &str,
+    env: &str,
+    app: &str,
+    version: &str,
+) -> Option<String> {
+    desired.apps[app].runtime.image().map(|t| {
+        t.render(|p| match p {
+            Placeholder::Version => version.to_owned(),
+            Placeholder::App => app.to_owned(),
+            Placeholder::Env => env.to_owned(),
+            Placeholder::Host => host.to_owned(),
+            // Refused by validation: one image serves both slots.
+            Placeholder::Port | Placeholder::Slot => String::new(),
+        })
     })
 }
 
@@ -77,6 +118,29 @@ impl Live {
             stop_timeout: self.app(at).stop_timeout,
         };
         runtime.start(&spec).await?;
+        Ok(())
+    }
+
+    /// Makes the image of `version` available on `host` (docker runtime; nothing to do otherwise).
+    pub(super) async fn pull(
+        &self,
+        host: &str,
+        env: &str,
+        app: &str,
+        version: &str,
+    ) -> Result<(), StepError> {
+        let Some(image) = image(&self.world.desired, host, env, app, version) else {
+            return Ok(());
+        };
+        let always = matches!(
+            self.world.desired.apps[app].runtime,
+            Runtime::Docker {
+                pull: PullPolicy::Always,
+                ..
+            }
+        );
+        let at = SlotRef::new(env, app, host, "");
+        self.world.runtime(&at)?.pull(&image, always).await?;
         Ok(())
     }
 

@@ -228,6 +228,12 @@ impl Effects for Live {
         }
         match action {
             Action::ApplyConfig { balancer } => self.apply_config(balancer).await,
+            Action::Pull {
+                host,
+                env,
+                app,
+                version,
+            } => self.pull(host, env, app, version).await,
             Action::Start { at, version } => self.start(at, version).await,
             Action::Probe { at } => self.probe(at).await,
             Action::Enable { balancer, at } => self.enable(balancer, at).await,
@@ -306,6 +312,7 @@ impl Effects for Live {
         let slack = Duration::from_secs(30);
         match action {
             Action::ApplyConfig { .. } => Duration::from_secs(90),
+            Action::Pull { .. } => crate::drivers::docker::PULL_TIMEOUT + slack,
             Action::Start { .. } | Action::Shift { .. } => slack,
             // Its own wait for UP ends first, as the version's fault.
             Action::Enable { .. } => traffic::UP_WITHIN + slack,
