@@ -1,7 +1,8 @@
 //! Names kube-free gives what it owns, the one place they are made: an instance slot
 //! ([`SlotRef`]: environment, app, host, slot), and in every balancer one backend per environment
-//! and app and one server per host and slot. Drivers use these names as they are (HAProxy backends
-//! and servers, nginx upstreams); the planner and the observed snapshot know servers only by them.
+//! and app and one server per host and slot, and on a host one container per slot. Drivers use these
+//! names as they are (HAProxy backends and servers, nginx upstreams, containers); the planner and the
+//! observed snapshot know servers only by them.
 
 use serde::Serialize;
 
@@ -11,6 +12,11 @@ pub type ServerKey = (String, String);
 /// The backend of `app` in `env`.
 pub fn backend_name(env: &str, app: &str) -> String {
     format!("kf_{env}_{app}")
+}
+
+/// The container of `slot` of `app` in `env`, on its host.
+pub fn container_name(env: &str, app: &str, slot: &str) -> String {
+    format!("kf-{env}-{app}-{slot}")
 }
 
 /// The server of `slot` on `host`, in its app's backend.
@@ -43,6 +49,11 @@ impl SlotRef {
 
     pub fn server(&self) -> String {
         server_name(&self.host, &self.slot)
+    }
+
+    /// The slot's container (docker runtime).
+    pub fn container(&self) -> String {
+        container_name(&self.env, &self.app, &self.slot)
     }
 
     /// The slot's server in its balancer.

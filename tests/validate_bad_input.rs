@@ -694,6 +694,93 @@ case!(
 );
 
 case!(
+    docker_keys_on_a_process_runtime,
+    root(&base_with(
+        "kind: process",
+        "kind: process\n      network: host"
+    )),
+    [(
+        ROOT,
+        Some("network: host"),
+        "apps.api.runtime.network",
+        "`network` applies to `kind: docker` only"
+    )]
+);
+
+case!(
+    docker_image_with_a_slot_placeholder_and_a_bad_bind_address,
+    root(&base_with(
+        "kind: process\n      command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        "kind: docker\n      image: \"reg/api:{version}-{slot}\"\n      bind: 10.0.0.300"
+    )),
+    [
+        (
+            ROOT,
+            Some("\"reg/api"),
+            "apps.api.runtime.image",
+            "the image cannot use {slot}: one image serves both slots"
+        ),
+        (
+            ROOT,
+            Some("10.0.0.300"),
+            "apps.api.runtime.bind",
+            "invalid bind address \"10.0.0.300\""
+        )
+    ]
+);
+
+case!(
+    docker_bind_with_the_host_network,
+    root(&base_with(
+        "kind: process\n      command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        "kind: docker\n      image: \"reg/api:{version}\"\n      network: host\n      bind: 127.0.0.1"
+    )),
+    [(
+        ROOT,
+        Some("127.0.0.1"),
+        "apps.api.runtime.bind",
+        "`bind` applies to `network: bridge` only"
+    )]
+);
+
+case!(
+    docker_container_names_that_run_together_on_one_host,
+    root(
+        r#"version: 1
+hosts:
+  web-1: { address: 192.0.2.11 }
+  lb-1: { address: 192.0.2.10 }
+balancers:
+  edge: { kind: haproxy, host: lb-1 }
+apps:
+  c:
+    runtime: { kind: docker, image: "reg/c:{version}" }
+    slots: { blue: 8000, green: 8001 }
+  b-c:
+    runtime: { kind: docker, image: "reg/bc:{version}" }
+    slots: { blue: 9000, green: 9001 }
+environments:
+  a-b:
+    balancer: edge
+    hosts: [web-1]
+    apps:
+      c: { version: "1", listen: "0.0.0.0:80" }
+  a:
+    balancer: edge
+    hosts: [web-1]
+    apps:
+      b-c: { version: "1", listen: "0.0.0.0:81" }
+"#
+    ),
+    [(
+        ROOT,
+        Some("c: { version"),
+        "environments.a-b.apps.c",
+        "container kf-a-b-c-blue on host \"web-1\" would also be that of app \"b-c\" in environment \"a\"; rename one of them"
+    )]
+);
+
+case!(
     every_problem_in_every_file_is_reported_at_once,
     vec![
         (

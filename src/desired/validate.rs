@@ -389,6 +389,7 @@ pub fn validate(
     }
     check_ports(&mut c, envs, &environments, &hosts, &balancers);
     check_nginx_addresses(&mut c, at, &top, &environments, &hosts, &balancers);
+    check_container_names(&mut c, envs, &environments, &hosts, &apps);
     let notifications = notifications(&mut c, at, &top.key("notifications"), &raw.notifications);
 
     (c.diags.len() == before).then_some(DesiredState {
@@ -1233,6 +1234,51 @@ fn check_nginx_addresses(
                         b.name, env.name
                     ),
                 );
+            }
+        }
+    }
+}
+
+/// Containers are named `kf-<env>-<app>-<slot>` on their host (all `local` hosts share this
+/// machine's engine): two apps whose names run together (`a-b` + `c`, `a` + `b-c`) may not meet on
+/// one host.
+fn check_container_names(
+    c: &mut Checker,
+    envs: &[EnvSource<'_>],
+    environments: &BTreeMap<Name, Environment>,
+    hosts: &BTreeMap<Name, Host>,
+    apps: &BTreeMap<Name, App>,
+) {
+    let machine = |h: &str| match hosts.get(h).map(|h| &h.transport) {
+        Some(Transport::Local) => String::new(),
+        _ => h.to_owned(),
+    };
+    let mut named: BTreeMap<(String, String), (&str, &str)> = BTreeMap::new();
+    for src in envs {
+        let Some(env) = environments.get(&src.name) else {
+            continue;
+        };
+        for (app, d) in &env.apps {
+            if apps.get(app).is_none_or(|a| a.runtime.image().is_none()) {
+                continue;
+            }
+            for h in &env.hosts {
+                for s in &d.slots {
+                    let name = crate::names::container_name(&env.name, app, &s.name);
+                    let owner = named
+                        .entry((machine(h), name.clone()))
+                        .or_insert((&env.name, app));
+                    if *owner != (env.name.as_str(), app.as_str()) {
+                        c.key(
+                            At { doc: src.doc },
+                            &src.base.key("apps").key(app),
+                            format!(
+                                "container {name} on host {h:?} would also be that of app {:?} in environment {:?}; rename one of them",
+                                owner.1, owner.0
+                            ),
+                        );
+                    }
+                }
             }
         }
     }

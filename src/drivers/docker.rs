@@ -29,11 +29,6 @@ pub const SLOT_LABEL: &str = "kube-free.slot";
 /// podman would turn `\t` into one, docker would not). Never the environment.
 const FORMAT: &str = "{{json .ID}}\t{{json .Name}}\t{{json .State}}\t{{json .Config.Labels}}";
 
-/// The container of a slot.
-pub fn container_name(at: &SlotRef) -> String {
-    format!("kf-{}-{}-{}", at.env, at.app, at.slot)
-}
-
 /// Lists every container with kube-free's slot label, running or not: one [`FORMAT`] line each.
 /// A container removed between `ps` and `inspect` is left out.
 pub fn list_cmd(cli: &str) -> Cmd {
@@ -383,7 +378,7 @@ impl Runtime for ContainerRuntime {
 
     async fn instance(&self, at: &SlotRef) -> Result<Option<InstanceRecord>, RuntimeError> {
         Ok(self
-            .inspect(&container_name(at))
+            .inspect(&at.container())
             .await?
             .and_then(|seen| seen.record().ok())
             .filter(|r| r.env == at.env && r.app == at.app && r.slot == at.slot))
@@ -410,7 +405,7 @@ impl Runtime for ContainerRuntime {
     async fn start(&self, spec: &StartSpec) -> Result<InstanceRecord, RuntimeError> {
         let at = &spec.at;
         let host = self.host_name();
-        let name = container_name(at);
+        let name = at.container();
         let Some(container) = &spec.launch.container else {
             return Err(RuntimeError::Unsupported {
                 app: at.app.clone(),
@@ -493,12 +488,7 @@ impl Runtime for ContainerRuntime {
     ) -> Result<(), RuntimeError> {
         let id = match &record.container {
             Some(id) => id.clone(),
-            None => container_name(&SlotRef::new(
-                &record.env,
-                &record.app,
-                self.t().host(),
-                &record.slot,
-            )),
+            None => crate::names::container_name(&record.env, &record.app, &record.slot),
         };
         let cmd = stop_cmd(self.cli, &id, stop_timeout);
         let out = self.t().run(&cmd, stop_timeout + TIMEOUT).await?;
@@ -515,7 +505,7 @@ impl Runtime for ContainerRuntime {
     }
 
     async fn logs(&self, at: &SlotRef, lines: u32) -> Result<(String, String), RuntimeError> {
-        let name = container_name(at);
+        let name = at.container();
         let out = run_ok(self.t(), &logs_cmd(self.cli, &name, lines), TIMEOUT).await?;
         Ok((format!("`{} logs {name}`", self.cli), out.stdout_text()))
     }
@@ -696,7 +686,7 @@ mod tests {
         assert!(stop.changes);
         assert!(!list_cmd("docker").changes);
         assert_eq!(
-            container_name(&SlotRef::new("prod", "api", "h", "green")),
+            SlotRef::new("prod", "api", "h", "green").container(),
             "kf-prod-api-green"
         );
     }

@@ -119,6 +119,15 @@ impl Run {
         self
     }
 
+    pub fn stdout_lacks(&self, needle: &str) -> &Self {
+        assert!(
+            !self.stdout.contains(needle),
+            "stdout has {needle:?}\nstdout:\n{}",
+            self.stdout
+        );
+        self
+    }
+
     pub fn stderr_lacks(&self, needle: &str) -> &Self {
         assert!(
             !self.stderr.contains(needle),
