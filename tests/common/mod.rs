@@ -500,3 +500,130 @@ pub fn request(
         .unwrap_or_default();
     (code, body)
 }
+
+/// Debian's registry server (package `docker-registry`: distribution 2.8).
+pub const DOCKER_REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// A local Docker registry for the tests: `docker-registry serve <config>` on `<ip>:<free port>`
+/// with its storage in a temporary directory, plain HTTP, no auth, deletes allowed. Engines treat a
+/// registry on 127.0.0.0/8 as insecure (plain HTTP) by themselves; the fleet's engines do so for the
+/// fleet's subnet (see tests/fleet), so [`Registry::start_on`] the fleet's gateway address serves
+/// every fleet host. Killed when dropped.
+pub struct Registry {
+    child: Option<std::process::Child>,
+    address: String,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// A registry on `127.0.0.1:<free port>`, answering `GET /v2/` when this returns.
+    pub fn start() -> Registry {
+        Registry::start_on("127.0.0.1")
+    }
+
+    /// A registry on `<ip>:<free port>` (an address of this machine's network namespace), answering
+    /// `GET /v2/` when this returns. Panics if it does not come up within 10 s.
+    pub fn start_on(ip: &str) -> Registry {
+        assert!(
+            Path::new(DOCKER_REGISTRY).exists(),
+            "{DOCKER_REGISTRY} not found: apt-get install docker-registry"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("kube-free-registry-")
+            .tempdir()
+            .expect("temp dir");
+        // Another process may take a free port before the registry binds it: try a few.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind((ip, 0))
+                .unwrap_or_else(|e| panic!("registry: bind {ip}:0: {e}"))
+                .local_addr()
+                .unwrap()
+                .port();
+            let address = format!("{ip}:{port}");
+            let config = format!(
+                "version: 0.1\n\
+                 log:\n  level: info\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: {address}\n",
+                storage = dir.path().join("storage").display()
+            );
+            let config_file = dir.path().join("config.yml");
+            std::fs::write(&config_file, config).unwrap();
+            let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+            let mut child = Command::new(DOCKER_REGISTRY)
+                .arg("serve")
+                .arg(&config_file)
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("registry: start {DOCKER_REGISTRY}: {e}"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let log = std::fs::read_to_string(dir.path().join("registry.log"))
+                        .unwrap_or_default();
+                    if log.contains("address already in use") {
+                        break;
+                    }
+                    panic!("registry exited ({status}); log:\n{log}");
+                }
+                if request(&address, "GET", "/v2/", &[], b"").0 == 200 {
+                    return Registry {
+                        child: Some(child),
+                        address,
+                        dir,
+                    };
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "registry on {address}: GET /v2/ not answering 200 within 10 s; log:\n{}",
+                        std::fs::read_to_string(dir.path().join("registry.log"))
+                            .unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        panic!("registry: no free port on {ip} after 5 tries");
+    }
+
+    /// `<ip>:<port>`, the prefix of image names in it: `<address>/kf-demo:1`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// True while the registry process runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The registry's log (its stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Where it stores repositories and blobs.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Kills the registry and waits for it; its address then refuses connections (the storage is
+    /// kept until drop). No-op if stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
