@@ -63,18 +63,67 @@
 //! fleet. Off by default: nginx listens on nothing until kube-free.conf says so, but other fleet
 //! tests need not pay for its start.
 //!
+//! # Docker (optional)
+//!
+//! With [`FleetSpec::with_docker`] every app host (not the balancer) runs its own Docker engine:
+//! `nsenter --net=/var/run/netns/<ns> dockerd ...`, a child of the test process like sshd, in the
+//! host's network namespace, so a container published on `0.0.0.0` or run with `--network host`
+//! listens on that host's address, and its `docker0` bridge, NAT rules and `docker-proxy`
+//! processes are that host's. One engine per host because the hosts must really be distinct: with
+//! one shared engine, the same container name (`kf-<env>-<app>-<slot>`) on two hosts and the same
+//! published port on two hosts would collide, and a container would not be on any one host's
+//! address. The machine's main engine and other fleets' engines are never touched. (Not `ip netns
+//! exec`: it remounts `/sys` in a new mount namespace, which loses the cgroup mounts, and dockerd
+//! fails with "Devices cgroup isn't mounted"; `nsenter --net` changes the network only.)
+//!
+//! Engine of app host number `<n>` (0-based, spec order), all in `<dir>/docker/<n>/`
+//! ([`Fleet::docker_dir`]; short, for the 108-byte limit of unix socket paths): `daemon.json`
+//! (`{}`, so the machine's `/etc/docker/daemon.json` does not apply), `data/` (`--data-root`),
+//! `x/` (`--exec-root`: containerd's sockets and state, the containers' netns files),
+//! `docker.sock` ([`Fleet::docker_host`] is `unix://` and this path), `docker.pid`, `dockerd.log`.
+//! The storage driver is the main engine's (`docker info --format '{{.Driver}}'`; `vfs` when
+//! there is no main engine), the bridge `docker0` gets `--bip 10.<232+n>.<id>.1/24` (a distinct
+//! private /24 per fleet and host, apart from the fleet network; at most [`MAX_DOCKER_HOSTS`]
+//! docker hosts per fleet), and containers go to the cgroups `/kube-free-fleet-<id>/<n>/<container>`
+//! (`--cgroup-parent`), by which teardown finds their processes. Registries on the fleet network
+//! (e.g. one on [`Fleet::gateway_address`], this machine) are plain HTTP (`--insecure-registry
+//! 10.231.<id>.0/24`); a registry on 127.0.0.1 of this machine is out of the hosts' reach (their
+//! loopback is their own). The host's sshd gives every
+//! session `DOCKER_HOST=unix://<dir>/docker/<n>/docker.sock` (`SetEnv`), so a plain `docker` run
+//! over SSH, as kube-free runs it, talks to that host's engine. Start: about a second per engine,
+//! all engines at once; ready when `docker info` answers.
+//!
+//! No image can be pulled: [`Fleet::load_image`] builds the demo app's image with
+//! `examples/quickstart-docker/build-image.sh` into the first docker host's engine and copies it
+//! into the others (`docker save` once, `docker load` into the others side by side: the image has
+//! the same id on every host, as if pulled from one registry; about 0.9 s to build and 0.5–1 s to
+//! copy with the debug demo binary, where running the script on every engine would give each host
+//! an image of its own id for about the same time).
+//! [`Fleet::docker`] runs the `docker` CLI against a host's engine, [`Fleet::containers`] lists its
+//! containers with their labels.
+//!
 //! Keep a `Fleet` in a local of the test (not in a `static`, which is never dropped).
 //!
 //! # Teardown
 //!
-//! [`Drop`] kills every process in the fleet's namespaces and every process whose command line
-//! mentions the fleet's directory, deletes the namespaces (which takes the bridge and veths with
-//! them), deletes `kf<id>up`, waits until they are gone, removes the directory, and only then
-//! releases the id lock. Drop runs on panics too (also on a panic half way through
+//! [`Drop`] first empties and stops the Docker engines, if any (`docker rm -f` of every container,
+//! SIGTERM to dockerd, which stops its containerd, and a wait), then kills every process in the
+//! fleet's namespaces, every process whose command line mentions the fleet's directory (sshd,
+//! HAProxy, nginx, dockerd, containerd, the shims, fuse-overlayfs) and every process in the
+//! cgroups `/kube-free-fleet-<id>/` (containers, which live in namespaces of their own and outlive
+//! a killed shim), unmounts (lazily) whatever is still mounted under the directory (dockerd's
+//! bind mount of its data root, fuse-overlayfs layers, netns files), removes the cgroup
+//! directories and the sockets that killed containerd shims leave in `/run/containerd/s/`, deletes
+//! the namespaces (which takes the bridge and veths with them), deletes
+//! `kf<id>up`, waits until they are gone, removes the directory, and only then releases the id
+//! lock. Drop runs on panics too (also on a panic half way through
 //! [`Fleet::start`]: the value under construction owns what was built so far). A run killed with
 //! SIGKILL cannot clean up; its leftovers are removed by the next [`Fleet::start`]: before
 //! building, the fleet cleans its own id, and it sweeps every other id that has leftovers and
-//! whose lock is free.
+//! whose lock is free, the same way as a drop. A killed run's dockerd goes on running (it is not
+//! killed with its parent) and is emptied and stopped like at a drop; if it died too, its
+//! containerd and shims are found by the directory in their command lines and its containers by
+//! their cgroup.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -90,6 +139,9 @@ use std::sync::{Mutex, Once};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+/// PATH of the daemons the fleet starts (dockerd finds containerd, runc, iptables, docker-proxy
+/// and fuse-overlayfs on it), and of the image builder; a test run's PATH may lack the sbin ones.
+const DAEMON_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Highest fleet id; ids are 1..=MAX_ID, one /24 each.
 const MAX_ID: u8 = 250;
 /// First host address in the subnet (`10.231.<id>.10`).
@@ -101,6 +153,14 @@ const HAPROXY: &str = "/usr/sbin/haproxy";
 const SSH: &str = "/usr/bin/ssh";
 const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
 const NGINX: &str = "/usr/sbin/nginx";
+const DOCKERD: &str = "/usr/sbin/dockerd";
+const NSENTER: &str = "/usr/bin/nsenter";
+/// How long a Docker engine may take to answer `docker info` after its start.
+const DOCKER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long teardown waits for a Docker engine to stop after SIGTERM (then it is killed).
+const DOCKER_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most docker hosts in one fleet (each gets its own second octet for `docker0`, 10.232–10.255).
+pub const MAX_DOCKER_HOSTS: usize = 24;
 /// The modules Debian's `libnginx-mod-http-ndk` and `libnginx-mod-http-lua` install; the Lua one
 /// needs the NDK one loaded first.
 pub const NGINX_NDK_MODULE: &str = "/usr/share/nginx/modules/ndk_http_module.so";
@@ -129,6 +189,8 @@ pub struct FleetSpec {
     /// Also run nginx on the balancer host, with or without the Lua module; `None` (the default):
     /// no nginx, so fleets that do not use it do not pay for it.
     pub nginx: Option<NginxModules>,
+    /// Give every app host its own Docker engine (see the module documentation); off by default.
+    pub docker: bool,
 }
 
 /// What the fleet's nginx loads (see [`FleetSpec::nginx`] and [`Fleet::restart_nginx`]).
@@ -147,7 +209,14 @@ impl FleetSpec {
             app_hosts: app_hosts.iter().map(|h| h.to_string()).collect(),
             balancer: balancer.to_string(),
             nginx: None,
+            docker: false,
         }
+    }
+
+    /// Also runs a Docker engine of its own on every app host (not on the balancer).
+    pub fn with_docker(mut self) -> FleetSpec {
+        self.docker = true;
+        self
     }
 
     /// Also runs nginx with the Lua module on the balancer host.
@@ -169,6 +238,36 @@ struct Host {
     netns: String,
     address: String,
     dir: PathBuf,
+    /// The host's Docker engine directory `<fleet dir>/docker/<n>` and `n`, if it runs one.
+    docker: Option<(PathBuf, usize)>,
+}
+
+/// A container of a fleet host's Docker engine, as `docker inspect` shows it (see
+/// [`Fleet::containers`]).
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// Full id.
+    pub id: String,
+    /// Name without the leading `/`, e.g. `kf-production-api-blue`.
+    pub name: String,
+    /// The image as given at `docker run` (`Config.Image`), e.g. `kf-demo:1`.
+    pub image: String,
+    /// `created`, `running`, `restarting`, `exited`, `paused`, `removing` or `dead`.
+    pub state: String,
+    /// Exit code of the last run (0 while running).
+    pub exit_code: i64,
+    /// Pid of the container's first process as the machine sees it; 0 when not running.
+    pub pid: i64,
+    /// Labels (`Config.Labels`), e.g. `kube-free.app` -> `api`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Entrypoint and command as run (`Path`, then `Args`).
+    pub argv: Vec<String>,
+    /// `HostConfig.NetworkMode`: `default` (bridge), `host`, ...
+    pub network_mode: String,
+    /// Published ports, `<host ip>:<host port>-><container port>/<proto>`, sorted.
+    pub ports: Vec<String>,
+    /// `State.Error` (e.g. why the engine could not start it); empty if none.
+    pub error: String,
 }
 
 /// A running test fleet; see the module documentation. Torn down when dropped.
@@ -186,6 +285,11 @@ pub struct Fleet {
     /// The nginx master (`daemon off;`, a child of this process) and what it loaded, if the
     /// fleet runs nginx.
     nginx: Mutex<Option<(Child, NginxModules)>>,
+    /// Per docker host: its dockerd (a child of this process: nsenter execs dockerd) and when it
+    /// was started.
+    dockerd: Mutex<HashMap<String, (Child, Instant)>>,
+    /// Images [`Fleet::load_image`] loaded: (tag, entrypoint args, broken) -> image id.
+    images: Mutex<HashMap<String, String>>,
     /// Held for the fleet's lifetime; dropped last, after [`Drop::drop`] has cleaned everything.
     _lock: File,
 }
@@ -201,6 +305,17 @@ impl Fleet {
     pub fn start(spec: FleetSpec) -> Fleet {
         ensure_tools();
         validate_spec(&spec);
+        if spec.docker {
+            let missing: Vec<&str> = [DOCKERD, NSENTER]
+                .into_iter()
+                .filter(|p| !Path::new(p).exists())
+                .collect();
+            assert!(
+                missing.is_empty() && find_docker().is_some(),
+                "fleet: with_docker needs Docker Engine (dockerd, the docker CLI) and nsenter; missing {missing:?}{}",
+                if find_docker().is_none() { " and docker" } else { "" }
+            );
+        }
         let (id, lock) = claim_id();
         if stale_ids(0).contains(&id) {
             eprintln!("fleet: removing leftovers of fleet {id} (earlier run killed?)");
@@ -219,6 +334,8 @@ impl Fleet {
                 netns: format!("kf{id}-{name}"),
                 address: format!("10.231.{id}.{}", FIRST_HOST + n),
                 dir: dir.join("hosts").join(name),
+                docker: (spec.docker && n < spec.app_hosts.len())
+                    .then(|| (dir.join("docker").join(n.to_string()), n)),
             })
             .collect();
         // From here on, a panic drops `fleet`, which tears down whatever exists.
@@ -232,6 +349,8 @@ impl Fleet {
             sshd: Mutex::new(HashMap::new()),
             haproxy: Mutex::new(None),
             nginx: Mutex::new(None),
+            dockerd: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
             _lock: lock,
         };
         fleet.build_dirs_and_keys();
@@ -239,8 +358,16 @@ impl Fleet {
         for host in &fleet.hosts {
             fleet.spawn_sshd(&host.name);
         }
+        // The engines start side by side with the sshds (about a second each).
+        let driver = spec.docker.then(storage_driver);
+        for host in fleet.docker_hosts() {
+            fleet.spawn_dockerd(&host, driver.as_deref().unwrap());
+        }
         for host in &fleet.hosts {
             fleet.wait_sshd(&host.name);
+        }
+        for host in fleet.docker_hosts() {
+            fleet.wait_dockerd(&host);
         }
         fleet.start_haproxy();
         if let Some(modules) = spec.nginx {
@@ -820,6 +947,327 @@ impl Fleet {
         }
     }
 
+    // ---- Docker (only with `FleetSpec::with_docker`) ----
+
+    /// The hosts that run a Docker engine: every app host with [`FleetSpec::with_docker`], in spec
+    /// order; none otherwise.
+    pub fn docker_hosts(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|h| h.docker.is_some())
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
+    fn engine(&self, host: &str) -> &(PathBuf, usize) {
+        self.host(host).docker.as_ref().unwrap_or_else(|| {
+            panic!("fleet: host {host:?} runs no Docker engine (FleetSpec::with_docker; app hosts only)")
+        })
+    }
+
+    /// The host's engine directory `<dir>/docker/<n>` (see the module documentation). Panics if
+    /// the host runs no engine.
+    pub fn docker_dir(&self, host: &str) -> PathBuf {
+        self.engine(host).0.clone()
+    }
+
+    /// The `DOCKER_HOST` of the host's engine, `unix://<dir>/docker/<n>/docker.sock`: what the
+    /// host's ssh sessions have, and what [`Fleet::docker`] uses.
+    pub fn docker_host(&self, host: &str) -> String {
+        format!(
+            "unix://{}",
+            self.docker_dir(host).join("docker.sock").display()
+        )
+    }
+
+    /// The log of the host's dockerd (and of the containerd it runs).
+    pub fn docker_log(&self, host: &str) -> PathBuf {
+        self.docker_dir(host).join("dockerd.log")
+    }
+
+    /// The subnet of the host's `docker0` bridge, `10.<232+n>.<id>.0/24`.
+    pub fn docker_bridge_subnet(&self, host: &str) -> String {
+        format!("10.{}.{}.0/24", 232 + self.engine(host).1, self.id)
+    }
+
+    /// Pid of the host's dockerd, while it runs.
+    pub fn dockerd_pid(&self, host: &str) -> Option<u32> {
+        self.host(host);
+        let mut map = self.dockerd.lock().unwrap();
+        let (child, _) = map.get_mut(host)?;
+        matches!(child.try_wait(), Ok(None)).then(|| child.id())
+    }
+
+    /// A `docker` command (the CLI kube-free's ssh sessions find first on PATH) against the
+    /// host's engine; append the arguments.
+    pub fn docker_command(&self, host: &str) -> Command {
+        let mut cmd = Command::new(docker_bin());
+        cmd.env("DOCKER_HOST", self.docker_host(host))
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `docker args...` against the host's engine (from this machine, not over ssh); does not
+    /// panic on a non-zero exit.
+    pub fn docker(&self, host: &str, args: &[&str]) -> Output {
+        self.docker_command(host)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("fleet: run docker {args:?} on {host}: {e}"))
+    }
+
+    /// Like [`Fleet::docker`], but panics (with stderr) unless it succeeds; returns stdout, trimmed.
+    pub fn docker_ok(&self, host: &str, args: &[&str]) -> String {
+        let out = self.docker(host, args);
+        assert!(
+            out.status.success(),
+            "fleet: `docker {}` on {host} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Every container of the host's engine, running or not (`docker ps -a`, then `docker
+    /// inspect` for exact labels), sorted by name.
+    pub fn containers(&self, host: &str) -> Vec<Container> {
+        let ids = self.docker_ok(host, &["ps", "-a", "-q", "--no-trunc"]);
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let mut args = vec!["inspect", "--type", "container"];
+        args.extend(ids.split_whitespace());
+        // A container removed meanwhile fails the exit status, not the others' JSON.
+        let out = self.docker(host, &args);
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "fleet: docker inspect on {host}: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let mut containers: Vec<Container> = all
+            .iter()
+            .map(|c| {
+                let mut argv = vec![text(&c["Path"])];
+                if let Some(args) = c["Args"].as_array() {
+                    argv.extend(args.iter().map(text));
+                }
+                let mut ports = Vec::new();
+                if let Some(map) = c["NetworkSettings"]["Ports"].as_object() {
+                    for (inside, bindings) in map {
+                        for b in bindings.as_array().into_iter().flatten() {
+                            ports.push(format!(
+                                "{}:{}->{inside}",
+                                text(&b["HostIp"]),
+                                text(&b["HostPort"])
+                            ));
+                        }
+                    }
+                }
+                ports.sort();
+                Container {
+                    id: text(&c["Id"]),
+                    name: text(&c["Name"]).trim_start_matches('/').to_string(),
+                    image: text(&c["Config"]["Image"]),
+                    state: text(&c["State"]["Status"]),
+                    exit_code: c["State"]["ExitCode"].as_i64().unwrap_or(-1),
+                    pid: c["State"]["Pid"].as_i64().unwrap_or(0),
+                    labels: c["Config"]["Labels"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+                        .unwrap_or_default(),
+                    argv,
+                    network_mode: text(&c["HostConfig"]["NetworkMode"]),
+                    ports,
+                    error: text(&c["State"]["Error"]),
+                }
+            })
+            .collect();
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        containers
+    }
+
+    /// Makes the demo app's image `tag` (ENTRYPOINT `["/kube-free-demo", entrypoint_args...]`, the
+    /// demo binary `demo_bin`) available on every docker host, and returns its id (the same on
+    /// every host). Builds it with `examples/quickstart-docker/build-image.sh` into the first
+    /// docker host's engine, saves it once and loads the archive into the other engines side by
+    /// side. Done once per fleet for the same arguments (later calls return the id at once).
+    pub fn load_image(&self, demo_bin: &Path, tag: &str, entrypoint_args: &[&str]) -> String {
+        self.load_demo_image(Some(demo_bin), tag, entrypoint_args)
+    }
+
+    /// Like [`Fleet::load_image`], for an image that has no binary at all (the script's
+    /// `BROKEN=nobinary`): every `docker run` of it fails at once.
+    pub fn load_image_without_binary(&self, tag: &str) -> String {
+        self.load_demo_image(None, tag, &[])
+    }
+
+    fn load_demo_image(&self, demo_bin: Option<&Path>, tag: &str, args: &[&str]) -> String {
+        let hosts = self.docker_hosts();
+        assert!(
+            !hosts.is_empty(),
+            "fleet: no docker hosts (FleetSpec::with_docker)"
+        );
+        let key = format!("{tag}\0{}\0{}", args.join("\0"), demo_bin.is_none());
+        let mut images = self.images.lock().unwrap();
+        if let Some(id) = images.get(&key) {
+            return id.clone();
+        }
+        let t0 = Instant::now();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart-docker/build-image.sh");
+        let mut build = Command::new("bash");
+        build
+            .arg(&script)
+            .arg(tag)
+            .args(args)
+            .env("DOCKER_HOST", self.docker_host(&hosts[0]))
+            .env("PATH", DAEMON_PATH)
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("IMAGE_TAR")
+            .stdin(Stdio::null());
+        match demo_bin {
+            Some(bin) => build.env("DEMO_BIN", bin).env_remove("BROKEN"),
+            None => build.env("BROKEN", "nobinary"),
+        };
+        let out = build
+            .output()
+            .unwrap_or_else(|e| panic!("fleet: run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "fleet: {} {tag} {args:?} failed ({}): {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let built = t0.elapsed();
+        let t1 = Instant::now();
+        if hosts.len() > 1 {
+            let archive = self.dir.join("docker").join(format!(
+                "image-{}.tar",
+                tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            ));
+            let archive_text = archive.display().to_string();
+            self.docker_ok(&hosts[0], &["save", "-o", &archive_text, tag]);
+            std::thread::scope(|s| {
+                for host in &hosts[1..] {
+                    let archive_text = &archive_text;
+                    s.spawn(move || {
+                        self.docker_ok(host, &["load", "-q", "-i", archive_text]);
+                    });
+                }
+            });
+            let _ = fs::remove_file(&archive);
+        }
+        for host in &hosts {
+            let there = self.docker_ok(host, &["image", "inspect", "--format", "{{.Id}}", tag]);
+            assert_eq!(
+                there, id,
+                "fleet: image {tag} on {host} is not the one built"
+            );
+        }
+        eprintln!(
+            "fleet {}: image {tag} built in {built:?} on {}, loaded into {} more engine(s) in {:?}",
+            self.id,
+            hosts[0],
+            hosts.len() - 1,
+            t1.elapsed()
+        );
+        images.insert(key, id.clone());
+        id
+    }
+
+    fn spawn_dockerd(&self, host: &str, driver: &str) {
+        let h = self.host(host);
+        let (dir, n) = self.engine(host).clone();
+        create_dir(&dir);
+        fs::write(dir.join("daemon.json"), "{}\n").unwrap();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("dockerd.log"))
+            .unwrap();
+        let _ = fs::remove_file(dir.join("docker.pid"));
+        let d = |name: &str| dir.join(name).display().to_string();
+        // `nsenter --net` (not `ip netns exec`, which remounts /sys and loses the cgroup
+        // mounts); nsenter execs dockerd, so the child is dockerd itself.
+        let child = Command::new(NSENTER)
+            .arg(format!("--net=/run/netns/{}", h.netns))
+            .arg(DOCKERD)
+            .args(["--config-file", &d("daemon.json")])
+            .args(["--data-root", &d("data")])
+            .args(["--exec-root", &d("x")])
+            .args(["-H", &format!("unix://{}", d("docker.sock"))])
+            .args(["--pidfile", &d("docker.pid")])
+            .args(["--storage-driver", driver])
+            .args(["--bip", &format!("10.{}.{}.1/24", 232 + n, self.id)])
+            .args(["--cgroup-parent", &format!("/{}/{n}", cgroup_name(self.id))])
+            // A registry of the tests on this machine's fleet address, over plain HTTP.
+            .args(["--insecure-registry", &format!("10.231.{}.0/24", self.id)])
+            .args(["--shutdown-timeout", "2"])
+            .env("PATH", DAEMON_PATH)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("DOCKER_HOST")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("fleet: start dockerd on {host}: {e}"));
+        self.dockerd
+            .lock()
+            .unwrap()
+            .insert(host.to_string(), (child, Instant::now()));
+    }
+
+    /// Waits until the host's engine answers `GET /_ping` on its socket, then `docker info` with
+    /// the CLI.
+    fn wait_dockerd(&self, host: &str) {
+        let socket = self.docker_dir(host).join("docker.sock");
+        let started = self.dockerd.lock().unwrap().get(host).map(|(_, t)| *t);
+        let deadline = Instant::now() + DOCKER_READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .dockerd
+                .lock()
+                .unwrap()
+                .get_mut(host)
+                .and_then(|(c, _)| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "fleet: dockerd on {host} exited ({status}); log (end):\n{}",
+                    tail(&read_lossy(&self.docker_log(host)), 30)
+                );
+            }
+            if docker_ping(&socket) {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "fleet: dockerd on {host} not answering on {} within {DOCKER_READY_TIMEOUT:?}; log (end):\n{}",
+                    socket.display(),
+                    tail(&read_lossy(&self.docker_log(host)), 30)
+                );
+            }
+            sleep(Duration::from_millis(20));
+        }
+        let info = self.docker_ok(
+            host,
+            &["info", "--format", "{{.Driver}} {{.CgroupVersion}}"],
+        );
+        eprintln!(
+            "fleet {}: dockerd on {host} ready in {:?} ({info})",
+            self.id,
+            started.map(|t| t.elapsed()).unwrap_or_default()
+        );
+    }
+
     /// Pids of all processes currently in the host's namespace.
     pub fn pids(&self, host: &str) -> Vec<i32> {
         netns_pids(&self.netns(host))
@@ -885,7 +1333,7 @@ impl Fleet {
                  X11Forwarding no\n\
                  AllowTcpForwarding yes\n\
                  AllowStreamLocalForwarding yes\n\
-                 SetEnv HOME={dir}/home\n\
+                 SetEnv HOME={dir}/home{docker_host}\n\
                  LogLevel VERBOSE\n\
                  Subsystem sftp internal-sftp\n",
                 name = h.name,
@@ -893,6 +1341,12 @@ impl Fleet {
                 key = key.display(),
                 dir = h.dir.display(),
                 authorized = client.join("authorized_keys").display(),
+                // One SetEnv line: sshd takes the first one only.
+                docker_host = match &h.docker {
+                    Some((engine, _)) =>
+                        format!(" DOCKER_HOST=unix://{}/docker.sock", engine.display()),
+                    None => String::new(),
+                },
             );
             fs::write(h.dir.join("sshd_config"), config).unwrap();
         }
@@ -1116,6 +1570,12 @@ impl Drop for Fleet {
         }
         if let Ok(mut ng) = self.nginx.lock() {
             if let Some((mut child, _)) = ng.take() {
+                let _ = child.wait();
+            }
+        }
+        if let Ok(mut map) = self.dockerd.lock() {
+            for (_, (mut child, _)) in map.drain() {
+                let _ = child.kill();
                 let _ = child.wait();
             }
         }
@@ -1394,6 +1854,11 @@ fn validate_spec(spec: &FleetSpec) {
         "fleet: at most 240 hosts ({} asked)",
         all.len()
     );
+    assert!(
+        !spec.docker || spec.app_hosts.len() <= MAX_DOCKER_HOSTS,
+        "fleet: at most {MAX_DOCKER_HOSTS} docker hosts ({} asked)",
+        spec.app_hosts.len()
+    );
     for (i, name) in all.iter().enumerate() {
         let ok = !name.is_empty()
             && name.len() <= 63
@@ -1493,8 +1958,9 @@ fn sweep_stale_ids(own: u8) {
     }
 }
 
-/// Removes everything of fleet `id`: processes, namespaces, links, directory. The caller holds
-/// the id's lock. Best effort, never panics; waits (bounded) until the names are free again.
+/// Removes everything of fleet `id`: Docker engines and containers, processes, mounts, cgroups,
+/// namespaces, links, directory. The caller holds the id's lock. Best effort, never panics; waits
+/// (bounded) until the names are free again.
 fn cleanup_id(id: u8) {
     let dir = fleet_dir(id);
     let prefix = format!("kf{id}-");
@@ -1502,11 +1968,16 @@ fn cleanup_id(id: u8) {
     let ours = |ns: &str| ns.starts_with(&prefix) || ns == sw;
     let needle = format!("{}/", dir.display());
 
+    // Named after the containers, which the engines' stop removes.
+    let shim_sockets = shim_sockets(&dir);
+    stop_docker_engines(&dir);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let namespaces: Vec<String> = netns_list().into_iter().filter(|n| ours(n)).collect();
         let mut pids: Vec<i32> = namespaces.iter().flat_map(|ns| netns_pids(ns)).collect();
         pids.extend(pids_mentioning(&needle));
+        // Containers: own namespaces, and they outlive a killed shim; found by their cgroup.
+        pids.extend(pids_in_cgroup(&cgroup_name(id)));
         if pids.is_empty() || Instant::now() > deadline {
             break;
         }
@@ -1514,6 +1985,11 @@ fn cleanup_id(id: u8) {
             kill9(pid);
         }
         sleep(Duration::from_millis(20));
+    }
+    unmount_under(&dir);
+    remove_cgroups(&cgroup_name(id));
+    for socket in shim_sockets {
+        let _ = fs::remove_file(socket);
     }
     for ns in netns_list().into_iter().filter(|n| ours(n)) {
         ip_quiet(&["netns", "delete", &ns]);
@@ -1595,6 +2071,263 @@ pub fn pids_mentioning(needle: &str) -> Vec<i32> {
         }
     }
     pids
+}
+
+// ---- Docker engines ----
+
+/// Name of the cgroup (directly under each hierarchy's root) that holds fleet `id`'s containers:
+/// `kube-free-fleet-<id>` (dockerd's `--cgroup-parent /kube-free-fleet-<id>/<n>`).
+fn cgroup_name(id: u8) -> String {
+    format!("kube-free-fleet-{id}")
+}
+
+fn find_docker() -> Option<&'static str> {
+    ["/usr/local/bin/docker", "/usr/bin/docker"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
+/// The `docker` CLI, the one first on a login's PATH (`/usr/local/bin` before `/usr/bin`).
+fn docker_bin() -> &'static str {
+    find_docker().expect("fleet: the docker CLI is not installed")
+}
+
+/// The main engine's storage driver (`docker info --format '{{.Driver}}'` on the default
+/// engine): what works on this machine's filesystem. `vfs` (slow, works anywhere) when no main
+/// engine answers.
+fn storage_driver() -> String {
+    let out = Command::new(docker_bin())
+        .args(["info", "--format", "{{.Driver}}"])
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() && !String::from_utf8_lossy(&o.stdout).trim().is_empty() => {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        }
+        _ => {
+            eprintln!(
+                "fleet: no main Docker engine answers; the fleet's engines use storage driver vfs"
+            );
+            "vfs".to_string()
+        }
+    }
+}
+
+/// True when a Docker engine answers `GET /_ping` with `OK` on the unix socket.
+fn docker_ping(socket: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") && answer.ends_with("OK")
+}
+
+/// Empties and stops every Docker engine of the fleet directory `dir` that still runs (its
+/// `docker.pid` names a live dockerd of that directory): `docker rm -f` of all its containers,
+/// then SIGTERM and a wait of at most [`DOCKER_STOP_TIMEOUT`]. All engines side by side. What
+/// is left (an engine that does not stop, containers of an engine that was killed) the caller
+/// kills.
+fn stop_docker_engines(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir.join("docker")) else {
+        return;
+    };
+    let engines: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("daemon.json").exists())
+        .collect();
+    std::thread::scope(|s| {
+        for engine in &engines {
+            s.spawn(move || stop_docker_engine(engine));
+        }
+    });
+}
+
+fn stop_docker_engine(engine: &Path) {
+    let Some(pid) = fs::read_to_string(engine.join("docker.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    // The pid file of a killed dockerd may name another process by now.
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mine = format!("{}/", engine.display());
+    if process_gone(pid) || !String::from_utf8_lossy(&cmdline).contains(&mine) {
+        return;
+    }
+    let host = format!("unix://{}/docker.sock", engine.display());
+    let docker = |args: &[&str]| {
+        Command::new("/usr/bin/timeout")
+            .arg("30")
+            .arg(docker_bin())
+            .args(args)
+            .env("DOCKER_HOST", &host)
+            .env_remove("DOCKER_CONTEXT")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let ids = docker(&["ps", "-a", "-q"]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        docker(&[&["rm", "-f", "-v"][..], &ids].concat());
+    }
+    // SAFETY: kill(2) on the dockerd of this fleet directory (checked above).
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + DOCKER_STOP_TIMEOUT;
+    while !process_gone(pid) && Instant::now() < deadline {
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// The sockets of the containerd shims of the fleet directory's containers, which a killed shim
+/// (or one whose containerd was stopped under it) leaves behind: containerd names each
+/// `/run/containerd/s/<sha256 of "<containerd address>/<namespace>/<container id>">`, whatever
+/// its own root.
+fn shim_sockets(dir: &Path) -> Vec<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let mut sockets = Vec::new();
+    let Ok(engines) = fs::read_dir(dir.join("docker")) else {
+        return sockets;
+    };
+    for engine in engines.flatten().map(|e| e.path()) {
+        let address = engine.join("x").join("containerd").join("containerd.sock");
+        let Ok(containers) = fs::read_dir(engine.join("data").join("containers")) else {
+            continue;
+        };
+        for id in containers.flatten().map(|e| e.file_name()) {
+            let key = format!("{}/moby/{}", address.display(), id.to_string_lossy());
+            let name = hex::encode(Sha256::digest(key.as_bytes()));
+            sockets.push(Path::new("/run/containerd/s").join(name));
+        }
+    }
+    sockets
+}
+
+/// True when `pid` is not running: no such process, or a zombie.
+fn process_gone(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+/// Pids (zombies excluded) in the cgroup `/<name>/` or below it, in any hierarchy.
+fn pids_in_cgroup(name: &str) -> Vec<i32> {
+    let needle = format!(":/{name}/");
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cgroups) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        if cgroups.lines().any(|l| l.contains(&needle)) && !process_gone(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Removes the (empty) cgroup directories `<hierarchy>/<name>` and below, in every hierarchy.
+fn remove_cgroups(name: &str) {
+    fn remove_tree(dir: &Path) -> bool {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_tree(&e.path());
+                }
+            }
+        }
+        fs::remove_dir(dir).is_ok() || !dir.exists()
+    }
+    let root = Path::new("/sys/fs/cgroup");
+    let mut tops = vec![root.join(name)];
+    if let Ok(entries) = fs::read_dir(root) {
+        tops.extend(entries.flatten().map(|e| e.path().join(name)));
+    }
+    for top in tops.iter().filter(|t| t.exists()) {
+        // A cgroup whose last process just died may refuse rmdir for a moment.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !remove_tree(top) && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Mount points at or under `dir` in this process's mount namespace (the machine's), deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    mounts.dedup();
+    mounts
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let digits = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(n) = u8::from_str_radix(digits, 8) {
+                out.push(n);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Lazily unmounts (`umount -l`) everything mounted at or under `dir` (dockerd's bind mount of its
+/// data root, fuse-overlayfs layers, containers' netns files), deepest first.
+fn unmount_under(dir: &Path) {
+    for _ in 0..5 {
+        let mounts = mounts_under(dir);
+        if mounts.is_empty() {
+            return;
+        }
+        for m in mounts {
+            let Ok(path) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            // SAFETY: umount2(2) with a valid NUL-terminated path.
+            unsafe {
+                libc::umount2(path.as_ptr(), libc::MNT_DETACH);
+            }
+        }
+    }
 }
 
 fn kill9(pid: i32) {
