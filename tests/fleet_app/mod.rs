@@ -46,6 +46,9 @@ pub struct Setup {
     scripts: Option<tempfile::TempDir>,
     /// The balancer commits render; change it with [`Setup::use_balancer`].
     balancer: Balancer,
+    /// Containers instead of processes ([`Setup::with_docker`]): the app runs the image
+    /// `kf-demo:{version}` on every host's own engine, in the host's network.
+    docker: bool,
     _turn: LoadTestTurn,
 }
 
@@ -57,11 +60,27 @@ impl Setup {
     /// [`Setup::new`] with another balancer: for nginx, the fleet runs nginx on `lb-1` (with the
     /// Lua module for [`Balancer::NginxDynamic`]) and commits render `kind: nginx`.
     pub fn with_balancer(app_hosts: &[&str], strategy: &str, balancer: Balancer) -> Setup {
+        Setup::build(app_hosts, strategy, balancer, false)
+    }
+
+    /// [`Setup::new`] with the docker runtime: every app host runs its own Docker engine
+    /// ([`FleetSpec::with_docker`]); tag each version's image with [`Setup::image`] before committing it.
+    pub fn with_docker(app_hosts: &[&str], strategy: &str) -> Setup {
+        Setup::build(app_hosts, strategy, Balancer::Haproxy, true)
+    }
+
+    fn build(app_hosts: &[&str], strategy: &str, balancer: Balancer, docker: bool) -> Setup {
         require_tools(&["wrk", "dot", "git"]);
         let turn = load_test_turn();
         let mut spec = FleetSpec::new(app_hosts, "lb-1");
         spec.nginx = balancer.nginx_modules();
+        if docker {
+            spec = spec.with_docker();
+        }
         let fleet = Fleet::start(spec);
+        if docker {
+            fleet.load_image(demo_binary(), "kf-demo:1.0.0", &[]);
+        }
         let repo = Repo::new();
         let s = Setup {
             fleet,
@@ -72,6 +91,7 @@ impl Setup {
             extra: String::new(),
             scripts: None,
             balancer,
+            docker,
             _turn: turn,
         };
         s.repo.write("ssh/known_hosts", s.fleet.known_hosts_text());
@@ -96,6 +116,19 @@ impl Setup {
             }
         }
         self.balancer = balancer;
+    }
+
+    /// Tags the demo image as `kf-demo:<version>` on every docker host; with `entrypoint_args`,
+    /// builds and loads one that runs the demo with them (e.g. `--exit-after 0s`: it crashes).
+    pub fn image(&self, version: &str, entrypoint_args: &[&str]) {
+        let tag = format!("kf-demo:{version}");
+        if entrypoint_args.is_empty() {
+            for host in &self.hosts {
+                self.fleet.docker_ok(host, &["tag", "kf-demo:1.0.0", &tag]);
+            }
+        } else {
+            self.fleet.load_image(demo_binary(), &tag, entrypoint_args);
+        }
     }
 
     /// Writes the start script of `version`, as a release would ship one: it runs the demo app
@@ -169,6 +202,20 @@ impl Setup {
             )
         };
         let hosts: String = self.hosts.iter().map(|h| host(h)).collect();
+        let flags = format!("--listen 0.0.0.0:{{port}} --version {{version}}{extra_flags}");
+        let runtime = match &self.scripts {
+            _ if self.docker => format!(
+                "      kind: docker\n      image: \"kf-demo:{{version}}\"\n      network: host\n      command: \"{flags}\""
+            ),
+            Some(dir) => format!(
+                "      kind: process\n      command: \"{}/{{version}}/run {{host}} {flags}\"",
+                dir.path().display()
+            ),
+            None => format!(
+                "      kind: process\n      command: \"{} {flags}\"",
+                demo_binary().display()
+            ),
+        };
         let yaml = format!(
             r#"version: 1
 hosts:
@@ -180,8 +227,7 @@ balancers:
 {balancer}apps:
   demo:
     runtime:
-      kind: process
-      command: "{command}"
+{runtime}
     slots: {{ blue: 8000, green: 8001 }}
     probe: {{ path: /readyz, interval: 200ms, timeout: 1s, healthy_after: 3, deadline: {deadline} }}
     drain: 5s
@@ -198,16 +244,6 @@ environments:
             host_list = self.hosts.join(", "),
             identity = f.identity_file().display(),
             balancer = self.balancer_yaml(),
-            command = match &self.scripts {
-                Some(dir) => format!(
-                    "{}/{{version}}/run {{host}} --listen 0.0.0.0:{{port}} --version {{version}}{extra_flags}",
-                    dir.path().display()
-                ),
-                None => format!(
-                    "{} --listen 0.0.0.0:{{port}} --version {{version}}{extra_flags}",
-                    demo_binary().display()
-                ),
-            },
             bake = self.bake,
             strategy = self.strategy,
         );
