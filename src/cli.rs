@@ -98,6 +98,26 @@ pub enum Command {
     Resume(ResumeArgs),
     /// Show, per environment and app, the desired version and what runs and serves on each host.
     Status(StatusArgs),
+    /// Print the log of an app's instances in an environment, or follow it.
+    ///
+    /// Reads the log each instance's runtime keeps on its host: with `kind: process`, the file
+    /// `<state_dir>/<env>/<app>/<slot>.log` (the app's stdout and stderr, appended by every
+    /// instance that ran in the slot; kept after a stop). By default, every slot of the app that
+    /// has an instance, on every host of the environment; --host and --slot narrow that down, and
+    /// a slot named with --slot is read even without an instance there (the log a stopped
+    /// instance left).
+    ///
+    /// Each log's last --lines lines are printed after a header, `==> HOST/SLOT (version V, LOG)
+    /// <==`. With --follow, every log is followed at once, each line prefixed with `HOST/SLOT | `
+    /// (no prefix when there is one log; the headers go to stderr), until SIGINT or SIGTERM (exit
+    /// 0) or every log ends. The instances are chosen when it starts: one started later is not
+    /// followed. What the commands print on stderr (a runtime's own messages, an app's stderr with
+    /// Docker) goes to stderr.
+    ///
+    /// Connects only to the hosts it reads from and changes nothing. Exit 2 when the app,
+    /// environment, host or slot is unknown (no host contacted), 1 when a log of an instance
+    /// cannot be read.
+    Logs(LogsArgs),
     /// Print the JSON Schema of the desired-state files.
     ///
     /// `schema/kube-free.schema.json` in kube-free's repository is this output. Point your editor at it
@@ -332,6 +352,30 @@ pub struct StatusArgs {
     /// `text` or `json`.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The app.
+    #[arg(value_name = "APP")]
+    pub app: String,
+    /// Its environment.
+    #[arg(long, value_name = "ENV")]
+    pub env: String,
+    /// Only this host (one of the environment's).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Only this slot (`blue`, `green`), read even without an instance there.
+    #[arg(long, value_name = "SLOT")]
+    pub slot: Option<String>,
+    /// Lines from the end of each log to print (with --follow: before the new ones).
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 100)]
+    pub lines: u32,
+    /// Keep printing the lines written to the logs until interrupted (SIGINT, SIGTERM: exit 0).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,13 +2,14 @@
 //! Output goes to the writers given, so tests can read it; errors are returned, never printed here.
 
 use crate::cli::{
-    GateArgs, NginxSnippetArgs, Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs, ScopeArgs,
-    SourceArgs, StatusArgs, ValidateArgs, WatchArgs,
+    GateArgs, LogsArgs, NginxSnippetArgs, Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs,
+    ScopeArgs, SourceArgs, StatusArgs, ValidateArgs, WatchArgs,
 };
 use crate::cli::{ResumeArgs, SuspendArgs};
 use crate::desired::{self, LoadError};
 use crate::error::{Error, Exit};
 use crate::load;
+use crate::logs::{self, LogsError, Relayed, Verdict};
 use crate::plan::Scope;
 use crate::reconcile::suspend::{utc, Decision};
 use crate::reconcile::{self, World};
@@ -262,18 +263,22 @@ pub async fn watch(args: &WatchArgs) -> Result<Exit, Error> {
     Ok(Exit::Ok)
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn signalled() {
+/// Resolves on the first SIGTERM or SIGINT after the call: the handlers are in place when it
+/// returns (and from then on these signals no longer end the process by themselves).
+fn signalled() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
@@ -490,6 +495,78 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
         }
     }
     Ok(Exit::Ok)
+}
+
+/// `kube-free logs`: the logs of an app's instances in an environment, each after a header, or
+/// followed at once until a signal. Bad input is reported before any host is contacted, and only
+/// the hosts read from are connected to.
+pub async fn logs(
+    args: &LogsArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Exit, Error> {
+    let scope = Scope {
+        env: Some(args.env.clone()),
+        app: Some(args.app.clone()),
+        except: Vec::new(),
+    };
+    let loaded = load::load(&spec(&args.source), &scope)?;
+    let wanted = logs::wanted(
+        &loaded.state,
+        &args.env,
+        &args.app,
+        args.host.as_deref(),
+        args.slot.as_deref(),
+    )?;
+    let hosts = wanted.hosts();
+    let world = load::connect_to(loaded, hosts.clone()).await?;
+    let sources = logs::sources(&world, &wanted, args.lines, args.follow).await?;
+    if sources.is_empty() {
+        writeln!(
+            err,
+            "no instance of {}/{} on {}: no log to read (--slot reads the log a stopped instance left)",
+            args.env,
+            args.app,
+            hosts.into_iter().collect::<Vec<_>>().join(", ")
+        )?;
+        return Ok(Exit::Ok);
+    }
+    let mut verdicts = Vec::new();
+    if args.follow {
+        for s in &sources {
+            writeln!(err, "{}", s.header())?;
+        }
+        let all: Vec<&logs::Source> = sources.iter().collect();
+        let stop = signalled();
+        match logs::relay(&world, &all, all.len() > 1, None, stop, out, err).await? {
+            Relayed::Stopped => return Ok(Exit::Ok),
+            Relayed::Ended(all) => verdicts = all,
+        }
+    } else {
+        for s in &sources {
+            writeln!(out, "{}", s.header())?;
+            let never = std::future::pending();
+            match logs::relay(&world, &[s], false, Some(logs::IDLE), never, out, err).await? {
+                Relayed::Ended(one) => verdicts.extend(one),
+                Relayed::Stopped => unreachable!("nothing stops a read"),
+            }
+        }
+    }
+    let failed: Vec<String> = sources
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| matches!(v, Verdict::Failed(_)))
+        .map(|(s, _)| s.name())
+        .collect();
+    if failed.is_empty() {
+        Ok(Exit::Ok)
+    } else {
+        Err(LogsError::Unread {
+            failed,
+            total: sources.len(),
+        }
+        .into())
+    }
 }
 
 /// `kube-free suspend`: the environment (or every one) is observe-only until it ends or is resumed.

@@ -41,6 +41,17 @@ pub enum Error {
     Reconcile(Box<crate::reconcile::ReconcileError>),
     #[error("unknown {what} {name:?} (not in the desired state)")]
     UnknownName { what: &'static str, name: String },
+    #[error("{what} {name:?} is not in {place} (it has: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
+    NotIn {
+        what: &'static str,
+        name: String,
+        /// Where it was looked for: `environment "production"`, `production/api`.
+        place: String,
+        /// What is there.
+        known: Vec<String>,
+    },
+    #[error(transparent)]
+    Logs(#[from] crate::logs::LogsError),
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
     #[error(transparent)]
@@ -53,9 +64,10 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Source(e) if e.is_bad_input() => Exit::BadInput,
-            Error::Invalid { .. } | Error::NoRootFile { .. } | Error::UnknownName { .. } => {
-                Exit::BadInput
-            }
+            Error::Invalid { .. }
+            | Error::NoRootFile { .. }
+            | Error::UnknownName { .. }
+            | Error::NotIn { .. } => Exit::BadInput,
             Error::Secret(e) if e.is_bad_input() => Exit::BadInput,
             Error::Reconcile(e) if e.waits() => Exit::Waiting,
             Error::Reconcile(e) if e.locked() => Exit::Locked,
@@ -65,6 +77,7 @@ impl Error {
             | Error::Reconcile(_)
             | Error::Secret(_)
             | Error::Watch(_)
+            | Error::Logs(_)
             | Error::Runtime(_) => Exit::Failed,
         }
     }

@@ -1,8 +1,9 @@
 //! kube-free: a Kubernetes-free, GitOps-style deployment reconciler for plain Linux hosts.
 //!
 //! The desired state is read from a Git commit (`source`), parsed and validated (`desired`); later
-//! stages observe hosts, plan and execute. `commands` ties them to the CLI (`cli`). `notify` sends
-//! events to the notification targets of the desired state, never delaying the caller.
+//! stages observe hosts, plan and execute. `commands` ties them to the CLI (`cli`); `logs` reads
+//! the logs of an app's instances. `notify` sends events to the notification targets of the
+//! desired state, never delaying the caller.
 pub mod cli;
 pub mod commands;
 pub mod desired;
@@ -10,6 +11,7 @@ pub mod drivers;
 pub mod error;
 pub mod execute;
 pub mod load;
+pub mod logs;
 pub mod names;
 pub mod notify;
 pub mod observed;

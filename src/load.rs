@@ -1,13 +1,14 @@
 //! The desired state of a run: opens the source at a commit, loads and checks the desired state
 //! there (bad input, unknown `--env`/`--app` names included, is reported before any host is
-//! contacted), and connects the [`World`] that acts on it. Shared by the one-shot commands and
-//! the watcher; prints nothing.
+//! contacted), and connects the [`World`] that acts on it (or only the hosts a command reads
+//! from). Shared by the one-shot commands and the watcher; prints nothing.
 
 use crate::desired::{self, DesiredState, Files, LoadError};
 use crate::error::Error;
 use crate::plan::Scope;
 use crate::reconcile::World;
 use crate::source::{self, CommitInfo, Snapshot, SourceSpec};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// The desired state read from one commit, ready to connect.
@@ -94,5 +95,12 @@ pub fn load(spec: &SourceSpec, scope: &Scope) -> Result<Loaded, Error> {
 pub async fn connect(loaded: Loaded) -> Result<Arc<World>, Error> {
     Ok(Arc::new(
         World::connect(loaded.state, loaded.commit, loaded.known_hosts).await?,
+    ))
+}
+
+/// Connects to `hosts` only (see [`World::connect_to`]).
+pub async fn connect_to(loaded: Loaded, hosts: BTreeSet<String>) -> Result<Arc<World>, Error> {
+    Ok(Arc::new(
+        World::connect_to(loaded.state, loaded.commit, loaded.known_hosts, hosts).await?,
     ))
 }

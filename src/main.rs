@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => block_on(commands::plan(args, &mut out)),
         Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),
         Command::Status(args) => block_on(commands::status(args, &mut out)),
+        Command::Logs(args) => block_on(commands::logs(args, &mut out, &mut err)),
         Command::Watch(args) => block_on(commands::watch(args)),
         Command::Promote(args) => block_on(commands::gate(Gate::Promote, args, &mut out)),
         Command::Abort(args) => block_on(commands::gate(Gate::Abort, args, &mut out)),

@@ -129,17 +129,20 @@ pub fn pull_cmd(cli: &str, image: &str, always: bool) -> Cmd {
     ])
 }
 
-/// The last `lines` lines a container wrote, stdout and stderr together.
-pub fn logs_cmd(cli: &str, container: &str, lines: u32) -> Cmd {
-    Cmd::read([
-        "sh".to_owned(),
-        "-c".to_owned(),
-        r#""$1" logs --tail "$2" "$3" 2>&1"#.to_owned(),
-        "kube-free-logs".to_owned(),
+/// The last `lines` lines a container wrote (its stdout and stderr, each on its own stream), and
+/// with `follow` every new one until it is ended.
+pub fn logs_cmd(cli: &str, container: &str, lines: u32, follow: bool) -> Cmd {
+    let mut argv = vec![
         cli.to_owned(),
+        "logs".to_owned(),
+        "--tail".to_owned(),
         lines.to_string(),
-        container.to_owned(),
-    ])
+    ];
+    if follow {
+        argv.push("--follow".to_owned());
+    }
+    argv.push(container.to_owned());
+    Cmd::read(argv)
 }
 
 /// Whether a registry's answer to a pull says the image does not exist (the version's fault), as
@@ -504,10 +507,17 @@ impl Runtime for ContainerRuntime {
         }
     }
 
+    /// stdout and stderr together, as they came.
     async fn logs(&self, at: &SlotRef, lines: u32) -> Result<(String, String), RuntimeError> {
+        let (source, cmd) = self.logs_cmd(at, lines, false);
+        let out = run_ok(self.t(), &cmd, TIMEOUT).await?;
+        Ok((source, format!("{}{}", out.stdout_text(), out.stderr_text())))
+    }
+
+    fn logs_cmd(&self, at: &SlotRef, lines: u32, follow: bool) -> (String, Cmd) {
         let name = at.container();
-        let out = run_ok(self.t(), &logs_cmd(self.cli, &name, lines), TIMEOUT).await?;
-        Ok((format!("`{} logs {name}`", self.cli), out.stdout_text()))
+        let cmd = logs_cmd(self.cli, &name, lines, follow);
+        (format!("`{} logs {name}`", self.cli), cmd)
     }
 
     async fn pull(&self, image: &str, always: bool) -> Result<(), RuntimeError> {
@@ -680,6 +690,14 @@ mod tests {
         assert_eq!(
             inspect_cmd("podman", "kf-a-b-blue").argv,
             ["podman", "inspect", "--format", FORMAT, "kf-a-b-blue"]
+        );
+        assert_eq!(
+            logs_cmd("docker", "kf-a-b-blue", 5, true).to_string(),
+            "docker logs --tail 5 --follow kf-a-b-blue"
+        );
+        assert_eq!(
+            logs_cmd("podman", "kf-a-b-blue", 20, false).to_string(),
+            "podman logs --tail 20 kf-a-b-blue"
         );
         let stop = stop_cmd("docker", "0123", Duration::from_millis(300));
         assert_eq!(stop.argv.last().map(String::as_str), Some("1"));

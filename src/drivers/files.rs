@@ -1,5 +1,5 @@
 //! Commands on files of a host, for every driver: read (nothing when absent), write atomically (temp
-//! file beside it, fsync, rename), remove, and the end of a log. Pure functions returning [`Cmd`].
+//! file beside it, fsync, rename), remove, and the end of a log (followed or not). Pure functions returning [`Cmd`].
 
 use super::Cmd;
 
@@ -30,14 +30,15 @@ pub fn remove_cmd(path: &str) -> Cmd {
     Cmd::change(["rm", "-f", path])
 }
 
-/// The last `lines` lines of a file.
-pub fn tail_cmd(path: &str, lines: u32) -> Cmd {
-    Cmd::read([
-        "tail".to_owned(),
-        "-n".to_owned(),
-        lines.to_string(),
-        path.to_owned(),
-    ])
+/// The last `lines` lines of a file; with `follow`, then every line appended to it, also across a
+/// rotation or before it exists (`-F`), until the command is ended.
+pub fn tail_cmd(path: &str, lines: u32, follow: bool) -> Cmd {
+    let mut argv = vec!["tail".to_owned(), "-n".to_owned(), lines.to_string()];
+    if follow {
+        argv.push("-F".to_owned());
+    }
+    argv.push(path.to_owned());
+    Cmd::read(argv)
 }
 
 #[cfg(test)]
@@ -57,6 +58,14 @@ mod tests {
         );
         assert!(write_file_cmd("/x", b"").changes);
         assert_eq!(remove_cmd("/s/x").to_string(), "rm -f /s/x");
-        assert_eq!(tail_cmd("/s/a.log", 20).to_string(), "tail -n 20 /s/a.log");
+        assert_eq!(
+            tail_cmd("/s/a.log", 20, false).to_string(),
+            "tail -n 20 /s/a.log"
+        );
+        assert_eq!(
+            tail_cmd("/s/a.log", 0, true).to_string(),
+            "tail -n 0 -F /s/a.log"
+        );
+        assert!(!tail_cmd("/x", 1, true).changes);
     }
 }

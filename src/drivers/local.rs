@@ -1,10 +1,11 @@
 //! The `local` transport: runs commands on this machine, exactly as the SSH transport would run them on
-//! a host, without SSH.
+//! a host, without SSH; a streamed command runs in a process group of its own.
 
-use super::{Cmd, Output, Transport, TransportError};
+use super::{pump, Cmd, Line, Output, Transport, TransportError};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 pub struct LocalTransport {
     host: String,
@@ -18,18 +19,20 @@ impl LocalTransport {
     }
 }
 
-#[async_trait::async_trait]
-impl Transport for LocalTransport {
-    fn host(&self) -> &str {
-        &self.host
+impl LocalTransport {
+    fn io(&self, what: String) -> impl FnOnce(std::io::Error) -> TransportError {
+        let host = self.host.clone();
+        move |source| TransportError::Io { host, what, source }
     }
 
-    async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<Output, TransportError> {
-        tracing::debug!(host = %self.host, changes = cmd.changes, cmd = %cmd, "command");
-        let io = |what: String| {
-            let host = self.host.clone();
-            move |source| TransportError::Io { host, what, source }
-        };
+    /// Starts `cmd` with its stdout and stderr piped and its stdin written (then closed); killed
+    /// when dropped. With `own_group`, in a process group of its own, so that a Ctrl-C at the
+    /// terminal reaches only kube-free, which decides what ends.
+    async fn start(
+        &self,
+        cmd: &Cmd,
+        own_group: bool,
+    ) -> Result<tokio::process::Child, TransportError> {
         let (program, args) = cmd
             .argv
             .split_first()
@@ -39,7 +42,8 @@ impl Transport for LocalTransport {
                 status: None,
                 stderr: "empty command".into(),
             })?;
-        let mut child = tokio::process::Command::new(program)
+        let mut command = tokio::process::Command::new(program);
+        command
             .args(args)
             .stdin(if cmd.stdin.is_some() {
                 Stdio::piped()
@@ -48,18 +52,35 @@ impl Transport for LocalTransport {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        if own_group {
+            command.process_group(0);
+        }
+        let mut child = command
             .spawn()
-            .map_err(io(format!("cannot start `{cmd}`")))?;
+            .map_err(self.io(format!("cannot start `{cmd}`")))?;
         if let (Some(bytes), Some(mut stdin)) = (&cmd.stdin, child.stdin.take()) {
             stdin
                 .write_all(bytes)
                 .await
-                .map_err(io(format!("cannot write to `{cmd}`")))?;
+                .map_err(self.io(format!("cannot write to `{cmd}`")))?;
         }
+        Ok(child)
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for LocalTransport {
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<Output, TransportError> {
+        tracing::debug!(host = %self.host, changes = cmd.changes, cmd = %cmd, "command");
+        let child = self.start(cmd, false).await?;
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(out) => {
-                let out = out.map_err(io(format!("cannot wait for `{cmd}`")))?;
+                let out = out.map_err(self.io(format!("cannot wait for `{cmd}`")))?;
                 Ok(Output {
                     status: out.status.code(),
                     stdout: out.stdout,
@@ -72,6 +93,27 @@ impl Transport for LocalTransport {
                 timeout,
             }),
         }
+    }
+
+    async fn stream(
+        &self,
+        cmd: &Cmd,
+        to: mpsc::Sender<Line>,
+    ) -> Result<Option<i32>, TransportError> {
+        tracing::debug!(host = %self.host, changes = cmd.changes, cmd = %cmd, "streamed command");
+        let mut child = self.start(cmd, true).await?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            unreachable!("stdout and stderr are piped");
+        };
+        if !pump(stdout, stderr, &to).await {
+            let _ = child.kill().await;
+            return Ok(None);
+        }
+        let status = child
+            .wait()
+            .await
+            .map_err(self.io(format!("cannot wait for `{cmd}`")))?;
+        Ok(status.code())
     }
 
     async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError> {
@@ -88,7 +130,7 @@ impl Transport for LocalTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drivers::run_ok;
+    use crate::drivers::{run_ok, Stream};
 
     #[tokio::test]
     async fn runs_argv_without_a_shell_with_stdin_and_timeouts() {
@@ -115,5 +157,65 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    }
+
+    async fn collect(mut lines: mpsc::Receiver<Line>) -> Vec<(Stream, String)> {
+        let mut all = Vec::new();
+        while let Some(l) = lines.recv().await {
+            all.push((l.stream, String::from_utf8(l.text).unwrap()));
+        }
+        all
+    }
+
+    #[tokio::test]
+    async fn streams_stdout_and_stderr_line_by_line_with_the_exit_status() {
+        let t = LocalTransport::new("here");
+        let (to, lines) = mpsc::channel(4);
+        let script = "echo one; sleep 0.1; echo oops >&2; sleep 0.1; printf 'two\nlast'; exit 3";
+        let cmd = Cmd::read(["sh", "-c", script]);
+        let (status, got) = tokio::join!(t.stream(&cmd, to), collect(lines));
+        assert_eq!(status.unwrap(), Some(3));
+        assert_eq!(
+            got,
+            [
+                (Stream::Stdout, "one".to_owned()),
+                (Stream::Stderr, "oops".to_owned()),
+                (Stream::Stdout, "two".to_owned()),
+                (Stream::Stdout, "last".to_owned()),
+            ]
+        );
+        let (to, lines) = mpsc::channel(4);
+        let cmd = Cmd::read(["cat"]).with_stdin("in\n");
+        let (status, got) = tokio::join!(t.stream(&cmd, to), collect(lines));
+        assert_eq!(
+            (status.unwrap(), got),
+            (Some(0), vec![(Stream::Stdout, "in".to_owned())])
+        );
+        let (to, _) = mpsc::channel(4);
+        let err = t
+            .stream(&Cmd::read(["/nonexistent/x"]), to)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot start `/nonexistent/x`"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_nobody_reads_any_more_is_ended() {
+        let t = LocalTransport::new("here");
+        let (to, mut lines) = mpsc::channel(4);
+        let follow = tokio::spawn(async move {
+            t.stream(&Cmd::read(["sh", "-c", "echo first; exec sleep 30"]), to)
+                .await
+        });
+        assert_eq!(lines.recv().await.unwrap().text, b"first");
+        drop(lines);
+        let ended = tokio::time::timeout(Duration::from_secs(5), follow)
+            .await
+            .expect("ended at once")
+            .unwrap();
+        assert_eq!(ended.unwrap(), None);
     }
 }

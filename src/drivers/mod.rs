@@ -1,6 +1,6 @@
 //! Drivers: every way kube-free touches the outside world, behind traits so that the planner and the
 //! executor never see SSH, sockets or HTTP:
-//! - [`Transport`] runs commands on a host (`ssh`, `local`);
+//! - [`Transport`] runs commands on a host (`ssh`, `local`), or streams their output line by line;
 //! - [`Balancer`] is a traffic layer (`haproxy`, `nginx` in two modes);
 //! - [`Runtime`] runs app instances on a host (`process`);
 //! - [`Prober`] asks an instance whether it is ready (`probe`, over HTTP);
@@ -33,6 +33,8 @@ pub use runtime::{Runtime, RuntimeError};
 
 use std::fmt;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
 
 /// One command to run on a host: argv (never a shell string), optional stdin, and whether it changes
 /// anything (read-only commands may be retried after a dropped connection; changing ones may not).
@@ -163,6 +165,98 @@ impl TransportError {
     }
 }
 
+/// Which output of a command a [`Line`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line a streamed command printed, without its newline (see [`Transport::stream`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    pub stream: Stream,
+    pub text: Vec<u8>,
+}
+
+/// The longest line [`Transport::stream`] hands on whole; a longer one comes in pieces of this size.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Cuts a byte stream into lines as its chunks arrive: whole lines (without their `\n`), a line
+/// longer than [`MAX_LINE`] in pieces, and what is left at the end (a last line without `\n`).
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// The lines that `chunk` completes.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        for &b in chunk {
+            if b == b'\n' {
+                lines.push(std::mem::take(&mut self.partial));
+            } else {
+                self.partial.push(b);
+                if self.partial.len() == MAX_LINE {
+                    lines.push(std::mem::take(&mut self.partial));
+                }
+            }
+        }
+        lines
+    }
+
+    /// The last line, when the stream did not end with a newline.
+    pub fn finish(self) -> Option<Vec<u8>> {
+        (!self.partial.is_empty()).then_some(self.partial)
+    }
+}
+
+/// Reads a command's stdout and stderr to their ends at once, sending each line to `to` as it is
+/// complete. Returns `false` as soon as `to` is closed (nobody reads any more), `true` at the end
+/// of both; a read error ends that output like its end.
+pub async fn pump(
+    stdout: impl AsyncRead + Unpin,
+    stderr: impl AsyncRead + Unpin,
+    to: &mpsc::Sender<Line>,
+) -> bool {
+    async fn one(
+        mut from: impl AsyncRead + Unpin,
+        stream: Stream,
+        to: &mpsc::Sender<Line>,
+    ) -> bool {
+        let mut lines = LineSplitter::default();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for text in lines.push(&buf[..n]) {
+                if to.send(Line { stream, text }).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        match lines.finish() {
+            Some(text) => to.send(Line { stream, text }).await.is_ok(),
+            None => true,
+        }
+    }
+    // Either side seeing a closed receiver ends both.
+    let both = async {
+        let (out, err) = tokio::join!(
+            one(stdout, Stream::Stdout, to),
+            one(stderr, Stream::Stderr, to)
+        );
+        out && err
+    };
+    tokio::select! {
+        open = both => open,
+        () = to.closed() => false,
+    }
+}
+
 /// A way to run commands on one host.
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync {
@@ -171,6 +265,18 @@ pub trait Transport: Send + Sync {
 
     /// Runs `cmd`, waiting at most `timeout`. A non-zero exit is not an error here (see [`run_ok`]).
     async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<Output, TransportError>;
+
+    /// Runs `cmd` with no timeout, sending each line it prints on stdout or stderr to `to` as soon
+    /// as it is complete, until it ends; returns its exit status (`None`: killed by a signal).
+    /// When `to` is closed, the command is ended and `Ok(None)` returned. Dropping the future ends
+    /// the command on this machine (the local process, or the SSH channel: a remote process that
+    /// does not read its input then ends at its next write, with SIGPIPE). Never sent again after
+    /// a lost connection: its output may have been seen.
+    async fn stream(
+        &self,
+        cmd: &Cmd,
+        to: mpsc::Sender<Line>,
+    ) -> Result<Option<i32>, TransportError>;
 
     /// Opens a connection to a Unix socket on the host (the HAProxy admin socket).
     async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError>;
@@ -206,5 +312,22 @@ mod tests {
         let cmd = Cmd::read(["sh", "-c", "echo \"$1\"", "it's"]);
         assert_eq!(cmd.to_string(), r#"sh -c 'echo "$1"' 'it'\''s'"#);
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn lines_are_cut_as_chunks_arrive() {
+        let mut split = LineSplitter::default();
+        assert_eq!(split.push(b"one\ntw"), [b"one".to_vec()]);
+        assert!(split.push(b"o").is_empty());
+        assert_eq!(split.push(b"\n\nthree"), [b"two".to_vec(), Vec::new()]);
+        assert_eq!(split.finish(), Some(b"three".to_vec()));
+        assert_eq!(LineSplitter::default().finish(), None);
+        // A line without end comes in pieces of MAX_LINE.
+        let mut split = LineSplitter::default();
+        let long = vec![b'x'; MAX_LINE * 2 + 3];
+        let lines = split.push(&long);
+        assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l.len() == MAX_LINE));
+        assert_eq!(split.finish(), Some(b"xxx".to_vec()));
     }
 }

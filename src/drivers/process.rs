@@ -384,9 +384,17 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn logs(&self, at: &SlotRef, lines: u32) -> Result<(String, String), RuntimeError> {
-        let log = self.log_file(at);
-        let out = run_ok(self.t(), &tail_cmd(&log, lines), TIMEOUT).await?;
+        let (log, cmd) = self.logs_cmd(at, lines, false);
+        let out = run_ok(self.t(), &cmd, TIMEOUT).await?;
         Ok((log, out.stdout_text()))
+    }
+
+    /// `tail` of the slot's log file (`-F` to follow it), which the start appends the instance's
+    /// stdout and stderr to and a stop leaves in place.
+    fn logs_cmd(&self, at: &SlotRef, lines: u32, follow: bool) -> (String, Cmd) {
+        let log = self.log_file(at);
+        let cmd = tail_cmd(&log, lines, follow);
+        (log, cmd)
     }
 }
 
@@ -415,6 +423,17 @@ mod tests {
         assert_eq!(kill_cmd(42, "TERM").to_string(), "kill -s TERM -- -42");
         assert_eq!(stat_cmd(42).to_string(), "cat /proc/42/stat");
         assert!(!stat_cmd(42).changes);
+    }
+
+    #[test]
+    fn logs_are_read_with_tail_from_the_slots_log_file() {
+        let rt = runtime("/s");
+        let (log, cmd) = rt.logs_cmd(&slot("blue"), 100, false);
+        assert_eq!(log, "/s/test/sleeper/blue.log");
+        assert_eq!(cmd.to_string(), "tail -n 100 /s/test/sleeper/blue.log");
+        let (_, cmd) = rt.logs_cmd(&slot("green"), 5, true);
+        assert_eq!(cmd.to_string(), "tail -n 5 -F /s/test/sleeper/green.log");
+        assert!(!cmd.changes);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! is described by its [`InstanceRecord`]. Which runtime runs an app is chosen from the desired
 //! state ([`Kind::of`]).
 
-use super::TransportError;
+use super::{Cmd, TransportError};
 use crate::desired::{App, ContainerCli};
 use crate::names::SlotRef;
 use crate::state::InstanceRecord;
@@ -133,7 +133,9 @@ pub struct Running {
 ///   with `instance` and `is_alive` first;
 /// - `stop` ends the instance (graceful first, forced after `stop_timeout`) and removes its
 ///   record; stopping what does not run is not an error;
-/// - `is_alive` tells the recorded instance from a later one that reuses its id.
+/// - `is_alive` tells the recorded instance from a later one that reuses its id;
+/// - `logs_cmd` reads the slot's log as the runtime keeps it, the same for every instance that
+///   ran there.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync {
     /// The host it runs instances on.
@@ -164,7 +166,8 @@ pub trait Runtime: Send + Sync {
         stop_timeout: Duration,
     ) -> Result<(), RuntimeError>;
 
-    /// The last `lines` lines of the slot's log, and where they come from.
+    /// The last `lines` lines of the slot's log, and where they come from (the output of
+    /// [`Runtime::logs_cmd`] without `follow`).
     async fn logs(&self, at: &SlotRef, lines: u32) -> Result<(String, String), RuntimeError>;
 
     /// Makes `image` available on the host before anything is started or stopped for it (pulls
@@ -174,6 +177,12 @@ pub trait Runtime: Send + Sync {
         let _ = (image, always);
         Ok(())
     }
+
+    /// Where the slot's log is, for people (a file, a container), and the command that prints its
+    /// last `lines` lines on the runtime's host, then, with `follow`, every new line until it is
+    /// ended. Pure: it runs nothing. The log may outlive the instance (the process runtime keeps
+    /// its file after a stop); the command fails when there is none.
+    fn logs_cmd(&self, at: &SlotRef, lines: u32, follow: bool) -> (String, Cmd);
 }
 
 /// The runtimes there are.

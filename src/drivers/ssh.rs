@@ -9,8 +9,11 @@
 //! on a new connection only when the command is read-only ([`Cmd::changes`] is false); a command
 //! that changes the host may or may not have run, so it fails with [`TransportError::Unreachable`]
 //! and the step that sent it re-observes on the next run.
+//!
+//! A streamed command (`kube-free logs`) runs on the master like any other, without a timeout; it
+//! is never sent again after a lost connection, as its output may already have been seen.
 
-use super::{Cmd, Output, Transport, TransportError};
+use super::{pump, Cmd, Line, Output, Transport, TransportError};
 use crate::error::chain;
 use openssh::{KnownHosts, Session, SessionBuilder, Socket, Stdio};
 use std::collections::HashMap;
@@ -18,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{mpsc, Mutex, RwLock};
 
 /// Attempts to open a new master connection after the old one was lost (each within the connect
 /// timeout), and the pause before the second (then twice, three times that).
@@ -262,6 +265,56 @@ impl Transport for SshTransport {
                 cmd: cmd.to_string(),
                 timeout,
             })?
+    }
+
+    /// On the master of the moment, never sent again: what it printed may have been seen. Dropping
+    /// it kills the local `ssh` client of the command, which closes its channel.
+    async fn stream(
+        &self,
+        cmd: &Cmd,
+        to: mpsc::Sender<Line>,
+    ) -> Result<Option<i32>, TransportError> {
+        tracing::debug!(host = %self.target.host, changes = cmd.changes, cmd = %cmd, "streamed command");
+        let (_, session) = self.live().await?;
+        let line = cmd.to_string();
+        let mut command = session.raw_command(&line);
+        command
+            .stdin(if cmd.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().await.map_err(|e| self.unreachable(&e))?;
+        self.alive(true);
+        if let (Some(bytes), Some(mut stdin)) = (&cmd.stdin, child.stdin().take()) {
+            stdin
+                .write_all(bytes)
+                .await
+                .map_err(|source| TransportError::Io {
+                    host: self.target.host.clone(),
+                    what: format!("cannot write to `{line}`"),
+                    source,
+                })?;
+        }
+        let (Some(stdout), Some(stderr)) = (child.stdout().take(), child.stderr().take()) else {
+            unreachable!("stdout and stderr are piped");
+        };
+        if !pump(stdout, stderr, &to).await {
+            // Dropping the child kills its `ssh` client.
+            return Ok(None);
+        }
+        let status = child.wait().await.map_err(|e| self.unreachable(&e))?;
+        // ssh reports a lost connection as exit 255.
+        if status.code() == Some(255) && session.check().await.is_err() {
+            self.alive(false);
+            return Err(TransportError::Unreachable {
+                host: self.target.host.clone(),
+                message: format!("connection lost during `{line}`"),
+            });
+        }
+        Ok(status.code())
     }
 
     async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError> {

@@ -109,6 +109,23 @@ impl World {
         revision: String,
         known_hosts: Option<Vec<u8>>,
     ) -> Result<World, ReconcileError> {
+        let hosts = desired
+            .hosts_in_use()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        World::connect_to(desired, revision, known_hosts, hosts).await
+    }
+
+    /// [`World::connect`] to `hosts` only, for a command that reads from a few (`logs`): the
+    /// drivers are those of these hosts (a runtime per app host among them, a balancer or ledger
+    /// whose host is one of them), and nothing may ask for another host.
+    pub async fn connect_to(
+        desired: DesiredState,
+        revision: String,
+        known_hosts: Option<Vec<u8>>,
+        hosts: std::collections::BTreeSet<String>,
+    ) -> Result<World, ReconcileError> {
         // Unix socket paths are short: keep the directory near the root.
         let runtime_dir = tempfile::Builder::new()
             .prefix("kf-")
@@ -129,8 +146,7 @@ impl World {
             runtime_dir: runtime_dir.path().to_owned(),
         };
         let mut pending = Vec::new();
-        for name in desired.hosts_in_use() {
-            let name = name.to_owned();
+        for name in hosts {
             let options = options.clone();
             let target = match &desired.hosts[&name].transport {
                 HostTransport::Local => None,
@@ -165,7 +181,7 @@ impl World {
     }
 
     /// The runtime that runs the instance of slot `at`.
-    pub(super) fn runtime(&self, at: &SlotRef) -> Result<&dyn Runtime, RuntimeError> {
+    pub fn runtime(&self, at: &SlotRef) -> Result<&dyn Runtime, RuntimeError> {
         let kind = Kind::of(&self.desired.apps[&at.app]);
         self.drivers
             .runtimes
@@ -206,8 +222,8 @@ impl World {
         self.drivers.prober.as_ref()
     }
 
-    /// The transport of `host`, to tell whether it can be reached.
-    pub(super) fn host(&self, host: &str) -> &dyn Transport {
+    /// The transport of `host`: to tell whether it can be reached, to stream a command's output.
+    pub fn host(&self, host: &str) -> &dyn Transport {
         self.drivers.hosts[host].as_ref()
     }
 
@@ -224,10 +240,11 @@ impl World {
 /// The drivers the desired state chooses, on the hosts' transports: a process runtime on every app
 /// host, a container runtime (docker or podman) on every app host of an app that runs on one, the
 /// driver of each balancer's kind, a ledger on every balancer host, HTTP probes, the machine's
-/// clock.
+/// clock; of the hosts in `hosts` only.
 fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transport>>) -> Drivers {
+    let here = |h: &&str| hosts.contains_key(*h);
     let mut runtimes: BTreeMap<(String, Kind), Arc<dyn Runtime>> = BTreeMap::new();
-    for h in desired.app_hosts() {
+    for h in desired.app_hosts().into_iter().filter(here) {
         let r: Arc<dyn Runtime> =
             Arc::new(ProcessRuntime::new(hosts[h].clone(), desired.state_dir(h)));
         runtimes.insert((h.to_owned(), Kind::Process), r);
@@ -236,7 +253,7 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
         let Kind::Container(cli) = Kind::of(&desired.apps[app]) else {
             continue;
         };
-        for h in &env.hosts {
+        for h in env.hosts.iter().filter(|h| hosts.contains_key(*h)) {
             runtimes
                 .entry((h.clone(), Kind::Container(cli)))
                 .or_insert_with(|| {
@@ -251,6 +268,7 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
     let balancers = desired
         .balancers_in_use()
         .into_iter()
+        .filter(|b| hosts.contains_key(&desired.balancers[*b].host))
         .map(|b| {
             let transport = hosts[&desired.balancers[b].host].clone();
             (b.to_owned(), for_balancer(desired, b, transport))
@@ -259,6 +277,7 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
     let ledgers = desired
         .balancer_hosts()
         .into_iter()
+        .filter(here)
         .map(|h| {
             let l: Arc<dyn Ledger> =
                 Arc::new(HostLedger::new(hosts[h].clone(), desired.state_dir(h)));

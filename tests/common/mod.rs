@@ -254,7 +254,26 @@ pub fn demo_binary() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let status = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        // Without what cargo sets for this test (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, …): ring's
+        // build script reruns when they differ from the build's, which rebuilt ring and all that
+        // depends on it here, and again at the next `cargo test` (a minute each on two cores).
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || name.starts_with("CARGO_BIN_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&name.as_ref())
+            {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        let status = cargo
             .args(["build", "--quiet", "--example", "kube-free-demo"])
             .current_dir(&manifest_dir)
             .status()
@@ -634,5 +653,147 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// HAProxy of a test's own on this machine, for a `transport: local` desired state: master-worker in
+/// the foreground (a child of the test, stopped on drop) with its files in a directory:
+/// `base.cfg` (as in `examples/quickstart/run.sh`), `kube-free.cfg` (kube-free's, empty at start),
+/// `admin.sock`. It reloads with `kill -USR2 <master>`: kube-free's HAProxy driver sends a reload
+/// again when HAProxy missed one.
+pub struct LocalHaproxy {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl LocalHaproxy {
+    pub fn start(dir: &Path) -> LocalHaproxy {
+        require_tools(&["haproxy"]);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("base.cfg"),
+            format!(
+                "global\n    master-worker\n    stats socket {d}/admin.sock mode 600 level admin expose-fd listeners\ndefaults\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("kube-free.cfg"), "").unwrap();
+        let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-W")
+            .arg("-db")
+            .arg("-f")
+            .arg(dir.join("base.cfg"))
+            .arg("-f")
+            .arg(dir.join("kube-free.cfg"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("haproxy starts");
+        let haproxy = LocalHaproxy {
+            child,
+            dir: dir.to_owned(),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(haproxy.admin_socket()).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "HAProxy's admin socket did not answer; log:\n{}",
+                std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        haproxy
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("kube-free.cfg")
+    }
+
+    /// `balancers.<name>` of a desired state, on host `host`, as flow-style YAML.
+    pub fn balancer_yaml(&self, host: &str) -> String {
+        format!(
+            "{{ kind: haproxy, host: {host}, admin_socket: {}, config_file: {}, reload_command: \"kill -USR2 {}\" }}",
+            self.admin_socket().display(),
+            self.config_file().display(),
+            self.child.id()
+        )
+    }
+}
+
+impl Drop for LocalHaproxy {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Stops, when dropped, every instance whose instance file is under `state_dir`
+/// (`<env>/<app>/<slot>.json`): SIGTERM to its process group, SIGKILL after 10 s.
+pub struct StopInstances(pub PathBuf);
+
+impl Drop for StopInstances {
+    fn drop(&mut self) {
+        let files = std::fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|env| {
+                std::fs::read_dir(env.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .flat_map(|app| {
+                std::fs::read_dir(app.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"));
+        for file in files {
+            let Some(pid) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|j| j["pid"].as_u64())
+            else {
+                continue;
+            };
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", "--", &format!("-{pid}")])
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z")
+            {
+                if std::time::Instant::now() > deadline {
+                    let _ = Command::new("kill")
+                        .args(["-s", "KILL", "--", &format!("-{pid}")])
+                        .status();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
     }
 }

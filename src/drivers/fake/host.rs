@@ -35,6 +35,16 @@ impl Transport for FakeHost {
         })
     }
 
+    /// Streams nothing: every command is unknown (127).
+    async fn stream(
+        &self,
+        _cmd: &Cmd,
+        _to: tokio::sync::mpsc::Sender<crate::drivers::Line>,
+    ) -> Result<Option<i32>, TransportError> {
+        self.fleet.unreachable(&self.host)?;
+        Ok(Some(127))
+    }
+
     async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError> {
         Err(TransportError::Process {
             host: self.host.clone(),
@@ -184,6 +194,15 @@ impl Runtime for FakeHost {
 
     async fn logs(&self, _at: &SlotRef, _lines: u32) -> Result<(String, String), RuntimeError> {
         Ok(("fake.log".into(), String::new()))
+    }
+
+    fn logs_cmd(&self, at: &SlotRef, lines: u32, follow: bool) -> (String, Cmd) {
+        let (log, cmd) = ("fake.log".to_owned(), lines.to_string());
+        let mut argv = vec!["fake-logs", at.slot.as_str(), cmd.as_str()];
+        if follow {
+            argv.push("--follow");
+        }
+        (log, Cmd::read(argv))
     }
 }
 
