@@ -271,6 +271,11 @@ fn blue_green_and_canary_switch_containers_with_no_failed_request() {
     assert_eq!(tally.failed, 0, "{}", tally.text);
     assert!(tally.served_by("3.0.0") > 0, "{}", tally.text);
     s.assert_only("3.0.0");
+    // The container's log, through the docker runtime.
+    s.kube_free(&["logs", "demo", "--env", "dl-switch", "--lines", "5"])
+        .code(0)
+        .stdout_has("==> here/")
+        .stdout_has("docker logs kf-dl-switch-demo-");
     eprintln!(
         "containers: blue-green and canary under load, {} requests, 0 failed",
         tally.requests
@@ -288,6 +293,7 @@ fn a_container_that_crashes_on_start_is_rolled_back_and_quarantined() {
     s.kube_free(&["reconcile", "--once"])
         .code(1)
         .stderr_has("exited at once")
+        .stderr_has("crashing, as --exit-after asked")
         .stderr_has("quarantined");
     s.assert_only("1.0.0");
     s.kube_free(&["status"]).stdout_has("quarantined");

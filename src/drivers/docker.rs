@@ -511,7 +511,10 @@ impl Runtime for ContainerRuntime {
     async fn logs(&self, at: &SlotRef, lines: u32) -> Result<(String, String), RuntimeError> {
         let (source, cmd) = self.logs_cmd(at, lines, false);
         let out = run_ok(self.t(), &cmd, TIMEOUT).await?;
-        Ok((source, format!("{}{}", out.stdout_text(), out.stderr_text())))
+        Ok((
+            source,
+            format!("{}{}", out.stdout_text(), out.stderr_text()),
+        ))
     }
 
     fn logs_cmd(&self, at: &SlotRef, lines: u32, follow: bool) -> (String, Cmd) {
