@@ -68,7 +68,7 @@ struct Stage {
     env: String,
     front: u16,
     slots: (u16, u16),
-    /// What the app's `runtime:` says beyond `kind`.
+    /// What the app's `runtime:` says beyond `env`.
     runtime: String,
     strategy: String,
     haproxy: std::process::Child,
@@ -113,7 +113,7 @@ impl Stage {
             front: free_port(),
             slots: (free_port(), free_port()),
             runtime: format!(
-                r#"image: "{IMAGE}:{{version}}", command: "--listen 0.0.0.0:{{port}} --version {{version}}", bind: 127.0.0.1"#
+                r#"kind: docker, image: "{IMAGE}:{{version}}", command: "--listen 0.0.0.0:{{port}} --version {{version}}", bind: 127.0.0.1"#
             ),
             strategy: "blue-green".into(),
             haproxy,
@@ -142,7 +142,7 @@ balancers:
     reload_command: "sh -c 'kill -USR2 \"$(cat {d}/haproxy/haproxy.pid)\"'"
 apps:
   demo:
-    runtime: {{ kind: docker, {runtime}, env: {{ DEMO_SECRET: "{secret}" }} }}
+    runtime: {{ {runtime}, env: {{ DEMO_SECRET: "{secret}" }} }}
     slots: {{ blue: {blue}, green: {green} }}
     probe: {{ path: /readyz, interval: 100ms, timeout: 1s, healthy_after: 2, deadline: 15s }}
     drain: 2s
@@ -231,6 +231,16 @@ environments:
 impl Drop for Stage {
     fn drop(&mut self) {
         self.remove_containers();
+        // Processes of the process runtime, by their pid files.
+        let app_dir = self.dir().join("state").join(&self.env).join("demo");
+        for entry in std::fs::read_dir(app_dir).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "pid") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                if let Some(pid) = text.split_whitespace().next() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+        }
         let _ = self.haproxy.kill();
         let _ = self.haproxy.wait();
     }
@@ -372,12 +382,45 @@ fn containers_changed_by_hand_are_seen_as_they_are() {
     s.assert_only("1.0.0");
 }
 
-/// The app's environment reaches the container, but its values are never on a command line (`ps`
-/// while kube-free starts it), in a file kube-free keeps, or in its debug log.
+/// The app's environment reaches the instance, but its values are never on a command line (`ps`
+/// while kube-free starts it), in a file kube-free keeps, in its debug log or in `status`: with
+/// containers and with processes.
 #[test]
 fn environment_values_stay_out_of_argv_files_and_logs() {
     let s = Stage::new("dl-secret");
     s.commit("1.0.0");
+    deploy_and_look_for_the_secret(&s);
+    let env = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{json .Config.Env}}",
+        &s.containers()[0].0,
+    ]);
+    assert!(
+        env.contains(&format!("DEMO_SECRET={}", s.secret())),
+        "{env}"
+    );
+
+    let mut p = Stage::new("dl-secret-process");
+    p.runtime = format!(
+        r#"kind: process, command: "{} --listen 127.0.0.1:{{port}} --version {{version}}""#,
+        demo_binary().display()
+    );
+    p.commit("1.0.0");
+    deploy_and_look_for_the_secret(&p);
+    // The process has it: its environment, read from /proc.
+    let pid =
+        std::fs::read_to_string(p.dir().join("state/dl-secret-process/demo/blue.pid")).unwrap();
+    let pid = pid.split_whitespace().next().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&environ).contains(&format!("DEMO_SECRET={}", p.secret())),
+        "the process lacks its environment"
+    );
+}
+
+/// Deploys the stage's commit at `KUBE_FREE_LOG=debug` while sampling `ps`; the secret is nowhere.
+fn deploy_and_look_for_the_secret(s: &Stage) {
     let secret = s.secret();
     let mut child = kube_free_command(
         s.dir(),
@@ -433,15 +476,32 @@ fn environment_values_stay_out_of_argv_files_and_logs() {
         }
     }
     s.kube_free(&["status", "--output", "json"])
+        .code(0)
         .stdout_lacks(&secret);
-    // The container has it.
-    let env = docker_ok(&[
-        "inspect",
-        "--format",
-        "{{json .Config.Env}}",
-        &s.containers()[0].0,
-    ]);
-    assert!(env.contains(&format!("DEMO_SECRET={secret}")), "{env}");
+    s.kube_free(&["plan", "--output", "json"])
+        .stdout_lacks(&secret);
+}
+
+/// `examples/quickstart-docker/run.sh`: builds the image, deploys, switches under wrk load.
+#[test]
+fn the_quickstart_docker_example_switches_with_no_failed_request() {
+    require_tools(&["docker", "haproxy", "wrk", "git", "curl"]);
+    let _turn = load_test_turn();
+    // Starting a container takes longer than a process: load long enough to see both versions.
+    let (stdout, tally) = run_example("quickstart-docker", &[("LOAD_SECONDS", "15")]);
+    assert_eq!(tally.failed, 0, "{stdout}");
+    assert!(
+        tally.served_by("1.0.0") > 0 && tally.served_by("2.0.0") > 0,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("switched 1.0.0 -> 2.0.0 under load with 0 failed requests"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("container kf-local-demo-green: kf-demo:2.0.0"),
+        "{stdout}"
+    );
 }
 
 /// Pulls from a registry (Debian's `docker-registry` on loopback): a tag the registry does not

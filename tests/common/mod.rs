@@ -309,17 +309,17 @@ pub fn require_tools(tools: &[&str]) {
     assert!(missing.is_empty(), "missing tools {missing:?}: run the README's test command, which installs them with apt-get");
 }
 
-/// Runs an example's `run.sh` (`examples/<name>/run.sh`, with 8 s of load and `envs`) with this build's
+/// Runs an example's `run.sh` (`examples/<name>/run.sh`, with 8 s of load unless `envs` say otherwise) with this build's
 /// binaries, asserts it succeeded, and returns its output and wrk's tally.
 pub fn run_example(name: &str, envs: &[(&str, &str)]) -> (String, Tally) {
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(top.join("examples").join(name).join("run.sh"))
-        .envs(envs.iter().copied())
         .env("KUBE_FREE", bin())
         .env("DEMO_DIR", demo_binary().parent().unwrap())
         .env("LOAD_SECONDS", "8")
         .env_remove("KEEP")
+        .envs(envs.iter().copied())
         .current_dir(top)
         .output()
         .expect("bash runs");
