@@ -102,10 +102,11 @@ pub enum Command {
     ///
     /// Reads the log each instance's runtime keeps on its host: with `kind: process`, the file
     /// `<state_dir>/<env>/<app>/<slot>.log` (the app's stdout and stderr, appended by every
-    /// instance that ran in the slot; kept after a stop). By default, every slot of the app that
-    /// has an instance, on every host of the environment; --host and --slot narrow that down, and
-    /// a slot named with --slot is read even without an instance there (the log a stopped
-    /// instance left).
+    /// instance that ran in the slot; kept after a stop); with `kind: docker`, `docker logs` (or
+    /// `podman logs`) of the slot's container (gone with the container). By default, every slot
+    /// of the app that has an instance, on every host of the environment; --host and --slot narrow
+    /// that down, and a slot named with --slot is read even without an instance there (the log a
+    /// stopped process left).
     ///
     /// Each log's last --lines lines are printed after a header, `==> HOST/SLOT (version V, LOG)
     /// <==`. With --follow, every log is followed at once, each line prefixed with `HOST/SLOT | `

@@ -524,7 +524,7 @@ pub async fn logs(
     if sources.is_empty() {
         writeln!(
             err,
-            "no instance of {}/{} on {}: no log to read (--slot reads the log a stopped instance left)",
+            "no instance of {}/{} on {}: no log to read (--slot reads the log a stopped process left; a container's goes with it)",
             args.env,
             args.app,
             hosts.into_iter().collect::<Vec<_>>().join(", ")

@@ -482,6 +482,41 @@ fn deploy_and_look_for_the_secret(s: &Stage) {
         .stdout_lacks(&secret);
 }
 
+/// An app moved from processes to containers in Git: the next version starts as a container and
+/// the old process is drained and stopped by the process runtime that started it; then back.
+#[test]
+fn an_app_moves_between_processes_and_containers() {
+    let mut s = Stage::new("dl-move");
+    let docker = s.runtime.clone();
+    let process = format!(
+        r#"kind: process, command: "{} --listen 127.0.0.1:{{port}} --version {{version}}""#,
+        demo_binary().display()
+    );
+    s.runtime = process.clone();
+    s.commit("1.0.0");
+    s.kube_free(&["reconcile", "--once"]).code(0);
+    let pid_file = s.dir().join("state/dl-move/demo/blue.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let pid = pid.split_whitespace().next().unwrap().to_owned();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    s.runtime = docker;
+    s.commit("2.0.0");
+    s.kube_free(&["reconcile", "--once"]).code(0);
+    s.assert_only("2.0.0");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "the process of 1.0.0 still runs: {stat}"
+    );
+
+    s.runtime = process;
+    s.commit("3.0.0");
+    s.kube_free(&["reconcile", "--once"]).code(0);
+    assert!(s.containers().is_empty(), "{:?}", s.containers());
+    assert_eq!(http_get(&s.frontend(), "/version"), "3.0.0");
+}
+
 /// `examples/quickstart-docker/run.sh`: builds the image, deploys, switches under wrk load.
 #[test]
 fn the_quickstart_docker_example_switches_with_no_failed_request() {

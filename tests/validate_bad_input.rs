@@ -781,6 +781,20 @@ environments:
 );
 
 case!(
+    env_value_with_a_line_break,
+    root(&base_with(
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"\n      env: { KEY: \"line one\\nline two\" }"
+    )),
+    [(
+        ROOT,
+        Some("\"line one"),
+        "apps.api.runtime.env.KEY",
+        "the value of KEY holds a line break or NUL, which cannot be passed to an instance"
+    )]
+);
+
+case!(
     every_problem_in_every_file_is_reported_at_once,
     vec![
         (

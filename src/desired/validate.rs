@@ -697,6 +697,20 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                     &vp,
                     format!("invalid environment variable name {var:?}"),
                 );
+            } else if var.starts_with("KUBE_FREE_") {
+                c.key(
+                    at,
+                    &vp,
+                    format!("{var}: names that start with KUBE_FREE_ are kube-free's own (it sets KUBE_FREE_ENV, _APP, _SLOT and _VERSION)"),
+                );
+            }
+            if value.contains(['\n', '\r', '\0']) {
+                // The value is not quoted: it may be a secret.
+                c.value(
+                    at,
+                    &vp,
+                    format!("the value of {var} holds a line break or NUL, which cannot be passed to an instance (one line per variable)"),
+                );
             }
             match Template::parse(value) {
                 Ok(t) => {

@@ -30,12 +30,13 @@ pub const SLOT_LABEL: &str = "kube-free.slot";
 const FORMAT: &str = "{{json .ID}}\t{{json .Name}}\t{{json .State}}\t{{json .Config.Labels}}";
 
 /// Lists every container with kube-free's slot label, running or not: one [`FORMAT`] line each.
-/// A container removed between `ps` and `inspect` is left out.
+/// A container removed between `ps` and `inspect` is left out; any other error of `inspect` fails
+/// the listing (never a partial list).
 pub fn list_cmd(cli: &str) -> Cmd {
     Cmd::read([
         "sh",
         "-c",
-        r#"set -e; ids=$("$1" ps -aq --no-trunc --filter "label=$2"); [ -z "$ids" ] || "$1" inspect --format "$3" $ids 2>/dev/null || true"#,
+        r#"set -e; ids=$("$1" ps -aq --no-trunc --filter "label=$2"); [ -z "$ids" ] && exit 0; exec 3>&1; err=$("$1" container inspect --format "$3" $ids 2>&1 >&3) && exit 0; if printf '%s\n' "$err" | grep -v '^$' | grep -viq 'no such \(container\|object\)'; then printf '%s\n' "$err" >&2; exit 1; fi"#,
         "kube-free-containers",
         cli,
         SLOT_LABEL,
@@ -44,9 +45,9 @@ pub fn list_cmd(cli: &str) -> Cmd {
 }
 
 /// One container, by name or id: a [`FORMAT`] line; exit 1 (docker) or 125 (podman) with "no
-/// such" on stderr when there is none.
+/// such container" or "no such object" on stderr when there is none.
 pub fn inspect_cmd(cli: &str, container: &str) -> Cmd {
-    Cmd::read([cli, "inspect", "--format", FORMAT, container])
+    Cmd::read([cli, "container", "inspect", "--format", FORMAT, container])
 }
 
 /// The `run` arguments after `run -d --name <name> --env-file <file>`: labels, restart policy,
@@ -83,16 +84,17 @@ pub fn run_args(spec: &StartSpec, container: &Container) -> Vec<String> {
     args
 }
 
-/// Starts a container: writes the env file (0600, from stdin), removes what a killed run or a
-/// failed start left under the name (only a container with kube-free's slot label: anything else
-/// is in the way, exit 3), runs it detached, removes the env file, prints the id. Exit codes are
-/// `run`'s: 125 the engine refused, 126/127 the command could not be run (the container it made
-/// is removed).
+/// Starts a container: writes the env file (0600, from stdin; removed when the script ends, however
+/// it ends short of SIGKILL), removes what a killed run or a failed start left under the name (only
+/// a container with kube-free's slot label: anything else is in the way, exit 3), runs it
+/// detached, prints the id. Exit codes are `run`'s: 125 the engine refused (a port in use, a
+/// missing image), 126/127 the command could not be run; the container a failed `run` made is
+/// removed.
 pub fn start_cmd(cli: &str, name: &str, env_file: &str, run_args: &[String]) -> Cmd {
     let mut words = vec![
         "sh".to_owned(),
         "-c".to_owned(),
-        r#"set -e; cli=$1; name=$2; envf=$3; shift 3; mkdir -p "$(dirname "$envf")"; (umask 077; cat >"$envf"); if slot=$("$cli" inspect --format "{{index .Config.Labels \"$SLOT\"}}" "$name" 2>/dev/null); then if [ -z "$slot" ] || [ "$slot" = "<no value>" ]; then rm -f "$envf"; echo "a container named $name that kube-free did not start is in the way" >&2; exit 3; fi; "$cli" kill "$name" >/dev/null 2>&1 || true; "$cli" rm -f "$name" >/dev/null; fi; set +e; id=$("$cli" run -d --name "$name" --env-file "$envf" "$@"); rc=$?; rm -f "$envf"; case $rc in 126|127) "$cli" rm -f "$name" >/dev/null 2>&1;; esac; printf '%s\n' "$id"; exit $rc"#.replace("$SLOT", SLOT_LABEL),
+        r#"set -e; cli=$1; name=$2; envf=$3; shift 3; trap 'rm -f "$envf"' EXIT; mkdir -p "$(dirname "$envf")"; (umask 077; cat >"$envf"); if slot=$("$cli" container inspect --format "{{index .Config.Labels \"$SLOT\"}}" "$name" 2>/dev/null); then if [ -z "$slot" ] || [ "$slot" = "<no value>" ]; then echo "a container named $name that kube-free did not start is in the way" >&2; exit 3; fi; "$cli" kill "$name" >/dev/null 2>&1 || true; "$cli" rm -f "$name" >/dev/null; fi; set +e; id=$("$cli" run -d --name "$name" --env-file "$envf" "$@"); rc=$?; rm -f "$envf"; [ $rc -eq 0 ] || "$cli" rm -f "$name" >/dev/null 2>&1; printf '%s\n' "$id"; exit $rc"#.replace("$SLOT", SLOT_LABEL),
         "kube-free-run".to_owned(),
         cli.to_owned(),
         name.to_owned(),
@@ -108,7 +110,7 @@ pub fn stop_cmd(cli: &str, container: &str, grace: Duration) -> Cmd {
     Cmd::change([
         "sh".to_owned(),
         "-c".to_owned(),
-        r#""$1" stop -t "$3" "$2" >/dev/null 2>&1 || true; "$1" rm -f "$2" >/dev/null 2>&1 || true; if out=$("$1" inspect --format '{{.State.Status}}' "$2" 2>&1); then echo "still there ($out)" >&2; exit 1; fi; case $out in *"o such"*) exit 0;; esac; echo "$out" >&2; exit 1"#.to_owned(),
+        r#""$1" stop -t "$3" "$2" >/dev/null 2>&1 || true; "$1" rm -f "$2" >/dev/null 2>&1 || true; if out=$("$1" container inspect --format '{{.State.Status}}' "$2" 2>&1); then echo "still there ($out)" >&2; exit 1; fi; if printf '%s\n' "$out" | grep -iq 'no such \(container\|object\)'; then exit 0; fi; echo "$out" >&2; exit 1"#.to_owned(),
         "kube-free-stop".to_owned(),
         cli.to_owned(),
         container.to_owned(),
@@ -145,21 +147,44 @@ pub fn logs_cmd(cli: &str, container: &str, lines: u32, follow: bool) -> Cmd {
     Cmd::read(argv)
 }
 
-/// Whether a registry's answer to a pull says the image does not exist (the version's fault), as
-/// opposed to trouble reaching or using the registry (a later run tries again).
+/// Whether a registry's answer to a pull says the image does not exist, or that its name is not
+/// one (the version's fault), as opposed to trouble reaching or using the registry: it does not
+/// answer, or refuses a login ("pull access denied … may require 'docker login'", which Docker Hub
+/// also says of a repository that does not exist); a later run tries again.
 pub fn image_is_missing(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
-    [
+    let missing = [
         "manifest unknown",
         "not found: manifest",
-        "manifest for ",
-        "repository does not exist",
         "name unknown",
         "no such image",
+        "invalid reference format",
     ]
     .iter()
-    .any(|needle| s.contains(needle))
-        && !s.contains("connection refused")
+    .any(|needle| s.contains(needle));
+    let access = [
+        "docker login",
+        "unauthorized",
+        "denied",
+        "connection refused",
+    ]
+    .iter()
+    .any(|needle| s.contains(needle));
+    missing && !access || s.contains("invalid reference format")
+}
+
+/// Whether an engine's error says there is no such container (docker: "No such object", podman:
+/// "no such container" / "no such object"), and nothing else.
+pub fn no_such_container(stderr: &str) -> bool {
+    let lines: Vec<String> = stderr
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    !lines.is_empty()
+        && lines
+            .iter()
+            .all(|l| l.contains("no such container") || l.contains("no such object"))
 }
 
 /// A container as `inspect` tells of it.
@@ -298,6 +323,8 @@ pub struct ContainerRuntime {
     transport: Arc<dyn Transport>,
     cli: &'static str,
     state_dir: String,
+    /// A host where no app runs containers now: one that cannot list them has none.
+    lenient: bool,
 }
 
 impl ContainerRuntime {
@@ -306,7 +333,15 @@ impl ContainerRuntime {
             transport,
             cli,
             state_dir: state_dir.to_owned(),
+            lenient: false,
         }
+    }
+
+    /// For a host where no app of the desired state runs containers (to find those an app left
+    /// that runs processes now): when the engine cannot be asked, it has none.
+    pub fn lenient(mut self) -> Self {
+        self.lenient = true;
+        self
     }
 
     fn t(&self) -> &dyn Transport {
@@ -318,7 +353,7 @@ impl ContainerRuntime {
         let cmd = inspect_cmd(self.cli, name_or_id);
         let out = self.t().run(&cmd, TIMEOUT).await?;
         if !out.success() {
-            if out.stderr_text().to_ascii_lowercase().contains("no such") {
+            if no_such_container(&out.stderr_text()) {
                 return Ok(None);
             }
             return Err(self.failed(&cmd, &out).into());
@@ -360,18 +395,45 @@ impl Runtime for ContainerRuntime {
 
     async fn instances(&self) -> Result<Vec<Found>, RuntimeError> {
         let cmd = list_cmd(self.cli);
-        let out = run_ok(self.t(), &cmd, TIMEOUT).await?;
+        let out = match run_ok(self.t(), &cmd, TIMEOUT).await {
+            Err(e) if self.lenient && !e.lost_contact() => {
+                tracing::debug!(host = self.t().host(), cli = self.cli, error = %e, "no containers to list");
+                return Ok(Vec::new());
+            }
+            out => out?,
+        };
         let mut found = Vec::new();
         for line in out.stdout_text().lines().filter(|l| !l.trim().is_empty()) {
             let seen = parse_line(line).map_err(|e| self.failed_with(&cmd, e))?;
-            found.push(match seen.record() {
-                Ok(record) => Found::Record {
+            found.push(match (seen.record(), seen.slot()) {
+                (Ok(record), _) => Found::Record {
                     alive: seen.running(),
                     record,
                 },
-                Err(error) => Found::Unreadable {
+                // Its slot is known but not what it runs (labels changed by hand): a container
+                // of an unknown version, so that nothing takes the slot from under it unseen.
+                (Err(error), Some((env, app, slot))) => {
+                    tracing::warn!(host = self.t().host(), container = seen.name, error, "a container of kube-free's without all of its labels: its version is unknown");
+                    Found::Record {
+                        alive: seen.running(),
+                        record: InstanceRecord {
+                            env,
+                            app,
+                            slot,
+                            version: crate::state::UNKNOWN_VERSION.to_owned(),
+                            revision: String::new(),
+                            port: 0,
+                            pid: seen.pid,
+                            start_ticks: 0,
+                            started_at: seen.started_at,
+                            argv: Vec::new(),
+                            container: Some(seen.id.clone()),
+                        },
+                    }
+                }
+                (Err(error), None) => Found::Unreadable {
                     path: format!("container {}", seen.name),
-                    slot: seen.slot(),
+                    slot: None,
                     error,
                 },
             });
@@ -415,13 +477,7 @@ impl Runtime for ContainerRuntime {
                 kind: super::runtime::Kind::Process,
             });
         };
-        let env = spec
-            .launch
-            .env_lines()
-            .map_err(|name| RuntimeError::BadEnvValue {
-                app: at.app.clone(),
-                name,
-            })?;
+        let env = spec.launch.env_lines(&at.app)?;
         let env_file = format!(
             "{}/{}.env",
             crate::state::app_dir(&self.state_dir, &at.env, &at.app),
@@ -489,9 +545,12 @@ impl Runtime for ContainerRuntime {
         record: &InstanceRecord,
         stop_timeout: Duration,
     ) -> Result<(), RuntimeError> {
-        let id = match &record.container {
-            Some(id) => id.clone(),
-            None => crate::names::container_name(&record.env, &record.app, &record.slot),
+        let Some(id) = record.container.clone() else {
+            return Err(RuntimeError::NotMine {
+                host: self.host_name(),
+                runtime: self.cli,
+                slot: record.slot.clone(),
+            });
         };
         let cmd = stop_cmd(self.cli, &id, stop_timeout);
         let out = self.t().run(&cmd, stop_timeout + TIMEOUT).await?;
@@ -596,7 +655,7 @@ mod tests {
             "/s/prod/api/blue.env",
             &run_args(&s, &c),
         )
-        .with_stdin(s.launch.env_lines().unwrap().into_bytes());
+        .with_stdin(s.launch.env_lines("api").unwrap().into_bytes());
         assert!(!cmd.to_string().contains("s3cret"), "{cmd}");
         assert!(!format!("{cmd:?}").contains("s3cret"));
         assert!(!format!("{:?}", s.launch).contains("s3cret"));
@@ -637,7 +696,12 @@ mod tests {
     fn env_values_with_line_breaks_are_refused() {
         let mut launch = spec(None).launch;
         launch.env.push("BAD=a\nb".into());
-        assert_eq!(launch.env_lines(), Err("BAD".to_owned()));
+        let err = launch.env_lines("api").unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::BadEnvValue { name, .. } if name == "BAD"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("a\nb"), "{err}");
     }
 
     #[test]
@@ -677,9 +741,21 @@ mod tests {
     #[test]
     fn pull_errors_tell_a_missing_image_from_a_registry_in_trouble() {
         assert!(image_is_missing("Error response from daemon: manifest for 127.0.0.1:5000/kf-demo:9 not found: manifest unknown: manifest unknown"));
-        assert!(image_is_missing(
+        // Docker Hub says this of a login that failed too: tried again, not the version's fault.
+        assert!(!image_is_missing(
             "Error response from daemon: pull access denied for kf-demo, repository does not exist or may require 'docker login'"
         ));
+        assert!(image_is_missing(
+            "Error response from daemon: invalid reference format"
+        ));
+        assert!(no_such_container("Error: No such object: kf-a-b-blue\n"));
+        assert!(no_such_container(
+            "Error: inspecting object: no such container \"kf-a-b-blue\""
+        ));
+        assert!(!no_such_container(
+            "Error: reading storage: open /var/lib/x: no such file or directory"
+        ));
+        assert!(!no_such_container(""));
         assert!(!image_is_missing("Error response from daemon: Get \"http://127.0.0.1:5999/v2/\": dial tcp 127.0.0.1:5999: connect: connection refused"));
         assert!(!image_is_missing("Error response from daemon: Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host"));
     }
@@ -692,7 +768,14 @@ mod tests {
         );
         assert_eq!(
             inspect_cmd("podman", "kf-a-b-blue").argv,
-            ["podman", "inspect", "--format", FORMAT, "kf-a-b-blue"]
+            [
+                "podman",
+                "container",
+                "inspect",
+                "--format",
+                FORMAT,
+                "kf-a-b-blue"
+            ]
         );
         assert_eq!(
             logs_cmd("docker", "kf-a-b-blue", 5, true).to_string(),

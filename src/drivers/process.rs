@@ -19,14 +19,15 @@ const EXITS_AT_ONCE: Duration = Duration::from_millis(150);
 
 /// Starts argv in its own session with output appended to `log`, in `/`, writes `PID START_TICKS` to
 /// `pid_file` (atomically, before anything else can happen to the caller) and prints the pid. The
-/// environment it adds comes as `NAME=value` lines on the command's standard input (`export`ed by
-/// the shell, so no value is ever on a command line). Every value is a positional parameter; the
+/// environment it adds comes as `NAME=value` lines on the command's standard input, `export`ed by
+/// the shell that then becomes the app (so no value is ever on a command line, and none changes
+/// how the script's own tools run). Every value is a positional parameter; the
 /// script text is constant.
 pub fn start_cmd(dir: &str, log: &str, pid_file: &str, env: &str, argv: &[String]) -> Cmd {
     let mut words = vec![
         "sh".to_owned(),
         "-c".to_owned(),
-        r#"set -e; while IFS= read -r kv; do export "$kv"; done; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & pid=$!; st=$(sed 's/.*)//' "/proc/$pid/stat" | cut -d' ' -f21) || st=0; printf '%s %s\n' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid""#.to_owned(),
+        r#"set -e; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; ss=$(command -v setsid); exec 3<&0; ( while IFS= read -r KUBE_FREE_KV <&3; do export "$KUBE_FREE_KV"; done; unset KUBE_FREE_KV; exec 3<&-; exec "$ss" "$@" ) >>"$log" 2>&1 </dev/null & pid=$!; exec 3<&-; st=$(sed 's/.*)//' "/proc/$pid/stat" | cut -d' ' -f21) || st=0; printf '%s %s\n' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid""#.to_owned(),
         "kube-free-start".to_owned(),
         dir.to_owned(),
         log.to_owned(),
@@ -287,13 +288,7 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, spec: &StartSpec) -> Result<InstanceRecord, RuntimeError> {
         let at = &spec.at;
         self.stop_orphan(at, spec.stop_timeout).await?;
-        let env = spec
-            .launch
-            .env_lines()
-            .map_err(|name| RuntimeError::BadEnvValue {
-                app: at.app.clone(),
-                name,
-            })?;
+        let env = spec.launch.env_lines(&at.app)?;
         let argv = spec.launch.command.clone();
         let dir = crate::state::app_dir(&self.state_dir, &at.env, &at.app);
         let log = self.log_file(at);
@@ -350,6 +345,13 @@ impl Runtime for ProcessRuntime {
         stop_timeout: Duration,
     ) -> Result<(), RuntimeError> {
         let t = self.t();
+        if record.container.is_some() {
+            return Err(RuntimeError::NotMine {
+                host: t.host().to_owned(),
+                runtime: "process",
+                slot: record.slot.clone(),
+            });
+        }
         if self.is_alive(record).await? {
             // The process may exit between the check and the signal: `kill` failing then is fine.
             t.run(&kill_cmd(record.pid, "TERM"), TIMEOUT).await?;
@@ -415,7 +417,7 @@ mod tests {
         );
         assert_eq!(
             cmd.to_string(),
-            r#"sh -c 'set -e; while IFS= read -r kv; do export "$kv"; done; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; setsid "$@" >>"$log" 2>&1 </dev/null & pid=$!; st=$(sed '\''s/.*)//'\'' "/proc/$pid/stat" | cut -d'\'' '\'' -f21) || st=0; printf '\''%s %s\n'\'' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid"' kube-free-start /s/prod/api /s/prod/api/blue.log /s/prod/api/blue.pid '/opt/api bin'"#
+            r#"sh -c 'set -e; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; ss=$(command -v setsid); exec 3<&0; ( while IFS= read -r KUBE_FREE_KV <&3; do export "$KUBE_FREE_KV"; done; unset KUBE_FREE_KV; exec 3<&-; exec "$ss" "$@" ) >>"$log" 2>&1 </dev/null & pid=$!; exec 3<&-; st=$(sed '\''s/.*)//'\'' "/proc/$pid/stat" | cut -d'\'' '\'' -f21) || st=0; printf '\''%s %s\n'\'' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid"' kube-free-start /s/prod/api /s/prod/api/blue.log /s/prod/api/blue.pid '/opt/api bin'"#
         );
         assert_eq!(parse_pid_file("4242 31337\n"), Some((4242, 31337)));
         assert_eq!(parse_pid_file("4242"), None);
@@ -498,6 +500,36 @@ mod tests {
         assert!(!std::path::Path::new(&pid_file).exists());
         // Nothing to do the second time, and none without a pid file.
         assert!(!rt.stop_orphan(&slot("green"), grace).await.unwrap());
+    }
+
+    /// The app's environment is the app's only: a `PATH` or a variable named like the start
+    /// script's own does not change how the script runs.
+    #[tokio::test]
+    async fn the_environment_given_does_not_reach_the_start_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path().to_str().unwrap());
+        let spec = StartSpec {
+            at: slot("green"),
+            version: "1".into(),
+            revision: "abc".into(),
+            port: 1,
+            launch: Launch {
+                env: vec![
+                    "PATH=/nonexistent".into(),
+                    "log=/nonexistent/log".into(),
+                    "kf_kv=mine".into(),
+                ],
+                command: vec!["/bin/sleep".into(), "30".into()],
+                container: None,
+            },
+            stop_timeout: Duration::from_secs(5),
+        };
+        let record = rt.start(&spec).await.unwrap();
+        let running = rt.recover(&slot("green")).await.unwrap().unwrap();
+        for var in ["PATH=/nonexistent", "log=/nonexistent/log", "kf_kv=mine"] {
+            assert!(running.environ.contains(&var.to_owned()), "{var}");
+        }
+        rt.stop(&record, Duration::from_secs(5)).await.unwrap();
     }
 
     #[tokio::test]

@@ -59,14 +59,18 @@ impl std::fmt::Debug for Launch {
 }
 
 impl Launch {
-    /// The environment as `NAME=value` lines (an env file, or what a start script reads), or the
-    /// name of the first variable whose value holds a newline or NUL (which no line can carry).
-    pub fn env_lines(&self) -> Result<String, String> {
+    /// The environment as `NAME=value` lines (an env file, or what a start script reads); fails,
+    /// naming only the variable, when a value holds a line break or NUL, which no line can carry
+    /// (validation refuses those; this is the last guard).
+    pub fn env_lines(&self, app: &str) -> Result<String, RuntimeError> {
         let mut text = String::new();
         for assignment in &self.env {
-            let name = assignment.split_once('=').map_or("", |(n, _)| n);
             if assignment.contains(['\n', '\r', '\0']) {
-                return Err(name.to_owned());
+                let name = assignment.split_once('=').map_or("", |(n, _)| n);
+                return Err(RuntimeError::BadEnvValue {
+                    app: app.to_owned(),
+                    name: name.to_owned(),
+                });
             }
             text.push_str(assignment);
             text.push('\n');
@@ -256,6 +260,12 @@ pub enum RuntimeError {
         name: String,
         error: String,
     },
+    #[error("host {host:?}: the instance in slot {slot} was not started by the {runtime} runtime")]
+    NotMine {
+        host: String,
+        runtime: &'static str,
+        slot: String,
+    },
     #[error("host {host:?}: a container named {name} that kube-free did not start is in the way")]
     InTheWay { host: String, name: String },
     #[error("host {host:?}: container {container} is still there after `{cli} rm -f`: {error}")]
@@ -273,15 +283,13 @@ impl RuntimeError {
         matches!(self, RuntimeError::Transport(e) if e.lost_contact())
     }
 
-    /// Whether the instance itself failed (it exited at once, its image does not exist, its
-    /// environment cannot be passed; the app asks for a runtime there is not), as opposed to the
-    /// host.
+    /// Whether the instance itself failed (it exited at once, its image does not exist; the app
+    /// asks for a runtime there is not), as opposed to the host.
     pub fn by_the_instance(&self) -> bool {
         matches!(
             self,
             RuntimeError::ExitedAtOnce { .. }
                 | RuntimeError::Unsupported { .. }
-                | RuntimeError::BadEnvValue { .. }
                 | RuntimeError::ImageMissing { .. }
         )
     }

@@ -81,12 +81,11 @@ pub fn build(
             observed,
             fingerprint: desired.fingerprint(&env.name, app),
             bake: desired.apps[app].bake,
+            image: desired.apps[app].runtime.image().is_some(),
         };
         let before = plan.graph.node_count();
         let mut roots: Vec<NodeIndex> = config.into_iter().collect();
-        if desired.apps[app].runtime.image().is_some() {
-            roots.extend(pulls(&mut plan, &r, &roots));
-        }
+        roots.extend(pulls(&mut plan, &r, &roots));
         let last = match &d.strategy {
             Strategy::Rolling { batch, .. } => {
                 rolling(&mut plan, &r, batch.size(env.hosts.len()), &roots)
@@ -175,25 +174,30 @@ fn pulls(plan: &mut Plan, r: &Rollout, after: &[NodeIndex]) -> Vec<NodeIndex> {
     r.env
         .hosts
         .iter()
-        .filter(|host| {
-            !r.d.slots.iter().any(|s| {
-                runs(
-                    r.observed,
-                    &slot_ref(r.env, r.app, host, &s.name),
-                    r.version,
-                )
-            })
-        })
-        .map(|host| {
-            let pull = Action::Pull {
-                host: host.clone(),
-                env: r.env.name.clone(),
-                app: r.app.to_owned(),
-                version: r.version.to_owned(),
-            };
-            plan.add(pull, after)
-        })
+        .filter_map(|host| pull_on(plan, r, host, after))
         .collect()
+}
+
+/// The pull of the version's image on `host` after `after`, unless the app runs no images or a
+/// slot there runs the version.
+fn pull_on(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -> Option<NodeIndex> {
+    let runs_here = r.d.slots.iter().any(|s| {
+        runs(
+            r.observed,
+            &slot_ref(r.env, r.app, host, &s.name),
+            r.version,
+        )
+    });
+    if !r.image || runs_here {
+        return None;
+    }
+    let pull = Action::Pull {
+        host: host.to_owned(),
+        env: r.env.name.clone(),
+        app: r.app.to_owned(),
+        version: r.version.to_owned(),
+    };
+    Some(plan.add(pull, after))
 }
 
 /// One app of one environment going to one version, as seen in one snapshot.
@@ -206,6 +210,8 @@ struct Rollout<'a> {
     fingerprint: String,
     /// The app's bake.
     bake: Duration,
+    /// The app runs images: each host pulls the version's before it starts it.
+    image: bool,
 }
 
 /// What one host needs for `version`: the slot that will serve it, the steps that make it ready
@@ -715,6 +721,7 @@ pub fn cleanup(
                 observed,
                 fingerprint: String::new(),
                 bake: Duration::ZERO,
+                image: desired.apps[app].runtime.image().is_some(),
             };
             let partial = |at: &SlotRef| {
                 runs(observed, at, good)
@@ -731,7 +738,9 @@ pub fn cleanup(
                 if !needed {
                     continue;
                 }
-                let prep = prepare_host(&mut plan, &r, host, &[]);
+                let pulled: Vec<NodeIndex> =
+                    pull_on(&mut plan, &r, host, &[]).into_iter().collect();
+                let prep = prepare_host(&mut plan, &r, host, &pulled);
                 let ready: Vec<NodeIndex> = prep.ready_steps.last().copied().into_iter().collect();
                 let shift = shift_to_targets(&mut plan, &r, std::slice::from_ref(&prep), &ready);
                 for at in here.iter().filter(|at| runs_failed(at)) {

@@ -170,7 +170,8 @@ pub fn decide(verdict: Verdict, promoted: bool, past_deadline: bool) -> Decision
 pub fn takes_back(action: &Action) -> bool {
     matches!(
         action,
-        Action::Start { .. }
+        Action::Pull { .. }
+            | Action::Start { .. }
             | Action::Probe { .. }
             | Action::Enable { .. }
             | Action::Weigh { .. }

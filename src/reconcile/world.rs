@@ -5,7 +5,7 @@
 //! the real ones from the desired state; [`World::new`] takes any (fakes in tests).
 
 use super::{Clock, ReconcileError, SystemClock};
-use crate::desired::{DesiredState, Transport as HostTransport};
+use crate::desired::{ContainerCli, DesiredState, Transport as HostTransport};
 use crate::drivers::balancer::for_balancer;
 use crate::drivers::docker::ContainerRuntime;
 use crate::drivers::ledger::HostLedger;
@@ -17,7 +17,8 @@ use crate::drivers::ssh::{SshOptions, SshTarget, SshTransport};
 use crate::drivers::{Balancer, Ledger, Prober, Runtime, RuntimeError, Transport, TransportError};
 use crate::names::SlotRef;
 use crate::notify::{Event, EventKind, Notifier};
-use std::collections::BTreeMap;
+use crate::state::InstanceRecord;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,6 +194,30 @@ impl World {
             })
     }
 
+    /// The runtime that runs the instance of `record` in slot `at`: the one that started it (a
+    /// container's or the process runtime), which is not the app's when its runtime changed in Git
+    /// since.
+    pub fn runtime_of(
+        &self,
+        at: &SlotRef,
+        record: &InstanceRecord,
+    ) -> Result<&dyn Runtime, RuntimeError> {
+        let app_kind = Kind::of(&self.desired.apps[&at.app]);
+        let container = record.container.is_some();
+        if container == matches!(app_kind, Kind::Container(_)) {
+            return self.runtime(at);
+        }
+        self.drivers
+            .runtimes
+            .iter()
+            .find(|((h, k), _)| *h == at.host && matches!(k, Kind::Container(_)) == container)
+            .map(|(_, r)| r.as_ref())
+            .ok_or(RuntimeError::Unsupported {
+                app: at.app.clone(),
+                kind: app_kind,
+            })
+    }
+
     /// The runtimes of `host`.
     pub(super) fn runtimes_on<'a>(
         &'a self,
@@ -249,19 +274,46 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
             Arc::new(ProcessRuntime::new(hosts[h].clone(), desired.state_dir(h)));
         runtimes.insert((h.to_owned(), Kind::Process), r);
     }
+    // Where an app runs containers, strictly; on the other app hosts, to see containers an app
+    // left that runs processes now (or uses another cli), leniently: a host without the engine
+    // (or without the command) has none.
     for (env, app, _) in desired.deployments() {
         let Kind::Container(cli) = Kind::of(&desired.apps[app]) else {
             continue;
         };
         for h in env.hosts.iter().filter(|h| hosts.contains_key(*h)) {
+            let r: Arc<dyn Runtime> = Arc::new(ContainerRuntime::new(
+                hosts[h].clone(),
+                cli.program(),
+                desired.state_dir(h),
+            ));
+            runtimes.insert((h.clone(), Kind::Container(cli)), r);
+        }
+    }
+    // Docker always (an app that ran containers and runs processes now left them there), podman
+    // where an app names it.
+    let mut clis: BTreeSet<ContainerCli> = desired
+        .apps
+        .values()
+        .filter_map(|a| match Kind::of(a) {
+            Kind::Container(cli) => Some(cli),
+            Kind::Process => None,
+        })
+        .collect();
+    clis.insert(ContainerCli::Docker);
+    for h in desired.app_hosts().into_iter().filter(here) {
+        for cli in &clis {
             runtimes
-                .entry((h.clone(), Kind::Container(cli)))
+                .entry((h.to_owned(), Kind::Container(*cli)))
                 .or_insert_with(|| {
-                    Arc::new(ContainerRuntime::new(
-                        hosts[h].clone(),
-                        cli.program(),
-                        desired.state_dir(h),
-                    ))
+                    Arc::new(
+                        ContainerRuntime::new(
+                            hosts[h].clone(),
+                            cli.program(),
+                            desired.state_dir(h),
+                        )
+                        .lenient(),
+                    )
                 });
         }
     }

@@ -60,12 +60,7 @@ pub(in crate::reconcile) fn launch(
         command: command.iter().map(|w| w.render(value)).collect(),
         container,
     };
-    launch
-        .env_lines()
-        .map_err(|name| RuntimeError::BadEnvValue {
-            app: at.app.clone(),
-            name,
-        })?;
+    launch.env_lines(&at.app)?;
     Ok(launch)
 }
 
@@ -196,8 +191,9 @@ impl Live {
         let Some(instance) = self.observed.instance(&at.host, &at.env, &at.app, &at.slot) else {
             return Ok(());
         };
+        // The runtime that started it: not the app's when its runtime changed in Git since.
         self.world
-            .runtime(at)?
+            .runtime_of(at, &instance.record)?
             .stop(&instance.record, self.app(at).stop_timeout)
             .await?;
         Ok(())

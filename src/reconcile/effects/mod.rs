@@ -313,7 +313,10 @@ impl Effects for Live {
         match action {
             Action::ApplyConfig { .. } => Duration::from_secs(90),
             Action::Pull { .. } => crate::drivers::docker::PULL_TIMEOUT + slack,
-            Action::Start { .. } | Action::Shift { .. } => slack,
+            // A container's start: an orphan removed, `run`, a look after it, on a failure its
+            // log and its removal; each bounded by its own timeout.
+            Action::Start { .. } => slack * 3,
+            Action::Shift { .. } => slack,
             // Its own wait for UP ends first, as the version's fault.
             Action::Enable { .. } => traffic::UP_WITHIN + slack,
             // Its last probe may start just before the probe's own deadline.
@@ -321,7 +324,7 @@ impl Effects for Live {
                 self.app(at).probe.deadline + self.app(at).probe.timeout + slack
             }
             Action::Drain { at, .. } => self.app(at).drain + slack,
-            Action::Stop { at, .. } => self.app(at).stop_timeout + slack,
+            Action::Stop { at, .. } => self.app(at).stop_timeout + slack * 2,
             Action::Weigh { .. } | Action::Conclude { .. } => slack,
             // Reads that fail are retried for a while within it.
             Action::Bake { bake, .. } => *bake + slack,
