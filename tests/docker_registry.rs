@@ -7,32 +7,11 @@
 mod common;
 
 use common::*;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 /// The tag built in the main engine; test-specific, so that no one else's `kf-demo:1` is retagged.
 const LOCAL: &str = "kf-demo-registry-test:1";
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .env_remove("DOCKER_HOST")
-        .env_remove("DOCKER_CONTEXT")
-        .stdin(Stdio::null())
-        .output()
-        .expect("docker runs")
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// `docker pull NAME`: exit code and stderr (trimmed), printed.
 fn pull(name: &str) -> (Option<i32>, String) {

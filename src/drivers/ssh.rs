@@ -152,8 +152,13 @@ impl SshTransport {
         }
     }
 
-    /// Runs `cmd` once on `session`.
-    async fn run_on(&self, session: &Session, cmd: &Cmd) -> Result<Output, TransportError> {
+    /// Starts `cmd` on `session` with its stdout and stderr piped, writes its stdin (if any) and
+    /// closes it.
+    async fn spawn_on<'s>(
+        &self,
+        session: &'s Session,
+        cmd: &Cmd,
+    ) -> Result<openssh::Child<&'s Session>, TransportError> {
         let line = cmd.to_string();
         let mut command = session.raw_command(&line);
         command
@@ -174,8 +179,14 @@ impl SshTransport {
                     what: format!("cannot write to `{line}`"),
                     source,
                 })?;
-            drop(stdin);
         }
+        Ok(child)
+    }
+
+    /// Runs `cmd` once on `session`.
+    async fn run_on(&self, session: &Session, cmd: &Cmd) -> Result<Output, TransportError> {
+        let line = cmd.to_string();
+        let child = self.spawn_on(session, cmd).await?;
         let out = child
             .wait_with_output()
             .await
@@ -277,27 +288,8 @@ impl Transport for SshTransport {
         tracing::debug!(host = %self.target.host, changes = cmd.changes, cmd = %cmd, "streamed command");
         let (_, session) = self.live().await?;
         let line = cmd.to_string();
-        let mut command = session.raw_command(&line);
-        command
-            .stdin(if cmd.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().await.map_err(|e| self.unreachable(&e))?;
+        let mut child = self.spawn_on(&session, cmd).await?;
         self.alive(true);
-        if let (Some(bytes), Some(mut stdin)) = (&cmd.stdin, child.stdin().take()) {
-            stdin
-                .write_all(bytes)
-                .await
-                .map_err(|source| TransportError::Io {
-                    host: self.target.host.clone(),
-                    what: format!("cannot write to `{line}`"),
-                    source,
-                })?;
-        }
         let (Some(stdout), Some(stderr)) = (child.stdout().take(), child.stderr().take()) else {
             unreachable!("stdout and stderr are piped");
         };

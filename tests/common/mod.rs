@@ -797,3 +797,26 @@ impl Drop for StopInstances {
         }
     }
 }
+
+/// `docker ARGS` against this machine's engine (never one that `DOCKER_HOST` names).
+pub fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("docker runs")
+}
+
+/// [`docker`], which must succeed; its stdout, trimmed.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
