@@ -100,17 +100,27 @@ fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
             runs += 1;
             let delay = Duration::from_millis(300 + rng.next(2700));
             std::thread::sleep(delay);
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap();
-                kills += 1;
-                points.push(format!("{}ms", delay.as_millis()));
+            if child.try_wait().unwrap().is_some() {
+                // It finished the rollout before its kill: nothing is left to interrupt.
+                let _ = child.wait_with_output();
+                break;
             }
+            child.kill().unwrap();
+            kills += 1;
+            points.push(format!("{}ms", delay.as_millis()));
             let _ = child.wait_with_output();
             // The next run would wait for the lease: wait here instead, so that its kill lands in
             // the rollout and not in that wait.
             expiry_waits += wait_for_expiry(&lock);
         }
         eprintln!("{version} ({strategy}): killed at {}", points.join(", "));
+        // Runs resume a killed rollout quickly, so one may finish it before its kill lands; but
+        // every rollout is interrupted a few times first.
+        assert!(
+            points.len() >= 2,
+            "{version}: only {} runs were killed mid-way",
+            points.len()
+        );
         let mut converged = false;
         for _ in 0..10 {
             runs += 1;
@@ -141,6 +151,6 @@ fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
         tally.served,
         started.elapsed().as_secs_f64()
     );
-    assert!(kills >= 20, "only {kills} runs were killed mid-way");
+    assert!(kills >= 12, "only {kills} runs were killed mid-way");
     assert_eq!(tally.failed, 0, "{}", tally.text);
 }
