@@ -204,12 +204,15 @@ impl Seen {
         self.status == "running"
     }
 
+    /// Its label `kube-free.<key>`.
+    fn label(&self, key: &str) -> Option<String> {
+        self.labels.get(&format!("kube-free.{key}")).cloned()
+    }
+
     /// Its record, from its labels; why not, when they do not make one.
     pub fn record(&self) -> Result<InstanceRecord, String> {
         let label = |key: &str| {
-            self.labels
-                .get(&format!("kube-free.{key}"))
-                .cloned()
+            self.label(key)
                 .ok_or_else(|| format!("container {} has no label kube-free.{key}", self.name))
         };
         Ok(InstanceRecord {
@@ -234,8 +237,7 @@ impl Seen {
 
     /// The slot its labels name, when they name one: (env, app, slot).
     fn slot(&self) -> Option<(String, String, String)> {
-        let l = |k: &str| self.labels.get(&format!("kube-free.{k}")).cloned();
-        Some((l("env")?, l("app")?, l("slot")?))
+        Some((self.label("env")?, self.label("app")?, self.label("slot")?))
     }
 }
 
@@ -483,6 +485,13 @@ impl Runtime for ContainerRuntime {
             crate::state::app_dir(&self.state_dir, &at.env, &at.app),
             at.slot
         );
+        // The container did not start or stopped at once: the version's fault, with what it said.
+        let exited = |host, log, tail| RuntimeError::ExitedAtOnce {
+            host,
+            command: format!("{} run {name}", self.cli),
+            log,
+            tail,
+        };
         let cmd = start_cmd(self.cli, &name, &env_file, &run_args(spec, container))
             .with_stdin(env.into_bytes());
         let out = self.t().run(&cmd, TIMEOUT).await?;
@@ -490,14 +499,7 @@ impl Runtime for ContainerRuntime {
         match out.status {
             Some(0) => {}
             Some(3) => return Err(RuntimeError::InTheWay { host, name }),
-            Some(126 | 127) => {
-                return Err(RuntimeError::ExitedAtOnce {
-                    host,
-                    command: format!("{} run {name}", self.cli),
-                    log: format!("`{} run`", self.cli),
-                    tail: stderr,
-                })
-            }
+            Some(126 | 127) => return Err(exited(host, format!("`{} run`", self.cli), stderr)),
             _ if image_is_missing(&stderr) => {
                 return Err(RuntimeError::ImageMissing {
                     host,
@@ -529,12 +531,7 @@ impl Runtime for ContainerRuntime {
                     .t()
                     .run(&stop_cmd(self.cli, &id, Duration::from_secs(1)), TIMEOUT)
                     .await;
-                Err(RuntimeError::ExitedAtOnce {
-                    host,
-                    command: format!("{} run {name}", self.cli),
-                    log: format!("`{} logs {name}`", self.cli),
-                    tail,
-                })
+                Err(exited(host, format!("`{} logs {name}`", self.cli), tail))
             }
         }
     }

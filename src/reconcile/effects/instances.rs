@@ -19,14 +19,7 @@ pub(in crate::reconcile) fn launch(
     version: &str,
     port: u16,
 ) -> Result<Launch, RuntimeError> {
-    let value = |p: Placeholder| match p {
-        Placeholder::Version => version.to_owned(),
-        Placeholder::Port => port.to_string(),
-        Placeholder::Slot => at.slot.clone(),
-        Placeholder::App => at.app.clone(),
-        Placeholder::Env => at.env.clone(),
-        Placeholder::Host => at.host.clone(),
-    };
+    let value = placeholders(at, version, port);
     let app = &desired.apps[&at.app];
     let (command, env, container) = match &app.runtime {
         Runtime::Process { command, env } => (command.as_slice(), env, None),
@@ -72,16 +65,28 @@ pub(in crate::reconcile) fn image(
     app: &str,
     version: &str,
 ) -> Option<String> {
-    desired.apps[app].runtime.image().map(|t| {
-        t.render(|p| match p {
-            Placeholder::Version => version.to_owned(),
-            Placeholder::App => app.to_owned(),
-            Placeholder::Env => env.to_owned(),
-            Placeholder::Host => host.to_owned(),
-            // Refused by validation: one image serves both slots.
-            Placeholder::Port | Placeholder::Slot => String::new(),
-        })
-    })
+    // No slot or port: validation refuses {slot} and {port} in an image (one serves both slots).
+    let at = SlotRef::new(env, app, host, "");
+    desired.apps[app]
+        .runtime
+        .image()
+        .map(|t| t.render(placeholders(&at, version, 0)))
+}
+
+/// The value of each placeholder for an instance of `version` in slot `at` on `port`.
+fn placeholders<'a>(
+    at: &'a SlotRef,
+    version: &'a str,
+    port: u16,
+) -> impl Fn(Placeholder) -> String + Copy + 'a {
+    move |p| match p {
+        Placeholder::Version => version.to_owned(),
+        Placeholder::Port => port.to_string(),
+        Placeholder::Slot => at.slot.clone(),
+        Placeholder::App => at.app.clone(),
+        Placeholder::Env => at.env.clone(),
+        Placeholder::Host => at.host.clone(),
+    }
 }
 
 impl Live {
