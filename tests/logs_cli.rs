@@ -371,7 +371,7 @@ fn unknown_names_are_bad_input_and_only_the_hosts_read_are_contacted() {
     // Without an instance in any slot of `here`, there is nothing to read.
     let (out, _) = run(&["api", "--env", "production", "--host", "here"]);
     out.code(0).stderr_has(
-        "no instance of production/api on here: no log to read (--slot reads the log a stopped instance left)",
+        "no instance of production/api on here: no log to read (--slot reads the log a stopped process left; a container's goes with it)",
     );
     assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
