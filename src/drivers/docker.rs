@@ -474,9 +474,10 @@ impl Runtime for ContainerRuntime {
         let host = self.host_name();
         let name = at.container();
         let Some(container) = &spec.launch.container else {
-            return Err(RuntimeError::Unsupported {
-                app: at.app.clone(),
-                kind: super::runtime::Kind::Process,
+            return Err(RuntimeError::NotMine {
+                host,
+                runtime: self.cli,
+                slot: at.slot.clone(),
             });
         };
         let env = spec.launch.env_lines(&at.app)?;
