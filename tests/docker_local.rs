@@ -69,12 +69,13 @@ impl Stage {
             .unwrap();
         let haproxy = LocalHaproxy::start(&dir.path().join("haproxy"));
         let processes = StopInstances(dir.path().join("state"));
+        let [front, blue, green] = free_ports();
         let stage = Stage {
             dir,
             repo: Repo::new(),
             env: env.to_owned(),
-            front: free_port(),
-            slots: (free_port(), free_port()),
+            front,
+            slots: (blue, green),
             runtime: format!(
                 r#"kind: docker, image: "{IMAGE}:{{version}}", command: "--listen 0.0.0.0:{{port}} --version {{version}}", bind: 127.0.0.1"#
             ),

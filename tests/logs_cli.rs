@@ -37,7 +37,7 @@ impl Setup {
             haproxy: LocalHaproxy::start(&dir.path().join("haproxy")),
             repo: Repo::new(),
             state,
-            ports: [free_port(), free_port(), free_port()],
+            ports: free_ports(),
             _dir: dir,
             _turn: turn,
         };

@@ -94,7 +94,7 @@ impl Nginx {
         std::fs::write(dir.path().join("kube-free.conf"), "").unwrap();
         let nginx = Nginx {
             dir,
-            ports: [free_port(), free_port(), free_port()],
+            ports: free_ports(),
         };
         nginx.run(&[]);
         nginx

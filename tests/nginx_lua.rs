@@ -271,7 +271,7 @@ impl Lab {
     fn start_patched(patch: impl Fn(String) -> String) -> Lab {
         require_nginx();
         let dir = tempfile::tempdir().unwrap();
-        let [fast, lazy, fb, fg, lb, lg] = [(); 6].map(|_| free_port());
+        let [fast, lazy, fb, fg, lb, lg] = free_ports();
         let d = dir.path().display().to_string();
         // `fast`: checked every 100 ms. `lazy`: checked once when it leaves maintenance, then
         // every 30 s, so a server that stopped stays UP long enough to test retries.

@@ -482,11 +482,16 @@ pub fn load_test_turn() -> LoadTestTurn {
 
 /// A TCP port free on 127.0.0.1 now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct TCP ports free on 127.0.0.1 now. Every listener is held until all are bound:
+/// ports taken one after another from listeners dropped at once can repeat.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [std::net::TcpListener; N] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|l| l.local_addr().unwrap().port())
 }
 
 /// One HTTP/1.1 request; the status code and the body (0 and nothing when it cannot connect).
