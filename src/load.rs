@@ -1,6 +1,6 @@
 //! The desired state of a run: opens the source at a commit, loads and checks the desired state
-//! there (bad input, unknown `--env`/`--app` names included, is reported before any host is
-//! contacted), and connects the [`World`] that acts on it (or only the hosts a command reads
+//! there and reads its secret files (bad input, unknown `--env`/`--app` names included, is
+//! reported before any host is contacted), and connects the [`World`] that acts on it (or only the hosts a command reads
 //! from). Shared by the one-shot commands and the watcher; prints nothing.
 
 use crate::desired::{self, DesiredState, Files, LoadError};
@@ -51,7 +51,10 @@ pub fn load_error(snapshot: &Snapshot, e: LoadError) -> Error {
 /// environments and apps it has. Blocking (Git).
 pub fn load(spec: &SourceSpec, scope: &Scope) -> Result<Loaded, Error> {
     let snapshot = open(spec)?;
-    let state = desired::load(&snapshot).map_err(|e| load_error(&snapshot, e))?;
+    let mut state = desired::load(&snapshot).map_err(|e| load_error(&snapshot, e))?;
+    state
+        .read_secrets()
+        .map_err(|problems| load_error(&snapshot, LoadError::Invalid(problems)))?;
     for (what, name, known) in [
         (
             "environment",

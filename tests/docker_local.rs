@@ -7,6 +7,7 @@
 
 mod common;
 use common::*;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -83,6 +84,9 @@ impl Stage {
             haproxy,
             _processes: processes,
         };
+        let secret_file = stage.dir().join("secret-file");
+        std::fs::write(&secret_file, format!("{}\n", stage.file_secret())).unwrap();
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         stage.remove_containers();
         stage
     }
@@ -102,7 +106,7 @@ balancers:
   edge: {balancer}
 apps:
   demo:
-    runtime: {{ {runtime}, env: {{ DEMO_SECRET: "{secret}" }} }}
+    runtime: {{ {runtime}, env: {{ DEMO_SECRET: "{secret}", DEMO_FILE_SECRET: {{ file: {d}/secret-file }} }} }}
     slots: {{ blue: {blue}, green: {green} }}
     probe: {{ path: /readyz, interval: 100ms, timeout: 1s, healthy_after: 2, deadline: 15s }}
     drain: 2s
@@ -131,6 +135,12 @@ environments:
     /// A value only this stage uses, given to the app as `DEMO_SECRET`.
     fn secret(&self) -> String {
         format!("s3cret-{}-{}", self.env, self.front)
+    }
+
+    /// A value only this stage uses, given to the app as `DEMO_FILE_SECRET` from a 0600 file
+    /// outside the repository.
+    fn file_secret(&self) -> String {
+        format!("f1le-s3cret-{}-{}", self.env, self.front)
     }
 
     fn kube_free(&self, args: &[&str]) -> Run {
@@ -346,10 +356,12 @@ fn environment_values_stay_out_of_argv_files_and_logs() {
         "{{json .Config.Env}}",
         &s.containers()[0].0,
     ]);
-    assert!(
-        env.contains(&format!("DEMO_SECRET={}", s.secret())),
-        "{env}"
-    );
+    for var in [
+        format!("DEMO_SECRET={}", s.secret()),
+        format!("DEMO_FILE_SECRET={}", s.file_secret()),
+    ] {
+        assert!(env.contains(&var), "{env}");
+    }
 
     let mut p = Stage::new("dl-secret-process");
     p.runtime = format!(
@@ -363,15 +375,30 @@ fn environment_values_stay_out_of_argv_files_and_logs() {
         std::fs::read_to_string(p.dir().join("state/dl-secret-process/demo/blue.pid")).unwrap();
     let pid = pid.split_whitespace().next().unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    assert!(
-        String::from_utf8_lossy(&environ).contains(&format!("DEMO_SECRET={}", p.secret())),
-        "the process lacks its environment"
-    );
+    let environ = String::from_utf8_lossy(&environ);
+    let mut environ: Vec<&str> = environ.split('\0').filter(|v| !v.is_empty()).collect();
+    environ.sort();
+    let mut expected = vec![
+        format!("DEMO_FILE_SECRET={}", p.file_secret()),
+        format!("DEMO_SECRET={}", p.secret()),
+        format!("HOME={}", std::env::var("HOME").unwrap()),
+        "KUBE_FREE_APP=demo".to_owned(),
+        "KUBE_FREE_ENV=dl-secret-process".to_owned(),
+        "KUBE_FREE_SLOT=blue".to_owned(),
+        "KUBE_FREE_VERSION=1.0.0".to_owned(),
+        // The host session's (here kube-free's own, a local host).
+        format!("PATH={}", std::env::var("PATH").unwrap()),
+        format!("PORT={}", p.slots.0),
+        "PWD=/".to_owned(),
+    ];
+    expected.sort();
+    // Only what it was given: nothing of kube-free's environment (`KUBE_FREE_LOG=debug`).
+    assert_eq!(environ, expected);
 }
 
 /// Deploys the stage's commit at `KUBE_FREE_LOG=debug` while sampling `ps`; the secret is nowhere.
 fn deploy_and_look_for_the_secret(s: &Stage) {
-    let secret = s.secret();
+    let secrets = [s.secret(), s.file_secret()];
     let mut child = kube_free_command(
         s.dir(),
         &["reconcile", "--once", "--repo", s.repo.path_str()],
@@ -385,10 +412,12 @@ fn deploy_and_look_for_the_secret(s: &Stage) {
     while child.try_wait().unwrap().is_none() {
         let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
         let ps = String::from_utf8_lossy(&ps.stdout);
-        assert!(
-            !ps.contains(&secret),
-            "the secret is on a command line:\n{ps}"
-        );
+        for secret in &secrets {
+            assert!(
+                !ps.contains(secret),
+                "the secret is on a command line:\n{ps}"
+            );
+        }
         samples += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -401,7 +430,9 @@ fn deploy_and_look_for_the_secret(s: &Stage) {
     assert!(samples > 10, "ps was sampled {samples} times");
     for text in [&out.stdout, &out.stderr] {
         let text = String::from_utf8_lossy(text);
-        assert!(!text.contains(&secret), "{text}");
+        for secret in &secrets {
+            assert!(!text.contains(secret), "{text}");
+        }
     }
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("command"),
@@ -413,23 +444,37 @@ fn deploy_and_look_for_the_secret(s: &Stage) {
         if path.is_dir() {
             files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
         } else {
+            // The records of the environment's instances and rollouts are their owner's only,
+            // in directories of their owner's only.
+            let private = [s.env.as_str(), "rollouts"]
+                .iter()
+                .any(|d| path.starts_with(s.dir().join("state").join(d)));
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            if private {
+                assert_eq!(mode(&path), 0o600, "{path:?}");
+                assert_eq!(mode(path.parent().unwrap()), 0o700, "{path:?}");
+            }
             let text = std::fs::read(&path).unwrap();
-            assert!(
-                !String::from_utf8_lossy(&text).contains(&secret),
-                "{} holds the secret",
-                path.display()
-            );
+            for secret in &secrets {
+                assert!(
+                    !String::from_utf8_lossy(&text).contains(secret),
+                    "{} holds the secret",
+                    path.display()
+                );
+            }
             assert!(
                 !path.to_string_lossy().ends_with(".env"),
                 "{path:?} is left"
             );
         }
     }
-    s.kube_free(&["status", "--output", "json"])
-        .code(0)
-        .stdout_lacks(&secret);
-    s.kube_free(&["plan", "--output", "json"])
-        .stdout_lacks(&secret);
+    for secret in &secrets {
+        s.kube_free(&["status", "--output", "json"])
+            .code(0)
+            .stdout_lacks(secret);
+        s.kube_free(&["plan", "--output", "json"])
+            .stdout_lacks(secret);
+    }
 }
 
 /// An app moved from processes to containers in Git: the next version starts as a container and

@@ -795,6 +795,34 @@ case!(
 );
 
 case!(
+    env_secret_file_of_the_wrong_shape,
+    root(&base_with(
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"\n      env: { A: { path: /etc/a }, B: { file: etc/b }, C: [x] }"
+    )),
+    [
+        (
+            ROOT,
+            Some("path: /etc/a }"),
+            "apps.api.runtime.env.A",
+            "invalid value of A: found a mapping (a text, or { file: /absolute/path } for a secret read from a file on the machine that runs kube-free)"
+        ),
+        (
+            ROOT,
+            Some("etc/b"),
+            "apps.api.runtime.env.B.file",
+            "invalid path \"etc/b\" (an absolute path"
+        ),
+        (
+            ROOT,
+            Some("[x]"),
+            "apps.api.runtime.env.C",
+            "invalid value of C: found a sequence"
+        ),
+    ]
+);
+
+case!(
     every_problem_in_every_file_is_reported_at_once,
     vec![
         (

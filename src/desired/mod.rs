@@ -9,6 +9,7 @@ pub mod duration;
 pub mod model;
 pub mod query;
 pub mod raw;
+pub mod secrets;
 pub mod template;
 pub mod validate;
 pub mod yaml;

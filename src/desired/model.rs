@@ -126,12 +126,12 @@ pub enum Runtime {
     Process {
         /// argv; each word a template.
         command: Vec<Template>,
-        env: BTreeMap<String, Template>,
+        env: BTreeMap<String, EnvValue>,
     },
     Docker {
         image: Template,
         command: Option<Vec<Template>>,
-        env: BTreeMap<String, Template>,
+        env: BTreeMap<String, EnvValue>,
         cli: ContainerCli,
         network: ContainerNetwork,
         /// Address the slot's port is published on (`network: bridge`); `None`: every address.
@@ -140,7 +140,49 @@ pub enum Runtime {
     },
 }
 
+/// The value of one environment variable of an app.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// A text from the desired state, with placeholders.
+    Text(Template),
+    /// A secret read from `file` on the machine that runs kube-free, by
+    /// [`DesiredState::read_secrets`](super::DesiredState::read_secrets); only the path is in
+    /// the desired state.
+    File {
+        file: String,
+        /// Where `file` is given, for errors about it.
+        #[serde(skip)]
+        origin: Box<super::Diagnostic>,
+        #[serde(skip)]
+        value: Option<SecretValue>,
+    },
+}
+
+/// A secret's value: never printed (its `Debug` says `<secret>`), never serialized.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(pub String);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
 impl Runtime {
+    /// The app's own environment variables.
+    pub fn env(&self) -> &BTreeMap<String, EnvValue> {
+        match self {
+            Runtime::Process { env, .. } | Runtime::Docker { env, .. } => env,
+        }
+    }
+
+    pub(super) fn env_mut(&mut self) -> &mut BTreeMap<String, EnvValue> {
+        match self {
+            Runtime::Process { env, .. } | Runtime::Docker { env, .. } => env,
+        }
+    }
+
     /// The image an instance of `version` runs, when the runtime runs images.
     pub fn image(&self) -> Option<&Template> {
         match self {

@@ -174,12 +174,13 @@ pub struct RawRuntime {
     /// Image reference (docker runtime), e.g. `registry.local/api:{version}`. Placeholders:
     /// {version}, {app}, {env}, {host}.
     pub image: Option<String>,
-    /// Environment variables for the instance; values take placeholders. They reach the instance
-    /// through its standard input (process) or a 0600 env file removed after the start (docker),
-    /// never through a command line.
+    /// Environment variables for the instance: a text (placeholders allowed), or
+    /// `{ file: /absolute/path }`, a secret read from that file on the machine that runs kube-free
+    /// (only its owner may access it). They reach the instance through its standard input
+    /// (process) or a 0600 env file removed after the start (docker), never through a command line.
     #[serde(default)]
     #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z_][A-Za-z0-9_]*$" }))]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, Loose<EnvValueSchema>>,
     /// Docker runtime: the command-line tool on the host, `docker` (default) or `podman`.
     pub cli: Option<RawContainerCli>,
     /// Docker runtime: `bridge` (default; the slot's port is published on `bind`) or `host` (the
@@ -487,6 +488,24 @@ pub enum PauseSchema {
 #[derive(Debug, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyObject {}
+
+/// Schema of an `env` value: a text, or a secret file.
+#[derive(Debug, JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum EnvValueSchema {
+    Text(String),
+    Secret(SecretFileSchema),
+}
+
+#[derive(Debug, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SecretFileSchema {
+    /// Absolute path of the file holding the value, on the machine that runs kube-free; only its
+    /// owner may access it (chmod 600). Its final line break is not part of the value.
+    file: String,
+}
 
 /// Schema of `batch`: a host count or a percentage string.
 #[derive(Debug, JsonSchema)]

@@ -684,12 +684,64 @@ fn templates(c: &mut Checker, at: At, path: &YamlPath, line: &str) -> Vec<Templa
     })
 }
 
+/// The value of environment variable `var` at `vp`: a text (a template), or `{ file: PATH }`.
+fn env_value(c: &mut Checker, at: At, vp: &YamlPath, var: &str) -> Option<EnvValue> {
+    let node = at.doc.root.at(vp)?;
+    match &node.kind {
+        Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) if !node.is_null() => {
+            if s.contains(['\n', '\r', '\0']) {
+                // The value is not quoted: it may be a secret.
+                c.value(
+                    at,
+                    vp,
+                    format!("the value of {var} holds a line break or NUL, which cannot be passed to an instance (one line per variable)"),
+                );
+            }
+            Template::parse(s)
+                .map_err(|e| c.value(at, vp, e))
+                .ok()
+                .map(EnvValue::Text)
+        }
+        Kind::Map(entries) if entries.len() == 1 && entries[0].key == "file" => {
+            let fp = vp.key("file");
+            let file = match &entries[0].value.kind {
+                Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let file = opt_abs_path(c, at, &fp, &file)?;
+            let mark = at.doc.root.mark_for(&fp);
+            Some(EnvValue::File {
+                file,
+                origin: Box::new(Diagnostic {
+                    file: at.doc.file.clone(),
+                    line: mark.line,
+                    column: mark.column,
+                    path: fp,
+                    message: String::new(),
+                }),
+                value: None,
+            })
+        }
+        _ => {
+            c.value(
+                at,
+                vp,
+                format!(
+                    "invalid value of {var}: found {} (a text, or {{ file: /absolute/path }} for a secret read from a file on the machine that runs kube-free)",
+                    node.describe()
+                ),
+            );
+            None
+        }
+    }
+}
+
 fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Option<App> {
     c.name(at, path, "app", name);
     let runtime = c.required(at, &path.key("runtime"), &a.runtime).map(|r| {
         let rp = path.key("runtime");
         let mut env = BTreeMap::new();
-        for (var, value) in &r.env {
+        for var in r.env.keys() {
             let vp = rp.key("env").key(var);
             if !ENV_VAR.is_match(var) {
                 c.key(
@@ -704,19 +756,8 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                     format!("{var}: names that start with KUBE_FREE_ are kube-free's own (it sets KUBE_FREE_ENV, _APP, _SLOT and _VERSION)"),
                 );
             }
-            if value.contains(['\n', '\r', '\0']) {
-                // The value is not quoted: it may be a secret.
-                c.value(
-                    at,
-                    &vp,
-                    format!("the value of {var} holds a line break or NUL, which cannot be passed to an instance (one line per variable)"),
-                );
-            }
-            match Template::parse(value) {
-                Ok(t) => {
-                    env.insert(var.clone(), t);
-                }
-                Err(e) => c.value(at, &vp, e),
+            if let Some(value) = env_value(c, at, &vp, var) {
+                env.insert(var.clone(), value);
             }
         }
         match c.required(at, &rp.key("kind"), &r.kind) {

@@ -14,16 +14,29 @@ pub fn read_file_cmd(path: &str) -> Cmd {
     ])
 }
 
-/// Writes a file atomically: a temp file beside it, fsync, rename.
+/// Writes a file of kube-free's own atomically: a temp file beside it, fsync, rename. Only its
+/// owner may read it (0600).
 pub fn write_file_cmd(path: &str, content: &[u8]) -> Cmd {
-    Cmd::change([
-        "sh",
-        "-c",
-        r#"set -e; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 644 "$tmp"; sync "$tmp"; mv -f "$tmp" "$1""#,
-        "kube-free-write",
-        path,
-    ])
-    .with_stdin(content)
+    write_cmd(path, content, "600", "")
+}
+
+/// Writes a record in a directory of its own kind (an app's instances, an environment's
+/// rollouts) as [`write_file_cmd`] does, and makes that directory its owner's only (0700).
+pub fn write_record_cmd(path: &str, content: &[u8]) -> Cmd {
+    write_cmd(path, content, "600", r#"chmod 700 "$d"; "#)
+}
+
+/// Writes a file that a server running as another user reads (a balancer's configuration or
+/// weights) atomically, readable by all (0644).
+pub fn write_readable_file_cmd(path: &str, content: &[u8]) -> Cmd {
+    write_cmd(path, content, "644", "")
+}
+
+fn write_cmd(path: &str, content: &[u8], mode: &str, dir: &str) -> Cmd {
+    let script = format!(
+        r#"set -e; d=$(dirname "$1"); mkdir -p "$d"; {dir}tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod {mode} "$tmp"; sync "$tmp"; mv -f "$tmp" "$1""#
+    );
+    Cmd::change(["sh", "-c", &script, "kube-free-write", path]).with_stdin(content)
 }
 
 pub fn remove_cmd(path: &str) -> Cmd {
@@ -53,9 +66,15 @@ mod tests {
         );
         assert!(!read_file_cmd("/x").changes);
         assert_eq!(
-            write_file_cmd("/s/x.json", b"{}").to_string(),
-            r#"sh -c 'set -e; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 644 "$tmp"; sync "$tmp"; mv -f "$tmp" "$1"' kube-free-write /s/x.json"#
+            write_record_cmd("/s/x.json", b"{}").to_string(),
+            r#"sh -c 'set -e; d=$(dirname "$1"); mkdir -p "$d"; chmod 700 "$d"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 600 "$tmp"; sync "$tmp"; mv -f "$tmp" "$1"' kube-free-write /s/x.json"#
         );
+        assert!(!write_file_cmd("/s/x", b"")
+            .to_string()
+            .contains("chmod 700"));
+        assert!(write_readable_file_cmd("/s/x.cfg", b"")
+            .to_string()
+            .contains("chmod 644"));
         assert!(write_file_cmd("/x", b"").changes);
         assert_eq!(remove_cmd("/s/x").to_string(), "rm -f /s/x");
         assert_eq!(

@@ -6,7 +6,7 @@
 //! survives) and runs the reload command. HAProxy's answers (`show stat`, `show servers state`) are
 //! translated here into the neutral [`Server`]; nothing outside this file reads them.
 
-use super::files::write_file_cmd;
+use super::files::write_readable_file_cmd;
 use super::{run_ok, Balancer, BalancerError, Change, Cmd, Transport, TransportError};
 use crate::desired::DesiredState;
 use crate::names::{backend_name, server_name};
@@ -358,7 +358,7 @@ impl Haproxy {
             .await?;
         run_ok(
             self.t(),
-            &write_file_cmd(&state_file(&self.state_dir, backend), state.as_bytes()),
+            &write_readable_file_cmd(&state_file(&self.state_dir, backend), state.as_bytes()),
             TIMEOUT,
         )
         .await?;
@@ -425,7 +425,7 @@ impl Balancer for Haproxy {
         let candidate = format!("{}.kube-free-new", self.config_file);
         run_ok(
             self.t(),
-            &write_file_cmd(&candidate, self.config.as_bytes()),
+            &write_readable_file_cmd(&candidate, self.config.as_bytes()),
             TIMEOUT,
         )
         .await?;
@@ -458,7 +458,7 @@ impl Balancer for Haproxy {
         if reloaded.is_err() {
             // Put the previous file back, so that the next run sees the config as stale and retries.
             let restore =
-                write_file_cmd(&self.config_file, previous.unwrap_or_default().as_bytes());
+                write_readable_file_cmd(&self.config_file, previous.unwrap_or_default().as_bytes());
             if let Err(e) = run_ok(self.t(), &restore, TIMEOUT).await {
                 tracing::error!(error = %e, "cannot restore the previous HAProxy config file");
             }

@@ -3,7 +3,7 @@
 //! files under that host's `state_dir` through its transport. Records are bytes here: what they say
 //! is the reconciler's to judge (a torn record is not trusted).
 
-use super::files::{read_file_cmd, write_file_cmd};
+use super::files::{read_file_cmd, write_file_cmd, write_record_cmd};
 use super::lease::{self, Answer};
 use super::{run_ok, Transport, TransportError};
 use std::sync::Arc;
@@ -115,7 +115,7 @@ impl Ledger for HostLedger {
         let path = self.rollout_file(env, app);
         run_ok(
             self.transport.as_ref(),
-            &write_file_cmd(&path, bytes),
+            &write_record_cmd(&path, bytes),
             TIMEOUT,
         )
         .await?;

@@ -5,7 +5,7 @@
 //! `.pid` and a `.log`). Commands are built by pure functions; the async functions run them through
 //! a [`Transport`].
 
-use super::files::{read_file_cmd, remove_cmd, tail_cmd, write_file_cmd};
+use super::files::{read_file_cmd, remove_cmd, tail_cmd, write_record_cmd};
 use super::runtime::{Found, Running, StartSpec};
 use super::{run_ok, Cmd, Output, Runtime, RuntimeError, Transport, TransportError};
 use crate::names::SlotRef;
@@ -17,17 +17,20 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// How soon after its start a process that exits counts as a failed start.
 const EXITS_AT_ONCE: Duration = Duration::from_millis(150);
 
-/// Starts argv in its own session with output appended to `log`, in `/`, writes `PID START_TICKS` to
-/// `pid_file` (atomically, before anything else can happen to the caller) and prints the pid. The
-/// environment it adds comes as `NAME=value` lines on the command's standard input, `export`ed by
-/// the shell that then becomes the app (so no value is ever on a command line, and none changes
-/// how the script's own tools run). Every value is a positional parameter; the
-/// script text is constant.
+/// Starts argv in its own session with output appended to `log` (created 0600, in the app's
+/// directory, 0700 like the environment's), in `/`, writes `PID START_TICKS` to `pid_file`
+/// (atomically, before anything else can happen to the caller) and prints the pid. The app starts
+/// with a clean environment: the host session's `PATH` (the one its command is looked up on) and
+/// `HOME`, `PWD=/`, and the variables that come as `NAME=value` lines on the command's standard
+/// input, `export`ed by the shell that then becomes the app (so no value is ever on a command line,
+/// none changes how the script's own tools run, and nothing else of kube-free's or the SSH
+/// session's environment reaches the app). Every value is a positional parameter; the script text
+/// is constant.
 pub fn start_cmd(dir: &str, log: &str, pid_file: &str, env: &str, argv: &[String]) -> Cmd {
     let mut words = vec![
         "sh".to_owned(),
         "-c".to_owned(),
-        r#"set -e; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; ss=$(command -v setsid); exec 3<&0; ( while IFS= read -r KUBE_FREE_KV <&3; do export "$KUBE_FREE_KV"; done; unset KUBE_FREE_KV; exec 3<&-; exec "$ss" "$@" ) >>"$log" 2>&1 </dev/null & pid=$!; exec 3<&-; st=$(sed 's/.*)//' "/proc/$pid/stat" | cut -d' ' -f21) || st=0; printf '%s %s\n' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid""#.to_owned(),
+        r#"set -e; mkdir -p "$1"; chmod 700 "$1" "${1%/*}"; log=$2; pf=$3; shift 3; cd /; ss=$(command -v setsid); (umask 077; : >>"$log"); exec 3<&0; ( exec env -i PATH="$PATH" HOME="${HOME:-/}" "$ss" sh -c 'while IFS= read -r KUBE_FREE_KV <&3; do export "$KUBE_FREE_KV"; done; unset KUBE_FREE_KV; exec 3<&-; exec "$@"' kube-free-app "$@" ) >>"$log" 2>&1 </dev/null & pid=$!; exec 3<&-; umask 077; st=$(sed 's/.*)//' "/proc/$pid/stat" | cut -d' ' -f21) || st=0; printf '%s %s\n' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid""#.to_owned(),
         "kube-free-start".to_owned(),
         dir.to_owned(),
         log.to_owned(),
@@ -279,7 +282,7 @@ impl Runtime for ProcessRuntime {
     async fn write_record(&self, record: &InstanceRecord) -> Result<(), RuntimeError> {
         let at = self.slot(&record.env, &record.app, &record.slot);
         let json = serde_json::to_vec(record).expect("a record serializes");
-        run_ok(self.t(), &write_file_cmd(&self.file(&at), &json), TIMEOUT).await?;
+        run_ok(self.t(), &write_record_cmd(&self.file(&at), &json), TIMEOUT).await?;
         Ok(())
     }
 
@@ -417,7 +420,7 @@ mod tests {
         );
         assert_eq!(
             cmd.to_string(),
-            r#"sh -c 'set -e; mkdir -p "$1"; log=$2; pf=$3; shift 3; cd /; ss=$(command -v setsid); exec 3<&0; ( while IFS= read -r KUBE_FREE_KV <&3; do export "$KUBE_FREE_KV"; done; unset KUBE_FREE_KV; exec 3<&-; exec "$ss" "$@" ) >>"$log" 2>&1 </dev/null & pid=$!; exec 3<&-; st=$(sed '\''s/.*)//'\'' "/proc/$pid/stat" | cut -d'\'' '\'' -f21) || st=0; printf '\''%s %s\n'\'' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid"' kube-free-start /s/prod/api /s/prod/api/blue.log /s/prod/api/blue.pid '/opt/api bin'"#
+            r#"sh -c 'set -e; mkdir -p "$1"; chmod 700 "$1" "${1%/*}"; log=$2; pf=$3; shift 3; cd /; ss=$(command -v setsid); (umask 077; : >>"$log"); exec 3<&0; ( exec env -i PATH="$PATH" HOME="${HOME:-/}" "$ss" sh -c '\''while IFS= read -r KUBE_FREE_KV <&3; do export "$KUBE_FREE_KV"; done; unset KUBE_FREE_KV; exec 3<&-; exec "$@"'\'' kube-free-app "$@" ) >>"$log" 2>&1 </dev/null & pid=$!; exec 3<&-; umask 077; st=$(sed '\''s/.*)//'\'' "/proc/$pid/stat" | cut -d'\'' '\'' -f21) || st=0; printf '\''%s %s\n'\'' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid"' kube-free-start /s/prod/api /s/prod/api/blue.log /s/prod/api/blue.pid '/opt/api bin'"#
         );
         assert_eq!(parse_pid_file("4242 31337\n"), Some((4242, 31337)));
         assert_eq!(parse_pid_file("4242"), None);
@@ -529,6 +532,49 @@ mod tests {
         for var in ["PATH=/nonexistent", "log=/nonexistent/log", "kf_kv=mine"] {
             assert!(running.environ.contains(&var.to_owned()), "{var}");
         }
+        rt.stop(&record, Duration::from_secs(5)).await.unwrap();
+    }
+
+    /// The app's environment holds what it is given, `PATH` and `HOME`: nothing of kube-free's own
+    /// environment (here the test runner's, `CARGO_*` among it) or the SSH session's.
+    #[tokio::test]
+    async fn the_app_starts_with_a_clean_environment() {
+        assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path().to_str().unwrap());
+        let spec = StartSpec {
+            at: slot("green"),
+            version: "1".into(),
+            revision: "abc".into(),
+            port: 1,
+            launch: Launch {
+                env: vec!["GIVEN=yes".into()],
+                command: vec!["sleep".into(), "30".into()],
+                container: None,
+            },
+            stop_timeout: Duration::from_secs(5),
+        };
+        let record = rt.start(&spec).await.unwrap();
+        let mut environ = rt.recover(&slot("green")).await.unwrap().unwrap().environ;
+        environ.sort();
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/".into());
+        assert_eq!(
+            environ,
+            [
+                "GIVEN=yes".to_owned(),
+                format!("HOME={home}"),
+                format!("PATH={}", std::env::var("PATH").unwrap()),
+                // The shell that becomes the app exports its working directory.
+                "PWD=/".to_owned(),
+            ]
+        );
+        // Its log and directories are its owner's only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let app_dir = crate::state::app_dir(dir.path().to_str().unwrap(), "test", "sleeper");
+        assert_eq!(mode(&app_dir), 0o700);
+        assert_eq!(mode(app_dir.rsplit_once('/').unwrap().0), 0o700);
+        assert_eq!(mode(&format!("{app_dir}/green.log")), 0o600);
         rt.stop(&record, Duration::from_secs(5)).await.unwrap();
     }
 

@@ -237,6 +237,12 @@ pub enum RuntimeError {
     Unsupported { app: String, kind: Kind },
     #[error("environment variable {name} of app {app:?} holds a line break or NUL, which cannot be passed to an instance")]
     BadEnvValue { app: String, name: String },
+    #[error("environment variable {name} of app {app:?} comes from secret file {file}, which this run did not read")]
+    SecretUnread {
+        app: String,
+        name: String,
+        file: String,
+    },
     /// The registry says there is no such image: the version's fault.
     #[error("host {host:?}: image {image} not found: {error}")]
     ImageMissing {

@@ -11,7 +11,7 @@
 pub mod dynamic;
 pub mod reload;
 
-use super::files::{read_file_cmd, remove_cmd, write_file_cmd};
+use super::files::{read_file_cmd, remove_cmd, write_readable_file_cmd};
 use super::{run_ok, Balancer, BalancerError, Change, Cmd, Transport, TransportError};
 use crate::desired::{DesiredState, NginxMode};
 use crate::names::{backend_name, server_name, ServerKey};
@@ -516,7 +516,12 @@ impl Nginx {
             previous.push((path.to_string(), self.read(path).await?));
         }
         for (path, content) in files {
-            run_ok(self.t(), &write_file_cmd(path, content.as_bytes()), TIMEOUT).await?;
+            run_ok(
+                self.t(),
+                &write_readable_file_cmd(path, content.as_bytes()),
+                TIMEOUT,
+            )
+            .await?;
         }
         let tested = self
             .t()
@@ -569,7 +574,7 @@ impl Nginx {
     async fn restore(&self, previous: &[(String, Option<String>)]) {
         for (path, content) in previous {
             let cmd = match content {
-                Some(c) => write_file_cmd(path, c.as_bytes()),
+                Some(c) => write_readable_file_cmd(path, c.as_bytes()),
                 None => remove_cmd(path),
             };
             if let Err(e) = run_ok(self.t(), &cmd, TIMEOUT).await {
@@ -692,7 +697,7 @@ impl Nginx {
             .collect();
         run_ok(
             self.t(),
-            &write_file_cmd(&self.paths.state, state_text(kept).as_bytes()),
+            &write_readable_file_cmd(&self.paths.state, state_text(kept).as_bytes()),
             TIMEOUT,
         )
         .await?;
@@ -916,7 +921,7 @@ impl Nginx {
         }));
         run_ok(
             self.t(),
-            &write_file_cmd(&self.paths.state, text.as_bytes()),
+            &write_readable_file_cmd(&self.paths.state, text.as_bytes()),
             TIMEOUT,
         )
         .await?;

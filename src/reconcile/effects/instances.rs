@@ -4,7 +4,7 @@
 
 use super::{Live, Trouble};
 use crate::desired::template::Placeholder;
-use crate::desired::{ContainerNetwork, DesiredState, PullPolicy, Runtime};
+use crate::desired::{ContainerNetwork, DesiredState, EnvValue, PullPolicy, Runtime};
 use crate::drivers::runtime::{Container, Launch, StartSpec};
 use crate::drivers::RuntimeError;
 use crate::execute::StepError;
@@ -47,7 +47,23 @@ pub(in crate::reconcile) fn launch(
         format!("KUBE_FREE_SLOT={}", at.slot),
         format!("KUBE_FREE_VERSION={version}"),
     ];
-    assignments.extend(env.iter().map(|(k, v)| format!("{k}={}", v.render(value))));
+    for (name, v) in env {
+        let v = match v {
+            EnvValue::Text(t) => t.render(value),
+            EnvValue::File {
+                value: Some(secret),
+                ..
+            } => secret.0.clone(),
+            EnvValue::File { file, .. } => {
+                return Err(RuntimeError::SecretUnread {
+                    app: at.app.clone(),
+                    name: name.clone(),
+                    file: file.clone(),
+                })
+            }
+        };
+        assignments.push(format!("{name}={v}"));
+    }
     let launch = Launch {
         env: assignments,
         command: command.iter().map(|w| w.render(value)).collect(),
