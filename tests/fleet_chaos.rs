@@ -52,6 +52,31 @@ fn wait_for_expiry(lock: &std::path::Path) -> Duration {
     started.elapsed()
 }
 
+/// The command lines of the SSH master connections to the setup's hosts.
+fn ssh_masters(s: &Setup) -> Vec<String> {
+    let addresses: Vec<String> = ["web-1", "web-2", "web-3", "lb-1"]
+        .iter()
+        .map(|h| s.fleet.address(h))
+        .collect();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let words: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        if words.first().is_some_and(|w| w == "ssh")
+            && words.iter().any(|w| w == "-M")
+            && words.iter().any(|w| addresses.contains(w))
+        {
+            found.push(words.join(" "));
+        }
+    }
+    found
+}
+
 #[test]
 fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
     let mut s = Setup::new(&["web-1", "web-2", "web-3"], "blue-green");
@@ -90,6 +115,8 @@ fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
     let lock = s.fleet.state_dir("lb-1").join("lock");
     let mut expiry_waits = Duration::ZERO;
     let (mut kills, mut runs) = (0, 0);
+    // SSH masters a killed run leaves (it cannot close them), seen just after its kill.
+    let mut masters_after_kills = 0;
     let started = Instant::now();
     for (version, strategy) in rollouts {
         s.strategy = strategy.to_owned();
@@ -107,6 +134,7 @@ fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
             }
             child.kill().unwrap();
             kills += 1;
+            masters_after_kills = masters_after_kills.max(ssh_masters(&s).len());
             points.push(format!("{}ms", delay.as_millis()));
             let _ = child.wait_with_output();
             // The next run would wait for the lease: wait here instead, so that its kill lands in
@@ -154,4 +182,27 @@ fn killed_anywhere_the_reconciler_resumes_without_failing_a_request() {
     );
     assert!(kills >= 10, "only {kills} runs were killed mid-way");
     assert_eq!(tally.failed, 0, "{}", tally.text);
+
+    // The masters of killed runs exit once idle for `ControlPersist`; every one of them was
+    // started with kube-free's own settings (`-F`).
+    assert!(masters_after_kills > 0, "no master was seen after a kill");
+    let masters = ssh_masters(&s);
+    assert!(
+        masters.iter().all(|m| m.contains(" -F /tmp/kf-")),
+        "{masters:#?}"
+    );
+    let waited = Instant::now();
+    while !ssh_masters(&s).is_empty() {
+        assert!(
+            waited.elapsed()
+                < Duration::from_secs(kube_free::drivers::ssh::CONTROL_PERSIST.get() as u64 + 30),
+            "SSH masters left behind: {:#?}",
+            ssh_masters(&s)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "ssh: up to {masters_after_kills} masters left by a killed run; none left {:.0}s after the last run",
+        waited.elapsed().as_secs_f64()
+    );
 }

@@ -37,12 +37,13 @@ fn a_dropped_connection_is_sent_again_only_for_read_only_commands() {
         user: "root".into(),
         port: 22,
     };
-    let options = SshOptions {
-        known_hosts: Some(fleet.known_hosts().to_owned()),
-        identity_file: Some(fleet.identity_file().to_owned()),
-        connect_timeout: Duration::from_secs(5),
-        runtime_dir: runtime_dir.path().to_owned(),
-    };
+    let options = SshOptions::new(
+        runtime_dir.path(),
+        Some(fleet.known_hosts().to_owned()),
+        Some(fleet.identity_file().to_owned()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = std::sync::Arc::new(
         rt.block_on(SshTransport::connect(&target, &options))

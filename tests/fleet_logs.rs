@@ -46,12 +46,13 @@ fn logs_are_streamed_over_ssh_and_followed_on_two_hosts() {
         .prefix("kf-t")
         .tempdir_in("/tmp")
         .unwrap();
-    let options = SshOptions {
-        known_hosts: Some(f.known_hosts().to_owned()),
-        identity_file: Some(f.identity_file().to_owned()),
-        connect_timeout: Duration::from_secs(5),
-        runtime_dir: runtime_dir.path().to_owned(),
-    };
+    let options = SshOptions::new(
+        runtime_dir.path(),
+        Some(f.known_hosts().to_owned()),
+        Some(f.identity_file().to_owned()),
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let target = SshTarget {
         host: "web-1".into(),
         address: f.address("web-1"),

@@ -1,7 +1,7 @@
 //! The `local` transport: runs commands on this machine, exactly as the SSH transport would run them on
 //! a host, without SSH; a streamed command runs in a process group of its own.
 
-use super::{pump, Cmd, Line, Output, Transport, TransportError};
+use super::{collect, pump, Cmd, Line, Output, Transport, TransportError, OUTPUT_LIMIT};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -77,16 +77,30 @@ impl Transport for LocalTransport {
 
     async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<Output, TransportError> {
         tracing::debug!(host = %self.host, changes = cmd.changes, cmd = %cmd, "command");
-        let child = self.start(cmd, false).await?;
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(out) => {
-                let out = out.map_err(self.io(format!("cannot wait for `{cmd}`")))?;
-                Ok(Output {
-                    status: out.status.code(),
-                    stdout: out.stdout,
-                    stderr: out.stderr,
-                })
-            }
+        let mut child = self.start(cmd, false).await?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            unreachable!("stdout and stderr are piped");
+        };
+        let work = async {
+            let collected = collect(stdout, stderr, OUTPUT_LIMIT).await;
+            let collected = collected.map_err(self.io(format!("cannot read from `{cmd}`")))?;
+            // More than the limit: the child is killed when dropped.
+            let (stdout, stderr) = collected.ok_or_else(|| TransportError::TooMuchOutput {
+                host: self.host.clone(),
+                cmd: cmd.to_string(),
+            })?;
+            let status = child
+                .wait()
+                .await
+                .map_err(self.io(format!("cannot wait for `{cmd}`")))?;
+            Ok(Output {
+                status: status.code(),
+                stdout,
+                stderr,
+            })
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(out) => out,
             Err(_) => Err(TransportError::Timeout {
                 host: self.host.clone(),
                 cmd: cmd.to_string(),
@@ -131,6 +145,46 @@ impl Transport for LocalTransport {
 mod tests {
     use super::*;
     use crate::drivers::{run_ok, Stream};
+
+    #[tokio::test]
+    async fn output_is_kept_up_to_the_limit() {
+        assert_eq!(
+            crate::drivers::collect(&b"12345"[..], &b"ab"[..], 5)
+                .await
+                .unwrap(),
+            Some((b"12345".to_vec(), b"ab".to_vec()))
+        );
+        assert_eq!(
+            crate::drivers::collect(&b"123456"[..], &b""[..], 5)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            crate::drivers::collect(&b""[..], &b"123456"[..], 5)
+                .await
+                .unwrap(),
+            None
+        );
+        // A command that prints more fails, and is not waited for to the end.
+        let t = LocalTransport::new("here");
+        let cmd = Cmd::read([
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("head -c {} /dev/zero; sleep 30", OUTPUT_LIMIT + 1),
+        ]);
+        let started = std::time::Instant::now();
+        let err = t.run(&cmd, Duration::from_secs(20)).await.unwrap_err();
+        assert!(
+            matches!(err, TransportError::TooMuchOutput { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().ends_with("printed more than 32 MiB"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 
     #[tokio::test]
     async fn runs_argv_without_a_shell_with_stdin_and_timeouts() {

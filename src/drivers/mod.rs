@@ -143,6 +143,8 @@ pub enum TransportError {
         status: Option<i32>,
         stderr: String,
     },
+    #[error("host {host:?}: `{cmd}` printed more than {} MiB", OUTPUT_LIMIT >> 20)]
+    TooMuchOutput { host: String, cmd: String },
     #[error("host {host:?}: {message}")]
     Process { host: String, message: String },
     #[error("host {host:?}: {what}")]
@@ -152,6 +154,39 @@ pub enum TransportError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Most bytes of standard output, and of standard error, kept of one command: a host that prints
+/// more fails the command rather than fill kube-free's memory.
+pub const OUTPUT_LIMIT: usize = 32 << 20;
+
+/// Reads a command's `stdout` and `stderr` to their ends, each up to `limit` bytes; `None` when
+/// either has more (the rest is not read).
+pub async fn collect(
+    stdout: impl AsyncRead + Unpin,
+    stderr: impl AsyncRead + Unpin,
+    limit: usize,
+) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    /// `Err(None)`: more than the limit, which ends the other read at once.
+    async fn one(
+        from: impl AsyncRead + Unpin,
+        limit: usize,
+    ) -> Result<Vec<u8>, Option<std::io::Error>> {
+        let mut bytes = Vec::new();
+        from.take(limit as u64 + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(Some)?;
+        if bytes.len() > limit {
+            return Err(None);
+        }
+        Ok(bytes)
+    }
+    match tokio::try_join!(one(stdout, limit), one(stderr, limit)) {
+        Ok(both) => Ok(Some(both)),
+        Err(None) => Ok(None),
+        Err(Some(e)) => Err(e),
+    }
 }
 
 impl TransportError {

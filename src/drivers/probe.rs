@@ -1,6 +1,7 @@
 //! The [`Prober`] trait and the HTTP prober ([`HttpProber`]): asks an instance's readiness endpoint
 //! (`probe.path`, or an analysis check path) from the machine running kube-free. Ready means a 2xx
-//! answer within `probe.timeout`.
+//! answer within `probe.timeout`; a redirect is not followed (it is not ready: the instance itself
+//! must answer, and a probe must not be sent elsewhere).
 
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ pub enum ProbeError {
     },
 }
 
-/// The HTTP prober: plain HTTP, no proxy, a new connection per probe.
+/// The HTTP prober: plain HTTP, no proxy, no redirects, a new connection per probe.
 #[derive(Clone)]
 pub struct HttpProber {
     client: reqwest::Client,
@@ -47,6 +48,7 @@ impl Default for HttpProber {
         HttpProber {
             client: reqwest::Client::builder()
                 .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
                 .pool_max_idle_per_host(0)
                 .build()
                 .expect("an HTTP client with default settings builds"),
@@ -98,5 +100,39 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, super::ProbeError::Connect { .. }), "{err:?}");
+    }
+
+    /// An instance that redirects is not ready, and the place it points to is never asked.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        use std::io::{Read, Write};
+        let ready = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        ready.set_nonblocking(true).unwrap();
+        let redirecting = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = redirecting.local_addr().unwrap().port();
+        let target = format!("http://{}/readyz", ready.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = redirecting.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).unwrap();
+            write!(
+                s,
+                "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+        });
+        let prober = super::HttpProber::default();
+        let err = super::Prober::probe(
+            &prober,
+            "127.0.0.1",
+            port,
+            "/readyz",
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+        server.join().unwrap();
+        assert!(err.to_string().ends_with("answered 302 Found"), "{err}");
+        assert!(ready.accept().is_err(), "the redirect was followed");
     }
 }

@@ -1,6 +1,7 @@
 //! The SSH transport: one multiplexed OpenSSH master connection per host (the `openssh` crate),
-//! reused for every command of a run, with strict host-key checking against a known_hosts file and
-//! connect and command timeouts. A Unix socket on the host (the HAProxy admin socket) is reached by
+//! reused for every command of a run, with kube-free's own client settings ([`client_config`], no
+//! `~/.ssh/config`), strict host-key checking against a known_hosts file, connect and command
+//! timeouts, and masters that exit on their own when idle ([`CONTROL_PERSIST`]). A Unix socket on the host (the HAProxy admin socket) is reached by
 //! forwarding it to a local socket through the same master.
 //!
 //! A master that has not carried a command for a second is checked before the next one is sent,
@@ -13,7 +14,7 @@
 //! A streamed command (`kube-free logs`) runs on the master like any other, without a timeout; it
 //! is never sent again after a lost connection, as its output may already have been seen.
 
-use super::{pump, Cmd, Line, Output, Transport, TransportError};
+use super::{collect, pump, Cmd, Line, Output, Transport, TransportError, OUTPUT_LIMIT};
 use crate::error::chain;
 use openssh::{KnownHosts, Session, SessionBuilder, Socket, Stdio};
 use std::collections::HashMap;
@@ -42,15 +43,69 @@ pub struct SshTarget {
     pub port: u16,
 }
 
+/// How long a master connection that carries no command stays up (`ControlPersist`): a run that
+/// ends closes its masters itself, and those of a run killed with SIGKILL exit after this long. A
+/// master that went away between commands is replaced before the next one.
+pub const CONTROL_PERSIST: std::num::NonZeroUsize = std::num::NonZeroUsize::new(30).unwrap();
+
+/// kube-free's own OpenSSH client settings, given with `ssh -F` so that neither
+/// `~/.ssh/config` nor `/etc/ssh/ssh_config` is read: no ProxyCommand, jump host, agent or X11
+/// forwarding, local command or other option of the operator's can change how hosts are reached.
+/// Host keys are checked strictly against `known_hosts` only (no global known_hosts file);
+/// without one, against the user's `~/.ssh/known_hosts`.
+pub fn client_config(known_hosts: Option<&Path>) -> String {
+    let user_known_hosts = match known_hosts {
+        Some(path) => format!("\"{}\"", path.display()),
+        None => "~/.ssh/known_hosts".to_owned(),
+    };
+    format!(
+        "# kube-free's ssh settings (ssh -F): no other configuration file is read.\n\
+         Host *\n\
+         \x20 BatchMode yes\n\
+         \x20 StrictHostKeyChecking yes\n\
+         \x20 UserKnownHostsFile {user_known_hosts}\n\
+         \x20 GlobalKnownHostsFile /dev/null\n\
+         \x20 UpdateHostKeys no\n\
+         \x20 ForwardAgent no\n\
+         \x20 ForwardX11 no\n\
+         \x20 PermitLocalCommand no\n\
+         \x20 ProxyCommand none\n\
+         \x20 ProxyJump none\n"
+    )
+}
+
 /// Settings shared by every connection of a run.
 #[derive(Clone, Debug)]
 pub struct SshOptions {
     /// known_hosts file used with `StrictHostKeyChecking=yes`; `None`: the user's own files.
     pub known_hosts: Option<PathBuf>,
+    /// The file [`client_config`] wrote (`ssh -F`).
+    pub config_file: PathBuf,
     pub identity_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     /// Directory for control sockets and forwarded sockets (short path: Unix sockets are limited).
     pub runtime_dir: PathBuf,
+}
+
+impl SshOptions {
+    /// Options for the connections of a run whose sockets and files live in `runtime_dir`: writes
+    /// [`client_config`] there.
+    pub fn new(
+        runtime_dir: &Path,
+        known_hosts: Option<PathBuf>,
+        identity_file: Option<PathBuf>,
+        connect_timeout: Duration,
+    ) -> std::io::Result<SshOptions> {
+        let config_file = runtime_dir.join("ssh_config");
+        std::fs::write(&config_file, client_config(known_hosts.as_deref()))?;
+        Ok(SshOptions {
+            known_hosts,
+            config_file,
+            identity_file,
+            connect_timeout,
+            runtime_dir: runtime_dir.to_owned(),
+        })
+    }
 }
 
 /// The master connection of the moment and its generation (raised by each reconnect).
@@ -186,22 +241,34 @@ impl SshTransport {
     /// Runs `cmd` once on `session`.
     async fn run_on(&self, session: &Session, cmd: &Cmd) -> Result<Output, TransportError> {
         let line = cmd.to_string();
-        let child = self.spawn_on(session, cmd).await?;
-        let out = child
-            .wait_with_output()
+        let mut child = self.spawn_on(session, cmd).await?;
+        let (Some(stdout), Some(stderr)) = (child.stdout().take(), child.stderr().take()) else {
+            unreachable!("stdout and stderr are piped");
+        };
+        let collected = collect(stdout, stderr, OUTPUT_LIMIT)
             .await
-            .map_err(|e| self.unreachable(&e))?;
+            .map_err(|source| TransportError::Io {
+                host: self.target.host.clone(),
+                what: format!("cannot read from `{line}`"),
+                source,
+            })?;
+        // More than the limit: dropping the child closes its session.
+        let (stdout, stderr) = collected.ok_or_else(|| TransportError::TooMuchOutput {
+            host: self.target.host.clone(),
+            cmd: line.clone(),
+        })?;
+        let status = child.wait().await.map_err(|e| self.unreachable(&e))?;
         // ssh reports a lost connection as exit 255.
-        if out.status.code() == Some(255) && session.check().await.is_err() {
+        if status.code() == Some(255) && session.check().await.is_err() {
             return Err(TransportError::Unreachable {
                 host: self.target.host.clone(),
                 message: format!("connection lost during `{line}`"),
             });
         }
         Ok(Output {
-            status: out.status.code(),
-            stdout: out.stdout,
-            stderr: out.stderr,
+            status: status.code(),
+            stdout,
+            stderr,
         })
     }
 }
@@ -215,6 +282,8 @@ async fn open(target: &SshTarget, options: &SshOptions) -> Result<Session, Trans
         .known_hosts_check(KnownHosts::Strict)
         .connect_timeout(options.connect_timeout)
         .server_alive_interval(Duration::from_secs(5))
+        .control_persist(openssh::ControlPersist::IdleFor(CONTROL_PERSIST))
+        .config_file(&options.config_file)
         .control_directory(&options.runtime_dir);
     if let Some(kh) = &options.known_hosts {
         builder.user_known_hosts_file(kh);
@@ -349,5 +418,53 @@ impl Transport for SshTransport {
                 ),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What OpenSSH itself makes of the settings (`ssh -G` prints the options it would use).
+    fn effective(options: &SshOptions) -> String {
+        let out = std::process::Command::new("ssh")
+            .arg("-G")
+            .arg("-F")
+            .arg(&options.config_file)
+            .arg("web-1.example")
+            .output()
+            .expect("ssh runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn the_client_reads_kube_frees_settings_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+        let options =
+            SshOptions::new(dir.path(), Some(kh.clone()), None, Duration::from_secs(3)).unwrap();
+        let g = effective(&options);
+        for line in [
+            "batchmode yes".to_owned(),
+            "stricthostkeychecking true".to_owned(),
+            format!("userknownhostsfile {}", kh.display()),
+            "globalknownhostsfile /dev/null".to_owned(),
+            "forwardagent no".to_owned(),
+            "forwardx11 no".to_owned(),
+            "permitlocalcommand no".to_owned(),
+        ] {
+            assert!(g.lines().any(|l| l == line), "{line:?} not in\n{g}");
+        }
+        assert!(
+            !g.lines()
+                .any(|l| l.starts_with("proxycommand ") || l.starts_with("proxyjump ")),
+            "{g}"
+        );
+        // Without a repository's known_hosts: the user's own file, still no global one.
+        let options = SshOptions::new(dir.path(), None, None, Duration::from_secs(3)).unwrap();
+        let g = effective(&options);
+        assert!(g.contains("globalknownhostsfile /dev/null"), "{g}");
+        assert!(g.contains("/.ssh/known_hosts"), "{g}");
     }
 }

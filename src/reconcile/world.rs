@@ -140,12 +140,13 @@ impl World {
             }
             None => None,
         };
-        let options = SshOptions {
-            known_hosts: known_hosts_file,
-            identity_file: desired.ssh.identity_file.as_deref().map(expand_home),
-            connect_timeout: Duration::from_secs(10),
-            runtime_dir: runtime_dir.path().to_owned(),
-        };
+        let options = SshOptions::new(
+            runtime_dir.path(),
+            known_hosts_file,
+            desired.ssh.identity_file.as_deref().map(expand_home),
+            Duration::from_secs(10),
+        )
+        .map_err(ReconcileError::RuntimeDir)?;
         let mut pending = Vec::new();
         for name in hosts {
             let options = options.clone();
