@@ -472,6 +472,106 @@ case!(
     )]
 );
 
+/// BASE with `env:` holding a 700 KB anchored value (`BIG`) and `aliases` more variables that name it.
+fn big_anchor_with_aliases(aliases: usize) -> String {
+    let mut env = format!(
+        "command: \"/opt/api/{{version}}/bin/api --listen 0.0.0.0:{{port}}\"\n      env:\n        BIG: &big \"{}\"",
+        "x".repeat(700_000)
+    );
+    for i in 0..aliases {
+        env.push_str(&format!("\n        A{i}: *big"));
+    }
+    base_with(
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        &env,
+    )
+}
+
+// 1 + 40 nodes, far below the node limit; 700 KB (the value) + 700 KB (its anchor's copy) + 21
+// aliases fit in 16 MiB of text, the 22nd does not.
+case!(
+    alias_expansion_by_bytes,
+    root(&big_anchor_with_aliases(40)),
+    [(
+        ROOT,
+        Some("*big\n        A22:"),
+        "apps.api.runtime.env.A21",
+        "document expands to more than 16777216 bytes (16 MiB) of text (alias expansion bomb?)"
+    )]
+);
+
+/// Runs `kube-free validate` on `repo` and returns its exit code, its stderr and its peak resident
+/// memory in KiB (`ru_maxrss` of this very child, from `wait4`, which reaps it).
+#[allow(clippy::zombie_processes)]
+fn validate_peak_rss(repo: &Repo) -> (i32, String, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let child = kube_free_command(
+        std::path::Path::new("."),
+        &["validate", "--repo", repo.path_str()],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(stderr.reopen().unwrap())
+    .spawn()
+    .expect("kube-free runs");
+    let started = std::time::Instant::now();
+    let mut status = 0;
+    // SAFETY: plain zeroed C struct filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for (and reaps) the child this function spawned; std never waits for it.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
+    let code = std::process::ExitStatus::from_raw(status)
+        .code()
+        .expect("exited, not killed");
+    eprintln!(
+        "kube-free validate: exit {code}, peak RSS {} KiB, {:.1?}",
+        usage.ru_maxrss,
+        started.elapsed()
+    );
+    let text = std::fs::read_to_string(stderr.path()).unwrap();
+    (code, text, usage.ru_maxrss)
+}
+
+/// Peak memory of a validation, whatever a file within the size limit does with aliases.
+const MAX_RSS_KIB: i64 = 300 * 1024;
+
+/// 400 aliases of a 700 KB value: 280 MB of text once expanded (571 MB of RSS and 36 s before bytes
+/// were counted). Refused at once, in little memory.
+#[test]
+fn an_alias_bomb_of_bytes_is_refused_in_bounded_memory() {
+    let repo = Repo::new();
+    let file = big_anchor_with_aliases(400);
+    assert!(file.len() < 1024 * 1024);
+    repo.write(ROOT, &file);
+    repo.commit("alias bomb");
+    let (code, stderr, rss) = validate_peak_rss(&repo);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("apps.api.runtime.env.A21: document expands to more than 16777216 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        rss < MAX_RSS_KIB,
+        "peak RSS {rss} KiB, more than {MAX_RSS_KIB} KiB"
+    );
+}
+
+/// Just under the limit: 23 copies of a 700 KB value (16 MB of text) go through every stage of
+/// validation, still in bounded memory.
+#[test]
+fn aliases_just_within_the_limit_validate_in_bounded_memory() {
+    let repo = Repo::new();
+    repo.write(ROOT, big_anchor_with_aliases(21));
+    repo.commit("many aliases, within the limit");
+    let (code, stderr, rss) = validate_peak_rss(&repo);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        rss < MAX_RSS_KIB,
+        "peak RSS {rss} KiB, more than {MAX_RSS_KIB} KiB"
+    );
+}
+
 case!(
     non_utf8_input,
     vec![
