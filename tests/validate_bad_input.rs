@@ -572,6 +572,58 @@ fn aliases_just_within_the_limit_validate_in_bounded_memory() {
     );
 }
 
+// interval × healthy_after overflowed a Duration here and the validator panicked (exit 101).
+case!(
+    huge_probe_interval_and_healthy_after,
+    root(&base_with(
+        "interval: 1s, timeout: 2s, healthy_after: 3",
+        "interval: 999999999h, timeout: 2s, healthy_after: 4294967295"
+    )),
+    [(
+        ROOT,
+        Some("999999999h"),
+        "apps.api.probe.interval",
+        "duration \"999999999h\" is longer than the limit of 8760h (365 days)"
+    )]
+);
+
+// Within the limit, the product is computed, not overflowed: 8760h × 4294967295 is longer than 60s.
+case!(
+    longest_probe_interval_and_most_passes,
+    root(&base_with(
+        "interval: 1s, timeout: 2s, healthy_after: 3",
+        "interval: 8760h, timeout: 2s, healthy_after: 4294967295"
+    )),
+    [(
+        ROOT,
+        Some("60s"),
+        "apps.api.probe.deadline",
+        "deadline 1m is shorter than healthy_after × interval (4294967295 × 8760h), so no instance could ever pass"
+    )]
+);
+
+case!(
+    durations_longer_than_a_year,
+    root(
+        &base_with("drain: 10s", "drain: 8761h")
+            .replace("pause: 5m", "pause: 999999999h999999999h")
+    ),
+    [
+        (
+            ROOT,
+            Some("8761h"),
+            "apps.api.drain",
+            "duration \"8761h\" is longer than the limit of 8760h (365 days)"
+        ),
+        (
+            ROOT,
+            Some("999999999h9"),
+            "environments.production.apps.api.strategy.canary.steps[1].pause",
+            "duration \"999999999h999999999h\" is longer than the limit of 8760h (365 days)"
+        ),
+    ]
+);
+
 case!(
     non_utf8_input,
     vec![

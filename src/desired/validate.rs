@@ -1,6 +1,12 @@
 //! Validation: from raw types (plus the positioned YAML, for locations and for keys that take several
 //! shapes) to the model. Checks names, versions, durations, references between sections, ports and
 //! strategies, and reports every problem at the file, line, column and YAML path it comes from.
+//!
+//! Input values never overflow what is computed from them: every duration is at most
+//! [`MAX_DURATION`] (so the deadlines later stages add up from a few of them, and the instants they
+//! set, stay far from any overflow), and products of input values are computed with checked
+//! arithmetic and reported when too large. No string with a control character other than a tab
+//! reaches a command line, an instance's environment or a file name.
 
 use super::diag::{Diagnostic, Diagnostics, Mark, Seg, YamlPath};
 use super::duration;
@@ -32,6 +38,21 @@ static URL_PATH: LazyLock<regex_lite::Regex> =
 
 /// Directories under a host's `state_dir` that hold kube-free's own files, not environments.
 const RESERVED_DIRS: [&str; 2] = ["rollouts", "haproxy"];
+
+/// Longest duration the desired state may give anything: 8760h (365 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration as the desired state may give it: parsed, and at most [`MAX_DURATION`].
+fn bounded_duration(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is longer than the limit of {} (365 days)",
+            duration::format(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kube-free";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/haproxy/admin.sock";
@@ -128,7 +149,7 @@ impl Checker<'_> {
     ) -> Duration {
         match value {
             None => default,
-            Some(text) => duration::parse(text).unwrap_or_else(|e| {
+            Some(text) => bounded_duration(text).unwrap_or_else(|e| {
                 self.value(at, path, e);
                 default
             }),
@@ -814,6 +835,9 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                 format!("invalid probe path {probe_path:?} (must start with / and hold no spaces)"),
             );
         }
+        // The product below is judged only from durations as written (not from defaults that
+        // stand in for bad ones).
+        let before = c.diags.len();
         let interval = c.duration(
             at,
             &pp.key("interval"),
@@ -845,8 +869,18 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                 "healthy_after must be at least 1".into(),
             );
         }
-        if deadline < interval * healthy_after {
-            c.value(
+        match interval.checked_mul(healthy_after) {
+            _ if c.diags.len() != before => {}
+            None => c.value(
+                at,
+                &pp.key("healthy_after"),
+                format!(
+                    "healthy_after × interval is too large ({} × {})",
+                    healthy_after,
+                    duration::format(interval)
+                ),
+            ),
+            Some(least) if deadline < least => c.value(
                 at,
                 &pp.key("deadline"),
                 format!(
@@ -855,7 +889,8 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                     healthy_after,
                     duration::format(interval)
                 ),
-            );
+            ),
+            Some(_) => {}
         }
         Probe {
             path: probe_path,
@@ -1180,7 +1215,7 @@ fn batch(node: &Node) -> Option<Batch> {
 fn pause(node: &Node) -> Result<Pause, String> {
     match &node.kind {
         Kind::Map(entries) if entries.is_empty() => Ok(Pause::UntilPromoted),
-        Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) => duration::parse(s).map(Pause::For),
+        Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) => bounded_duration(s).map(Pause::For),
         _ => Err(format!(
             "invalid pause: found {} (a duration such as \"2m\", or {{}} to wait for `kube-free promote`)",
             node.describe()
