@@ -942,8 +942,101 @@ case!(
         ROOT,
         Some("\"line one"),
         "apps.api.runtime.env.KEY",
-        "the value of KEY holds a line break or NUL, which cannot be passed to an instance"
+        "the value of KEY holds the control character '\\n', which cannot be passed to an instance (one line per variable; a tab is allowed)"
     )]
+);
+
+// Every control character but a tab is refused in environment values (ESC, NUL) and names (SOH).
+case!(
+    env_values_and_names_with_control_characters,
+    root(&base_with(
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"\n      env: { KEY: \"a\\eb\", TAB: \"a\\tb\", NUL: \"\\0\", \"A\\x01B\": x }"
+    )),
+    [
+        (
+            ROOT,
+            Some("\"a\\eb\""),
+            "apps.api.runtime.env.KEY",
+            "the value of KEY holds the control character '\\u{1b}', which cannot be passed to an instance"
+        ),
+        (
+            ROOT,
+            Some("\"\\0\""),
+            "apps.api.runtime.env.NUL",
+            "the value of NUL holds the control character '\\0', which cannot be passed to an instance"
+        ),
+        (
+            ROOT,
+            Some("\"A\\x01B\""),
+            "apps.api.runtime.env[\"A\\u{1}B\"]",
+            "invalid environment variable name \"A\\u{1}B\""
+        ),
+    ]
+);
+
+// A line break between words only separates them; inside a quoted word it is refused, as a BEL is.
+case!(
+    command_words_with_control_characters,
+    root(
+        &base_with(
+            "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+            "command: \"/opt/api/{version}/bin/api\\n'--name=a\\rb' --listen 0.0.0.0:{port}\""
+        )
+        .replace(
+            "edge: { kind: haproxy, host: lb-1 }",
+            "edge: { kind: haproxy, host: lb-1, reload_command: \"systemctl reload\\a haproxy\" }"
+        )
+    ),
+    [
+        (
+            ROOT,
+            Some("\"/opt/api/{version}/bin/api\\n"),
+            "apps.api.runtime.command",
+            "control character '\\r' in \"/opt/api/{version}/bin/api\\n'--name=a\\rb' --listen 0.0.0.0:{port}\": a command line holds none (a tab is allowed)"
+        ),
+        (
+            ROOT,
+            Some("\"systemctl"),
+            "balancers.edge.reload_command",
+            "control character '\\u{7}' in \"systemctl reload\\u{7} haproxy\": a command line holds none (a tab is allowed)"
+        ),
+    ]
+);
+
+case!(
+    image_with_a_control_character,
+    root(&base_with(
+        "kind: process\n      command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        "kind: docker\n      image: \"reg/api\\0:{version}\""
+    )),
+    [(
+        ROOT,
+        Some("\"reg/api"),
+        "apps.api.runtime.image",
+        "invalid image reference \"reg/api\\0:{version}\""
+    )]
+);
+
+case!(
+    ssh_identity_file_and_notification_url_with_control_characters,
+    root(&format!(
+        "{BASE}ssh: {{ identity_file: \"/root/.ssh/id\\e\" }}\nnotifications:\n  - url: \"https://hooks.example/a\\nb\"\n"
+    )),
+    [
+        (
+            ROOT,
+            Some("\"/root/.ssh"),
+            "ssh.identity_file",
+            "the path holds the control character '\\u{1b}'"
+        ),
+        (
+            ROOT,
+            Some("\"https://hooks"),
+            "notifications[0].url",
+            "the URL holds the control character '\\n'"
+        ),
+    ]
 );
 
 case!(

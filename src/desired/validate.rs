@@ -12,7 +12,7 @@ use super::diag::{Diagnostic, Diagnostics, Mark, Seg, YamlPath};
 use super::duration;
 use super::model::*;
 use super::raw::*;
-use super::template::{parse_command, split_words, Placeholder, Template};
+use super::template::{is_control, parse_command, split_words, Placeholder, Template};
 use super::yaml::{Kind, Node, Scalar};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -245,7 +245,13 @@ pub fn validate(
             .map(|kh| kh.trim_start_matches("./").to_owned());
         if let Some(kh) = &known_hosts {
             let p = path.key("known_hosts");
-            if kh.starts_with('/') || kh.split('/').any(|s| s == "..") {
+            if let Some(ch) = kh.chars().find(|ch| is_control(*ch)) {
+                c.value(
+                    at,
+                    &p,
+                    format!("the path holds the control character {ch:?}"),
+                );
+            } else if kh.starts_with('/') || kh.split('/').any(|s| s == "..") {
                 c.value(
                     at,
                     &p,
@@ -257,8 +263,18 @@ pub fn validate(
                 c.value(at, &p, format!("no file {kh:?} in the commit"));
             }
         }
-        if s.identity_file.as_deref() == Some("") {
-            c.value(at, &path.key("identity_file"), "must not be empty".into());
+        match s.identity_file.as_deref() {
+            Some("") => c.value(at, &path.key("identity_file"), "must not be empty".into()),
+            Some(f) => {
+                if let Some(ch) = f.chars().find(|ch| is_control(*ch)) {
+                    c.value(
+                        at,
+                        &path.key("identity_file"),
+                        format!("the path holds the control character {ch:?}"),
+                    );
+                }
+            }
+            None => {}
         }
         SshSettings {
             known_hosts,
@@ -579,6 +595,10 @@ fn notifications(
 
 /// Checks a notification URL: parses, `http` or `https`, names a host, holds no credentials.
 fn notification_url(text: &str) -> Result<(), String> {
+    // The URL parser would drop line breaks and tabs silently; the text is what is sent.
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(format!("the URL holds the control character {c:?}"));
+    }
     let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text:?} ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
@@ -725,12 +745,12 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                     format!("{var}: names that start with KUBE_FREE_ are kube-free's own (it sets KUBE_FREE_ENV, _APP, _SLOT and _VERSION)"),
                 );
             }
-            if value.contains(['\n', '\r', '\0']) {
+            if let Some(ch) = value.chars().find(|ch| is_control(*ch)) {
                 // The value is not quoted: it may be a secret.
                 c.value(
                     at,
                     &vp,
-                    format!("the value of {var} holds a line break or NUL, which cannot be passed to an instance (one line per variable)"),
+                    format!("the value of {var} holds the control character {ch:?}, which cannot be passed to an instance (one line per variable; a tab is allowed)"),
                 );
             }
             match Template::parse(value) {
@@ -767,7 +787,10 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                 let image = c.required(at, &rp.key("image"), &r.image).map(|i| {
                     let ip = rp.key("image");
                     match Template::parse(i) {
-                        Ok(t) if i.trim().is_empty() || i.contains(char::is_whitespace) => {
+                        Ok(t)
+                            if i.trim().is_empty()
+                                || i.contains(|ch: char| ch.is_whitespace() || ch.is_control()) =>
+                        {
                             c.value(at, &ip, format!("invalid image reference {i:?}"));
                             t
                         }
