@@ -624,6 +624,38 @@ case!(
     ]
 );
 
+/// A desired state whose environment file is reached through a symbolic link that Git commits as
+/// such (`link` names where the link is, `target` where it points).
+fn linked_environment(link: &str, target: &str) -> Repo {
+    let repo = Repo::new();
+    repo.write(ROOT, base_without_environments());
+    repo.write("real/production.yaml", PRODUCTION_FILE);
+    let at = repo.path().join(link);
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, at).unwrap();
+    repo.commit("an environment through a symbolic link");
+    repo
+}
+
+#[test]
+fn a_symlinked_environment_file_is_reported() {
+    let repo = linked_environment(PROD, "../real/production.yaml");
+    let run = kube_free(&["validate", "--repo", repo.path_str()]);
+    run.code(2).stderr_has(
+        "environments/production.yaml:1:1: (root): this is a symbolic link, which kube-free does not follow: commit the file itself (it is not read)\n",
+    );
+}
+
+/// It was silently ignored: `valid` with 0 environments.
+#[test]
+fn a_symlinked_environments_directory_is_reported() {
+    let repo = linked_environment("environments", "real");
+    let run = kube_free(&["validate", "--repo", repo.path_str()]);
+    run.code(2).stderr_has(
+        "environments:1:1: (root): environments/ is a symbolic link, which kube-free does not follow: commit the environment files themselves in a directory environments/ (none is read)\n",
+    );
+}
+
 case!(
     non_utf8_input,
     vec![
