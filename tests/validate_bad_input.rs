@@ -472,6 +472,190 @@ case!(
     )]
 );
 
+/// BASE with `env:` holding a 700 KB anchored value (`BIG`) and `aliases` more variables that name it.
+fn big_anchor_with_aliases(aliases: usize) -> String {
+    let mut env = format!(
+        "command: \"/opt/api/{{version}}/bin/api --listen 0.0.0.0:{{port}}\"\n      env:\n        BIG: &big \"{}\"",
+        "x".repeat(700_000)
+    );
+    for i in 0..aliases {
+        env.push_str(&format!("\n        A{i}: *big"));
+    }
+    base_with(
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        &env,
+    )
+}
+
+// 1 + 40 nodes, far below the node limit; 700 KB (the value) + 700 KB (its anchor's copy) + 21
+// aliases fit in 16 MiB of text, the 22nd does not.
+case!(
+    alias_expansion_by_bytes,
+    root(&big_anchor_with_aliases(40)),
+    [(
+        ROOT,
+        Some("*big\n        A22:"),
+        "apps.api.runtime.env.A21",
+        "document expands to more than 16777216 bytes (16 MiB) of text (alias expansion bomb?)"
+    )]
+);
+
+/// Runs `kube-free validate` on `repo` and returns its exit code, its stderr and its peak resident
+/// memory in KiB (`ru_maxrss` of this very child, from `wait4`, which reaps it).
+#[allow(clippy::zombie_processes)]
+fn validate_peak_rss(repo: &Repo) -> (i32, String, i64) {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let child = kube_free_command(
+        std::path::Path::new("."),
+        &["validate", "--repo", repo.path_str()],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(stderr.reopen().unwrap())
+    .spawn()
+    .expect("kube-free runs");
+    let started = std::time::Instant::now();
+    let mut status = 0;
+    // SAFETY: plain zeroed C struct filled in by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for (and reaps) the child this function spawned; std never waits for it.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
+    let code = std::process::ExitStatus::from_raw(status)
+        .code()
+        .expect("exited, not killed");
+    eprintln!(
+        "kube-free validate: exit {code}, peak RSS {} KiB, {:.1?}",
+        usage.ru_maxrss,
+        started.elapsed()
+    );
+    let text = std::fs::read_to_string(stderr.path()).unwrap();
+    (code, text, usage.ru_maxrss)
+}
+
+/// Peak memory of a validation, whatever a file within the size limit does with aliases.
+const MAX_RSS_KIB: i64 = 300 * 1024;
+
+/// 400 aliases of a 700 KB value: 280 MB of text once expanded (571 MB of RSS and 36 s before bytes
+/// were counted). Refused at once, in little memory.
+#[test]
+fn an_alias_bomb_of_bytes_is_refused_in_bounded_memory() {
+    let repo = Repo::new();
+    let file = big_anchor_with_aliases(400);
+    assert!(file.len() < 1024 * 1024);
+    repo.write(ROOT, &file);
+    repo.commit("alias bomb");
+    let (code, stderr, rss) = validate_peak_rss(&repo);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("apps.api.runtime.env.A21: document expands to more than 16777216 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        rss < MAX_RSS_KIB,
+        "peak RSS {rss} KiB, more than {MAX_RSS_KIB} KiB"
+    );
+}
+
+/// Just under the limit: 23 copies of a 700 KB value (16 MB of text) go through every stage of
+/// validation, still in bounded memory.
+#[test]
+fn aliases_just_within_the_limit_validate_in_bounded_memory() {
+    let repo = Repo::new();
+    repo.write(ROOT, big_anchor_with_aliases(21));
+    repo.commit("many aliases, within the limit");
+    let (code, stderr, rss) = validate_peak_rss(&repo);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        rss < MAX_RSS_KIB,
+        "peak RSS {rss} KiB, more than {MAX_RSS_KIB} KiB"
+    );
+}
+
+// interval × healthy_after overflowed a Duration here and the validator panicked (exit 101).
+case!(
+    huge_probe_interval_and_healthy_after,
+    root(&base_with(
+        "interval: 1s, timeout: 2s, healthy_after: 3",
+        "interval: 999999999h, timeout: 2s, healthy_after: 4294967295"
+    )),
+    [(
+        ROOT,
+        Some("999999999h"),
+        "apps.api.probe.interval",
+        "duration \"999999999h\" is longer than the limit of 8760h (365 days)"
+    )]
+);
+
+// Within the limit, the product is computed, not overflowed: 8760h × 4294967295 is longer than 60s.
+case!(
+    longest_probe_interval_and_most_passes,
+    root(&base_with(
+        "interval: 1s, timeout: 2s, healthy_after: 3",
+        "interval: 8760h, timeout: 2s, healthy_after: 4294967295"
+    )),
+    [(
+        ROOT,
+        Some("60s"),
+        "apps.api.probe.deadline",
+        "deadline 1m is shorter than healthy_after × interval (4294967295 × 8760h), so no instance could ever pass"
+    )]
+);
+
+case!(
+    durations_longer_than_a_year,
+    root(
+        &base_with("drain: 10s", "drain: 8761h")
+            .replace("pause: 5m", "pause: 999999999h999999999h")
+    ),
+    [
+        (
+            ROOT,
+            Some("8761h"),
+            "apps.api.drain",
+            "duration \"8761h\" is longer than the limit of 8760h (365 days)"
+        ),
+        (
+            ROOT,
+            Some("999999999h9"),
+            "environments.production.apps.api.strategy.canary.steps[1].pause",
+            "duration \"999999999h999999999h\" is longer than the limit of 8760h (365 days)"
+        ),
+    ]
+);
+
+/// A desired state whose environment file is reached through a symbolic link that Git commits as
+/// such (`link` names where the link is, `target` where it points).
+fn linked_environment(link: &str, target: &str) -> Repo {
+    let repo = Repo::new();
+    repo.write(ROOT, base_without_environments());
+    repo.write("real/production.yaml", PRODUCTION_FILE);
+    let at = repo.path().join(link);
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, at).unwrap();
+    repo.commit("an environment through a symbolic link");
+    repo
+}
+
+#[test]
+fn a_symlinked_environment_file_is_reported() {
+    let repo = linked_environment(PROD, "../real/production.yaml");
+    let run = kube_free(&["validate", "--repo", repo.path_str()]);
+    run.code(2).stderr_has(
+        "environments/production.yaml:1:1: (root): this is a symbolic link, which kube-free does not follow: commit the file itself (it is not read)\n",
+    );
+}
+
+/// It was silently ignored: `valid` with 0 environments.
+#[test]
+fn a_symlinked_environments_directory_is_reported() {
+    let repo = linked_environment("environments", "real");
+    let run = kube_free(&["validate", "--repo", repo.path_str()]);
+    run.code(2).stderr_has(
+        "environments:1:1: (root): environments/ is a symbolic link, which kube-free does not follow: commit the environment files themselves in a directory environments/ (none is read)\n",
+    );
+}
+
 case!(
     non_utf8_input,
     vec![
@@ -790,8 +974,101 @@ case!(
         ROOT,
         Some("\"line one"),
         "apps.api.runtime.env.KEY",
-        "the value of KEY holds a line break or NUL, which cannot be passed to an instance"
+        "the value of KEY holds the control character '\\n', which cannot be passed to an instance (one line per variable; a tab is allowed)"
     )]
+);
+
+// Every control character but a tab is refused in environment values (ESC, NUL) and names (SOH).
+case!(
+    env_values_and_names_with_control_characters,
+    root(&base_with(
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"\n      env: { KEY: \"a\\eb\", TAB: \"a\\tb\", NUL: \"\\0\", \"A\\x01B\": x }"
+    )),
+    [
+        (
+            ROOT,
+            Some("\"a\\eb\""),
+            "apps.api.runtime.env.KEY",
+            "the value of KEY holds the control character '\\u{1b}', which cannot be passed to an instance"
+        ),
+        (
+            ROOT,
+            Some("\"\\0\""),
+            "apps.api.runtime.env.NUL",
+            "the value of NUL holds the control character '\\0', which cannot be passed to an instance"
+        ),
+        (
+            ROOT,
+            Some("\"A\\x01B\""),
+            "apps.api.runtime.env[\"A\\u{1}B\"]",
+            "invalid environment variable name \"A\\u{1}B\""
+        ),
+    ]
+);
+
+// A line break between words only separates them; inside a quoted word it is refused, as a BEL is.
+case!(
+    command_words_with_control_characters,
+    root(
+        &base_with(
+            "command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+            "command: \"/opt/api/{version}/bin/api\\n'--name=a\\rb' --listen 0.0.0.0:{port}\""
+        )
+        .replace(
+            "edge: { kind: haproxy, host: lb-1 }",
+            "edge: { kind: haproxy, host: lb-1, reload_command: \"systemctl reload\\a haproxy\" }"
+        )
+    ),
+    [
+        (
+            ROOT,
+            Some("\"/opt/api/{version}/bin/api\\n"),
+            "apps.api.runtime.command",
+            "control character '\\r' in \"/opt/api/{version}/bin/api\\n'--name=a\\rb' --listen 0.0.0.0:{port}\": a command line holds none (a tab is allowed)"
+        ),
+        (
+            ROOT,
+            Some("\"systemctl"),
+            "balancers.edge.reload_command",
+            "control character '\\u{7}' in \"systemctl reload\\u{7} haproxy\": a command line holds none (a tab is allowed)"
+        ),
+    ]
+);
+
+case!(
+    image_with_a_control_character,
+    root(&base_with(
+        "kind: process\n      command: \"/opt/api/{version}/bin/api --listen 0.0.0.0:{port}\"",
+        "kind: docker\n      image: \"reg/api\\0:{version}\""
+    )),
+    [(
+        ROOT,
+        Some("\"reg/api"),
+        "apps.api.runtime.image",
+        "invalid image reference \"reg/api\\0:{version}\""
+    )]
+);
+
+case!(
+    ssh_identity_file_and_notification_url_with_control_characters,
+    root(&format!(
+        "{BASE}ssh: {{ identity_file: \"/root/.ssh/id\\e\" }}\nnotifications:\n  - url: \"https://hooks.example/a\\nb\"\n"
+    )),
+    [
+        (
+            ROOT,
+            Some("\"/root/.ssh"),
+            "ssh.identity_file",
+            "the path holds the control character '\\u{1b}'"
+        ),
+        (
+            ROOT,
+            Some("\"https://hooks"),
+            "notifications[0].url",
+            "the URL holds the control character '\\n'"
+        ),
+    ]
 );
 
 case!(

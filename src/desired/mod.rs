@@ -30,8 +30,30 @@ pub trait Files {
     fn size(&self, path: &str) -> Result<Option<u64>, FilesError>;
     /// Content of the file at `path`.
     fn read(&self, path: &str) -> Result<Vec<u8>, FilesError>;
-    /// Names of the files (not directories) directly in `dir`, sorted.
+    /// Names of the entries directly in `dir` that are not directories (files, and links or
+    /// submodules, which [`Files::special`] tells apart), sorted.
     fn list(&self, dir: &str) -> Result<Vec<String>, FilesError>;
+    /// What is at `path` when it is neither a file nor a directory, which kube-free does not
+    /// read: a symbolic link or a submodule. `None` for a file, a directory or nothing.
+    fn special(&self, _path: &str) -> Result<Option<Special>, FilesError> {
+        Ok(None)
+    }
+}
+
+/// An entry of the desired-state directory that is neither a file nor a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Special {
+    Symlink,
+    Submodule,
+}
+
+impl Special {
+    fn describe(self) -> &'static str {
+        match self {
+            Special::Symlink => "a symbolic link",
+            Special::Submodule => "a submodule",
+        }
+    }
 }
 
 /// The files could not be read (not: they are invalid).
@@ -58,9 +80,33 @@ pub fn load(files: &dyn Files) -> Result<DesiredState, LoadError> {
     let root = parse_file::<RawConfig>(files, ROOT_FILE, &mut diags)?;
 
     let mut env_files = Vec::new();
+    if let Some(special) = files.special(ENV_DIR)? {
+        diags.push(Diagnostic {
+            file: ENV_DIR.into(),
+            line: 1,
+            column: 1,
+            path: YamlPath::root(),
+            message: format!(
+                "{ENV_DIR}/ is {}, which kube-free does not follow: commit the environment files themselves in a directory {ENV_DIR}/ (none is read)",
+                special.describe()
+            ),
+        });
+    }
     for name in files.list(ENV_DIR)? {
         let file = format!("{ENV_DIR}/{name}");
-        if let Some(stem) = name.strip_suffix(".yaml") {
+        let special = files.special(&file)?;
+        if let (Some(special), true) = (special, name.ends_with(".yaml")) {
+            diags.push(Diagnostic {
+                file,
+                line: 1,
+                column: 1,
+                path: YamlPath::root(),
+                message: format!(
+                    "this is {}, which kube-free does not follow: commit the file itself (it is not read)",
+                    special.describe()
+                ),
+            });
+        } else if let Some(stem) = name.strip_suffix(".yaml") {
             env_files.push((
                 stem.to_owned(),
                 parse_file::<RawEnvironment>(files, &file, &mut diags)?,

@@ -44,7 +44,7 @@ fn read(file: &str, name: &str) -> Result<SecretValue, String> {
         .map_err(|e| format!("the value of {name}: {}", crate::error::chain(&e)))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| format!("the value of {name}: secret file {file} is not UTF-8 text"))?;
-    if text.chars().any(|c| c.is_control() && c != '\t') {
+    if text.chars().any(super::template::is_control) {
         // Never quote the value: it is the secret.
         return Err(format!(
             "the value of {name}: secret file {file} holds a line break or another control character, which cannot be passed to an instance (one line per variable)"

@@ -145,7 +145,8 @@ impl Template {
 /// Splits a command line into words by POSIX shell quoting rules: whitespace separates words,
 /// '...' is literal, "..." allows \" \\ \$ \` escapes, and \ escapes one character outside quotes.
 /// Shell syntax that would need a shell (`|`, `;`, `&`, `>`, `<`, `$`, backquote, globs) is refused, so
-/// that what runs is exactly the words written.
+/// that what runs is exactly the words written; so is a control character in a word (a tab is
+/// allowed; a line break between words only separates them).
 pub fn split_words(line: &str) -> Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut word = String::new();
@@ -221,7 +222,21 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
     if words.is_empty() {
         return Err("empty command".into());
     }
+    if let Some(c) = words
+        .iter()
+        .flat_map(|w| w.chars())
+        .find(|c| is_control(*c))
+    {
+        return Err(format!(
+            "control character {c:?} in {line:?}: a command line holds none (a tab is allowed)"
+        ));
+    }
     Ok(words)
+}
+
+/// Whether `c` is a control character that kube-free never passes on (every one but a tab).
+pub fn is_control(c: char) -> bool {
+    c.is_control() && c != '\t'
 }
 
 /// A command line as argv of templates.

@@ -1,12 +1,18 @@
 //! Validation: from raw types (plus the positioned YAML, for locations and for keys that take several
 //! shapes) to the model. Checks names, versions, durations, references between sections, ports and
 //! strategies, and reports every problem at the file, line, column and YAML path it comes from.
+//!
+//! Input values never overflow what is computed from them: every duration is at most
+//! [`MAX_DURATION`] (so the deadlines later stages add up from a few of them, and the instants they
+//! set, stay far from any overflow), and products of input values are computed with checked
+//! arithmetic and reported when too large. No string with a control character other than a tab
+//! reaches a command line, an instance's environment or a file name.
 
 use super::diag::{Diagnostic, Diagnostics, Mark, Seg, YamlPath};
 use super::duration;
 use super::model::*;
 use super::raw::*;
-use super::template::{parse_command, split_words, Placeholder, Template};
+use super::template::{is_control, parse_command, split_words, Placeholder, Template};
 use super::yaml::{Kind, Node, Scalar};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -32,6 +38,21 @@ static URL_PATH: LazyLock<regex_lite::Regex> =
 
 /// Directories under a host's `state_dir` that hold kube-free's own files, not environments.
 const RESERVED_DIRS: [&str; 2] = ["rollouts", "haproxy"];
+
+/// Longest duration the desired state may give anything: 8760h (365 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration as the desired state may give it: parsed, and at most [`MAX_DURATION`].
+fn bounded_duration(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is longer than the limit of {} (365 days)",
+            duration::format(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kube-free";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/haproxy/admin.sock";
@@ -128,7 +149,7 @@ impl Checker<'_> {
     ) -> Duration {
         match value {
             None => default,
-            Some(text) => duration::parse(text).unwrap_or_else(|e| {
+            Some(text) => bounded_duration(text).unwrap_or_else(|e| {
                 self.value(at, path, e);
                 default
             }),
@@ -224,7 +245,13 @@ pub fn validate(
             .map(|kh| kh.trim_start_matches("./").to_owned());
         if let Some(kh) = &known_hosts {
             let p = path.key("known_hosts");
-            if kh.starts_with('/') || kh.split('/').any(|s| s == "..") {
+            if let Some(ch) = kh.chars().find(|ch| is_control(*ch)) {
+                c.value(
+                    at,
+                    &p,
+                    format!("the path holds the control character {ch:?}"),
+                );
+            } else if kh.starts_with('/') || kh.split('/').any(|s| s == "..") {
                 c.value(
                     at,
                     &p,
@@ -236,8 +263,18 @@ pub fn validate(
                 c.value(at, &p, format!("no file {kh:?} in the commit"));
             }
         }
-        if s.identity_file.as_deref() == Some("") {
-            c.value(at, &path.key("identity_file"), "must not be empty".into());
+        match s.identity_file.as_deref() {
+            Some("") => c.value(at, &path.key("identity_file"), "must not be empty".into()),
+            Some(f) => {
+                if let Some(ch) = f.chars().find(|ch| is_control(*ch)) {
+                    c.value(
+                        at,
+                        &path.key("identity_file"),
+                        format!("the path holds the control character {ch:?}"),
+                    );
+                }
+            }
+            None => {}
         }
         SshSettings {
             known_hosts,
@@ -558,6 +595,10 @@ fn notifications(
 
 /// Checks a notification URL: parses, `http` or `https`, names a host, holds no credentials.
 fn notification_url(text: &str) -> Result<(), String> {
+    // The URL parser would drop line breaks and tabs silently; the text is what is sent.
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(format!("the URL holds the control character {c:?}"));
+    }
     let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text:?} ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
@@ -689,12 +730,12 @@ fn env_value(c: &mut Checker, at: At, vp: &YamlPath, var: &str) -> Option<EnvVal
     let node = at.doc.root.at(vp)?;
     match &node.kind {
         Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) if !node.is_null() => {
-            if s.contains(['\n', '\r', '\0']) {
+            if let Some(ch) = s.chars().find(|ch| is_control(*ch)) {
                 // The value is not quoted: it may be a secret.
                 c.value(
                     at,
                     vp,
-                    format!("the value of {var} holds a line break or NUL, which cannot be passed to an instance (one line per variable)"),
+                    format!("the value of {var} holds the control character {ch:?}, which cannot be passed to an instance (one line per variable; a tab is allowed)"),
                 );
             }
             Template::parse(s)
@@ -787,7 +828,10 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                 let image = c.required(at, &rp.key("image"), &r.image).map(|i| {
                     let ip = rp.key("image");
                     match Template::parse(i) {
-                        Ok(t) if i.trim().is_empty() || i.contains(char::is_whitespace) => {
+                        Ok(t)
+                            if i.trim().is_empty()
+                                || i.contains(|ch: char| ch.is_whitespace() || ch.is_control()) =>
+                        {
                             c.value(at, &ip, format!("invalid image reference {i:?}"));
                             t
                         }
@@ -855,6 +899,9 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                 format!("invalid probe path {probe_path:?} (must start with / and hold no spaces)"),
             );
         }
+        // The product below is judged only from durations as written (not from defaults that
+        // stand in for bad ones).
+        let before = c.diags.len();
         let interval = c.duration(
             at,
             &pp.key("interval"),
@@ -886,8 +933,18 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                 "healthy_after must be at least 1".into(),
             );
         }
-        if deadline < interval * healthy_after {
-            c.value(
+        match interval.checked_mul(healthy_after) {
+            _ if c.diags.len() != before => {}
+            None => c.value(
+                at,
+                &pp.key("healthy_after"),
+                format!(
+                    "healthy_after × interval is too large ({} × {})",
+                    healthy_after,
+                    duration::format(interval)
+                ),
+            ),
+            Some(least) if deadline < least => c.value(
                 at,
                 &pp.key("deadline"),
                 format!(
@@ -896,7 +953,8 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
                     healthy_after,
                     duration::format(interval)
                 ),
-            );
+            ),
+            Some(_) => {}
         }
         Probe {
             path: probe_path,
@@ -1221,7 +1279,7 @@ fn batch(node: &Node) -> Option<Batch> {
 fn pause(node: &Node) -> Result<Pause, String> {
     match &node.kind {
         Kind::Map(entries) if entries.is_empty() => Ok(Pause::UntilPromoted),
-        Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) => duration::parse(s).map(Pause::For),
+        Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) => bounded_duration(s).map(Pause::For),
         _ => Err(format!(
             "invalid pause: found {} (a duration such as \"2m\", or {{}} to wait for `kube-free promote`)",
             node.describe()

@@ -1,6 +1,12 @@
 //! Positioned YAML: turns the bytes of one file into a tree in which every node and key remembers its
 //! line and column. Enforces the input limits (size, UTF-8, nesting depth, alias expansion, one
 //! document) and reports duplicate keys. Knows nothing of kube-free's format.
+//!
+//! Memory is bounded whatever the file: an alias copies the node it names, so the tree is limited
+//! both in nodes ([`MAX_NODES`]) and in the bytes of scalar text (keys included) it holds once every
+//! alias is expanded ([`MAX_EXPANDED_BYTES`], 16 MiB; the copies kept for anchors count too). A file
+//! within [`MAX_FILE_BYTES`] therefore never makes a tree of more than 16 MiB of text and 100000
+//! nodes, whatever its anchors and aliases.
 
 use super::diag::{Mark, Seg, YamlPath};
 use std::collections::HashMap;
@@ -13,6 +19,10 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 pub const MAX_DEPTH: usize = 64;
 /// Most nodes a document may hold once every alias is expanded (a guard against "billion laughs").
 pub const MAX_NODES: usize = 100_000;
+/// Most bytes of scalar text (keys and values) a document may hold once every alias is expanded,
+/// the copies kept for anchors included: 16 MiB (a guard against a large anchored scalar named by
+/// many aliases, which takes few nodes).
+pub const MAX_EXPANDED_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Scalar {
@@ -42,6 +52,8 @@ pub struct Node {
     pub mark: Mark,
     /// Number of nodes in this subtree, itself included.
     size: usize,
+    /// Bytes of scalar text in this subtree, mapping keys included.
+    bytes: usize,
 }
 
 impl Node {
@@ -51,7 +63,17 @@ impl Node {
             Kind::Seq(items) => items.iter().map(|n| n.size).sum(),
             Kind::Map(entries) => entries.iter().map(|e| e.value.size).sum(),
         };
-        Node { kind, mark, size }
+        let bytes = match &kind {
+            Kind::Scalar(Scalar::Plain(s) | Scalar::Str(s)) => s.len(),
+            Kind::Seq(items) => items.iter().map(|n| n.bytes).sum(),
+            Kind::Map(entries) => entries.iter().map(|e| e.key.len() + e.value.bytes).sum(),
+        };
+        Node {
+            kind,
+            mark,
+            size,
+            bytes,
+        }
     }
 
     /// An empty plain scalar (YAML null) at `mark`.
@@ -60,6 +82,7 @@ impl Node {
             kind: Kind::Scalar(Scalar::Plain(String::new())),
             mark,
             size: 1,
+            bytes: 0,
         }
     }
 
@@ -252,6 +275,7 @@ struct Builder {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     nodes: usize,
+    bytes: usize,
     duplicates: Vec<ParseProblem>,
 }
 
@@ -290,6 +314,20 @@ impl Builder {
         Ok(())
     }
 
+    /// Counts `n` more bytes of scalar text held in memory.
+    fn count_bytes(&mut self, n: usize, at: Mark) -> Result<(), ParseProblem> {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > MAX_EXPANDED_BYTES {
+            return Err(self.fail(
+                at,
+                format!(
+                    "document expands to more than {MAX_EXPANDED_BYTES} bytes (16 MiB) of text (alias expansion bomb?)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn run(&mut self, text: &str) -> Result<Option<Node>, ParseProblem> {
         let mut parser = Parser::new_from_str(text);
         let mut root = None;
@@ -314,19 +352,25 @@ impl Builder {
                     }
                 }
                 Event::Alias(id) => {
-                    let node = self
+                    let (size, bytes) = self
                         .anchors
                         .get(&id)
-                        .cloned()
+                        .map(|n| (n.size, n.bytes))
                         .ok_or_else(|| self.fail(at, "alias to an unknown anchor"))?;
-                    self.count(node.size, at)?;
-                    let node = Node { mark: at, ..node };
+                    // Counted before the copy is made.
+                    self.count(size, at)?;
+                    self.count_bytes(bytes, at)?;
+                    let node = Node {
+                        mark: at,
+                        ..self.anchors[&id].clone()
+                    };
                     if let Some(done) = self.add(node, 0, false)? {
                         root = Some(done);
                     }
                 }
                 Event::Scalar(text, style, anchor, tag) => {
                     self.count(1, at)?;
+                    self.count_bytes(text.len(), at)?;
                     let scalar = match (style, tag) {
                         (_, Some(tag)) => {
                             tagged_scalar(text, &tag).map_err(|m| self.fail(at, m))?
@@ -446,6 +490,8 @@ impl Builder {
         is_merge_key: bool,
     ) -> Result<Option<Node>, ParseProblem> {
         if anchor != 0 {
+            // The copy kept for aliases is memory too.
+            self.count_bytes(node.bytes, node.mark)?;
             self.anchors.insert(anchor, node.clone());
         }
         let path = self.path();
@@ -603,6 +649,48 @@ mod tests {
         }
         let p = problems(src.as_bytes());
         assert!(p[0].message.contains("alias expansion"), "{:?}", p);
+    }
+
+    /// A 700 KB anchored scalar named by 1000 aliases: 1002 nodes (far below `MAX_NODES`), but 700 MB
+    /// of text once expanded. Refused at the alias that passes 16 MiB, before its copy is made.
+    #[test]
+    fn a_large_scalar_named_by_many_aliases_is_refused_by_its_bytes() {
+        let mut src = format!("big: &big {}\nrefs:\n", "x".repeat(700_000));
+        for _ in 0..1000 {
+            src.push_str("  - *big\n");
+        }
+        assert!(src.len() < MAX_FILE_BYTES as usize);
+        let started = std::time::Instant::now();
+        let p = problems(src.as_bytes());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            p[0].message,
+            "document expands to more than 16777216 bytes (16 MiB) of text (alias expansion bomb?)"
+        );
+        // 700 KB for the scalar, 700 KB for its anchor's copy, then 21 aliases fit in 16 MiB.
+        assert_eq!(p[0].path.to_string(), "refs[21]");
+        assert_eq!(
+            p[0].mark,
+            Mark {
+                line: 24,
+                column: 5
+            }
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn aliases_within_the_byte_limit_are_expanded() {
+        let mut src = format!("big: &big {}\nrefs:\n", "x".repeat(700_000));
+        for _ in 0..20 {
+            src.push_str("  - *big\n");
+        }
+        let r = root(&src);
+        let Kind::Seq(refs) = &r.get("refs").unwrap().value.kind else {
+            panic!("refs is a sequence");
+        };
+        assert_eq!(refs.len(), 20);
+        assert_eq!(refs[19].bytes, 700_000);
     }
 
     #[test]

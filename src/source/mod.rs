@@ -8,7 +8,7 @@ mod known_hosts;
 
 pub use credentials::{CredentialError, GitCredentials};
 
-use crate::desired::{Files, FilesError};
+use crate::desired::{Files, FilesError, Special};
 use git2::{AutotagOption, FetchOptions, ObjectType, Oid, Repository, Status, StatusOptions};
 use std::path::{Path, PathBuf};
 
@@ -514,9 +514,23 @@ impl Files for Snapshot {
         };
         Ok(sub
             .iter()
-            .filter(|e| e.kind() == Some(ObjectType::Blob))
+            .filter(|e| matches!(e.kind(), Some(ObjectType::Blob | ObjectType::Commit)))
             .filter_map(|e| e.name().ok().map(str::to_owned))
             .collect())
+    }
+
+    fn special(&self, path: &str) -> Result<Option<Special>, FilesError> {
+        let tree = self.tree()?;
+        let entry = match tree.get_path(Path::new(path)) {
+            Ok(e) => e,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+            Err(e) => return Err(FilesError(e.to_string())),
+        };
+        Ok(match (entry.kind(), entry.filemode()) {
+            (Some(ObjectType::Blob), 0o120000) => Some(Special::Symlink),
+            (Some(ObjectType::Commit), _) => Some(Special::Submodule),
+            _ => None,
+        })
     }
 }
 

@@ -308,6 +308,8 @@ impl Effects for Live {
             .then(|| StepError::new(Fault::Interrupted, Interrupted))
     }
 
+    /// How long a step may take. Durations from the desired state are at most a year (validation),
+    /// `--max-wait` is the operator's: sums saturate rather than overflow.
     fn deadline(&self, action: &Action) -> Duration {
         let slack = Duration::from_secs(30);
         match action {
@@ -321,13 +323,17 @@ impl Effects for Live {
             Action::Enable { .. } => traffic::UP_WITHIN + slack,
             // Its last probe may start just before the probe's own deadline.
             Action::Probe { at } => {
-                self.app(at).probe.deadline + self.app(at).probe.timeout + slack
+                let probe = &self.app(at).probe;
+                probe
+                    .deadline
+                    .saturating_add(probe.timeout)
+                    .saturating_add(slack)
             }
-            Action::Drain { at, .. } => self.app(at).drain + slack,
-            Action::Stop { at, .. } => self.app(at).stop_timeout + slack * 2,
+            Action::Drain { at, .. } => self.app(at).drain.saturating_add(slack),
+            Action::Stop { at, .. } => self.app(at).stop_timeout.saturating_add(slack * 2),
             Action::Weigh { .. } | Action::Conclude { .. } => slack,
             // Reads that fail are retried for a while within it.
-            Action::Bake { bake, .. } => *bake + slack,
+            Action::Bake { bake, .. } => bake.saturating_add(slack),
             Action::Pause {
                 env, app, pause, ..
             } => {
@@ -341,7 +347,7 @@ impl Effects for Live {
                     Pause::For(d) => *d,
                     Pause::UntilPromoted => self.max_wait.unwrap_or_default(),
                 };
-                pause + progress + slack
+                pause.saturating_add(progress).saturating_add(slack)
             }
         }
     }
