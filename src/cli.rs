@@ -145,8 +145,11 @@ pub struct SourceArgs {
         default_value = "."
     )]
     pub repo: String,
-    /// Branch, tag or commit to read. Default: HEAD for a local path, the remote's default branch for a
-    /// URL.
+    /// What to read: a branch (`main`; for a URL, the remote's branch), a tag as `tags/v1`, a full
+    /// 40-digit commit id, or `HEAD`; `refs/heads/NAME` and `refs/tags/NAME` may be spelled out. A
+    /// bare name is always a branch, never a tag of the same name. Abbreviated ids and expressions
+    /// such as `HEAD~1` are refused (exit 2). Default: HEAD for a local path, the remote's default
+    /// branch for a URL.
     #[arg(long, value_name = "REV")]
     pub rev: Option<String>,
     /// Directory where Git URLs are cloned.

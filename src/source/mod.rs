@@ -22,12 +22,12 @@ pub enum SourceError {
     NotARepository { path: String },
     #[error("{path}: the desired-state directory must be inside the work tree of {repo}")]
     OutsideWorkTree { path: String, repo: String },
-    #[error("revision {rev:?} not found in {origin}")]
+    #[error("revision {rev:?} not found in {origin}: {tried}")]
     UnknownRevision {
         rev: String,
         origin: String,
-        #[source]
-        source: git2::Error,
+        /// What was looked for, and a hint when the name is something else there.
+        tried: String,
     },
     #[error("{origin} has no commits yet")]
     NoCommits { origin: String },
@@ -85,7 +85,8 @@ impl SourceError {
 pub struct SourceSpec {
     /// A local path or a Git URL (`file://`, `ssh://`, `https://`, or `user@host:path`).
     pub repo: String,
-    /// Branch, tag or commit id; default: HEAD (local) or the remote's default branch (URL).
+    /// A branch, `tags/NAME`, `refs/heads/NAME`, `refs/tags/NAME`, a full commit id or `HEAD` (see
+    /// [`open`]); default: HEAD (local) or the remote's default branch (URL).
     pub rev: Option<String>,
     /// Where URLs are cloned; default `$XDG_CACHE_HOME/kube-free/repos`.
     pub cache_dir: Option<PathBuf>,
@@ -190,15 +191,11 @@ fn resolve(
         source,
     };
     let commit = match rev {
-        Some(rev) => repo
-            .revparse_single(rev)
-            .and_then(|o| o.peel_to_commit())
-            .map_err(|source| SourceError::UnknownRevision {
-                rev: rev.into(),
-                origin: origin.into(),
-                source,
-            })?,
-        None => match repo.head() {
+        Some(rev) if rev != "HEAD" => {
+            let id = revision(repo, origin, rev)?;
+            repo.find_commit(id).map_err(git)?
+        }
+        _ => match repo.head() {
             Ok(head) => head.peel_to_commit().map_err(git)?,
             Err(e)
                 if matches!(
@@ -225,6 +222,71 @@ fn resolve(
             origin: origin.into(),
         }),
     }
+}
+
+/// The commit `rev` names, by these rules (no other revision syntax, so that a name means one
+/// thing whatever else the repository holds):
+///
+/// - `refs/heads/NAME` or `refs/tags/NAME`, spelled out: that branch or tag;
+/// - `tags/NAME`: the tag `NAME` (an annotated tag is peeled to its commit);
+/// - `NAME`: the branch `NAME` (for a URL, the remote's branch as fetched into the cache, whose
+///   mirror keeps it at `refs/heads/NAME`); a tag of the same name is never taken for it;
+/// - 40 hexadecimal digits: that commit, when the repository has it.
+///
+/// Abbreviated commit ids and expressions such as `HEAD~1` are refused: an abbreviation can
+/// become ambiguous, or name another commit, as the repository grows. `HEAD` is handled by the
+/// caller.
+fn revision(repo: &Repository, origin: &str, rev: &str) -> Result<Oid, SourceError> {
+    let unknown = |tried: String| SourceError::UnknownRevision {
+        rev: rev.into(),
+        origin: origin.into(),
+        tried,
+    };
+    let peel = |name: &str| -> Option<Oid> {
+        let reference = repo.find_reference(name).ok()?;
+        reference.peel_to_commit().ok().map(|c| c.id())
+    };
+    let is_hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(rest) = rev.strip_prefix("refs/") {
+        let kind = if rest.starts_with("heads/") {
+            "branch"
+        } else if rest.starts_with("tags/") {
+            "tag"
+        } else {
+            return Err(unknown(
+                "only refs/heads/NAME and refs/tags/NAME are spelled out this way".into(),
+            ));
+        };
+        return peel(rev).ok_or_else(|| unknown(format!("no {kind} {rev}")));
+    }
+    if let Some(tag) = rev.strip_prefix("tags/") {
+        let name = format!("refs/tags/{tag}");
+        return peel(&name).ok_or_else(|| unknown(format!("no tag {name}")));
+    }
+    let branch = format!("refs/heads/{rev}");
+    if let Some(id) = peel(&branch) {
+        return Ok(id);
+    }
+    if rev.len() == 40 && is_hex(rev) {
+        let id = Oid::from_str(rev).map_err(|e| unknown(e.to_string()))?;
+        return match repo.find_commit(id) {
+            Ok(c) => Ok(c.id()),
+            Err(_) => Err(unknown(format!("no branch {branch} and no commit {rev}"))),
+        };
+    }
+    let mut tried = format!("no branch {branch}, and it is not a full 40-digit commit id");
+    if peel(&format!("refs/tags/{rev}")).is_some() {
+        tried.push_str(&format!(
+            "; there is a tag {rev:?}: name it --rev tags/{rev}"
+        ));
+    } else if (4..40).contains(&rev.len()) && is_hex(rev) {
+        tried.push_str("; abbreviated commit ids are not accepted: give all 40 digits");
+    } else if rev.contains(['~', '^', '@', ':']) {
+        tried.push_str(
+            "; revision expressions are not accepted: give a branch, tags/NAME or a commit id",
+        );
+    }
+    Err(unknown(tried))
 }
 
 fn open_local(path: &str) -> Result<(Repository, String), SourceError> {
