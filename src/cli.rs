@@ -16,6 +16,8 @@ Exit codes:
 Environment:
   KUBE_FREE_REPO       default for --repo
   KUBE_FREE_CACHE_DIR  where Git URLs are cloned (default $XDG_CACHE_HOME/kube-free/repos)
+  KUBE_FREE_VERIFY_SSH_SIGNERS  default for --verify-ssh-signers
+  KUBE_FREE_VERIFY_GPG_KEYRING  default for --verify-gpg-keyring
   KUBE_FREE_LOG        log filter, e.g. info or kube_free=debug (default warn); logs go to stderr";
 
 /// Kubernetes-free, GitOps-style zero-downtime deployments to plain Linux hosts.
@@ -171,6 +173,16 @@ pub struct SourceArgs {
     /// only; read at each fetch, so it can be rotated in place).
     #[arg(long, value_name = "FILE")]
     pub git_token_file: Option<PathBuf>,
+    /// Require the commit to be signed by an SSH key of this OpenSSH allowed-signers file
+    /// (`PRINCIPAL KEYTYPE KEY` per line, as for git's gpg.ssh.allowedSignersFile). An unsigned
+    /// commit, or one signed by another key, is refused with exit 2 before any host is contacted.
+    /// Keep the file outside the repository: a repository cannot vouch for itself.
+    #[arg(long, value_name = "FILE", env = "KUBE_FREE_VERIFY_SSH_SIGNERS")]
+    pub verify_ssh_signers: Option<PathBuf>,
+    /// Require the commit to be signed by a GPG key of this public keyring (`gpg --export KEYID >
+    /// FILE`; checked with gpgv). With --verify-ssh-signers too, a commit signed by either passes.
+    #[arg(long, value_name = "FILE", env = "KUBE_FREE_VERIFY_GPG_KEYRING")]
+    pub verify_gpg_keyring: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use crate::logs::{self, LogsError, Relayed, Verdict};
 use crate::plan::Scope;
 use crate::reconcile::suspend::{utc, Decision};
 use crate::reconcile::{self, World};
-use crate::source::{GitCredentials, SourceSpec};
+use crate::source::{GitCredentials, SourceSpec, Trust};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -133,6 +133,10 @@ fn spec(args: &SourceArgs) -> SourceSpec {
             ssh_key: args.git_ssh_key.clone(),
             known_hosts: args.git_known_hosts.clone(),
             token_file: args.git_token_file.clone(),
+        },
+        trust: Trust {
+            ssh_signers: args.verify_ssh_signers.clone(),
+            gpg_keyring: args.verify_gpg_keyring.clone(),
         },
     }
 }

@@ -5,8 +5,10 @@
 
 mod credentials;
 mod known_hosts;
+pub mod verify;
 
 pub use credentials::{CredentialError, GitCredentials};
+pub use verify::{Trust, VerifyError};
 
 use crate::desired::{Files, FilesError};
 use git2::{AutotagOption, FetchOptions, ObjectType, Oid, Repository, Status, StatusOptions};
@@ -56,6 +58,13 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing commit {commit} of {origin}")]
+    Untrusted {
+        commit: String,
+        origin: String,
+        #[source]
+        source: VerifyError,
+    },
     #[error("cannot read {origin}")]
     Git {
         origin: String,
@@ -77,6 +86,7 @@ impl SourceError {
                 | SourceError::NoCommits { .. }
                 | SourceError::NoSuchDirectory { .. }
         ) || matches!(self, SourceError::Credentials { source, .. } if source.is_bad_input())
+            || matches!(self, SourceError::Untrusted { source, .. } if source.is_bad_input())
     }
 }
 
@@ -92,6 +102,8 @@ pub struct SourceSpec {
     pub cache_dir: Option<PathBuf>,
     /// Explicit credentials for URLs; the default uses the SSH agent, ~/.ssh and git's helpers.
     pub credentials: GitCredentials,
+    /// The keys the commit must be signed with (none: signatures are not checked).
+    pub trust: Trust,
 }
 
 /// What a person reads about a commit.
@@ -151,7 +163,8 @@ pub fn set_network_timeouts() {
     }
 }
 
-/// Opens the repository, fetching it first when it is a URL, and resolves the commit.
+/// Opens the repository, fetching it first when it is a URL, and resolves the commit; when
+/// `spec.trust` is set, refuses a commit that is not signed by one of its keys.
 pub fn open(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
     let (repo, dir, origin) = if is_url(&spec.repo) {
         let cache = match &spec.cache_dir {
@@ -165,6 +178,13 @@ pub fn open(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
         (repo, dir, spec.repo.clone())
     };
     let (commit, tree) = resolve(&repo, &origin, &dir, spec.rev.as_deref())?;
+    if spec.trust.is_set() {
+        verify::check(&repo, commit, &spec.trust).map_err(|source| SourceError::Untrusted {
+            commit: commit.to_string(),
+            origin: origin.clone(),
+            source,
+        })?;
+    }
     let uncommitted = uncommitted(&repo, &dir).map_err(|source| SourceError::Git {
         origin: origin.clone(),
         source,

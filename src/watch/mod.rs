@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::notify::{Event, EventKind, Notifier};
 use crate::plan::{Action, Scope};
 use crate::reconcile::{self, Next, World};
-use crate::source::{CommitInfo, SourceSpec};
+use crate::source::{CommitInfo, SourceError, SourceSpec};
 use metrics::{KindLabel, Metrics, ResultLabel};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -333,7 +333,8 @@ async fn cycle(
             let commit = match &e {
                 Error::Invalid { commit, .. }
                 | Error::NoRootFile { commit, .. }
-                | Error::Read { commit, .. } => Some(commit.clone()),
+                | Error::Read { commit, .. }
+                | Error::Source(SourceError::Untrusted { commit, .. }) => Some(commit.clone()),
                 _ => None,
             };
             let message = crate::error::chain(&e);
