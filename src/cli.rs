@@ -61,6 +61,10 @@ pub enum Command {
     ///
     /// An environment suspended by `kube-free suspend` is left alone: when that is everything in
     /// scope, nothing runs and it prints what it would do (exit 0).
+    ///
+    /// The commit applied is recorded on every balancer host (`<state_dir>/applied.json`); a later
+    /// commit that does not descend from it (a branch rewound by a force-push) is refused with exit
+    /// 2, nothing changed, unless --allow-rewind. To roll back, revert in Git.
     Reconcile(ReconcileArgs),
     /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
     ///
@@ -215,6 +219,10 @@ pub struct PlanArgs {
     /// `text`, `json`, or `dot` (Graphviz: `kube-free plan --output dot | dot -Tsvg > plan.svg`).
     #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
     pub output: PlanOutput,
+    /// Show the plan of a commit that `reconcile` would refuse because it does not descend from
+    /// the last one applied (without it, plan refuses it too, with exit 2).
+    #[arg(long)]
+    pub allow_rewind: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -250,6 +258,11 @@ pub struct ReconcileArgs {
     /// expired.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub lease_ttl: std::time::Duration,
+    /// Apply a commit that does not descend from the last one applied (recorded on every
+    /// balancer host): a branch rewound by a force-push. Without it such a commit is refused
+    /// (exit 2, nothing changed); a rollback in Git is a revert commit, which needs no option.
+    #[arg(long)]
+    pub allow_rewind: bool,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +301,11 @@ pub struct WatchArgs {
     /// another once it expired.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub lease_ttl: std::time::Duration,
+    /// Apply a head commit that does not descend from the last one applied (a force-push that
+    /// went back). Without it, the watcher says so once and deploys nothing until a commit that
+    /// descends from it.
+    #[arg(long)]
+    pub allow_rewind: bool,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

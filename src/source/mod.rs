@@ -106,6 +106,49 @@ pub struct SourceSpec {
     pub trust: Trust,
 }
 
+/// Where a commit stands relative to another one (rewind protection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relation {
+    /// The same commit.
+    Same,
+    /// It descends from the other one (the other one is in its history).
+    Descends,
+    /// The other one is not in its history (a force-push went back, or elsewhere).
+    Diverged,
+    /// The repository does not have the other commit, so which it is cannot be told.
+    Unknown,
+}
+
+/// A commit and the repository it was read from, reopened to answer questions about its history
+/// after the [`Snapshot`] is gone.
+#[derive(Clone, Debug)]
+pub struct History {
+    git_dir: PathBuf,
+    /// The commit read.
+    pub commit: Oid,
+}
+
+impl History {
+    /// Where [`Self::commit`] stands relative to `other` (a full commit id).
+    pub fn relation(&self, other: &str) -> Result<Relation, git2::Error> {
+        let Ok(other) = Oid::from_str(other) else {
+            return Ok(Relation::Unknown);
+        };
+        if other == self.commit {
+            return Ok(Relation::Same);
+        }
+        let repo = Repository::open(&self.git_dir)?;
+        if repo.find_commit(other).is_err() {
+            return Ok(Relation::Unknown);
+        }
+        Ok(if repo.graph_descendant_of(self.commit, other)? {
+            Relation::Descends
+        } else {
+            Relation::Diverged
+        })
+    }
+}
+
 /// What a person reads about a commit.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CommitInfo {
@@ -518,6 +561,14 @@ impl Snapshot {
         self.repo
             .find_tree(self.tree)
             .map_err(|e| FilesError(e.to_string()))
+    }
+
+    /// The commit and its repository, for questions about its history (see [`History`]).
+    pub fn history(&self) -> History {
+        History {
+            git_dir: self.repo.path().to_owned(),
+            commit: self.commit,
+        }
     }
 
     /// The commit id, shortened the way `git log --oneline` does.
