@@ -152,7 +152,8 @@ pub struct SourceArgs {
     )]
     pub repo: String,
     /// What to read: a branch (`main`; for a URL, the remote's branch), a tag as `tags/v1`, a full
-    /// 40-digit commit id, or `HEAD`; `refs/heads/NAME` and `refs/tags/NAME` may be spelled out. A
+    /// 40-digit commit id, or `HEAD`; `refs/heads/NAME`, `refs/tags/NAME` and
+    /// `refs/remotes/REMOTE/NAME` (a local clone's remote-tracking branch) may be spelled out. A
     /// bare name is always a branch, never a tag of the same name. Abbreviated ids and expressions
     /// such as `HEAD~1` are refused (exit 2). Default: HEAD for a local path, the remote's default
     /// branch for a URL.

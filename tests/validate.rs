@@ -132,6 +132,17 @@ fn rev_selects_a_branch_a_tag_or_a_commit() {
     validate("HEAD~1")
         .code(2)
         .stderr_has("revision expressions are not accepted");
+    // A local clone's remote-tracking branch, spelled out.
+    repo.git(&["update-ref", "refs/remotes/origin/main", &good]);
+    validate("origin/main")
+        .code(2)
+        .stderr_has("name it --rev refs/remotes/origin/main");
+    validate("refs/remotes/origin/main")
+        .code(0)
+        .stdout_has(&format!("at commit {good}"));
+    validate("refs/notes/x")
+        .code(2)
+        .stderr_has("only refs/heads/, refs/tags/ and refs/remotes/ names");
     // A full id of a commit the repository does not have.
     validate(&"0".repeat(40))
         .code(2)

@@ -290,7 +290,8 @@ fn resolve(
 /// The commit `rev` names, by these rules (no other revision syntax, so that a name means one
 /// thing whatever else the repository holds):
 ///
-/// - `refs/heads/NAME` or `refs/tags/NAME`, spelled out: that branch or tag;
+/// - `refs/heads/NAME`, `refs/tags/NAME` or `refs/remotes/REMOTE/NAME`, spelled out: that branch,
+///   tag or remote-tracking branch (a local clone's `origin/main` is `refs/remotes/origin/main`);
 /// - `tags/NAME`: the tag `NAME` (an annotated tag is peeled to its commit);
 /// - `NAME`: the branch `NAME` (for a URL, the remote's branch as fetched into the cache, whose
 ///   mirror keeps it at `refs/heads/NAME`); a tag of the same name is never taken for it;
@@ -315,9 +316,12 @@ fn revision(repo: &Repository, origin: &str, rev: &str) -> Result<Oid, SourceErr
             "branch"
         } else if rest.starts_with("tags/") {
             "tag"
+        } else if rest.starts_with("remotes/") {
+            "remote-tracking branch"
         } else {
             return Err(unknown(
-                "only refs/heads/NAME and refs/tags/NAME are spelled out this way".into(),
+                "only refs/heads/, refs/tags/ and refs/remotes/ names are spelled out this way"
+                    .into(),
             ));
         };
         return peel(rev).ok_or_else(|| unknown(format!("no {kind} {rev}")));
@@ -341,6 +345,10 @@ fn revision(repo: &Repository, origin: &str, rev: &str) -> Result<Oid, SourceErr
     if peel(&format!("refs/tags/{rev}")).is_some() {
         tried.push_str(&format!(
             "; there is a tag {rev:?}: name it --rev tags/{rev}"
+        ));
+    } else if peel(&format!("refs/remotes/{rev}")).is_some() {
+        tried.push_str(&format!(
+            "; there is a remote-tracking branch {rev:?}: name it --rev refs/remotes/{rev}"
         ));
     } else if (4..40).contains(&rev.len()) && is_hex(rev) {
         tried.push_str("; abbreviated commit ids are not accepted: give all 40 digits");
