@@ -16,6 +16,8 @@ Exit codes:
 Environment:
   KUBE_FREE_REPO       default for --repo
   KUBE_FREE_CACHE_DIR  where Git URLs are cloned (default $XDG_CACHE_HOME/kube-free/repos)
+  KUBE_FREE_VERIFY_SSH_SIGNERS  default for --verify-ssh-signers
+  KUBE_FREE_VERIFY_GPG_KEYRING  default for --verify-gpg-keyring
   KUBE_FREE_LOG        log filter, e.g. info or kube_free=debug (default warn); logs go to stderr";
 
 /// Kubernetes-free, GitOps-style zero-downtime deployments to plain Linux hosts.
@@ -59,6 +61,10 @@ pub enum Command {
     ///
     /// An environment suspended by `kube-free suspend` is left alone: when that is everything in
     /// scope, nothing runs and it prints what it would do (exit 0).
+    ///
+    /// The commit applied is recorded on every balancer host (`<state_dir>/applied.json`); a later
+    /// commit that does not descend from it (a branch rewound by a force-push) is refused with exit
+    /// 2, nothing changed, unless --allow-rewind. To roll back, revert in Git.
     Reconcile(ReconcileArgs),
     /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
     ///
@@ -145,8 +151,12 @@ pub struct SourceArgs {
         default_value = "."
     )]
     pub repo: String,
-    /// Branch, tag or commit to read. Default: HEAD for a local path, the remote's default branch for a
-    /// URL.
+    /// What to read: a branch (`main`; for a URL, the remote's branch), a tag as `tags/v1`, a full
+    /// 40-digit commit id, or `HEAD`; `refs/heads/NAME`, `refs/tags/NAME` and
+    /// `refs/remotes/REMOTE/NAME` (a local clone's remote-tracking branch) may be spelled out. A
+    /// bare name is always a branch, never a tag of the same name. Abbreviated ids and expressions
+    /// such as `HEAD~1` are refused (exit 2). Default: HEAD for a local path, the remote's default
+    /// branch for a URL.
     #[arg(long, value_name = "REV")]
     pub rev: Option<String>,
     /// Directory where Git URLs are cloned.
@@ -168,6 +178,16 @@ pub struct SourceArgs {
     /// only; read at each fetch, so it can be rotated in place).
     #[arg(long, value_name = "FILE")]
     pub git_token_file: Option<PathBuf>,
+    /// Require the commit to be signed by an SSH key of this OpenSSH allowed-signers file
+    /// (`PRINCIPAL KEYTYPE KEY` per line, as for git's gpg.ssh.allowedSignersFile). An unsigned
+    /// commit, or one signed by another key, is refused with exit 2 before any host is contacted.
+    /// Keep the file outside the repository: a repository cannot vouch for itself.
+    #[arg(long, value_name = "FILE", env = "KUBE_FREE_VERIFY_SSH_SIGNERS")]
+    pub verify_ssh_signers: Option<PathBuf>,
+    /// Require the commit to be signed by a GPG key of this public keyring (`gpg --export KEYID >
+    /// FILE`; checked with gpgv). With --verify-ssh-signers too, a commit signed by either passes.
+    #[arg(long, value_name = "FILE", env = "KUBE_FREE_VERIFY_GPG_KEYRING")]
+    pub verify_gpg_keyring: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +220,10 @@ pub struct PlanArgs {
     /// `text`, `json`, or `dot` (Graphviz: `kube-free plan --output dot | dot -Tsvg > plan.svg`).
     #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
     pub output: PlanOutput,
+    /// Show the plan of a commit that `reconcile` would refuse because it does not descend from
+    /// the last one applied (without it, plan refuses it too, with exit 2).
+    #[arg(long)]
+    pub allow_rewind: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -235,6 +259,11 @@ pub struct ReconcileArgs {
     /// expired.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub lease_ttl: std::time::Duration,
+    /// Apply a commit that does not descend from the last one applied (recorded on every
+    /// balancer host): a branch rewound by a force-push. Without it such a commit is refused
+    /// (exit 2, nothing changed); a rollback in Git is a revert commit, which needs no option.
+    #[arg(long)]
+    pub allow_rewind: bool,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +302,11 @@ pub struct WatchArgs {
     /// another once it expired.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub lease_ttl: std::time::Duration,
+    /// Apply a head commit that does not descend from the last one applied (a force-push that
+    /// went back). Without it, the watcher says so once and deploys nothing until a commit that
+    /// descends from it.
+    #[arg(long)]
+    pub allow_rewind: bool,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

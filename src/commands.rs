@@ -13,7 +13,7 @@ use crate::logs::{self, LogsError, Relayed, Verdict};
 use crate::plan::Scope;
 use crate::reconcile::suspend::{utc, Decision};
 use crate::reconcile::{self, World};
-use crate::source::{GitCredentials, SourceSpec};
+use crate::source::{GitCredentials, SourceSpec, Trust};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -134,6 +134,10 @@ fn spec(args: &SourceArgs) -> SourceSpec {
             known_hosts: args.git_known_hosts.clone(),
             token_file: args.git_token_file.clone(),
         },
+        trust: Trust {
+            ssh_signers: args.verify_ssh_signers.clone(),
+            gpg_keyring: args.verify_gpg_keyring.clone(),
+        },
     }
 }
 
@@ -147,7 +151,11 @@ fn scope(args: &ScopeArgs) -> Scope {
 
 pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
-    let world = connect(&args.source, &scope).await?;
+    let loaded = load::load(&spec(&args.source), &scope)?;
+    let history = loaded.history.clone();
+    let world = load::connect(loaded).await?;
+    // What reconcile would refuse, plan refuses too (it reads the record, writes nothing).
+    reconcile::rewind::check(&world, &history, args.allow_rewind).await?;
     let plan = reconcile::preview(&world, &scope).await?;
     match args.output {
         PlanOutput::Text => write!(
@@ -175,7 +183,11 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 
 pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
-    let world = connect(&args.source, &scope).await?;
+    let loaded = load::load(&spec(&args.source), &scope)?;
+    let history = loaded.history.clone();
+    let world = load::connect(loaded).await?;
+    // A rewound commit is refused before the lease is even taken; checked again under it.
+    reconcile::rewind::check(&world, &history, args.allow_rewind).await?;
     // Suspended environments are left out; when nothing is left, say what a pass would do.
     let scope = match reconcile::suspend::check(&world, &scope).await? {
         Decision::Suspended(by) => {
@@ -221,6 +233,10 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     // the lease has nothing to finish.
     let pass = async {
         let signals = tokio::spawn(interrupt_on_signal(world.clone()));
+        if let Err(e) = reconcile::rewind::guard(&world, &history, args.allow_rewind).await {
+            signals.abort();
+            return Err(e);
+        }
         let result = reconcile::once(world.clone(), &scope, options).await;
         signals.abort();
         result
@@ -258,6 +274,7 @@ pub async fn watch(args: &WatchArgs) -> Result<Exit, Error> {
         parallel: args.parallel as usize,
         lease_ttl: args.lease_ttl,
         max_wait: args.max_wait,
+        allow_rewind: args.allow_rewind,
     };
     crate::watch::run(config, signalled()).await?;
     Ok(Exit::Ok)

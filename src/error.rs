@@ -69,6 +69,7 @@ impl Error {
             | Error::UnknownName { .. }
             | Error::NotIn { .. } => Exit::BadInput,
             Error::Secret(e) if e.is_bad_input() => Exit::BadInput,
+            Error::Reconcile(e) if e.bad_input() => Exit::BadInput,
             Error::Reconcile(e) if e.waits() => Exit::Waiting,
             Error::Reconcile(e) if e.locked() => Exit::Locked,
             Error::Source(_)

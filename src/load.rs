@@ -7,7 +7,7 @@ use crate::desired::{self, DesiredState, Files, LoadError};
 use crate::error::Error;
 use crate::plan::Scope;
 use crate::reconcile::World;
-use crate::source::{self, CommitInfo, Snapshot, SourceSpec};
+use crate::source::{self, CommitInfo, History, Snapshot, SourceSpec};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -19,6 +19,8 @@ pub struct Loaded {
     pub info: CommitInfo,
     /// The `ssh.known_hosts` file's bytes, read from the same commit.
     pub known_hosts: Option<Vec<u8>>,
+    /// The commit's history, for rewind protection.
+    pub history: History,
 }
 
 /// Opens the source at the commit `spec` names (fetching it first when it is a URL).
@@ -91,6 +93,7 @@ pub fn load(spec: &SourceSpec, scope: &Scope) -> Result<Loaded, Error> {
         commit: snapshot.commit.to_string(),
         info: snapshot.commit_info(),
         known_hosts,
+        history: snapshot.history(),
     })
 }
 

@@ -61,6 +61,23 @@ pub fn suspensions_file(state_dir: &str) -> String {
     format!("{}/suspensions.json", state_dir.trim_end_matches('/'))
 }
 
+/// `<balancer host's state_dir>/applied.json`: the last commit a run applied ([`Applied`]).
+pub fn applied_file(state_dir: &str) -> String {
+    format!("{}/applied.json", state_dir.trim_end_matches('/'))
+}
+
+/// The last commit of the desired state that a run applied, kept on every balancer host so that
+/// every reconciler sees it: a later commit must descend from it (rewind protection).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The full commit id.
+    pub commit: String,
+    /// When it was first applied (seconds since the Unix epoch).
+    pub at: u64,
+    /// `user@hostname` of the run.
+    pub by: String,
+}
+
 /// Where a rollout stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

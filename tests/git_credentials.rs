@@ -45,6 +45,7 @@ fn spec(url: &str, cache: &Path, credentials: GitCredentials) -> SourceSpec {
         rev: None,
         cache_dir: Some(cache.to_path_buf()),
         credentials,
+        trust: Default::default(),
     }
 }
 

@@ -87,6 +87,7 @@ fn rev_selects_a_branch_a_tag_or_a_commit() {
     repo.write("kube-free.yaml", BASE);
     let good = repo.commit("good");
     repo.git(&["tag", "-a", "v1", "-m", "release 1"]);
+    repo.git(&["tag", "light"]);
     repo.git(&["branch", "stable"]);
     repo.write(
         "kube-free.yaml",
@@ -96,20 +97,73 @@ fn rev_selects_a_branch_a_tag_or_a_commit() {
     kube_free(&["validate", "--repo", repo.path_str()])
         .code(2)
         .stderr_has(&bad);
-    for rev in ["v1", "stable", good.as_str(), &good[..10], "HEAD~1"] {
+    for rev in [
+        "tags/v1",
+        "refs/tags/v1",
+        "tags/light",
+        "stable",
+        "refs/heads/stable",
+        good.as_str(),
+    ] {
         kube_free(&["validate", "--repo", repo.path_str(), "--rev", rev])
             .code(0)
             .stdout_has(&format!("at commit {good}"));
     }
-    kube_free(&[
-        "validate",
-        "--repo",
-        repo.path_str(),
-        "--rev",
-        "no-such-branch",
-    ])
-    .code(2)
-    .stderr_has("error: revision \"no-such-branch\" not found in");
+    kube_free(&["validate", "--repo", repo.path_str(), "--rev", "HEAD"])
+        .code(2)
+        .stderr_has(&bad);
+    let validate = |rev: &str| kube_free(&["validate", "--repo", repo.path_str(), "--rev", rev]);
+    validate("no-such-branch")
+        .code(2)
+        .stderr_has("error: revision \"no-such-branch\" not found in ")
+        .stderr_has("no branch refs/heads/no-such-branch, and it is not a full 40-digit commit id");
+    // A tag is only taken when asked for.
+    validate("v1")
+        .code(2)
+        .stderr_has("no branch refs/heads/v1")
+        .stderr_has("there is a tag \"v1\": name it --rev tags/v1");
+    validate("tags/stable")
+        .code(2)
+        .stderr_has("no tag refs/tags/stable");
+    // Abbreviations and expressions could name another commit tomorrow.
+    validate(&good[..10])
+        .code(2)
+        .stderr_has("abbreviated commit ids are not accepted");
+    validate("HEAD~1")
+        .code(2)
+        .stderr_has("revision expressions are not accepted");
+    // A local clone's remote-tracking branch, spelled out.
+    repo.git(&["update-ref", "refs/remotes/origin/main", &good]);
+    validate("origin/main")
+        .code(2)
+        .stderr_has("name it --rev refs/remotes/origin/main");
+    validate("refs/remotes/origin/main")
+        .code(0)
+        .stdout_has(&format!("at commit {good}"));
+    validate("refs/notes/x")
+        .code(2)
+        .stderr_has("only refs/heads/, refs/tags/ and refs/remotes/ names");
+    // A full id of a commit the repository does not have.
+    validate(&"0".repeat(40))
+        .code(2)
+        .stderr_has("no commit 0000000000");
+}
+
+#[test]
+fn a_branch_is_never_shadowed_by_a_tag_of_the_same_name() {
+    let repo = Repo::new();
+    repo.write("kube-free.yaml", BASE);
+    let old = repo.commit("old");
+    // A tag called `main` on an old commit: `--rev main` is still the branch.
+    repo.git(&["tag", "main"]);
+    repo.write("kube-free.yaml", base_with("\"1.4.2\"", "\"1.5.0\""));
+    let new = repo.commit("new");
+    kube_free(&["validate", "--repo", repo.path_str(), "--rev", "main"])
+        .code(0)
+        .stdout_has(&format!("at commit {new}"));
+    kube_free(&["validate", "--repo", repo.path_str(), "--rev", "tags/main"])
+        .code(0)
+        .stdout_has(&format!("at commit {old}"));
 }
 
 #[test]
@@ -188,7 +242,16 @@ fn git_urls_are_cloned_into_the_cache_and_fetched_again() {
     upstream.write("kube-free.yaml", base_with("\"1.4.2\"", "\"1.5.0\""));
     let second = upstream.commit("second");
     run(&[]).code(0).stdout_has(&format!("at commit {second}"));
-    run(&["--rev", "v1"])
+    run(&["--rev", "tags/v1"])
+        .code(0)
+        .stdout_has(&format!("at commit {first}"));
+    // The remote's branch, fetched into the cache, is what a bare name means, even with a tag of
+    // the same name upstream.
+    upstream.git(&["tag", "main", &first]);
+    run(&["--rev", "main"])
+        .code(0)
+        .stdout_has(&format!("at commit {second}"));
+    run(&["--rev", "tags/main"])
         .code(0)
         .stdout_has(&format!("at commit {first}"));
 
@@ -197,6 +260,12 @@ fn git_urls_are_cloned_into_the_cache_and_fetched_again() {
     upstream.write("kube-free.yaml", base_with("\"1.4.2\"", "\"2.0.0\""));
     let third = upstream.commit("third");
     run(&[]).code(0).stdout_has(&format!("at commit {third}"));
+    run(&["--rev", "HEAD"])
+        .code(0)
+        .stdout_has(&format!("at commit {third}"));
+    run(&["--rev", "trunk"])
+        .code(0)
+        .stdout_has(&format!("at commit {third}"));
 
     kube_free(&[
         "validate",

@@ -1,5 +1,6 @@
 //! The [`Ledger`] trait: what runs share on a balancer host — the rollout records
-//! (`rollouts/<env>/<app>.json`), the lease (`lock`) and the suspensions (`suspensions.json`) — and [`HostLedger`], which keeps them as
+//! (`rollouts/<env>/<app>.json`), the lease (`lock`), the suspensions (`suspensions.json`) and the
+//! last commit applied (`applied.json`) — and [`HostLedger`], which keeps them as
 //! files under that host's `state_dir` through its transport. Records are bytes here: what they say
 //! is the reconciler's to judge (a torn record is not trusted).
 
@@ -63,6 +64,15 @@ pub trait Ledger: Send + Sync {
 
     /// Replaces the suspensions file.
     async fn write_suspensions(&self, bytes: &[u8]) -> Result<(), LedgerError>;
+
+    /// Where the last commit applied is kept, for messages.
+    fn applied_file(&self) -> String;
+
+    /// The last-applied file's bytes; `None` when there is none.
+    async fn read_applied(&self) -> Result<Option<Vec<u8>>, LedgerError>;
+
+    /// Replaces the last-applied file.
+    async fn write_applied(&self, bytes: &[u8]) -> Result<(), LedgerError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +144,27 @@ impl Ledger for HostLedger {
 
     async fn write_suspensions(&self, bytes: &[u8]) -> Result<(), LedgerError> {
         let path = self.suspensions_file();
+        run_ok(
+            self.transport.as_ref(),
+            &write_file_cmd(&path, bytes),
+            TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn applied_file(&self) -> String {
+        crate::state::applied_file(&self.state_dir)
+    }
+
+    async fn read_applied(&self) -> Result<Option<Vec<u8>>, LedgerError> {
+        let path = self.applied_file();
+        let out = run_ok(self.transport.as_ref(), &read_file_cmd(&path), TIMEOUT).await?;
+        Ok((!out.stdout.is_empty()).then_some(out.stdout))
+    }
+
+    async fn write_applied(&self, bytes: &[u8]) -> Result<(), LedgerError> {
+        let path = self.applied_file();
         run_ok(
             self.transport.as_ref(),
             &write_file_cmd(&path, bytes),

@@ -6,6 +6,7 @@
 //! - `pass`: [`once`] — observe, plan, execute, and after a failed step clean up and quarantine;
 //! - `gates`: `promote`, `abort`, `retry`;
 //! - `suspend`: `kube-free suspend`/`resume`, and what a pass may do while something is suspended;
+//! - `rewind`: the last commit applied, and the refusal of a commit that does not descend from it;
 //! - `effects`: what each step does to hosts and balancers (instances, traffic, canary);
 //! - `rules`: the pure decisions — weight and drain safety, the canary's analysis verdict.
 //!
@@ -17,6 +18,7 @@ mod lease;
 mod observe;
 mod pass;
 mod records;
+pub mod rewind;
 pub mod rules;
 pub mod suspend;
 mod world;
@@ -27,6 +29,7 @@ mod tests;
 pub use gates::{abort, promote, retry, GateError};
 pub use lease::{leased, LeaseLoss};
 pub use pass::{once, preview, rollout_of, Outcome};
+pub use rewind::RewindError;
 pub use suspend::{
     applies, resume, suspend, suspensions, Decision, Resumed, SuspendError, Suspension,
 };
@@ -84,6 +87,8 @@ pub enum ReconcileError {
     Gate(#[from] GateError),
     #[error(transparent)]
     Suspend(#[from] SuspendError),
+    #[error(transparent)]
+    Rewind(Box<RewindError>),
     /// A rollout record could not be written (the cause names the balancer host).
     #[error("rollout record {path}")]
     Record {
@@ -91,6 +96,12 @@ pub enum ReconcileError {
         #[source]
         source: LedgerError,
     },
+}
+
+impl From<RewindError> for ReconcileError {
+    fn from(e: RewindError) -> Self {
+        ReconcileError::Rewind(Box::new(e))
+    }
 }
 
 /// What a loop around passes does next, as a pass's result says.
@@ -118,6 +129,11 @@ impl ReconcileError {
     /// The run stopped at a pause or gate (exit 3), not on a failure.
     pub fn waits(&self) -> bool {
         matches!(self, ReconcileError::Waiting { .. })
+    }
+
+    /// The commit is refused as it is (exit 2): it does not descend from the last one applied.
+    pub fn bad_input(&self) -> bool {
+        matches!(self, ReconcileError::Rewind(e) if e.is_bad_input())
     }
 
     /// Another run holds the lease (exit 4).

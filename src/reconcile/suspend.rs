@@ -276,7 +276,7 @@ async fn write_all(world: &World, list: &[Suspension]) -> Result<(), ReconcileEr
 }
 
 /// `user@hostname` of this process.
-fn who() -> String {
+pub(crate) fn who() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .and_then(|h| h.split_whitespace().next().map(str::to_owned))

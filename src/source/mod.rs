@@ -5,8 +5,10 @@
 
 mod credentials;
 mod known_hosts;
+pub mod verify;
 
 pub use credentials::{CredentialError, GitCredentials};
+pub use verify::{Trust, VerifyError};
 
 use crate::desired::{Files, FilesError, Special};
 use git2::{AutotagOption, FetchOptions, ObjectType, Oid, Repository, Status, StatusOptions};
@@ -22,12 +24,12 @@ pub enum SourceError {
     NotARepository { path: String },
     #[error("{path}: the desired-state directory must be inside the work tree of {repo}")]
     OutsideWorkTree { path: String, repo: String },
-    #[error("revision {rev:?} not found in {origin}")]
+    #[error("revision {rev:?} not found in {origin}: {tried}")]
     UnknownRevision {
         rev: String,
         origin: String,
-        #[source]
-        source: git2::Error,
+        /// What was looked for, and a hint when the name is something else there.
+        tried: String,
     },
     #[error("{origin} has no commits yet")]
     NoCommits { origin: String },
@@ -56,6 +58,13 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing commit {commit} of {origin}")]
+    Untrusted {
+        commit: String,
+        origin: String,
+        #[source]
+        source: VerifyError,
+    },
     #[error("cannot read {origin}")]
     Git {
         origin: String,
@@ -77,6 +86,7 @@ impl SourceError {
                 | SourceError::NoCommits { .. }
                 | SourceError::NoSuchDirectory { .. }
         ) || matches!(self, SourceError::Credentials { source, .. } if source.is_bad_input())
+            || matches!(self, SourceError::Untrusted { source, .. } if source.is_bad_input())
     }
 }
 
@@ -85,12 +95,58 @@ impl SourceError {
 pub struct SourceSpec {
     /// A local path or a Git URL (`file://`, `ssh://`, `https://`, or `user@host:path`).
     pub repo: String,
-    /// Branch, tag or commit id; default: HEAD (local) or the remote's default branch (URL).
+    /// A branch, `tags/NAME`, `refs/heads/NAME`, `refs/tags/NAME`, a full commit id or `HEAD` (see
+    /// [`open`]); default: HEAD (local) or the remote's default branch (URL).
     pub rev: Option<String>,
     /// Where URLs are cloned; default `$XDG_CACHE_HOME/kube-free/repos`.
     pub cache_dir: Option<PathBuf>,
     /// Explicit credentials for URLs; the default uses the SSH agent, ~/.ssh and git's helpers.
     pub credentials: GitCredentials,
+    /// The keys the commit must be signed with (none: signatures are not checked).
+    pub trust: Trust,
+}
+
+/// Where a commit stands relative to another one (rewind protection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relation {
+    /// The same commit.
+    Same,
+    /// It descends from the other one (the other one is in its history).
+    Descends,
+    /// The other one is not in its history (a force-push went back, or elsewhere).
+    Diverged,
+    /// The repository does not have the other commit, so which it is cannot be told.
+    Unknown,
+}
+
+/// A commit and the repository it was read from, reopened to answer questions about its history
+/// after the [`Snapshot`] is gone.
+#[derive(Clone, Debug)]
+pub struct History {
+    git_dir: PathBuf,
+    /// The commit read.
+    pub commit: Oid,
+}
+
+impl History {
+    /// Where [`Self::commit`] stands relative to `other` (a full commit id).
+    pub fn relation(&self, other: &str) -> Result<Relation, git2::Error> {
+        let Ok(other) = Oid::from_str(other) else {
+            return Ok(Relation::Unknown);
+        };
+        if other == self.commit {
+            return Ok(Relation::Same);
+        }
+        let repo = Repository::open(&self.git_dir)?;
+        if repo.find_commit(other).is_err() {
+            return Ok(Relation::Unknown);
+        }
+        Ok(if repo.graph_descendant_of(self.commit, other)? {
+            Relation::Descends
+        } else {
+            Relation::Diverged
+        })
+    }
 }
 
 /// What a person reads about a commit.
@@ -150,7 +206,8 @@ pub fn set_network_timeouts() {
     }
 }
 
-/// Opens the repository, fetching it first when it is a URL, and resolves the commit.
+/// Opens the repository, fetching it first when it is a URL, and resolves the commit; when
+/// `spec.trust` is set, refuses a commit that is not signed by one of its keys.
 pub fn open(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
     let (repo, dir, origin) = if is_url(&spec.repo) {
         let cache = match &spec.cache_dir {
@@ -164,6 +221,13 @@ pub fn open(spec: &SourceSpec) -> Result<Snapshot, SourceError> {
         (repo, dir, spec.repo.clone())
     };
     let (commit, tree) = resolve(&repo, &origin, &dir, spec.rev.as_deref())?;
+    if spec.trust.is_set() {
+        verify::check(&repo, commit, &spec.trust).map_err(|source| SourceError::Untrusted {
+            commit: commit.to_string(),
+            origin: origin.clone(),
+            source,
+        })?;
+    }
     let uncommitted = uncommitted(&repo, &dir).map_err(|source| SourceError::Git {
         origin: origin.clone(),
         source,
@@ -190,15 +254,11 @@ fn resolve(
         source,
     };
     let commit = match rev {
-        Some(rev) => repo
-            .revparse_single(rev)
-            .and_then(|o| o.peel_to_commit())
-            .map_err(|source| SourceError::UnknownRevision {
-                rev: rev.into(),
-                origin: origin.into(),
-                source,
-            })?,
-        None => match repo.head() {
+        Some(rev) if rev != "HEAD" => {
+            let id = revision(repo, origin, rev)?;
+            repo.find_commit(id).map_err(git)?
+        }
+        _ => match repo.head() {
             Ok(head) => head.peel_to_commit().map_err(git)?,
             Err(e)
                 if matches!(
@@ -225,6 +285,79 @@ fn resolve(
             origin: origin.into(),
         }),
     }
+}
+
+/// The commit `rev` names, by these rules (no other revision syntax, so that a name means one
+/// thing whatever else the repository holds):
+///
+/// - `refs/heads/NAME`, `refs/tags/NAME` or `refs/remotes/REMOTE/NAME`, spelled out: that branch,
+///   tag or remote-tracking branch (a local clone's `origin/main` is `refs/remotes/origin/main`);
+/// - `tags/NAME`: the tag `NAME` (an annotated tag is peeled to its commit);
+/// - `NAME`: the branch `NAME` (for a URL, the remote's branch as fetched into the cache, whose
+///   mirror keeps it at `refs/heads/NAME`); a tag of the same name is never taken for it;
+/// - 40 hexadecimal digits: that commit, when the repository has it.
+///
+/// Abbreviated commit ids and expressions such as `HEAD~1` are refused: an abbreviation can
+/// become ambiguous, or name another commit, as the repository grows. `HEAD` is handled by the
+/// caller.
+fn revision(repo: &Repository, origin: &str, rev: &str) -> Result<Oid, SourceError> {
+    let unknown = |tried: String| SourceError::UnknownRevision {
+        rev: rev.into(),
+        origin: origin.into(),
+        tried,
+    };
+    let peel = |name: &str| -> Option<Oid> {
+        let reference = repo.find_reference(name).ok()?;
+        reference.peel_to_commit().ok().map(|c| c.id())
+    };
+    let is_hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(rest) = rev.strip_prefix("refs/") {
+        let kind = if rest.starts_with("heads/") {
+            "branch"
+        } else if rest.starts_with("tags/") {
+            "tag"
+        } else if rest.starts_with("remotes/") {
+            "remote-tracking branch"
+        } else {
+            return Err(unknown(
+                "only refs/heads/, refs/tags/ and refs/remotes/ names are spelled out this way"
+                    .into(),
+            ));
+        };
+        return peel(rev).ok_or_else(|| unknown(format!("no {kind} {rev}")));
+    }
+    if let Some(tag) = rev.strip_prefix("tags/") {
+        let name = format!("refs/tags/{tag}");
+        return peel(&name).ok_or_else(|| unknown(format!("no tag {name}")));
+    }
+    let branch = format!("refs/heads/{rev}");
+    if let Some(id) = peel(&branch) {
+        return Ok(id);
+    }
+    if rev.len() == 40 && is_hex(rev) {
+        let id = Oid::from_str(rev).map_err(|e| unknown(e.to_string()))?;
+        return match repo.find_commit(id) {
+            Ok(c) => Ok(c.id()),
+            Err(_) => Err(unknown(format!("no branch {branch} and no commit {rev}"))),
+        };
+    }
+    let mut tried = format!("no branch {branch}, and it is not a full 40-digit commit id");
+    if peel(&format!("refs/tags/{rev}")).is_some() {
+        tried.push_str(&format!(
+            "; there is a tag {rev:?}: name it --rev tags/{rev}"
+        ));
+    } else if peel(&format!("refs/remotes/{rev}")).is_some() {
+        tried.push_str(&format!(
+            "; there is a remote-tracking branch {rev:?}: name it --rev refs/remotes/{rev}"
+        ));
+    } else if (4..40).contains(&rev.len()) && is_hex(rev) {
+        tried.push_str("; abbreviated commit ids are not accepted: give all 40 digits");
+    } else if rev.contains(['~', '^', '@', ':']) {
+        tried.push_str(
+            "; revision expressions are not accepted: give a branch, tags/NAME or a commit id",
+        );
+    }
+    Err(unknown(tried))
 }
 
 fn open_local(path: &str) -> Result<(Repository, String), SourceError> {
@@ -436,6 +569,14 @@ impl Snapshot {
         self.repo
             .find_tree(self.tree)
             .map_err(|e| FilesError(e.to_string()))
+    }
+
+    /// The commit and its repository, for questions about its history (see [`History`]).
+    pub fn history(&self) -> History {
+        History {
+            git_dir: self.repo.path().to_owned(),
+            commit: self.commit,
+        }
     }
 
     /// The commit id, shortened the way `git log --oneline` does.

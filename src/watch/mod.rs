@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::notify::{Event, EventKind, Notifier};
 use crate::plan::{Action, Scope};
 use crate::reconcile::{self, Next, World};
-use crate::source::{CommitInfo, SourceSpec};
+use crate::source::{CommitInfo, SourceError, SourceSpec};
 use metrics::{KindLabel, Metrics, ResultLabel};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -42,6 +42,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Longest a pass waits at a canary pause before it hands the loop back.
     pub max_wait: Duration,
+    /// Apply a head commit that does not descend from the last one applied.
+    pub allow_rewind: bool,
 }
 
 /// What the last cycle did, as `/api/v1/status` and the page show it.
@@ -49,7 +51,7 @@ pub struct Config {
 pub struct Cycle {
     /// The commit the cycle read (`None`: Git could not be read).
     pub commit: Option<String>,
-    /// `in sync`, `converged`, `waiting`, `locked`, `failed`, `quarantined`, `invalid`,
+    /// `in sync`, `converged`, `waiting`, `locked`, `failed`, `quarantined`, `invalid`, `refused`,
     /// `git failed`, `drift` (found, not corrected), `suspended`, `stopped`.
     pub outcome: String,
     pub error: Option<String>,
@@ -124,6 +126,11 @@ impl Shared {
         let c = &v.cycle;
         if c.finished_at == 0 {
             Some("no cycle has finished yet".into())
+        } else if c.outcome == "refused" {
+            Some(format!(
+                "the head commit is refused, no host was changed: {}",
+                c.error.as_deref().unwrap_or_default()
+            ))
         } else if c.outcome == "invalid" {
             Some(format!(
                 "the desired state at the head commit is invalid, no host was contacted: {}",
@@ -333,7 +340,8 @@ async fn cycle(
             let commit = match &e {
                 Error::Invalid { commit, .. }
                 | Error::NoRootFile { commit, .. }
-                | Error::Read { commit, .. } => Some(commit.clone()),
+                | Error::Read { commit, .. }
+                | Error::Source(SourceError::Untrusted { commit, .. }) => Some(commit.clone()),
                 _ => None,
             };
             let message = crate::error::chain(&e);
@@ -407,7 +415,9 @@ async fn cycle(
     state.last_commit = Some(commit.clone());
     state.last_pass = Some(started);
     state.due = None;
+    let was_refused = state.invalid.as_deref() == Some(commit.as_str());
     state.invalid = None;
+    let history = loaded.history.clone();
     let world = match crate::load::connect(loaded).await {
         Ok(world) => world,
         Err(e) => {
@@ -421,6 +431,33 @@ async fn cycle(
     *current.lock().expect("not poisoned") = Some(world.clone());
     if *stopping.borrow() {
         world.interrupt();
+    }
+    // A head commit that does not descend from the last one applied is refused like an invalid
+    // one: said once, nothing done until another commit.
+    if let Err(e) = reconcile::rewind::check(&world, &history, config.allow_rewind).await {
+        let message = crate::error::chain(&e);
+        *current.lock().expect("not poisoned") = None;
+        if e.bad_input() {
+            if !was_refused {
+                tracing::error!("head commit refused: {message}");
+            }
+            state.invalid = Some(commit.clone());
+            state.sync_failing(Some(&commit), &message);
+            finish(
+                shared,
+                state,
+                started,
+                Some(commit),
+                "refused",
+                Some(message),
+                true,
+                true,
+            );
+        } else {
+            tracing::error!("last applied commit not read: {message}");
+            hosts_failed(config, shared, state, started, commit, message);
+        }
+        return false;
     }
     // Suspended environments are only observed: their drift is reported, nothing is changed.
     let suspensions = match reconcile::suspensions(&world).await {
@@ -460,7 +497,16 @@ async fn cycle(
                 if resumed_at_sync && !config.self_heal {
                     report_drift(&scope, shared, &world).await
                 } else {
-                    act(config, &scope, shared, state, &world, resumed_at_sync).await
+                    act(
+                        config,
+                        &scope,
+                        shared,
+                        state,
+                        &world,
+                        &history,
+                        resumed_at_sync,
+                    )
+                    .await
                 }
             }
         };
@@ -503,6 +549,7 @@ async fn act(
     shared: &Shared,
     state: &mut Loop,
     world: &Arc<World>,
+    history: &crate::source::History,
     at_sync: bool,
 ) -> PassEnd {
     let options = reconcile::Options {
@@ -535,7 +582,10 @@ async fn act(
     let pass = async {
         shared.metrics.lease_held.set(1);
         shared.view().cycle.acting = true;
-        let result = reconcile::once(world.clone(), scope, options).await;
+        let result = match reconcile::rewind::guard(world, history, config.allow_rewind).await {
+            Ok(()) => reconcile::once(world.clone(), scope, options).await,
+            Err(e) => Err(e),
+        };
         shared.metrics.lease_held.set(0);
         result
     };

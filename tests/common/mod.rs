@@ -161,6 +161,8 @@ pub fn kube_free_command(cwd: &Path, args: &[&str]) -> Command {
         .args(args)
         .env_remove("KUBE_FREE_REPO")
         .env_remove("KUBE_FREE_LOG")
+        .env_remove("KUBE_FREE_VERIFY_SSH_SIGNERS")
+        .env_remove("KUBE_FREE_VERIFY_GPG_KEYRING")
         .env(
             "KUBE_FREE_CACHE_DIR",
             std::env::temp_dir().join("kube-free-test-cache"),

@@ -246,6 +246,22 @@ impl Ledger for FakeHost {
         Ok(())
     }
 
+    fn applied_file(&self) -> String {
+        "applied.json".into()
+    }
+
+    async fn read_applied(&self) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        Ok(self.fleet.lock().applied.get(&self.host).cloned())
+    }
+
+    async fn write_applied(&self, bytes: &[u8]) -> Result<(), LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        let mut s = self.fleet.lock();
+        s.applied.insert(self.host.clone(), bytes.to_vec());
+        Ok(())
+    }
+
     async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError> {
         self.fleet.unreachable(&self.host)?;
         let now = self.fleet.now();

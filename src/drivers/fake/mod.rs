@@ -119,6 +119,8 @@ struct State {
     records: BTreeMap<(String, String), Vec<u8>>,
     /// The suspensions file per balancer host.
     suspensions: BTreeMap<String, Vec<u8>>,
+    /// The last-applied file per balancer host.
+    applied: BTreeMap<String, Vec<u8>>,
     /// Lease per balancer host: (epoch, expires, run id).
     leases: BTreeMap<String, (u64, u64, String)>,
     behaviours: BTreeMap<String, Behaviour>,
