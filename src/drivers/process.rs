@@ -7,7 +7,7 @@
 
 use super::files::{read_file_cmd, remove_cmd, tail_cmd, write_record_cmd};
 use super::runtime::{Found, Running, StartSpec};
-use super::{run_ok, Cmd, Output, Runtime, RuntimeError, Transport, TransportError};
+use super::{run_ok, Cmd, Output, Runtime, RuntimeError, Transport};
 use crate::names::SlotRef;
 use crate::state::InstanceRecord;
 use std::sync::Arc;
@@ -43,6 +43,59 @@ pub fn start_cmd(dir: &str, log: &str, pid_file: &str, env: &str, argv: &[String
 pub fn stat_cmd(pid: u32) -> Cmd {
     // `|| true`-free: a missing file is a normal answer (exit 1, empty output).
     Cmd::read(["cat".to_owned(), format!("/proc/{pid}/stat")])
+}
+
+/// The processes of an instance: the live members of the session its leader `pid` started (by
+/// `setsid`, so `pid` is the session id), started no earlier than the leader (`start_ticks`),
+/// whether the leader still runs or not. A wrapper that did not `exec`, or children left by a
+/// leader that exited, are members; a process that calls `setsid` itself leaves the session. None
+/// when another process now has the leader's pid (it was reused). With `signal`, every member is
+/// sent it. Prints one pid per line.
+pub fn session_cmd(pid: u32, start_ticks: u64, signal: Option<&str>) -> Cmd {
+    let script = r#"sid=$1; ticks=$2; sig=$3; if read -r l 2>/dev/null <"/proc/$sid/stat"; then set -- ${l##*) }; [ "${20}" = "$ticks" ] || exit 0; fi; pids=; for f in /proc/[0-9]*/stat; do read -r l 2>/dev/null <"$f" || continue; set -- ${l##*) }; [ "$4" = "$sid" ] || continue; case $1 in Z|X) continue ;; esac; [ "${20}" -ge "$ticks" ] || continue; p=${f#/proc/}; pids="$pids ${p%/stat}"; done; if [ -n "$sig" ] && [ -n "$pids" ]; then kill -s "$sig" $pids 2>/dev/null || true; fi; for p in $pids; do echo "$p"; done"#;
+    let words = [
+        "sh".to_owned(),
+        "-c".to_owned(),
+        script.to_owned(),
+        "kube-free-session".to_owned(),
+        pid.to_string(),
+        start_ticks.to_string(),
+        signal.unwrap_or_default().to_owned(),
+    ];
+    match signal {
+        Some(_) => Cmd::change(words),
+        None => Cmd::read(words),
+    }
+}
+
+/// The TCP sockets listening on `port` (IPv4 and IPv6) that no member of the instance's session
+/// ([`session_cmd`]) holds: prints `inode` lines for them, after `pid PID` lines for every process
+/// that holds one and can be seen (all of them as root; a user sees its own). Nothing when the
+/// instance alone listens there, or nobody does.
+/// Without an instance (`None`), every socket listening on `port` is a stranger's.
+pub fn strangers_cmd(instance: Option<(u32, u64)>, port: u16) -> Cmd {
+    // No process has the largest pid as its session id.
+    let (pid, start_ticks) = instance.unwrap_or((u32::MAX, 0));
+    let script = r#"port=$(printf ':%04X' "$3"); listening=$(awk -v p="$port" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null | sort -u); [ -n "$listening" ] || exit 0; ours=$(for p in $(sh -c "$4" kube-free-session "$1" "$2" ""); do ls -l "/proc/$p/fd" 2>/dev/null; done | sed -n 's/.*socket:\[\([0-9]*\)\].*/\1/p' | sort -u); others=; for i in $listening; do case " $(echo $ours) " in *" $i "*) ;; *) others="$others $i" ;; esac; done; [ -n "$others" ] || exit 0; for i in $others; do find /proc/[0-9]*/fd -lname "socket:\[$i\]" 2>/dev/null | sed 's|^/proc/\([0-9]*\)/.*|pid \1|'; echo "inode $i"; done | sort -u"#;
+    let session = match &session_cmd(pid, start_ticks, None).argv[..] {
+        [_, _, script, ..] => script.clone(),
+        _ => unreachable!("session_cmd is sh -c SCRIPT …"),
+    };
+    Cmd::read([
+        "sh".to_owned(),
+        "-c".to_owned(),
+        script.to_owned(),
+        "kube-free-listeners".to_owned(),
+        pid.to_string(),
+        start_ticks.to_string(),
+        port.to_string(),
+        session,
+    ])
+}
+
+/// The pids [`session_cmd`] printed.
+pub fn parse_pids(text: &str) -> Vec<u32> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 /// Signals the instance's whole process group (it leads its own session and group, by `setsid`), so
@@ -150,6 +203,39 @@ impl ProcessRuntime {
         SlotRef::new(env, app, self.t().host(), slot)
     }
 
+    /// [`strangers_cmd`]: `None` when no one but the instance listens on `port`, else the pids seen.
+    async fn listeners(
+        &self,
+        instance: Option<(u32, u64)>,
+        port: u16,
+    ) -> Result<Option<Vec<u32>>, RuntimeError> {
+        let out = run_ok(self.t(), &strangers_cmd(instance, port), TIMEOUT).await?;
+        let out = out.stdout_text();
+        if out.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            out.lines()
+                .filter_map(|l| l.strip_prefix("pid ")?.parse().ok())
+                .collect(),
+        ))
+    }
+
+    /// The pids of the instance of `record` ([`session_cmd`]), each sent `signal` when given.
+    async fn members(
+        &self,
+        record: &InstanceRecord,
+        signal: Option<&str>,
+    ) -> Result<Vec<u32>, RuntimeError> {
+        let out = run_ok(
+            self.t(),
+            &session_cmd(record.pid, record.start_ticks, signal),
+            TIMEOUT,
+        )
+        .await?;
+        Ok(parse_pids(&out.stdout_text()))
+    }
+
     /// The process a slot's pid file names (pid and start time), shaped as a record of the slot;
     /// `None` when there is no pid file. Whether it still runs is `is_alive`'s to say.
     async fn pid_file_record(&self, at: &SlotRef) -> Result<Option<InstanceRecord>, RuntimeError> {
@@ -232,23 +318,10 @@ impl Runtime for ProcessRuntime {
             .flatten())
     }
 
-    /// Whether the process of `record` is alive and is the one that was started (not a reused pid).
+    /// Whether a process of the instance of `record` still runs: its leader (the one that was
+    /// started, not a reused pid) or anything else of its session ([`session_cmd`]).
     async fn is_alive(&self, record: &InstanceRecord) -> Result<bool, RuntimeError> {
-        let out = self.t().run(&stat_cmd(record.pid), TIMEOUT).await?;
-        match out.status {
-            Some(0) => Ok(
-                matches!(parse_stat(&out.stdout_text()), Some((state, start)) if state != 'Z' && state != 'X' && start == record.start_ticks),
-            ),
-            // `cat` of a missing /proc entry: no such process.
-            Some(1) => Ok(false),
-            status => Err(TransportError::Failed {
-                host: self.t().host().to_owned(),
-                cmd: stat_cmd(record.pid).to_string(),
-                status,
-                stderr: out.stderr_text(),
-            }
-            .into()),
-        }
+        Ok(!self.members(record, None).await?.is_empty())
     }
 
     /// The process a slot's pid file names, when it still runs (same start time), with its command
@@ -291,6 +364,21 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, spec: &StartSpec) -> Result<InstanceRecord, RuntimeError> {
         let at = &spec.at;
         self.stop_orphan(at, spec.stop_timeout).await?;
+        if let Some(pids) = self.listeners(None, spec.port).await? {
+            return Err(RuntimeError::PortTaken {
+                host: self.t().host().to_owned(),
+                slot: at.slot.clone(),
+                port: spec.port,
+                pids: match &pids[..] {
+                    [] => "unknown".to_owned(),
+                    pids => pids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+            });
+        }
         let env = spec.launch.env_lines(&at.app)?;
         let argv = spec.launch.command.clone();
         let dir = crate::state::app_dir(&self.state_dir, &at.env, &at.app);
@@ -355,9 +443,9 @@ impl Runtime for ProcessRuntime {
                 slot: record.slot.clone(),
             });
         }
-        if self.is_alive(record).await? {
-            // The process may exit between the check and the signal: `kill` failing then is fine.
-            t.run(&kill_cmd(record.pid, "TERM"), TIMEOUT).await?;
+        // Every process of the instance, the leader or not (a process may exit between the
+        // listing and the signal: that is fine).
+        if !self.members(record, Some("TERM")).await?.is_empty() {
             let deadline = tokio::time::Instant::now() + stop_timeout;
             while self.is_alive(record).await? {
                 if tokio::time::Instant::now() >= deadline {
@@ -366,7 +454,7 @@ impl Runtime for ProcessRuntime {
                         pid = record.pid,
                         "instance did not stop within stop_timeout; sending SIGKILL"
                     );
-                    t.run(&kill_cmd(record.pid, "KILL"), TIMEOUT).await?;
+                    self.members(record, Some("KILL")).await?;
                     let gone = tokio::time::Instant::now() + Duration::from_secs(5);
                     while self.is_alive(record).await? {
                         if tokio::time::Instant::now() >= gone {
@@ -386,6 +474,14 @@ impl Runtime for ProcessRuntime {
         run_ok(t, &remove_cmd(&self.file(&at)), TIMEOUT).await?;
         run_ok(t, &remove_cmd(&self.pid_file(&at)), TIMEOUT).await?;
         Ok(())
+    }
+
+    async fn strangers_on_port(
+        &self,
+        record: &InstanceRecord,
+    ) -> Result<Option<Vec<u32>>, RuntimeError> {
+        self.listeners(Some((record.pid, record.start_ticks)), record.port)
+            .await
     }
 
     async fn logs(&self, at: &SlotRef, lines: u32) -> Result<(String, String), RuntimeError> {
@@ -532,6 +628,145 @@ mod tests {
         for var in ["PATH=/nonexistent", "log=/nonexistent/log", "kf_kv=mine"] {
             assert!(running.environ.contains(&var.to_owned()), "{var}");
         }
+        rt.stop(&record, Duration::from_secs(5)).await.unwrap();
+    }
+
+    /// A wrapper that did not `exec` its app, whose leader is gone: its children still run, so the
+    /// instance is alive, and a stop ends every one of them.
+    #[tokio::test]
+    async fn a_stop_ends_the_whole_session_even_without_its_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path().to_str().unwrap());
+        let spec = StartSpec {
+            at: slot("green"),
+            version: "1".into(),
+            revision: "abc".into(),
+            port: 1,
+            launch: Launch {
+                env: vec![],
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "sleep 300 & sleep 301 & wait".into(),
+                ],
+                container: None,
+            },
+            stop_timeout: Duration::from_secs(5),
+        };
+        let record = rt.start(&spec).await.unwrap();
+        let members = rt.members(&record, None).await.unwrap();
+        assert_eq!(members.len(), 3, "{members:?}");
+        assert!(members.contains(&record.pid), "{members:?}");
+        // The leader dies alone; its children carry on, and so does the instance.
+        rt.t()
+            .run(
+                &Cmd::change(["kill", "-s", "KILL", &record.pid.to_string()]),
+                TIMEOUT,
+            )
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while rt
+            .members(&record, None)
+            .await
+            .unwrap()
+            .contains(&record.pid)
+        {
+            assert!(std::time::Instant::now() < deadline, "the leader lives on");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let children = rt.members(&record, None).await.unwrap();
+        assert_eq!(children.len(), 2, "{children:?}");
+        assert!(rt.is_alive(&record).await.unwrap());
+        rt.stop(&record, Duration::from_secs(5)).await.unwrap();
+        assert!(!rt.is_alive(&record).await.unwrap());
+        for pid in children {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            assert!(
+                stat.is_empty() || parse_stat(&stat).is_some_and(|(s, _)| s == 'Z'),
+                "child {pid} survived the stop: {stat}"
+            );
+        }
+        // Another session's processes are never members (this test's own, for one).
+        let me = InstanceRecord {
+            pid: std::process::id(),
+            start_ticks: 0,
+            ..record
+        };
+        assert!(rt.members(&me, None).await.unwrap().is_empty());
+    }
+
+    /// Who else listens on an instance's port: nobody while it listens alone (or nobody does);
+    /// a process of another session (here this test's own) is named.
+    #[tokio::test]
+    async fn strangers_on_the_port_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path().to_str().unwrap());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = |at: &str| {
+            StartSpec {
+            at: slot(at),
+            version: "1".into(),
+            revision: "abc".into(),
+            port,
+            launch: Launch {
+                env: vec![],
+                command: vec![
+                    "perl".into(),
+                    "-MIO::Socket::INET".into(),
+                    "-e".into(),
+                    "$s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => shift, Listen => 5) or die $!; sleep 30".into(),
+                    port.to_string(),
+                ],
+                container: None,
+            },
+            stop_timeout: Duration::from_secs(5),
+        }
+        };
+        let record = rt.start(&listen("blue")).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the instance never listened: {}",
+                std::fs::read_to_string(dir.path().join("test/sleeper/blue.log"))
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(rt.strangers_on_port(&record).await.unwrap(), None);
+        rt.stop(&record, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(rt.strangers_on_port(&record).await.unwrap(), None);
+        // An old server holds the port: nothing starts there, and the error says who holds it.
+        let stranger = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let err = rt.start(&listen("green")).await.unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::PortTaken { .. }) && !err.by_the_instance(),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("(pids {})", std::process::id())),
+            "{err}"
+        );
+        // An instance that does not listen (yet) while the old server does: its probes would
+        // reach the old one.
+        let mut quiet = listen("green");
+        quiet.port = 1;
+        quiet.launch.command = vec!["sleep".into(), "30".into()];
+        let record = InstanceRecord {
+            port,
+            ..rt.start(&quiet).await.unwrap()
+        };
+        assert_eq!(
+            rt.strangers_on_port(&record).await.unwrap(),
+            Some(vec![std::process::id()])
+        );
+        drop(stranger);
         rt.stop(&record, Duration::from_secs(5)).await.unwrap();
     }
 

@@ -174,6 +174,17 @@ pub trait Runtime: Send + Sync {
     /// [`Runtime::logs_cmd`] without `follow`).
     async fn logs(&self, at: &SlotRef, lines: u32) -> Result<(String, String), RuntimeError>;
 
+    /// Who listens on the instance's port on its host: `Ok(None)` when only the instance does (or
+    /// nobody yet, or the runtime cannot tell), `Ok(Some(pids))` when processes that are not of the
+    /// instance listen there too (a stale server that outlived its stop, say), so that a probe that
+    /// passes may have been answered by them.
+    async fn strangers_on_port(
+        &self,
+        _record: &InstanceRecord,
+    ) -> Result<Option<Vec<u32>>, RuntimeError> {
+        Ok(None)
+    }
+
     /// Makes `image` available on the host before anything is started or stopped for it (pulls
     /// it; with `always` false only when the host does not have it). Runtimes that run no images
     /// have nothing to do.
@@ -218,6 +229,15 @@ impl Kind {
 pub enum RuntimeError {
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// Something else listens on the slot's port before the instance starts: not the version's
+    /// fault, and starting it would fail or share the port.
+    #[error("host {host:?}: port {port} of slot {slot} is already listened on (pids {pids}), by no instance kube-free knows")]
+    PortTaken {
+        host: String,
+        slot: String,
+        port: u16,
+        pids: String,
+    },
     #[error("host {host:?}: `{command}`: the process exited at once; end of {log}:\n{tail}")]
     ExitedAtOnce {
         host: String,

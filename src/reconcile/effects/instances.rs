@@ -187,6 +187,15 @@ impl Live {
                 Ok(()) => {
                     passes += 1;
                     if passes >= probe.healthy_after {
+                        // The answers were the instance's own only if nothing else listens there.
+                        if let Some(pids) = runtime.strangers_on_port(&record).await? {
+                            return Err(Trouble::PortShared {
+                                host: at.host.clone(),
+                                port: record.port,
+                                pids,
+                            }
+                            .into());
+                        }
                         return Ok(());
                     }
                 }

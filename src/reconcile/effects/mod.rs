@@ -69,6 +69,12 @@ pub enum Trouble {
         server: crate::names::ServerKey,
         label: Option<String>,
     },
+    #[error("port {port} on {host} is also listened on by processes that are not of this instance (pids {}: an old server that outlived its stop, or one that left its session); its probes may have been answered by them", if .pids.is_empty() { "unknown".to_owned() } else { .pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ") })]
+    PortShared {
+        host: String,
+        port: u16,
+        pids: Vec<u32>,
+    },
     #[error("{env}/{app} is not a canary")]
     NotCanary { env: String, app: String },
     #[error(transparent)]
@@ -107,6 +113,7 @@ impl Blame for Trouble {
             | Trouble::NoServer { .. }
             | Trouble::NotInMaint { .. }
             | Trouble::NotCanary { .. }
+            | Trouble::PortShared { .. }
             | Trouble::Refused(_) => Fault::Host,
         }
     }
