@@ -109,6 +109,33 @@ pub fn check_cmd(path: &str, run_id: &str, epoch: u64) -> Cmd {
     }
 }
 
+/// Exit status of a command refused by [`fenced_cmd`].
+pub const FENCED: i32 = 97;
+
+/// `cmd`, run only if `run_id` still holds the lease in `path` at `epoch`: the check is made on
+/// the host, under the lease's `flock`, in the same command that then `exec`s `cmd` (so no step
+/// of a run whose lease passed to another can land between a check and its change). Refused with
+/// exit [`FENCED`] and the lock file's line on stderr.
+pub fn fenced_cmd(path: &str, run_id: &str, epoch: u64, cmd: &Cmd) -> Cmd {
+    let mut argv = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!(
+            r#"f=$1; exec 9>>"$f.mutex"; flock -w 10 9; now=$(date +%s); epoch=0; expires=0; run=-; if [ -s "$f" ]; then read -r epoch expires run rest <"$f" || true; fi; if [ "$run" != "$2" ] || [ "$epoch" != "$3" ] || [ "$expires" -le "$now" ]; then echo "fenced: the lease on this host is not this run's any more (lock: $epoch $expires $run)" >&2; exit {FENCED}; fi; exec 9>&-; shift 3; exec "$@""#
+        ),
+        "kube-free-fenced".to_owned(),
+        path.to_owned(),
+        run_id.to_owned(),
+        epoch.to_string(),
+    ];
+    argv.extend(cmd.argv.iter().cloned());
+    Cmd {
+        argv,
+        stdin: cmd.stdin.clone(),
+        changes: cmd.changes,
+    }
+}
+
 /// Removes the lease if `run_id` holds it.
 pub fn release_cmd(path: &str, run_id: &str) -> Cmd {
     let script = format!("{PRELUDE}if [ \"$run\" = \"$2\" ]; then rm -f \"$f\"; fi; echo released");

@@ -15,6 +15,7 @@ pub mod balancer;
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+pub mod fenced;
 pub mod files;
 pub mod haproxy;
 pub mod lease;
@@ -145,6 +146,9 @@ pub enum TransportError {
     },
     #[error("host {host:?}: `{cmd}` printed more than {} MiB", OUTPUT_LIMIT >> 20)]
     TooMuchOutput { host: String, cmd: String },
+    /// A change refused on the host: this run does not hold the lease there any more.
+    #[error("host {host:?}: {message}")]
+    Fenced { host: String, message: String },
     #[error("host {host:?}: {message}")]
     Process { host: String, message: String },
     #[error("host {host:?}: {what}")]

@@ -1,6 +1,9 @@
-//! The lease of a run, on every balancer host in use: taken before anything changes (waiting up to
-//! `--lock-wait` for another run's), renewed by a heartbeat, checked before every step that changes
-//! something (fencing: a run that lost it changes nothing more), and given back at the end.
+//! The lease of a run, on every host it may change (the balancer hosts in use, and the app hosts:
+//! what a run changes is locked, so two runs whose environments moved to other balancers, or two
+//! repositories that share app hosts, never act on the same slots): taken before anything changes
+//! (waiting up to `--lock-wait` for another run's), renewed by a heartbeat, checked before every
+//! step that changes something, and on an app host by the changing command itself (fencing: a run
+//! that lost it changes nothing more), and given back at the end.
 //! [`leased`] wraps work in all of that.
 
 use super::{ReconcileError, World};
@@ -59,8 +62,10 @@ impl World {
             holder_host: me,
             pid: std::process::id(),
         };
-        for host in self.desired.balancer_hosts() {
-            let ledger = self.drivers.ledgers[host].as_ref();
+        // In one order for every run (by name), so that two runs never wait for each other.
+        for (host, ledger) in &self.drivers.ledgers {
+            let host = host.as_str();
+            let ledger = ledger.as_ref();
             loop {
                 let answer = match ledger.lease(&op).await {
                     Ok(answer) => answer,
@@ -72,6 +77,9 @@ impl World {
                 match answer {
                     Answer::Held { epoch, .. } => {
                         tracing::info!(%host, epoch, run = %self.run_id, "lease taken");
+                        if let Some(fence) = self.drivers.fences.get(host) {
+                            fence.set(&self.run_id, epoch);
+                        }
                         self.leases
                             .lock()
                             .expect("not poisoned")
@@ -160,6 +168,9 @@ impl World {
             run_id: self.run_id.clone(),
         };
         for (host, _) in held {
+            if let Some(fence) = self.drivers.fences.get(&host) {
+                fence.clear();
+            }
             if let Err(e) = self.drivers.ledgers[&host].lease(&op).await {
                 tracing::warn!(%host, error = %crate::error::chain(&e), "lease not released; it expires by itself");
             }

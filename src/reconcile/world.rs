@@ -8,6 +8,8 @@ use super::{Clock, ReconcileError, SystemClock};
 use crate::desired::{ContainerCli, DesiredState, Transport as HostTransport};
 use crate::drivers::balancer::for_balancer;
 use crate::drivers::docker::ContainerRuntime;
+use crate::drivers::fenced::{Fence, FencedTransport};
+use crate::drivers::lease::lock_file;
 use crate::drivers::ledger::HostLedger;
 use crate::drivers::local::LocalTransport;
 use crate::drivers::probe::HttpProber;
@@ -32,8 +34,12 @@ pub struct Drivers {
     pub runtimes: BTreeMap<(String, Kind), Arc<dyn Runtime>>,
     /// The balancers in use, by name.
     pub balancers: BTreeMap<String, Arc<dyn Balancer>>,
-    /// The ledgers of the balancer hosts in use, by host.
+    /// The ledgers of the hosts a run takes the lease on, by host: the balancer hosts in use (where
+    /// records live too) and, with real drivers, the app hosts (whose changes the lease fences).
     pub ledgers: BTreeMap<String, Arc<dyn Ledger>>,
+    /// The fences of the app hosts' runtimes ([`FencedTransport`]), by host: set to this run's
+    /// lease when it takes the lease there.
+    pub fences: BTreeMap<String, Arc<Fence>>,
     pub prober: Arc<dyn Prober>,
     pub clock: Arc<dyn Clock>,
 }
@@ -46,7 +52,7 @@ pub struct World {
     pub(super) drivers: Drivers,
     /// Set by SIGTERM/SIGINT: start no new step, end pauses, finish the current steps.
     interrupted: AtomicBool,
-    /// Leases this run holds: (balancer host, epoch).
+    /// Leases this run holds: (host, epoch).
     pub(super) leases: Mutex<Vec<(String, u64)>>,
     /// This run's id in lock files.
     pub(super) run_id: String,
@@ -268,7 +274,26 @@ impl World {
 /// driver of each balancer's kind, a ledger on every balancer host, HTTP probes, the machine's
 /// clock; of the hosts in `hosts` only.
 fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transport>>) -> Drivers {
-    let here = |h: &&str| hosts.contains_key(*h);
+    let connected: BTreeSet<String> = hosts.keys().cloned().collect();
+    let here = |h: &&str| connected.contains(*h);
+    // The runtimes reach their hosts through the host's fence; the ledgers and balancers do not.
+    let fences: BTreeMap<String, Arc<Fence>> = desired
+        .app_hosts()
+        .into_iter()
+        .filter(here)
+        .map(|h| (h.to_owned(), Fence::new(lock_file(desired.state_dir(h)))))
+        .collect();
+    let raw = hosts;
+    let hosts: BTreeMap<String, Arc<dyn Transport>> = raw
+        .iter()
+        .map(|(h, t)| {
+            let t = match fences.get(h) {
+                Some(fence) => Arc::new(FencedTransport::new(t.clone(), fence.clone())) as _,
+                None => t.clone(),
+            };
+            (h.clone(), t)
+        })
+        .collect();
     let mut runtimes: BTreeMap<(String, Kind), Arc<dyn Runtime>> = BTreeMap::new();
     for h in desired.app_hosts().into_iter().filter(here) {
         let r: Arc<dyn Runtime> =
@@ -323,25 +348,27 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
         .into_iter()
         .filter(|b| hosts.contains_key(&desired.balancers[*b].host))
         .map(|b| {
-            let transport = hosts[&desired.balancers[b].host].clone();
+            let transport = raw[&desired.balancers[b].host].clone();
             (b.to_owned(), for_balancer(desired, b, transport))
         })
         .collect();
     let ledgers = desired
         .balancer_hosts()
         .into_iter()
+        .chain(desired.app_hosts())
         .filter(here)
         .map(|h| {
             let l: Arc<dyn Ledger> =
-                Arc::new(HostLedger::new(hosts[h].clone(), desired.state_dir(h)));
+                Arc::new(HostLedger::new(raw[h].clone(), desired.state_dir(h)));
             (h.to_owned(), l)
         })
         .collect();
     Drivers {
-        hosts,
+        hosts: raw,
         runtimes,
         balancers,
         ledgers,
+        fences,
         prober: Arc::new(HttpProber::default()),
         clock: Arc::new(SystemClock),
     }

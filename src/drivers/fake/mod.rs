@@ -260,6 +260,7 @@ impl Fleet {
                 .into_iter()
                 .map(|h| (h.to_owned(), Arc::new(host(h)) as Arc<dyn Ledger>))
                 .collect(),
+            fences: BTreeMap::new(),
             prober: self.clone(),
             clock: self.clone(),
         }
