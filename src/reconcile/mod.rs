@@ -96,6 +96,9 @@ pub enum ReconcileError {
         #[source]
         source: LedgerError,
     },
+    /// Every write of a rollout record found it changed since it was read, `tries` times.
+    #[error("rollout record {path} changed under every one of {tries} writes (another run or gate keeps writing it); nothing was written; try again")]
+    RecordContended { path: String, tries: usize },
 }
 
 impl From<RewindError> for ReconcileError {

@@ -147,7 +147,13 @@ struct State {
     /// Fractions of requests not yet counted, per server.
     carry: BTreeMap<(String, ServerKey), f64>,
     last_traffic: Option<tokio::time::Instant>,
+    /// Another writer that comes first, once: just before a rollout record write whose new record
+    /// `.0` accepts is compared, `.1` changes the stored record (see [`Fleet::meanwhile`]).
+    meanwhile: Option<(RecordTest, RecordChange)>,
 }
+
+type RecordTest = Box<dyn Fn(&crate::state::RolloutRecord) -> bool + Send>;
+type RecordChange = Box<dyn FnOnce(&mut crate::state::RolloutRecord) + Send>;
 
 /// How often the fake balancer checks a server's health: a server that leaves maintenance is UP at
 /// once, as HAProxy reports it, but its check has no result until then.
@@ -443,6 +449,17 @@ impl Fleet {
         let s = self.lock();
         let bytes = s.records.get(&(env.to_owned(), app.to_owned()))?;
         serde_json::from_slice(bytes).ok()
+    }
+
+    /// Once, at the next write of a rollout record whose new content `when` accepts, `change` is
+    /// made to the stored record just before that write is compared with what its writer read: as
+    /// if another process (`kube-free abort`, say) wrote between the writer's read and its write.
+    pub fn meanwhile(
+        &self,
+        when: impl Fn(&crate::state::RolloutRecord) -> bool + Send + 'static,
+        change: impl FnOnce(&mut crate::state::RolloutRecord) + Send + 'static,
+    ) {
+        self.lock().meanwhile = Some((Box::new(when), Box::new(change)));
     }
 
     /// Removes the rollout record of `env`/`app` (lost, or never written).
