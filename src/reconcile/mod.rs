@@ -27,7 +27,7 @@ mod world;
 mod tests;
 
 pub use gates::{abort, promote, retry, GateError};
-pub use lease::{leased, LeaseLoss};
+pub use lease::{leased, LeaseLoss, MIN_TTL as MIN_LEASE_TTL};
 pub use pass::{once, preview, rollout_of, Outcome};
 pub use rewind::RewindError;
 pub use suspend::{

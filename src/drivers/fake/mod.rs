@@ -403,6 +403,21 @@ impl Fleet {
         }
     }
 
+    /// Run `run` holds the lease on `host` for `secs` more (epoch one higher than any before).
+    pub fn hold_lease(&self, host: &str, run: &str, secs: u64) {
+        let now = self.now();
+        let mut s = self.lock();
+        let epoch = s.leases.get(host).map_or(1, |l| l.0 + 1);
+        s.leases
+            .insert(host.to_owned(), (epoch, now + secs, run.to_owned()));
+    }
+
+    /// The lease on `host`: (epoch, expires, run id), and the fleet's clock now.
+    pub fn lease_on(&self, host: &str) -> (Option<(u64, u64, String)>, u64) {
+        let now = self.now();
+        (self.lock().leases.get(host).cloned(), now)
+    }
+
     /// The balancer restarts its counters (a reload).
     pub fn reset_counters(&self) {
         let mut s = self.lock();
