@@ -3,7 +3,8 @@
 //! `reconcile --once` (its pause reads and writes the record) when `kube-free abort` is run: the
 //! abort wins, whatever the order of their writes, and traffic goes back to the old version. The
 //! race itself is made deterministic on the fakes (`src/reconcile/tests/canary.rs`); the script's
-//! swap is tested on this machine's `sh` in `src/drivers/files.rs`.
+//! swap is tested on this machine's `sh` in `src/drivers/files.rs`. And the lease's shortest
+//! `--lease-ttl`.
 
 mod common;
 use common::*;
@@ -157,4 +158,32 @@ fn an_abort_while_a_canary_pause_runs_wins_and_the_old_version_serves_again() {
         .stderr_has("quarantined");
     assert_eq!(s.record().unwrap()["phase"], "aborted");
     assert!(s.serving().contains("1.0"), "{}", s.serving());
+}
+
+#[test]
+fn a_lease_ttl_below_five_seconds_is_refused_before_anything_is_read() {
+    for args in [
+        &["reconcile", "--once", "--lease-ttl", "4s"][..],
+        &["watch", "--lease-ttl", "4999ms", "--interval", "1m"],
+    ] {
+        kube_free(args)
+            .code(2)
+            .stderr_has("is shorter than 5s: the lease is renewed every quarter of it");
+    }
+    // 5 s passes the option; this then fails on the repository that is not there.
+    kube_free(&[
+        "reconcile",
+        "--once",
+        "--lease-ttl",
+        "5s",
+        "--repo",
+        "/nonexistent/kube-free-repo",
+    ])
+    .stderr_lacks("is shorter than");
+    kube_free(&["reconcile", "--help"])
+        .code(0)
+        .stdout_has("5s at least");
+    kube_free(&["watch", "--help"])
+        .code(0)
+        .stdout_has("(5s at least)");
 }
