@@ -254,10 +254,11 @@ pub struct ReconcileArgs {
     /// Default: do not wait.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
     pub lock_wait: std::time::Duration,
-    /// How long the lease (`<state_dir>/lock` on each balancer host) lasts at least without renewal.
-    /// A run renews it every quarter of this; the lease of a run that died is taken over once it
+    /// How long the lease (`<state_dir>/lock` on each balancer host) lasts at least without renewal;
+    /// 5s at least. A run renews it every quarter of this and stops at once when a renewal finds it
+    /// lost (or none succeeded for half of it); the lease of a run that died is taken over once it
     /// expired.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_lease_ttl, default_value = "30s")]
     pub lease_ttl: std::time::Duration,
     /// Apply a commit that does not descend from the last one applied (recorded on every
     /// balancer host): a branch rewound by a force-push. Without it such a commit is refused
@@ -298,9 +299,9 @@ pub struct WatchArgs {
     /// Most steps running at once (across hosts).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
-    /// How long the lease lasts at least without renewal; a watcher that died is taken over by
-    /// another once it expired.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    /// How long the lease lasts at least without renewal (5s at least); a watcher that died is
+    /// taken over by another once it expired.
+    #[arg(long, value_name = "DURATION", value_parser = parse_lease_ttl, default_value = "30s")]
     pub lease_ttl: std::time::Duration,
     /// Apply a head commit that does not descend from the last one applied (a force-push that
     /// went back). Without it, the watcher says so once and deploys nothing until a commit that
@@ -318,6 +319,20 @@ fn parse_period(text: &str) -> Result<std::time::Duration, String> {
     let d = parse_duration(text)?;
     if d < std::time::Duration::from_secs(1) {
         return Err(format!("{text:?} is shorter than 1s"));
+    }
+    Ok(d)
+}
+
+/// A lease's time to live: at least [`crate::reconcile::MIN_LEASE_TTL`], since it is renewed every
+/// quarter of it, each renewal a round trip to every balancer host.
+fn parse_lease_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(text)?;
+    let min = crate::reconcile::MIN_LEASE_TTL;
+    if d < min {
+        return Err(format!(
+            "{text:?} is shorter than {}: the lease is renewed every quarter of it, each renewal a round trip to every balancer host",
+            crate::desired::duration::format(min)
+        ));
     }
     Ok(d)
 }

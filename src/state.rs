@@ -1,5 +1,6 @@
 //! State kept on hosts: the instance file that records what kube-free started in a slot, and where
-//! kube-free's files live under a host's `state_dir`. Written atomically (temp file, fsync, rename).
+//! kube-free's files live under a host's `state_dir`. Written atomically (temp file, fsync, rename);
+//! a rollout record is replaced only if it is still what was read ([`Revision`], compare-and-swap).
 
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +183,42 @@ pub struct RolloutRecord {
     /// The bake in progress (or passed) after traffic moved to this version.
     #[serde(default)]
     pub bake: Option<Bake>,
+    /// What the file held when this record was read (or last written): a write replaces the
+    /// file only if it still holds that (compare-and-swap). Not part of the file.
+    #[serde(skip)]
+    pub stored: Revision,
+}
+
+/// The revision of a file kube-free shares between runs (a rollout record), as one run read it: a
+/// SHA-256 digest of its bytes, or none when there was no file (or an empty one). A write that
+/// expects a revision replaces the file only while it still has it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Revision(Option<String>);
+
+impl Revision {
+    /// The revision of a file holding `bytes` (`None` or empty: no file).
+    pub fn of(bytes: Option<&[u8]>) -> Revision {
+        use sha2::Digest;
+        Revision(
+            bytes
+                .filter(|b| !b.is_empty())
+                .map(|b| hex::encode(sha2::Sha256::digest(b))),
+        )
+    }
+
+    /// How a remote command names it: the hex digest, or `absent`.
+    pub fn as_arg(&self) -> &str {
+        self.0.as_deref().unwrap_or("absent")
+    }
+}
+
+impl std::fmt::Display for Revision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(digest) => write!(f, "sha256:{}", &digest[..12]),
+            None => f.write_str("no file"),
+        }
+    }
 }
 
 impl RolloutRecord {

@@ -1,7 +1,9 @@
 //! Commands on files of a host, for every driver: read (nothing when absent), write atomically (temp
-//! file beside it, fsync, rename), remove, and the end of a log (followed or not). Pure functions returning [`Cmd`].
+//! file beside it, fsync, rename), write only if unchanged since read (compare-and-swap under a
+//! lock), remove, and the end of a log (followed or not). Pure functions returning [`Cmd`].
 
 use super::Cmd;
+use crate::state::Revision;
 
 /// Prints a file; prints nothing (and succeeds) when there is no such file.
 pub fn read_file_cmd(path: &str) -> Cmd {
@@ -24,6 +26,43 @@ pub fn write_file_cmd(path: &str, content: &[u8]) -> Cmd {
 /// rollouts) as [`write_file_cmd`] does, and makes that directory its owner's only (0700).
 pub fn write_record_cmd(path: &str, content: &[u8]) -> Cmd {
     write_cmd(path, content, "600", r#"chmod 700 "$d"; "#)
+}
+
+/// What [`swap_record_cmd`] printed: whether it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Swap {
+    /// The file still had the revision expected, and now holds the new content.
+    Written,
+    /// The file changed since it was read (another writer came first): nothing was written.
+    Changed,
+}
+
+/// Writes a record as [`write_record_cmd`] does, but only if it still has the revision `expected`
+/// (the SHA-256 digest of the bytes read, or `absent`: no file, or an empty one): the content is
+/// first copied to a temp file, then, under `flock` on `mutex` (the lease's, so that every
+/// read-check-write on that host is serialized), the digest is compared and the temp file renamed
+/// over the record, or removed. Prints `written` or `changed` ([`parse_swap`]).
+pub fn swap_record_cmd(path: &str, mutex: &str, expected: &Revision, content: &[u8]) -> Cmd {
+    let script = r#"set -e; d=$(dirname "$1"); mkdir -p "$d"; chmod 700 "$d"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 600 "$tmp"; sync "$tmp"; exec 9>>"$2"; flock -w 10 9; now=absent; if [ -s "$1" ]; then now=$(sha256sum <"$1"); now=${now%% *}; fi; if [ "$now" != "$3" ]; then rm -f "$tmp"; echo changed; exit 0; fi; mv -f "$tmp" "$1"; echo written"#;
+    Cmd::change([
+        "sh",
+        "-c",
+        script,
+        "kube-free-swap",
+        path,
+        mutex,
+        expected.as_arg(),
+    ])
+    .with_stdin(content)
+}
+
+/// What [`swap_record_cmd`] said; `None` for anything else.
+pub fn parse_swap(stdout: &str) -> Option<Swap> {
+    match stdout.trim() {
+        "written" => Some(Swap::Written),
+        "changed" => Some(Swap::Changed),
+        _ => None,
+    }
 }
 
 /// Writes a file that a server running as another user reads (a balancer's configuration or
@@ -76,6 +115,21 @@ mod tests {
             .to_string()
             .contains("chmod 644"));
         assert!(write_file_cmd("/x", b"").changes);
+        let rev = Revision::of(Some(b"{}"));
+        assert_eq!(
+            swap_record_cmd("/s/r/a.json", "/s/lock.mutex", &rev, b"{ }").to_string(),
+            format!(
+                r#"sh -c 'set -e; d=$(dirname "$1"); mkdir -p "$d"; chmod 700 "$d"; tmp=$(mktemp "$1.XXXXXX"); cat >"$tmp"; chmod 600 "$tmp"; sync "$tmp"; exec 9>>"$2"; flock -w 10 9; now=absent; if [ -s "$1" ]; then now=$(sha256sum <"$1"); now=${{now%% *}}; fi; if [ "$now" != "$3" ]; then rm -f "$tmp"; echo changed; exit 0; fi; mv -f "$tmp" "$1"; echo written' kube-free-swap /s/r/a.json /s/lock.mutex {}"#,
+                rev.as_arg()
+            )
+        );
+        assert!(swap_record_cmd("/x", "/m", &Revision::default(), b"")
+            .to_string()
+            .ends_with(" /x /m absent"));
+        assert!(swap_record_cmd("/x", "/m", &rev, b"").changes);
+        assert_eq!(parse_swap("written\n"), Some(Swap::Written));
+        assert_eq!(parse_swap("changed"), Some(Swap::Changed));
+        assert_eq!(parse_swap(""), None);
         assert_eq!(remove_cmd("/s/x").to_string(), "rm -f /s/x");
         assert_eq!(
             tail_cmd("/s/a.log", 20, false).to_string(),
@@ -86,5 +140,46 @@ mod tests {
             "tail -n 0 -F /s/a.log"
         );
         assert!(!tail_cmd("/x", 1, true).changes);
+    }
+
+    /// The swap on this machine's `sh`: written while the file is as read, refused once it
+    /// changed, and the digest the shell computes is the one [`Revision::of`] computes.
+    #[test]
+    fn a_swap_writes_only_what_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rollouts/prod/api.json");
+        let (path, mutex) = (
+            path.to_str().unwrap().to_owned(),
+            dir.path().join("lock.mutex").to_str().unwrap().to_owned(),
+        );
+        let run = |expected: &Revision, content: &[u8]| {
+            let cmd = swap_record_cmd(&path, &mutex, expected, content);
+            let mut child = std::process::Command::new(&cmd.argv[0])
+                .args(&cmd.argv[1..])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(content).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            parse_swap(&String::from_utf8_lossy(&out.stdout)).unwrap()
+        };
+        let none = Revision::default();
+        assert_eq!(run(&none, b"one"), Swap::Written);
+        // A writer that read no file comes second: refused, the first write stays.
+        assert_eq!(run(&none, b"two"), Swap::Changed);
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        let one = Revision::of(Some(b"one"));
+        assert_eq!(run(&one, b"three"), Swap::Written);
+        assert_eq!(run(&one, b"four"), Swap::Changed);
+        assert_eq!(std::fs::read(&path).unwrap(), b"three");
+        // No temp file is left behind, refused or not.
+        let left: Vec<_> = std::fs::read_dir(std::path::Path::new(&path).parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("api.json")]);
     }
 }

@@ -2,11 +2,13 @@
 //! (`rollouts/<env>/<app>.json`), the lease (`lock`), the suspensions (`suspensions.json`) and the
 //! last commit applied (`applied.json`) — and [`HostLedger`], which keeps them as
 //! files under that host's `state_dir` through its transport. Records are bytes here: what they say
-//! is the reconciler's to judge (a torn record is not trusted).
+//! is the reconciler's to judge (a torn record is not trusted); a record is replaced only if it is
+//! still what its writer read (compare-and-swap on a [`Revision`]).
 
-use super::files::{read_file_cmd, write_file_cmd, write_record_cmd};
+use super::files::{parse_swap, read_file_cmd, swap_record_cmd, write_file_cmd, Swap};
 use super::lease::{self, Answer};
 use super::{run_ok, Transport, TransportError};
+use crate::state::Revision;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +38,8 @@ pub enum LeaseOp {
 
 /// Where runs keep what they share, on one balancer host.
 ///
-/// Promises: a record (and the suspensions file) is written whole or not at all (a reader never sees half of one); lease
+/// Promises: a record (and the suspensions file) is written whole or not at all (a reader never sees half of one); a
+/// rollout record only over the revision its writer read; lease
 /// operations are atomic with respect to each other across every machine that runs kube-free,
 /// and every time in them is the balancer host's clock.
 #[async_trait::async_trait]
@@ -50,8 +53,16 @@ pub trait Ledger: Send + Sync {
     /// The rollout record's bytes; `None` when there is none.
     async fn read_rollout(&self, env: &str, app: &str) -> Result<Option<Vec<u8>>, LedgerError>;
 
-    /// Replaces the rollout record.
-    async fn write_rollout(&self, env: &str, app: &str, bytes: &[u8]) -> Result<(), LedgerError>;
+    /// Replaces the rollout record if it still has the revision `expected` (what its writer read),
+    /// checked and replaced atomically with respect to every other writer; [`Swap::Changed`], and
+    /// nothing written, when it changed since.
+    async fn write_rollout(
+        &self,
+        env: &str,
+        app: &str,
+        expected: &Revision,
+        bytes: &[u8],
+    ) -> Result<Swap, LedgerError>;
 
     /// Runs a lease operation and returns what the lease says now.
     async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError>;
@@ -81,6 +92,8 @@ pub enum LedgerError {
     Transport(#[from] TransportError),
     #[error("lease on {host}: unexpected answer {answer:?}")]
     Unexpected { host: String, answer: String },
+    #[error("writing a record on {host}: unexpected answer {answer:?}")]
+    UnexpectedSwap { host: String, answer: String },
 }
 
 impl LedgerError {
@@ -121,15 +134,21 @@ impl Ledger for HostLedger {
         Ok((!out.stdout.is_empty()).then_some(out.stdout))
     }
 
-    async fn write_rollout(&self, env: &str, app: &str, bytes: &[u8]) -> Result<(), LedgerError> {
+    async fn write_rollout(
+        &self,
+        env: &str,
+        app: &str,
+        expected: &Revision,
+        bytes: &[u8],
+    ) -> Result<Swap, LedgerError> {
         let path = self.rollout_file(env, app);
-        run_ok(
-            self.transport.as_ref(),
-            &write_record_cmd(&path, bytes),
-            TIMEOUT,
-        )
-        .await?;
-        Ok(())
+        let mutex = format!("{}.mutex", lease::lock_file(&self.state_dir));
+        let cmd = swap_record_cmd(&path, &mutex, expected, bytes);
+        let out = run_ok(self.transport.as_ref(), &cmd, TIMEOUT).await?;
+        parse_swap(&out.stdout_text()).ok_or_else(|| LedgerError::UnexpectedSwap {
+            host: self.host().to_owned(),
+            answer: out.stdout_text().trim().to_owned(),
+        })
     }
 
     fn suspensions_file(&self) -> String {

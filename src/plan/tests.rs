@@ -483,6 +483,7 @@ fn record(desired: &DesiredState, version: &str, phase: Phase, step: usize) -> R
         outcome: Some("analysis failed".into()),
         last_good: None,
         bake: None,
+        stored: Default::default(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The manual gates of a rollout, through its record: `promote` ends a canary's pause (or every one
 //! left), `abort` rolls a running rollout back under the lease and quarantines its version, `retry`
-//! lifts a quarantine.
+//! lifts a quarantine. Each changes the record by compare-and-swap (read, change, write over what
+//! was read; again when another writer came in between, see [`World::update_rollout`]), so a
+//! running rollout's own writes cannot undo it.
 
 use super::lease::leased;
 use super::pass::clean_up;
@@ -53,28 +55,33 @@ pub async fn promote(
     all: bool,
 ) -> Result<String, ReconcileError> {
     let version = &world.desired.deployed(env, app).version;
-    let mut record = match world.read_rollout(env, app).await? {
-        Some(r)
-            if r.version == *version && matches!(r.phase, Phase::Progressing | Phase::Paused) =>
-        {
-            r
-        }
-        other => {
-            return Err(GateError::NothingToPromote {
-                env: env.to_owned(),
-                app: app.to_owned(),
-                version: version.clone(),
-                record: describe_record(other.as_ref()),
-            }
-            .into())
-        }
-    };
-    record.promote = if all {
-        Promote::All
-    } else {
-        Promote::Step(record.step)
-    };
-    world.write_rollout(&record).await?;
+    let record = world
+        .update_rollout(env, app, |current| {
+            let mut record = match current {
+                Some(r)
+                    if r.version == *version
+                        && matches!(r.phase, Phase::Progressing | Phase::Paused) =>
+                {
+                    r
+                }
+                other => {
+                    return Err(GateError::NothingToPromote {
+                        env: env.to_owned(),
+                        app: app.to_owned(),
+                        version: version.clone(),
+                        record: describe_record(other.as_ref()),
+                    }
+                    .into())
+                }
+            };
+            record.promote = if all {
+                Promote::All
+            } else {
+                Promote::Step(record.step)
+            };
+            Ok(record)
+        })
+        .await?;
     let said = if all {
         format!("promoted {env}/{app} {version}: every remaining pause is skipped")
     } else {
@@ -96,22 +103,26 @@ pub async fn abort(
     parallel: usize,
 ) -> Result<String, ReconcileError> {
     let version = world.desired.deployed(env, app).version.clone();
-    let mut record = match world.read_rollout(env, app).await? {
-        Some(r) if r.version == version && r.phase != Phase::Succeeded => r,
-        other => {
-            return Err(GateError::NothingToAbort {
-                env: env.to_owned(),
-                app: app.to_owned(),
-                version,
-                record: describe_record(other.as_ref()),
-            }
-            .into())
-        }
-    };
-    record.phase = Phase::Aborted;
-    record.outcome = Some("aborted by `kube-free abort`".into());
-    record.fingerprint = world.desired.fingerprint(env, app);
-    world.write_rollout(&record).await?;
+    world
+        .update_rollout(env, app, |current| {
+            let mut record = match current {
+                Some(r) if r.version == version && r.phase != Phase::Succeeded => r,
+                other => {
+                    return Err(GateError::NothingToAbort {
+                        env: env.to_owned(),
+                        app: app.to_owned(),
+                        version: version.clone(),
+                        record: describe_record(other.as_ref()),
+                    }
+                    .into())
+                }
+            };
+            record.phase = Phase::Aborted;
+            record.outcome = Some("aborted by `kube-free abort`".into());
+            record.fingerprint = world.desired.fingerprint(env, app);
+            Ok(record)
+        })
+        .await?;
     // A reconcile of this app that runs now reads the abort within a second, rolls back and gives
     // the lease up; then this finds nothing left to do.
     let (wait, ttl) = (Duration::from_secs(60), Duration::from_secs(30));
@@ -141,25 +152,29 @@ pub async fn abort(
 /// rolls it out again from the start.
 pub async fn retry(world: &World, env: &str, app: &str) -> Result<String, ReconcileError> {
     let version = &world.desired.deployed(env, app).version;
-    let mut record = match world.read_rollout(env, app).await? {
-        Some(r) if r.version == *version && r.phase.quarantines() => r,
-        other => {
-            return Err(GateError::NotQuarantined {
-                env: env.to_owned(),
-                app: app.to_owned(),
-                version: version.clone(),
-                record: describe_record(other.as_ref()),
-            }
-            .into())
-        }
-    };
-    // A record that no longer matches any fingerprint: the next rollout starts afresh.
-    record.fingerprint = String::from("retry");
-    record.outcome = Some(format!(
-        "{} (retried)",
-        record.outcome.as_deref().unwrap_or("rolled back")
-    ));
-    world.write_rollout(&record).await?;
+    world
+        .update_rollout(env, app, |current| {
+            let mut record = match current {
+                Some(r) if r.version == *version && r.phase.quarantines() => r,
+                other => {
+                    return Err(GateError::NotQuarantined {
+                        env: env.to_owned(),
+                        app: app.to_owned(),
+                        version: version.clone(),
+                        record: describe_record(other.as_ref()),
+                    }
+                    .into())
+                }
+            };
+            // A record that no longer matches any fingerprint: the next rollout starts afresh.
+            record.fingerprint = String::from("retry");
+            record.outcome = Some(format!(
+                "{} (retried)",
+                record.outcome.as_deref().unwrap_or("rolled back")
+            ));
+            Ok(record)
+        })
+        .await?;
     Ok(format!(
         "{env}/{app} {version} may be rolled out again: run `kube-free reconcile --once`"
     ))

@@ -1,10 +1,11 @@
 //! The lease of a run, on every host it may change (the balancer hosts in use, and the app hosts:
 //! what a run changes is locked, so two runs whose environments moved to other balancers, or two
 //! repositories that share app hosts, never act on the same slots): taken before anything changes
-//! (waiting up to `--lock-wait` for another run's), renewed by a heartbeat, checked before every
-//! step that changes something, and on an app host by the changing command itself (fencing: a run
-//! that lost it changes nothing more), and given back at the end.
-//! [`leased`] wraps work in all of that.
+//! (waiting up to `--lock-wait` for another run's, while renewing the ones already taken), renewed
+//! by a heartbeat, checked before every step that changes something, and on an app host by the
+//! changing command itself (fencing: a run that lost it changes nothing more), and given back at
+//! the end. [`leased`] wraps work in all of that, and stops the work at once when a renewal finds
+//! the lease lost (or cannot renew it for half its time).
 
 use super::{ReconcileError, World};
 use crate::drivers::lease::Answer;
@@ -23,10 +24,26 @@ pub enum LeaseLoss {
     Gone,
     #[error("unexpected answer {0:?}")]
     Unexpected(Answer),
+    #[error("not renewed for {secs} s (half of --lease-ttl); this run changes nothing more")]
+    NotRenewed {
+        secs: u64,
+        #[source]
+        cause: Box<ReconcileError>,
+    },
 }
+
+/// The shortest `--lease-ttl`: renewals come every quarter of it, each a round trip to every
+/// host leased (over SSH), and a run stops when none succeeded for half of it.
+pub const MIN_TTL: Duration = Duration::from_secs(5);
 
 /// Runs `work` under the lease: takes it (waiting up to `wait`), renews it every quarter of `ttl`
 /// while `work` runs, and gives it back after.
+///
+/// When the heartbeat finds the lease lost (or could not renew it for half of `ttl`), the run
+/// stops at once, as on SIGTERM: no new step starts and a pause ends ([`World::interrupt`]); the
+/// steps in flight get one renewal period (`ttl / 4`) to end by themselves, then they are dropped
+/// (a remote command in flight is ended with its connection; every step is idempotent, and the run
+/// that holds the lease now observes afresh). The error is the [`ReconcileError::LeaseLost`].
 pub async fn leased<T>(
     world: &Arc<World>,
     wait: Duration,
@@ -34,8 +51,20 @@ pub async fn leased<T>(
     work: impl std::future::Future<Output = Result<T, ReconcileError>>,
 ) -> Result<T, ReconcileError> {
     world.acquire_lease(wait, ttl).await?;
-    let heartbeat = world.heartbeat(ttl);
-    let result = work.await;
+    let mut heartbeat = world.heartbeat(ttl);
+    tokio::pin!(work);
+    let result = tokio::select! {
+        result = &mut work => result,
+        lost = &mut heartbeat => {
+            let lost = lost.unwrap_or_else(|e| panic!("the heartbeat panicked: {e}"));
+            tracing::error!(error = %crate::error::chain(&lost), "the lease is lost: this run stops now");
+            world.interrupt();
+            if tokio::time::timeout(ttl / 4, &mut work).await.is_err() {
+                tracing::warn!("the steps in flight did not end within a renewal period; dropped");
+            }
+            Err(lost)
+        }
+    };
     heartbeat.abort();
     world.release_lease().await;
     result
@@ -48,14 +77,15 @@ fn lease_secs(ttl: Duration) -> u64 {
 }
 
 impl World {
-    /// Takes the lease on every balancer host in use, waiting up to `wait` for another run's to
-    /// end or expire. Fails with [`ReconcileError::Locked`] (having released what it took).
+    /// Takes the lease on every host that has a ledger (the balancer hosts in use and, with real
+    /// drivers, the app hosts), waiting up to `wait` for another run's to end or expire. Fails with [`ReconcileError::Locked`] (having released what it took).
     pub async fn acquire_lease(&self, wait: Duration, ttl: Duration) -> Result<(), ReconcileError> {
         let me = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .and_then(|h| h.split_whitespace().next().map(str::to_owned))
             .unwrap_or_else(|| "unknown".into());
         let until = tokio::time::Instant::now() + wait;
+        let mut renewed = tokio::time::Instant::now();
         let op = LeaseOp::Acquire {
             run_id: self.run_id.clone(),
             ttl_secs: lease_secs(ttl),
@@ -97,6 +127,14 @@ impl World {
                     Answer::Taken { holder, .. } => {
                         tracing::info!(%host, %holder, "waiting for the lease");
                         tokio::time::sleep(Duration::from_millis(500)).await;
+                        // The leases taken already are kept while this one is waited for.
+                        if renewed.elapsed() >= ttl / 4 {
+                            if let Err(e) = self.renew_lease(ttl).await {
+                                self.release_lease().await;
+                                return Err(e);
+                            }
+                            renewed = tokio::time::Instant::now();
+                        }
                     }
                     other => {
                         self.release_lease().await;
@@ -121,15 +159,34 @@ impl World {
         .await
     }
 
-    /// Renews the leases this run holds every quarter of `ttl` until the returned task is aborted.
-    /// A renewal that fails is logged; the next step's fencing check stops the run.
-    pub fn heartbeat(self: &Arc<Self>, ttl: Duration) -> tokio::task::JoinHandle<()> {
+    /// Renews the leases this run holds every quarter of `ttl` until the returned task is aborted;
+    /// it ends only when the lease is lost: a renewal answered that another run holds it (or that it
+    /// expired), or renewals failed (the balancer host did not answer; tried again every second)
+    /// for half of `ttl`, well before it could expire. What it ends with is why.
+    pub fn heartbeat(self: &Arc<Self>, ttl: Duration) -> tokio::task::JoinHandle<ReconcileError> {
         let world = self.clone();
         tokio::spawn(async move {
+            let mut renewed = tokio::time::Instant::now();
+            let mut every = ttl / 4;
             loop {
-                tokio::time::sleep(ttl / 4).await;
-                if let Err(e) = world.renew_lease(ttl).await {
-                    tracing::error!(error = %crate::error::chain(&e), "lease not renewed");
+                tokio::time::sleep(every).await;
+                match world.renew_lease(ttl).await {
+                    Ok(()) => (renewed, every) = (tokio::time::Instant::now(), ttl / 4),
+                    Err(e @ ReconcileError::LeaseLost { .. }) => return e,
+                    Err(e) if renewed.elapsed() + Duration::from_secs(1) > ttl / 2 => {
+                        let hosts: Vec<&str> = world.desired.balancer_hosts().into_iter().collect();
+                        return ReconcileError::LeaseLost {
+                            host: hosts.join(", "),
+                            loss: LeaseLoss::NotRenewed {
+                                secs: renewed.elapsed().as_secs(),
+                                cause: Box::new(e),
+                            },
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::error::chain(&e), "lease not renewed; trying again in a second");
+                        every = Duration::from_secs(1).min(ttl / 4);
+                    }
                 }
             }
         })

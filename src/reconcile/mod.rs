@@ -27,7 +27,7 @@ mod world;
 mod tests;
 
 pub use gates::{abort, promote, retry, GateError};
-pub use lease::{leased, LeaseLoss};
+pub use lease::{leased, LeaseLoss, MIN_TTL as MIN_LEASE_TTL};
 pub use pass::{once, preview, rollout_of, Outcome};
 pub use rewind::RewindError;
 pub use suspend::{
@@ -96,6 +96,9 @@ pub enum ReconcileError {
         #[source]
         source: LedgerError,
     },
+    /// Every write of a rollout record found it changed since it was read, `tries` times.
+    #[error("rollout record {path} changed under every one of {tries} writes (another run or gate keeps writing it); nothing was written; try again")]
+    RecordContended { path: String, tries: usize },
 }
 
 impl From<RewindError> for ReconcileError {

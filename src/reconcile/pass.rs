@@ -282,7 +282,10 @@ async fn after_failure(
             Ok(mut record) => {
                 record.phase = Phase::Failed;
                 record.outcome = Some(crate::error::chain(&failed.error));
-                world.write_rollout(&record).await?;
+                match world.save_rollout(&mut record).await {
+                    Ok(()) | Err(ReconcileError::Gate(GateError::Ended { .. })) => {}
+                    Err(e) => return Err(e),
+                }
             }
             Err(ReconcileError::Gate(GateError::Ended { .. })) => {}
             Err(e) => return Err(e),

@@ -2,6 +2,7 @@
 //! records and leases.
 
 use super::{FakeInstance, Fleet};
+use crate::drivers::files::Swap;
 use crate::drivers::lease::{Answer, Holder};
 use crate::drivers::ledger::LeaseOp;
 use crate::drivers::runtime::{Found, Running, StartSpec};
@@ -10,7 +11,7 @@ use crate::drivers::{Ledger, LedgerError, Runtime, RuntimeError, TransportError}
 use crate::names::SlotRef;
 use crate::observed::Admin;
 use crate::reconcile::Clock;
-use crate::state::InstanceRecord;
+use crate::state::{InstanceRecord, Revision, RolloutRecord};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,12 +223,35 @@ impl Ledger for FakeHost {
         Ok(s.records.get(&(env.to_owned(), app.to_owned())).cloned())
     }
 
-    async fn write_rollout(&self, env: &str, app: &str, bytes: &[u8]) -> Result<(), LedgerError> {
+    /// Compare-and-swap as the host's does, after another writer's change that
+    /// [`Fleet::meanwhile`] set up for this write.
+    async fn write_rollout(
+        &self,
+        env: &str,
+        app: &str,
+        expected: &Revision,
+        bytes: &[u8],
+    ) -> Result<Swap, LedgerError> {
         self.fleet.unreachable(&self.host)?;
         let mut s = self.fleet.lock();
-        s.records
-            .insert((env.to_owned(), app.to_owned()), bytes.to_vec());
-        Ok(())
+        let key = (env.to_owned(), app.to_owned());
+        let new: Option<RolloutRecord> = serde_json::from_slice(bytes).ok();
+        if s.meanwhile
+            .as_ref()
+            .is_some_and(|(when, _)| new.as_ref().is_some_and(when))
+        {
+            let (_, change) = s.meanwhile.take().expect("checked");
+            let stored = s.records.get(&key).expect("a record to change");
+            let mut other: RolloutRecord = serde_json::from_slice(stored).expect("a record");
+            change(&mut other);
+            let bytes = serde_json::to_vec_pretty(&other).expect("records serialize");
+            s.records.insert(key.clone(), bytes);
+        }
+        if Revision::of(s.records.get(&key).map(Vec::as_slice)) != *expected {
+            return Ok(Swap::Changed);
+        }
+        s.records.insert(key, bytes.to_vec());
+        Ok(Swap::Written)
     }
 
     fn suspensions_file(&self) -> String {

@@ -147,7 +147,13 @@ struct State {
     /// Fractions of requests not yet counted, per server.
     carry: BTreeMap<(String, ServerKey), f64>,
     last_traffic: Option<tokio::time::Instant>,
+    /// Another writer that comes first, once: just before a rollout record write whose new record
+    /// `.0` accepts is compared, `.1` changes the stored record (see [`Fleet::meanwhile`]).
+    meanwhile: Option<(RecordTest, RecordChange)>,
 }
+
+type RecordTest = Box<dyn Fn(&crate::state::RolloutRecord) -> bool + Send>;
+type RecordChange = Box<dyn FnOnce(&mut crate::state::RolloutRecord) + Send>;
 
 /// How often the fake balancer checks a server's health: a server that leaves maintenance is UP at
 /// once, as HAProxy reports it, but its check has no result until then.
@@ -398,6 +404,21 @@ impl Fleet {
         }
     }
 
+    /// Run `run` holds the lease on `host` for `secs` more (epoch one higher than any before).
+    pub fn hold_lease(&self, host: &str, run: &str, secs: u64) {
+        let now = self.now();
+        let mut s = self.lock();
+        let epoch = s.leases.get(host).map_or(1, |l| l.0 + 1);
+        s.leases
+            .insert(host.to_owned(), (epoch, now + secs, run.to_owned()));
+    }
+
+    /// The lease on `host`: (epoch, expires, run id), and the fleet's clock now.
+    pub fn lease_on(&self, host: &str) -> (Option<(u64, u64, String)>, u64) {
+        let now = self.now();
+        (self.lock().leases.get(host).cloned(), now)
+    }
+
     /// The balancer restarts its counters (a reload).
     pub fn reset_counters(&self) {
         let mut s = self.lock();
@@ -444,6 +465,17 @@ impl Fleet {
         let s = self.lock();
         let bytes = s.records.get(&(env.to_owned(), app.to_owned()))?;
         serde_json::from_slice(bytes).ok()
+    }
+
+    /// Once, at the next write of a rollout record whose new content `when` accepts, `change` is
+    /// made to the stored record just before that write is compared with what its writer read: as
+    /// if another process (`kube-free abort`, say) wrote between the writer's read and its write.
+    pub fn meanwhile(
+        &self,
+        when: impl Fn(&crate::state::RolloutRecord) -> bool + Send + 'static,
+        change: impl FnOnce(&mut crate::state::RolloutRecord) + Send + 'static,
+    ) {
+        self.lock().meanwhile = Some((Box::new(when), Box::new(change)));
     }
 
     /// Removes the rollout record of `env`/`app` (lost, or never written).

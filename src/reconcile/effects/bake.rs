@@ -59,8 +59,10 @@ impl Live {
         Ok(self.world.record_for(env, app, version, fallback).await?)
     }
 
-    pub(super) async fn save_record(&self, record: &RolloutRecord) -> Result<(), StepError> {
-        Ok(self.world.write_rollout(record).await?)
+    /// Writes the record of this run's rollout (see [`crate::reconcile::World::save_rollout`]:
+    /// an abort written meanwhile ends the step as the version's fault).
+    pub(super) async fn save_record(&self, record: &mut RolloutRecord) -> Result<(), StepError> {
+        Ok(self.world.save_rollout(record).await?)
     }
 
     /// The bake of `version` on `new`, `old` kept running to take the traffic back (see
@@ -96,7 +98,7 @@ impl Live {
                 passed: false,
             });
             record.phase = Phase::Progressing;
-            self.save_record(&record).await?;
+            self.save_record(&mut record).await?;
         }
         let bake = record.bake.clone().expect("set above");
         // A resumed bake waits what is left of it (the record counts whole seconds).
@@ -131,7 +133,7 @@ impl Live {
                 // Failed before anything else: a run killed from here on must not try it again.
                 record.phase = Phase::Failed;
                 record.outcome = Some(format!("bake failed: {spoiled}"));
-                self.save_record(&record).await?;
+                self.save_record(&mut record).await?;
                 self.take_back(balancer, &backend_name(env, app), new, old)
                     .await;
                 return Err(StepError::new(Fault::Version, spoiled));
@@ -148,7 +150,7 @@ impl Live {
             b.passed = true;
         }
         tracing::info!(%env, %app, %version, "bake passed");
-        self.save_record(&record).await
+        self.save_record(&mut record).await
     }
 
     /// What is wrong with the new servers now, if anything.
@@ -268,6 +270,6 @@ impl Live {
         if let Strategy::Canary { steps, .. } = self.strategy(env, app) {
             record.step = steps.len();
         }
-        self.save_record(&record).await
+        self.save_record(&mut record).await
     }
 }

@@ -198,7 +198,7 @@ impl Live {
         }
         record.phase = Phase::Progressing;
         tracing::info!(%env, %app, %version, step, weight, "canary weight set");
-        self.save_record(&record).await
+        self.save_record(&mut record).await
     }
 
     /// Canary step `step`'s pause: waits until it is over (or promoted), polling the record for
@@ -236,7 +236,7 @@ impl Live {
         if record.step < step || record.updated_at == 0 {
             self.start_window(&mut record, step, balancer, canary)
                 .await?;
-            self.save_record(&record).await?;
+            self.save_record(&mut record).await?;
         }
         let waited_from = tokio::time::Instant::now();
         let pause_secs = match pause {
@@ -288,7 +288,7 @@ impl Live {
                     // The balancer's counters restarted (a reload): count from here.
                     record.step_base = counters;
                     window_end = (now + pause_secs.max(1)).min(give_up);
-                    self.save_record(&record).await?;
+                    self.save_record(&mut record).await?;
                     continue;
                 }
                 let window = Window {
@@ -314,7 +314,7 @@ impl Live {
                     Decision::Proceed => break,
                     Decision::Extend => {
                         window_end = (now + pause_secs.max(5)).min(give_up);
-                        self.save_record(&record).await?;
+                        self.save_record(&mut record).await?;
                         continue;
                     }
                     Decision::Fail => match check_failed {
@@ -334,7 +334,7 @@ impl Live {
                     },
                 };
                 record.outcome = Some(crate::error::chain(&judged));
-                self.save_record(&record).await?;
+                self.save_record(&mut record).await?;
                 return Err(StepError::new(Fault::Version, judged));
             }
             if self.world.is_interrupted() {
@@ -361,7 +361,7 @@ impl Live {
                 };
                 if record.phase != phase {
                     record.phase = phase;
-                    self.save_record(&record).await?;
+                    self.save_record(&mut record).await?;
                 }
                 return Err(match remaining {
                     Some(remaining) => StepError::new(
@@ -382,7 +382,7 @@ impl Live {
             }
             if !gate_open && record.phase != Phase::Paused {
                 record.phase = Phase::Paused;
-                self.save_record(&record).await?;
+                self.save_record(&mut record).await?;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -392,6 +392,6 @@ impl Live {
         if record.promote == Promote::Step(step) {
             record.promote = Promote::No;
         }
-        self.save_record(&record).await
+        self.save_record(&mut record).await
     }
 }

@@ -234,7 +234,7 @@ async fn an_abort_in_a_pause_rolls_the_canary_back() {
             let mut record = world.read_rollout("prod", "api").await.unwrap().unwrap();
             record.phase = Phase::Aborted;
             record.outcome = Some("aborted by `kube-free abort`".into());
-            world.write_rollout(&record).await.unwrap();
+            world.write_rollout(&mut record).await.unwrap();
         })
     };
     let err = pass(&world).await.unwrap_err();
@@ -248,4 +248,78 @@ async fn an_abort_in_a_pause_rolls_the_canary_back() {
     assert_eq!(weights(&fleet), served_by("1.0"));
     // An abort stays an abort.
     assert_eq!(fleet.rollout("prod", "api").unwrap().phase, Phase::Aborted);
+}
+
+/// The record's compare-and-swap, with the race made deterministic: the fake ledger lets
+/// `kube-free abort` write between the pause's read of the record and its own write ("paused").
+/// Without the swap the pause's write would put the rollout back to paused and the abort would be
+/// lost.
+#[tokio::test(start_paused = true)]
+async fn an_abort_written_between_a_pauses_read_and_its_write_is_not_lost() {
+    let (fleet, world) = serving_one("{ canary: { steps: [{ weight: 20, pause: {} }] } }");
+    fleet.meanwhile(
+        |new| new.phase == Phase::Paused,
+        |stored| {
+            stored.phase = Phase::Aborted;
+            stored.outcome = Some("aborted by `kube-free abort`".into());
+        },
+    );
+    let err = pass(&world).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the rollout of 2.0 ended (aborted): aborted by `kube-free abort`"),
+        "{err}"
+    );
+    blames_the_version(&err);
+    assert_eq!(weights(&fleet), served_by("1.0"));
+    let record = fleet.rollout("prod", "api").unwrap();
+    assert_eq!(record.phase, Phase::Aborted);
+    assert_eq!(
+        record.outcome.as_deref(),
+        Some("aborted by `kube-free abort`")
+    );
+}
+
+/// A promote written between the run's read and its write is kept (the run takes the gate's
+/// word and writes again), and the run goes on through the gate it opened.
+#[tokio::test(start_paused = true)]
+async fn a_promote_written_between_a_pauses_read_and_its_write_is_not_lost() {
+    let (fleet, world) = serving_one("{ canary: { steps: [{ weight: 20, pause: {} }] } }");
+    fleet.meanwhile(
+        |new| new.phase == Phase::Paused,
+        |stored| stored.promote = crate::state::Promote::Step(0),
+    );
+    let waiting = Options {
+        parallel: 8,
+        max_wait: Some(Duration::from_secs(5)),
+    };
+    pass_with(&world, waiting).await.unwrap();
+    assert_eq!(weights(&fleet), served_by("2.0"));
+    assert_eq!(
+        fleet.rollout("prod", "api").unwrap().phase,
+        Phase::Succeeded
+    );
+}
+
+/// A gate whose write finds the record changed since it read it reads it again and applies its
+/// change to what it finds: a promote ends the pause the rollout stands at now.
+#[tokio::test(start_paused = true)]
+async fn a_promote_that_meets_another_write_applies_itself_to_the_new_record() {
+    let (fleet, world) = serving_one(
+        "{ canary: { steps: [{ weight: 20, pause: {} }, { weight: 50, pause: {} }] } }",
+    );
+    let err = pass(&world).await.unwrap_err();
+    assert_eq!(err.next(), Next::Promotion, "{err}");
+    // The run moves on to step 1 between the promote's read (step 0) and its write.
+    fleet.meanwhile(
+        |new| new.promote == crate::state::Promote::Step(0),
+        |stored| stored.step = 1,
+    );
+    let said = promote(&world, "prod", "api", false).await.unwrap();
+    assert!(said.contains("the pause of step 1 ends"), "{said}");
+    let record = fleet.rollout("prod", "api").unwrap();
+    assert_eq!(
+        (record.step, record.promote),
+        (1, crate::state::Promote::Step(1))
+    );
 }

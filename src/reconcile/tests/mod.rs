@@ -3,9 +3,11 @@
 //! fake fleet saw and the safety rules it watched. These run in seconds, without root or hosts; the
 //! fleet tests (`tests/fleet_*`) do the same on real sshd, HAProxy and processes under load.
 //! Here: the fleet and the helpers; `passes` (blue-green, failures, faults), `canary` (steps,
-//! analysis, gates, resume, rollback) and `steps` (single live steps: drain, shift, saves).
+//! analysis, gates, resume, rollback), `lease` (a run that loses its lease stops at once; leases
+//! kept while more are waited for) and `steps` (single live steps: drain, shift, saves).
 
 mod canary;
+mod lease;
 mod passes;
 mod rollback;
 mod steps;
