@@ -32,6 +32,9 @@ pub enum LeaseLoss {
     },
 }
 
+/// How long an app host has to answer a renewal before the heartbeat goes on without it.
+const APP_HOST_ANSWER: Duration = Duration::from_secs(3);
+
 /// The shortest `--lease-ttl`: renewals come every quarter of it, each a round trip to every
 /// host leased (over SSH), and a run stops when none succeeded for half of it.
 pub const MIN_TTL: Duration = Duration::from_secs(5);
@@ -149,13 +152,19 @@ impl World {
         Ok(())
     }
 
-    /// Extends every lease this run holds by `ttl`; a lease that was lost is an error.
+    /// Extends every lease this run holds by `ttl`; a lease that was lost is an error, and so is a
+    /// balancer host that does not answer. An app host that does not answer is only logged: its
+    /// changes check the lease themselves ([`crate::drivers::fenced`]), a step there fails on its
+    /// own as unreachable, and the run goes on where it can.
     pub async fn renew_lease(&self, ttl: Duration) -> Result<(), ReconcileError> {
-        self.confirm_leases(|epoch| LeaseOp::Renew {
-            run_id: self.run_id.clone(),
-            ttl_secs: lease_secs(ttl),
-            epoch,
-        })
+        self.confirm_leases(
+            |epoch| LeaseOp::Renew {
+                run_id: self.run_id.clone(),
+                ttl_secs: lease_secs(ttl),
+                epoch,
+            },
+            false,
+        )
         .await
     }
 
@@ -192,21 +201,66 @@ impl World {
         })
     }
 
-    /// Fencing: whether this run still holds every lease it took, at the epoch it took it.
+    /// Fencing: whether this run still holds the lease it took on every balancer host, at the
+    /// epoch it took it (an app host's changes check it there, in the same command).
     pub async fn check_lease(&self) -> Result<(), ReconcileError> {
-        self.confirm_leases(|epoch| LeaseOp::Check {
-            run_id: self.run_id.clone(),
-            epoch,
-        })
+        self.confirm_leases(
+            |epoch| LeaseOp::Check {
+                run_id: self.run_id.clone(),
+                epoch,
+            },
+            true,
+        )
         .await
     }
 
-    /// Runs `op(epoch)` on every lease this run holds; anything but "held" is an error that says
-    /// who holds it now.
-    async fn confirm_leases(&self, op: impl Fn(u64) -> LeaseOp) -> Result<(), ReconcileError> {
+    /// Runs `op(epoch)` on every lease this run holds (with `balancers_only`, on the balancer
+    /// hosts'); anything but "held" is an error that says who holds it now. An app host that does
+    /// not answer is logged and passed over.
+    async fn confirm_leases(
+        &self,
+        op: impl Fn(u64) -> LeaseOp,
+        balancers_only: bool,
+    ) -> Result<(), ReconcileError> {
         let held = self.leases.lock().expect("not poisoned").clone();
-        for (host, epoch) in held {
-            let loss = match self.drivers.ledgers[&host].lease(&op(epoch)).await? {
+        let balancer_hosts = self.desired.balancer_hosts();
+        // Every host at once, so that one slow to answer delays no other's renewal; an app host
+        // gets APP_HOST_ANSWER to answer.
+        let mut asked = tokio::task::JoinSet::new();
+        for (i, (host, epoch)) in held.into_iter().enumerate() {
+            let balancer = balancer_hosts.contains(host.as_str());
+            if balancers_only && !balancer {
+                continue;
+            }
+            let ledger = self.drivers.ledgers[&host].clone();
+            let op = op(epoch);
+            asked.spawn(async move {
+                let answer = if balancer {
+                    Some(ledger.lease(&op).await)
+                } else {
+                    tokio::time::timeout(APP_HOST_ANSWER, ledger.lease(&op))
+                        .await
+                        .ok()
+                };
+                (i, host, balancer, answer)
+            });
+        }
+        let mut answers = asked.join_all().await;
+        answers.sort_by_key(|(i, ..)| *i);
+        for (_, host, balancer, answer) in answers {
+            let answer = match answer {
+                Some(Ok(answer)) => answer,
+                Some(Err(e)) if !balancer && e.lost_contact() => {
+                    tracing::warn!(%host, error = %crate::error::chain(&e), "the lease on an app host was not renewed; its changes check it themselves");
+                    continue;
+                }
+                None => {
+                    tracing::warn!(%host, "the lease on an app host was not renewed in time; its changes check it themselves");
+                    continue;
+                }
+                Some(Err(e)) => return Err(e.into()),
+            };
+            let loss = match answer {
                 Answer::Held { .. } => continue,
                 Answer::Lost { holder: Some(h) } if h.run_id == self.run_id => LeaseLoss::Expired,
                 Answer::Lost { holder: Some(h) } => LeaseLoss::TakenBy(h),
