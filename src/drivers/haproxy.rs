@@ -29,6 +29,14 @@ pub fn state_file(state_dir: &str, backend: &str) -> String {
 
 /// The config file for `balancer`: every environment it serves, in name order. Servers start in
 /// maintenance with weight 0; their runtime state is restored from the saved state file on reload.
+///
+/// A server that stops answering loses only what was already sent to it: a connection attempt to
+/// it gives up after `timeout connect 1s` (a LAN handshake takes well under a millisecond; 1 s is
+/// Linux's first SYN retransmit) and the request is sent to another server at once (`option
+/// redispatch 1`, `retry-on conn-failure`); `observe layer4 error-limit 3 on-error mark-down`
+/// marks it DOWN after three failed connections in a row, before its checks do. Not
+/// `on-marked-down shutdown-sessions`: it also cuts the requests of a server put in maintenance,
+/// which a drain does when its time is up (docs/operations.md).
 pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
     let state_dir = desired
         .balancers
@@ -46,7 +54,7 @@ pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "defaults kube-free\n    mode http\n    option idle-close-on-response\n    option redispatch 1\n    retries 3\n    retry-on conn-failure\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    timeout http-keep-alive 10s\n    load-server-state-from-file local"
+        "defaults kube-free\n    mode http\n    option idle-close-on-response\n    option redispatch 1\n    retries 3\n    retry-on conn-failure\n    timeout connect 1s\n    timeout client 60s\n    timeout server 60s\n    timeout http-keep-alive 10s\n    load-server-state-from-file local"
     );
     for env in desired.environments_of(balancer) {
         for (app_name, d) in &env.apps {
@@ -61,7 +69,7 @@ pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
             );
             let _ = writeln!(
                 out,
-                "\nbackend {name}\n    balance roundrobin\n    option httpchk GET {}\n    http-check expect rstatus ^2[0-9][0-9]$\n    server-state-file-name {}\n    default-server check inter {}ms fall 2 rise 1 weight 0 disabled",
+                "\nbackend {name}\n    balance roundrobin\n    option httpchk GET {}\n    http-check expect rstatus ^2[0-9][0-9]$\n    server-state-file-name {}\n    default-server check inter {}ms fall 2 rise 1 observe layer4 error-limit 3 on-error mark-down weight 0 disabled",
                 app.probe.path,
                 state_file(state_dir, &name),
                 app.probe.interval.as_millis().max(100),
@@ -550,6 +558,42 @@ environments:
             "haproxy -c: {}\n{config}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    #[test]
+    fn a_dead_server_is_left_quickly_and_a_drained_one_keeps_its_requests() {
+        let yaml = r#"version: 1
+hosts:
+  web-1: { address: 192.0.2.11 }
+  lb-1: { address: 192.0.2.10 }
+balancers:
+  edge: { kind: haproxy, host: lb-1 }
+apps:
+  api:
+    runtime: { kind: process, command: "api {port}" }
+    slots: { blue: 8000, green: 8001 }
+    probe: { path: /readyz, interval: 2s }
+environments:
+  prod:
+    balancer: edge
+    hosts: [web-1]
+    apps:
+      api: { version: "1", listen: "127.0.0.1:18999" }
+"#;
+        let desired =
+            crate::desired::load(&crate::desired::MemFiles::default().with("kube-free.yaml", yaml))
+                .unwrap();
+        let config = render_config(&desired, "edge");
+        for line in [
+            "    option redispatch 1\n",
+            "    retries 3\n",
+            "    retry-on conn-failure\n",
+            "    timeout connect 1s\n",
+            "    default-server check inter 2000ms fall 2 rise 1 observe layer4 error-limit 3 on-error mark-down weight 0 disabled\n",
+        ] {
+            assert!(config.contains(line), "{line:?} in:\n{config}");
+        }
+        assert!(!config.contains("shutdown-sessions"), "{config}");
     }
 
     #[test]

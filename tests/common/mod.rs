@@ -1,5 +1,6 @@
-//! Test harness: temporary Git repositories made with the `git` command, and runs of the real
-//! `kube-free` binary with their exit code, stdout and stderr.
+//! Test harness: temporary Git repositories made with the `git` command, runs of the real
+//! `kube-free` binary with their exit code, stdout and stderr, and load on a frontend: wrk's
+//! ([`Load`], its [`Tally`]) and keep-alive requests timed one by one ([`KeepAliveLoad`]).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -439,6 +440,160 @@ impl Drop for Load {
             let _ = c.wait();
         }
     }
+}
+
+/// One request of a [`KeepAliveLoad`]: when it started (since the load began), how long it took,
+/// and whether it got a 2xx in time.
+#[derive(Debug, Clone, Copy)]
+pub struct Timed {
+    pub start: std::time::Duration,
+    pub took: std::time::Duration,
+    pub ok: bool,
+}
+
+/// Keep-alive GET load timed request by request (wrk gives no per-request figures, and counts a
+/// request that hangs once per 2 s instead of once): `connections` client threads, each sending
+/// `GET /` on its own HTTP/1.1 connection, one request at a time. A request that gets no complete
+/// response within `timeout` (or an error, a closed connection, a non-2xx) fails, and its
+/// connection is replaced by a new one, as a client with a timeout does.
+pub struct KeepAliveLoad {
+    began: std::time::Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Timed>>>,
+}
+
+impl KeepAliveLoad {
+    /// Starts the load on `address` (`ip:port`); it ends at [`KeepAliveLoad::finish`], or by
+    /// itself after `max`.
+    pub fn start(
+        address: &str,
+        connections: usize,
+        timeout: std::time::Duration,
+        max: std::time::Duration,
+    ) -> KeepAliveLoad {
+        let began = std::time::Instant::now();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let address: std::net::SocketAddr = address.parse().expect("ip:port");
+        let threads = (0..connections)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut done = Vec::new();
+                    let mut conn = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && began.elapsed() < max
+                    {
+                        let start = std::time::Instant::now();
+                        let (ok, keep) = match one_get(&mut conn, address, timeout) {
+                            Ok(keep) => (true, keep),
+                            Err(_) => (false, false),
+                        };
+                        if !keep {
+                            conn = None;
+                        }
+                        done.push(Timed {
+                            start: start - began,
+                            took: start.elapsed(),
+                            ok,
+                        });
+                        if !ok {
+                            // A refused connection fails at once: do not spin.
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        KeepAliveLoad {
+            began,
+            stop,
+            threads,
+        }
+    }
+
+    /// Time since the load began, on the clock of [`Timed::start`].
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.began.elapsed()
+    }
+
+    /// Stops the load, waits for the requests under way (each ends within its timeout) and
+    /// returns every request, in the order they started.
+    pub fn finish(mut self) -> Vec<Timed> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all: Vec<Timed> = self
+            .threads
+            .drain(..)
+            .flat_map(|t| t.join().expect("a load thread panicked"))
+            .collect();
+        all.sort_by_key(|t| t.start);
+        all
+    }
+}
+
+impl Drop for KeepAliveLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One `GET /` on `conn` (connected first if `None`) within `timeout`: `Ok(keep)` for a 2xx,
+/// `keep` false when the response closes the connection.
+fn one_get(
+    conn: &mut Option<std::io::BufReader<std::net::TcpStream>>,
+    address: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<bool> {
+    use std::io::BufRead;
+    let deadline = std::time::Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+    };
+    if conn.is_none() {
+        let s = std::net::TcpStream::connect_timeout(&address, timeout)?;
+        s.set_nodelay(true)?;
+        *conn = Some(std::io::BufReader::new(s));
+    }
+    let r = conn.as_mut().unwrap();
+    r.get_ref().set_write_timeout(Some(left()?))?;
+    r.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: kube-free-test\r\n\r\n")?;
+    let mut line = String::new();
+    let mut status = 0;
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        r.get_ref().set_read_timeout(Some(left()?))?;
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if status == 0 {
+            status = l
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or(std::io::ErrorKind::InvalidData)?;
+        } else if l.is_empty() {
+            break;
+        } else if let Some(v) = l.strip_prefix("content-length:") {
+            length = v
+                .trim()
+                .parse()
+                .map_err(|_| std::io::ErrorKind::InvalidData)?;
+        } else if l == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0; length];
+    r.get_ref().set_read_timeout(Some(left()?))?;
+    r.read_exact(&mut body)?;
+    if !(200..300).contains(&status) {
+        return Err(std::io::Error::other(format!("status {status}")));
+    }
+    Ok(!close)
 }
 
 /// One HTTP/1.1 GET over a fresh connection; the body. Panics on any failure.

@@ -39,6 +39,13 @@
 //! machine's filesystem, users, pids and hostname; only the network is separate, so give each
 //! host's files their own place ([`Fleet::state_dir`]).
 //!
+//! # Losing a host
+//!
+//! [`Fleet::stop_sshd`] takes only sshd away (the host's apps keep serving); [`Fleet::cut_link`]
+//! takes the whole host off the network by setting its port on the bridge (`kf<id>v<n>` in
+//! `kfsw<id>`) down: packets to it are dropped without an answer, as for a host whose network
+//! died, until [`Fleet::restore_link`].
+//!
 //! # Balancer
 //!
 //! The balancer host also runs HAProxy in master-worker mode (`haproxy -W -db -f base.cfg -f
@@ -540,6 +547,45 @@ impl Fleet {
         }
         self.spawn_sshd(host);
         self.wait_sshd(host);
+    }
+
+    /// The host's port on the fleet's bridge: the veth `kf<id>v<n>` in the switch namespace.
+    fn switch_port(&self, host: &str) -> String {
+        let n = self
+            .hosts
+            .iter()
+            .position(|h| h.name == host)
+            .unwrap_or_else(|| panic!("fleet: no host {host:?} in this fleet"));
+        format!("kf{}v{n}", self.id)
+    }
+
+    /// Cuts the host off the network, as a pulled cable or a dead switch port does: its port on
+    /// the bridge goes down, and every packet to or from the host is dropped without an answer
+    /// (no RST, no ICMP: a connection attempt to it times out, an established connection hangs;
+    /// only once a sender's ARP entry for the host has expired, after 15 s or more, do its
+    /// connects fail at once with "no route to host"). Everything on the host keeps running, sshd
+    /// too, out of reach until [`Fleet::restore_link`].
+    pub fn cut_link(&self, host: &str) {
+        ip(&[
+            "-n",
+            &self.switch_netns(),
+            "link",
+            "set",
+            &self.switch_port(host),
+            "down",
+        ]);
+    }
+
+    /// Puts the host back on the network after [`Fleet::cut_link`].
+    pub fn restore_link(&self, host: &str) {
+        ip(&[
+            "-n",
+            &self.switch_netns(),
+            "link",
+            "set",
+            &self.switch_port(host),
+            "up",
+        ]);
     }
 
     /// The HAProxy runtime API socket (`stats socket ... level admin expose-fd listeners`).

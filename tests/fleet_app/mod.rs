@@ -39,6 +39,8 @@ pub struct Setup {
     pub strategy: String,
     /// The app's `bake`.
     pub bake: String,
+    /// The app's `probe.interval` (200ms unless changed): also HAProxy's `check inter`.
+    pub probe_interval: String,
     /// More top-level YAML for `kube-free.yaml` (e.g. `notifications:`), appended as it is.
     pub extra: String,
     /// Where [`Setup::script`] writes each version's start script; `Some` once one is written,
@@ -88,6 +90,7 @@ impl Setup {
             hosts: app_hosts.iter().map(|h| h.to_string()).collect(),
             strategy: strategy.to_owned(),
             bake: "2s".to_owned(),
+            probe_interval: "200ms".to_owned(),
             extra: String::new(),
             scripts: None,
             balancer,
@@ -229,7 +232,7 @@ balancers:
     runtime:
 {runtime}
     slots: {{ blue: 8000, green: 8001 }}
-    probe: {{ path: /readyz, interval: 200ms, timeout: 1s, healthy_after: 3, deadline: {deadline} }}
+    probe: {{ path: /readyz, interval: {probe_interval}, timeout: 1s, healthy_after: 3, deadline: {deadline} }}
     drain: 5s
     stop_timeout: 10s
     bake: {bake}
@@ -245,6 +248,7 @@ environments:
             identity = f.identity_file().display(),
             balancer = self.balancer_yaml(),
             bake = self.bake,
+            probe_interval = self.probe_interval,
             strategy = self.strategy,
         );
         self.repo
