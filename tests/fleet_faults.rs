@@ -176,8 +176,10 @@ fn an_app_host_lost_mid_rollout_stops_it_safely_and_the_next_run_completes_it() 
     }
 
     // Back: the next run completes the rollout, which was neither rolled back nor quarantined.
+    // The run that lost web-2 could not give its lease there back: it is taken over once it
+    // expires (here at once, or after a wait).
     s.fleet.start_sshd("web-2");
-    s.kube_free(&["reconcile", "--once"])
+    s.kube_free(&["reconcile", "--once", "--lock-wait", "60s"])
         .code(0)
         .stdout_has("converged");
     s.assert_serving_only("2.0.0");

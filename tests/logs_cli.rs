@@ -8,80 +8,17 @@
 mod common;
 use common::*;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// The demo app on `here` behind HAProxy, deployed from a Git repository. Dropped in order:
-/// the instances are stopped, then HAProxy, then the files go.
-struct Setup {
-    _instances: StopInstances,
-    haproxy: LocalHaproxy,
-    repo: Repo,
-    state: PathBuf,
-    /// frontend, blue, green.
-    ports: [u16; 3],
-    _dir: tempfile::TempDir,
-    _turn: LoadTestTurn,
-}
+type Setup = LocalStage;
 
-impl Setup {
-    fn new() -> Setup {
-        require_tools(&["haproxy", "git"]);
-        // No load, but real timing (probes, drains): not beside the load tests.
-        let turn = load_test_turn();
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let s = Setup {
-            _instances: StopInstances(state.clone()),
-            haproxy: LocalHaproxy::start(&dir.path().join("haproxy")),
-            repo: Repo::new(),
-            state,
-            ports: free_ports(),
-            _dir: dir,
-            _turn: turn,
-        };
-        assert!(s.ports[0] != s.ports[1] && s.ports[1] != s.ports[2] && s.ports[0] != s.ports[2]);
-        s
-    }
-
+impl LocalStage {
     /// Commits `version` of the demo app and deploys it.
     fn deploy(&self, version: &str) {
-        let [frontend, blue, green] = self.ports;
-        let yaml = format!(
-            r#"version: 1
-hosts:
-  here: {{ transport: local, state_dir: {state} }}
-balancers:
-  edge: {balancer}
-apps:
-  demo:
-    runtime: {{ kind: process, command: "{demo} --listen 127.0.0.1:{{port}} --version {{version}}" }}
-    slots: {{ blue: {blue}, green: {green} }}
-    probe: {{ path: /readyz, interval: 200ms, timeout: 1s, healthy_after: 2, deadline: 20s }}
-    drain: 1s
-    stop_timeout: 5s
-    bake: 0s
-environments:
-  local:
-    balancer: edge
-    hosts: [here]
-    apps:
-      demo: {{ version: "{version}", listen: "127.0.0.1:{frontend}", strategy: blue-green }}
-"#,
-            state = self.state.display(),
-            balancer = self.haproxy.balancer_yaml("here"),
-            demo = demo_binary().display(),
-        );
-        self.repo.write("kube-free.yaml", yaml);
-        self.repo.commit(&format!("demo {version}"));
+        self.commit(version, "blue-green");
         self.run(&["reconcile", "--once"]).code(0);
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let mut all = args.to_vec();
-        all.extend(["--repo", self.repo.path_str()]);
-        kube_free(&all)
     }
 
     fn log(&self, slot: &str) -> String {
@@ -132,7 +69,7 @@ fn wait_for(
 
 #[test]
 fn logs_prints_and_follows_what_the_instances_wrote() {
-    let s = Setup::new();
+    let s = Setup::new(&[]);
     let [_, blue, green] = s.ports;
     s.deploy("1.0.0");
 

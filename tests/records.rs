@@ -8,91 +8,21 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Dropped in order: the instances are stopped, then HAProxy, then the files go.
-struct Setup {
-    _instances: StopInstances,
-    haproxy: LocalHaproxy,
-    repo: Repo,
-    state: PathBuf,
-    /// frontend, blue, green.
-    ports: [u16; 3],
-    dir: tempfile::TempDir,
-    _turn: LoadTestTurn,
-}
+type Setup = LocalStage;
 
-impl Setup {
-    fn new() -> Setup {
-        require_tools(&["haproxy", "git", "flock", "sha256sum"]);
-        let turn = load_test_turn();
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        Setup {
-            _instances: StopInstances(state.clone()),
-            haproxy: LocalHaproxy::start(&dir.path().join("haproxy")),
-            repo: Repo::new(),
-            state,
-            ports: free_ports(),
-            dir,
-            _turn: turn,
-        }
-    }
-
-    fn commit(&self, version: &str, strategy: &str) {
-        let [frontend, blue, green] = self.ports;
-        self.repo.write(
-            "kube-free.yaml",
-            format!(
-                r#"version: 1
-hosts:
-  here: {{ transport: local, state_dir: {state} }}
-balancers:
-  edge: {balancer}
-apps:
-  demo:
-    runtime: {{ kind: process, command: "{demo} --listen 127.0.0.1:{{port}} --version {{version}}" }}
-    slots: {{ blue: {blue}, green: {green} }}
-    probe: {{ path: /readyz, interval: 200ms, timeout: 1s, healthy_after: 2, deadline: 20s }}
-    drain: 1s
-    stop_timeout: 5s
-    bake: 0s
-environments:
-  local:
-    balancer: edge
-    hosts: [here]
-    apps:
-      demo: {{ version: "{version}", listen: "127.0.0.1:{frontend}", strategy: {strategy} }}
-"#,
-                state = self.state.display(),
-                balancer = self.haproxy.balancer_yaml("here"),
-                demo = demo_binary().display(),
-            ),
-        );
-        self.repo.commit(&format!("demo {version}"));
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let mut all = args.to_vec();
-        all.extend(["--repo", self.repo.path_str()]);
-        kube_free(&all)
-    }
-
+impl LocalStage {
     /// The rollout record as the balancer host keeps it, if there is one.
     fn record(&self) -> Option<serde_json::Value> {
         let text = std::fs::read(self.state.join("rollouts/local/demo.json")).ok()?;
         serde_json::from_slice(&text).ok()
     }
-
-    fn serving(&self) -> String {
-        http_get(&format!("127.0.0.1:{}", self.ports[0]), "/version")
-    }
 }
 
 #[test]
 fn an_abort_while_a_canary_pause_runs_wins_and_the_old_version_serves_again() {
-    let s = Setup::new();
+    let s = Setup::new(&["flock", "sha256sum"]);
     s.commit("1.0", "blue-green");
     s.run(&["reconcile", "--once"]).code(0);
     assert!(s.serving().contains("1.0"), "{}", s.serving());

@@ -6,88 +6,15 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
 
-/// Dropped in order: the instances are stopped, then HAProxy, then the files go.
-struct Setup {
-    _instances: StopInstances,
-    haproxy: LocalHaproxy,
-    repo: Repo,
-    state: PathBuf,
-    /// frontend, blue, green.
-    ports: [u16; 3],
-    _dir: tempfile::TempDir,
-    _turn: LoadTestTurn,
-}
+type Setup = LocalStage;
 
-impl Setup {
-    fn new() -> Setup {
-        require_tools(&["haproxy", "git"]);
-        // No load, but real timing (probes, drains): not beside the load tests.
-        let turn = load_test_turn();
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        Setup {
-            _instances: StopInstances(state.clone()),
-            haproxy: LocalHaproxy::start(&dir.path().join("haproxy")),
-            repo: Repo::new(),
-            state,
-            ports: free_ports(),
-            _dir: dir,
-            _turn: turn,
-        }
-    }
-
-    fn yaml(&self, version: &str) -> String {
-        let [frontend, blue, green] = self.ports;
-        format!(
-            r#"version: 1
-hosts:
-  here: {{ transport: local, state_dir: {state} }}
-balancers:
-  edge: {balancer}
-apps:
-  demo:
-    runtime: {{ kind: process, command: "{demo} --listen 127.0.0.1:{{port}} --version {{version}}" }}
-    slots: {{ blue: {blue}, green: {green} }}
-    probe: {{ path: /readyz, interval: 200ms, timeout: 1s, healthy_after: 2, deadline: 20s }}
-    drain: 1s
-    stop_timeout: 5s
-    bake: 0s
-environments:
-  local:
-    balancer: edge
-    hosts: [here]
-    apps:
-      demo: {{ version: "{version}", listen: "127.0.0.1:{frontend}", strategy: blue-green }}
-"#,
-            state = self.state.display(),
-            balancer = self.haproxy.balancer_yaml("here"),
-            demo = demo_binary().display(),
-        )
-    }
-
-    /// Commits `version` of the demo app; returns the commit.
-    fn commit(&self, version: &str) -> String {
-        self.repo.write("kube-free.yaml", self.yaml(version));
-        self.repo.commit(&format!("demo {version}"))
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let mut all = args.to_vec();
-        all.extend(["--repo", self.repo.path_str()]);
-        kube_free(&all)
-    }
-
+impl LocalStage {
     /// The commit the balancer host keeps as the last one applied.
     fn applied(&self) -> String {
         let text = std::fs::read_to_string(self.state.join("applied.json")).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         json["commit"].as_str().unwrap().to_owned()
-    }
-
-    fn serving(&self) -> String {
-        http_get(&format!("127.0.0.1:{}", self.ports[0]), "/version")
     }
 }
 
@@ -103,11 +30,11 @@ impl Drop for Watcher {
 
 #[test]
 fn a_commit_that_does_not_descend_from_the_last_applied_is_refused_until_allowed() {
-    let s = Setup::new();
-    let a = s.commit("1.0");
+    let s = Setup::new(&[]);
+    let a = s.commit("1.0", "blue-green");
     s.run(&["reconcile", "--once"]).code(0);
     assert_eq!(s.applied(), a);
-    let b = s.commit("1.1");
+    let b = s.commit("1.1", "blue-green");
     s.run(&["reconcile", "--once"]).code(0);
     assert_eq!(s.applied(), b);
     assert!(s.serving().contains("1.1"), "{}", s.serving());
@@ -123,7 +50,7 @@ fn a_commit_that_does_not_descend_from_the_last_applied_is_refused_until_allowed
 
     // A force-push back to A, then a new commit C: C does not descend from the revert.
     s.repo.git(&["reset", "-q", "--hard", &a]);
-    let c = s.commit("1.2");
+    let c = s.commit("1.2", "blue-green");
     let refused =
         format!("commit {c} does not descend from commit {reverted}, the last one applied");
     s.run(&["reconcile", "--once"])
@@ -193,13 +120,13 @@ fn a_commit_that_does_not_descend_from_the_last_applied_is_refused_until_allowed
     assert_eq!(s.applied(), c);
     assert!(s.serving().contains("1.2"), "{}", s.serving());
     // From then on, C's descendants go through without the option.
-    let d = s.commit("1.3");
+    let d = s.commit("1.3", "blue-green");
     s.run(&["reconcile", "--once"]).code(0);
     assert_eq!(s.applied(), d);
 
     // A repository that does not have the last commit applied cannot tell: refused too.
     let other = Repo::new();
-    other.write("kube-free.yaml", s.yaml("1.3"));
+    other.write("kube-free.yaml", s.yaml("1.3", "blue-green"));
     let e = other.commit("elsewhere");
     kube_free(&["reconcile", "--once", "--repo", other.path_str()])
         .code(2)

@@ -33,10 +33,11 @@ pub fn state_file(state_dir: &str, backend: &str) -> String {
 /// A server that stops answering loses only what was already sent to it: a connection attempt to
 /// it gives up after `timeout connect 1s` (a LAN handshake takes well under a millisecond; 1 s is
 /// Linux's first SYN retransmit) and the request is sent to another server at once (`option
-/// redispatch 1`, `retry-on conn-failure`); `observe layer4 error-limit 3 on-error mark-down`
-/// marks it DOWN after three failed connections in a row, before its checks do. Not
-/// `on-marked-down shutdown-sessions`: it also cuts the requests of a server put in maintenance,
-/// which a drain does when its time is up (docs/operations.md).
+/// redispatch 1`, `retry-on conn-failure`), and its checks take it out. Not `observe layer4 …
+/// on-error mark-down`: when every server with weight dies at once (a version that crashes in its
+/// bake), it answers 503 at once where the retries' turn-around would have kept requests until the
+/// traffic is taken back. Not `on-marked-down shutdown-sessions`: it also cuts the requests of a
+/// server put in maintenance, which a drain does when its time is up (docs/operations.md).
 pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
     let state_dir = desired
         .balancers
@@ -69,7 +70,7 @@ pub fn render_config(desired: &DesiredState, balancer: &str) -> String {
             );
             let _ = writeln!(
                 out,
-                "\nbackend {name}\n    balance roundrobin\n    option httpchk GET {}\n    http-check expect rstatus ^2[0-9][0-9]$\n    server-state-file-name {}\n    default-server check inter {}ms fall 2 rise 1 observe layer4 error-limit 3 on-error mark-down weight 0 disabled",
+                "\nbackend {name}\n    balance roundrobin\n    option httpchk GET {}\n    http-check expect rstatus ^2[0-9][0-9]$\n    server-state-file-name {}\n    default-server check inter {}ms fall 2 rise 1 weight 0 disabled",
                 app.probe.path,
                 state_file(state_dir, &name),
                 app.probe.interval.as_millis().max(100),
@@ -589,11 +590,12 @@ environments:
             "    retries 3\n",
             "    retry-on conn-failure\n",
             "    timeout connect 1s\n",
-            "    default-server check inter 2000ms fall 2 rise 1 observe layer4 error-limit 3 on-error mark-down weight 0 disabled\n",
+            "    default-server check inter 2000ms fall 2 rise 1 weight 0 disabled\n",
         ] {
             assert!(config.contains(line), "{line:?} in:\n{config}");
         }
         assert!(!config.contains("shutdown-sessions"), "{config}");
+        assert!(!config.contains("observe"), "{config}");
     }
 
     #[test]

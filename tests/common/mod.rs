@@ -818,6 +818,91 @@ impl Drop for Registry {
     }
 }
 
+/// The small local stage of `logs_cli`, `rewind` and `records`: the demo app on this machine
+/// (`transport: local`) behind its own HAProxy, deployed from a Git repository, with short probes
+/// and drain. Holds the load-test turn (no load, but real timing). Dropped in order: the
+/// instances are stopped, then HAProxy, then the files go.
+pub struct LocalStage {
+    _instances: StopInstances,
+    pub haproxy: LocalHaproxy,
+    pub repo: Repo,
+    /// `state_dir` of the host `here`.
+    pub state: PathBuf,
+    /// frontend, blue, green.
+    pub ports: [u16; 3],
+    pub dir: tempfile::TempDir,
+    _turn: LoadTestTurn,
+}
+
+impl LocalStage {
+    /// A stage on this machine; `tools` are needed besides haproxy and git.
+    pub fn new(tools: &[&str]) -> LocalStage {
+        require_tools(&["haproxy", "git"]);
+        require_tools(tools);
+        let turn = load_test_turn();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        LocalStage {
+            _instances: StopInstances(state.clone()),
+            haproxy: LocalHaproxy::start(&dir.path().join("haproxy")),
+            repo: Repo::new(),
+            state,
+            ports: free_ports(),
+            dir,
+            _turn: turn,
+        }
+    }
+
+    /// The desired state with the demo app `version`, rolled out with `strategy`.
+    pub fn yaml(&self, version: &str, strategy: &str) -> String {
+        let [frontend, blue, green] = self.ports;
+        format!(
+            r#"version: 1
+hosts:
+  here: {{ transport: local, state_dir: {state} }}
+balancers:
+  edge: {balancer}
+apps:
+  demo:
+    runtime: {{ kind: process, command: "{demo} --listen 127.0.0.1:{{port}} --version {{version}}" }}
+    slots: {{ blue: {blue}, green: {green} }}
+    probe: {{ path: /readyz, interval: 200ms, timeout: 1s, healthy_after: 2, deadline: 20s }}
+    drain: 1s
+    stop_timeout: 5s
+    bake: 0s
+environments:
+  local:
+    balancer: edge
+    hosts: [here]
+    apps:
+      demo: {{ version: "{version}", listen: "127.0.0.1:{frontend}", strategy: {strategy} }}
+"#,
+            state = self.state.display(),
+            balancer = self.haproxy.balancer_yaml("here"),
+            demo = demo_binary().display(),
+        )
+    }
+
+    /// Commits the demo app `version` with `strategy`; returns the commit.
+    pub fn commit(&self, version: &str, strategy: &str) -> String {
+        self.repo
+            .write("kube-free.yaml", self.yaml(version, strategy));
+        self.repo.commit(&format!("demo {version}"))
+    }
+
+    /// `kube-free ARGS --repo <the stage's repository>`.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut all = args.to_vec();
+        all.extend(["--repo", self.repo.path_str()]);
+        kube_free(&all)
+    }
+
+    /// The version the frontend serves.
+    pub fn serving(&self) -> String {
+        http_get(&format!("127.0.0.1:{}", self.ports[0]), "/version")
+    }
+}
+
 /// HAProxy of a test's own on this machine, for a `transport: local` desired state: master-worker in
 /// the foreground (a child of the test, stopped on drop) with its files in a directory:
 /// `base.cfg` (as in `examples/quickstart/run.sh`), `kube-free.cfg` (kube-free's, empty at start),
