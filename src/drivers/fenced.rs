@@ -1,10 +1,11 @@
 //! Fencing inside the change: a [`Transport`] that wraps every command that changes its host in
 //! [`fenced_cmd`], so that the host itself checks, under the lease's lock and in the same command,
-//! that this run still holds the lease there before the change runs. The runtimes of app hosts
-//! reach their hosts through it; the lease commands themselves (and the balancers, whose changes
-//! go through their admin sockets) do not. The token is set when the run takes the lease on the
-//! host and cleared when it gives it back; without one, commands pass as they are (a world that
-//! never takes a lease, such as `logs`).
+//! that this run still holds the lease there before the change runs. The runtimes and balancers
+//! reach their hosts through it (a balancer's configuration installs and reloads; its runtime
+//! changes go through its admin socket, which this does not fence); the ledgers do not (the lease
+//! commands themselves, and records written by compare-and-swap). The token is set when the run
+//! takes the lease on the host and cleared when it gives it back; without one, commands pass as
+//! they are (a world that never takes a lease, such as `logs`).
 
 use super::lease::{fenced_cmd, FENCED};
 use super::{Cmd, Line, Output, Transport, TransportError};

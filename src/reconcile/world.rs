@@ -37,8 +37,8 @@ pub struct Drivers {
     /// The ledgers of the hosts a run takes the lease on, by host: the balancer hosts in use (where
     /// records live too) and, with real drivers, the app hosts (whose changes the lease fences).
     pub ledgers: BTreeMap<String, Arc<dyn Ledger>>,
-    /// The fences of the app hosts' runtimes ([`FencedTransport`]), by host: set to this run's
-    /// lease when it takes the lease there.
+    /// The fences of the runtimes' and balancers' commands ([`FencedTransport`]), by host: set to
+    /// this run's lease when it takes the lease there.
     pub fences: BTreeMap<String, Arc<Fence>>,
     pub prober: Arc<dyn Prober>,
     pub clock: Arc<dyn Clock>,
@@ -276,10 +276,13 @@ impl World {
 fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transport>>) -> Drivers {
     let connected: BTreeSet<String> = hosts.keys().cloned().collect();
     let here = |h: &&str| connected.contains(*h);
-    // The runtimes reach their hosts through the host's fence; the ledgers and balancers do not.
+    // The runtimes and balancers reach their hosts through the host's fence, so that a command
+    // that changes a host checks the lease there first; the ledgers (the lease itself, records
+    // written by compare-and-swap) do not.
     let fences: BTreeMap<String, Arc<Fence>> = desired
         .app_hosts()
         .into_iter()
+        .chain(desired.balancer_hosts())
         .filter(here)
         .map(|h| (h.to_owned(), Fence::new(lock_file(desired.state_dir(h)))))
         .collect();
@@ -348,7 +351,7 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
         .into_iter()
         .filter(|b| hosts.contains_key(&desired.balancers[*b].host))
         .map(|b| {
-            let transport = raw[&desired.balancers[b].host].clone();
+            let transport = hosts[&desired.balancers[b].host].clone();
             (b.to_owned(), for_balancer(desired, b, transport))
         })
         .collect();
