@@ -7,8 +7,8 @@
 //! takes the lease on the host and cleared when it gives it back; without one, commands pass as
 //! they are (a world that never takes a lease, such as `logs`).
 
-use super::lease::{fenced_cmd, FENCED};
-use super::{Cmd, Line, Output, Transport, TransportError};
+use super::lease::{fenced_cmd, hold_cmd, FENCED};
+use super::{Cmd, Held, Line, Output, Transport, TransportError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -84,6 +84,34 @@ impl Transport for FencedTransport {
     async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError> {
         self.inner.connect_unix(path).await
     }
+
+    /// Holds the lease's lock on the host, checked, while the change is sent through the socket.
+    async fn connect_unix_for_change(
+        &self,
+        path: &str,
+    ) -> Result<(tokio::net::UnixStream, Option<Held>), TransportError> {
+        let Some((run_id, epoch)) = self.fence.token() else {
+            return Ok((self.inner.connect_unix(path).await?, None));
+        };
+        let cmd = hold_cmd(&self.fence.lock_file, &run_id, epoch);
+        // The lock is waited for up to 10 s on the host.
+        let (line, held) = self.inner.hold(&cmd, Duration::from_secs(15)).await?;
+        if line != "held" {
+            return Err(TransportError::Fenced {
+                host: self.host().to_owned(),
+                message: if line.is_empty() {
+                    "fenced: the lease's lock on this host could not be taken".to_owned()
+                } else {
+                    line
+                },
+            });
+        }
+        Ok((self.inner.connect_unix(path).await?, Some(held)))
+    }
+
+    async fn hold(&self, cmd: &Cmd, timeout: Duration) -> Result<(String, Held), TransportError> {
+        self.inner.hold(cmd, timeout).await
+    }
 }
 
 #[cfg(test)]
@@ -93,7 +121,8 @@ mod tests {
     use crate::drivers::local::LocalTransport;
 
     /// A change passes while the run holds the lease, and is refused on the host once another run
-    /// took it over; a read is never fenced.
+    /// took it over; so does a change through a socket, sent while the lease's lock is held; a
+    /// read is never fenced.
     #[tokio::test]
     async fn changes_run_only_under_this_runs_lease() {
         let dir = tempfile::tempdir().unwrap();
@@ -114,6 +143,17 @@ mod tests {
         let t = FencedTransport::new(local.clone(), fence.clone());
         let marker = dir.path().join("changed");
         let touch = Cmd::change(["touch".to_owned(), marker.display().to_string()]);
+        let socket = dir.path().join("admin.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let socket = socket.display().to_string();
+        // Whether the lease's lock is free on the host now.
+        let lock_free = || {
+            std::process::Command::new("flock")
+                .args(["-n", &format!("{lock}.mutex"), "true"])
+                .status()
+                .unwrap()
+                .success()
+        };
         // No token yet: as it is.
         t.run(&touch, Duration::from_secs(5)).await.unwrap();
         std::fs::remove_file(&marker).unwrap();
@@ -122,6 +162,17 @@ mod tests {
         assert_eq!(out.status, Some(0), "{out:?}");
         assert!(marker.exists());
         std::fs::remove_file(&marker).unwrap();
+        // A change through a socket is sent while the lock is held, checked; then it is let go.
+        let (_stream, held) = t.connect_unix_for_change(&socket).await.unwrap();
+        listener.accept().await.unwrap();
+        assert!(held.is_some());
+        assert!(!lock_free(), "the lock is held while the change is sent");
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !lock_free() {
+            assert!(std::time::Instant::now() < deadline, "the lock was kept");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // The lease expires (1 s, and the host's clock counts whole seconds) and run-b takes it.
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let taken = local
@@ -135,6 +186,17 @@ mod tests {
             "{err:?}"
         );
         assert!(!marker.exists(), "the change ran after all");
+        let err = t.connect_unix_for_change(&socket).await.unwrap_err();
+        assert!(
+            matches!(&err, TransportError::Fenced { message, .. } if message.contains("run-b")),
+            "{err:?}"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), listener.accept())
+                .await
+                .is_err(),
+            "a fenced change reached the socket"
+        );
         // A read runs whoever holds the lease.
         let read = Cmd::read(["true"]);
         assert_eq!(

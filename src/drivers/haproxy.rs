@@ -248,7 +248,12 @@ impl Haproxy {
         let changes = commands.iter().any(|c| c.starts_with("set "));
         tracing::debug!(host = self.t().host(), changes, cmd = %line, "runtime API");
         let work = async {
-            let mut stream = self.t().connect_unix(&self.admin_socket).await?;
+            // A change holds what its host's fence holds (the lease's lock) while it is sent.
+            let (mut stream, _held) = if changes {
+                self.t().connect_unix_for_change(&self.admin_socket).await?
+            } else {
+                (self.t().connect_unix(&self.admin_socket).await?, None)
+            };
             stream
                 .write_all(format!("{line}\n").as_bytes())
                 .await

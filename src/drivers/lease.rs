@@ -120,9 +120,7 @@ pub fn fenced_cmd(path: &str, run_id: &str, epoch: u64, cmd: &Cmd) -> Cmd {
     let mut argv = vec![
         "sh".to_owned(),
         "-c".to_owned(),
-        format!(
-            r#"f=$1; exec 9>>"$f.mutex"; flock -w 10 9; now=$(date +%s); epoch=0; expires=0; run=-; if [ -s "$f" ]; then read -r epoch expires run rest <"$f" || true; fi; if [ "$run" != "$2" ] || [ "$epoch" != "$3" ] || [ "$expires" -le "$now" ]; then echo "fenced: the lease on this host is not this run's any more (lock: $epoch $expires $run)" >&2; exit {FENCED}; fi; exec 9>&-; shift 3; exec "$@""#
-        ),
+        format!(r#"{FENCE} >&2; exit {FENCED}; fi; exec 9>&-; shift 3; exec "$@""#),
         "kube-free-fenced".to_owned(),
         path.to_owned(),
         run_id.to_owned(),
@@ -135,6 +133,26 @@ pub fn fenced_cmd(path: &str, run_id: &str, epoch: u64, cmd: &Cmd) -> Cmd {
         changes: cmd.changes,
     }
 }
+
+/// Takes the lease's `flock` on the host and checks, as [`fenced_cmd`] does, that `run_id` holds
+/// the lease at `epoch`; then prints `held` and keeps the lock until its standard input closes
+/// (for a change that is not a shell command: one through an admin socket). Otherwise prints the
+/// `fenced: …` line and exits [`FENCED`].
+pub fn hold_cmd(path: &str, run_id: &str, epoch: u64) -> Cmd {
+    Cmd::change([
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!(r#"{FENCE}; exit {FENCED}; fi; echo held; read -r _ || true"#),
+        "kube-free-hold".to_owned(),
+        path.to_owned(),
+        run_id.to_owned(),
+        epoch.to_string(),
+    ])
+}
+
+/// The start of [`fenced_cmd`] and [`hold_cmd`]: under `flock` on the lease's mutex, whether
+/// `$2` holds the lease in `$1` at epoch `$3`; when not, it is in the branch that echoes why.
+const FENCE: &str = r#"f=$1; exec 9>>"$f.mutex"; flock -w 10 9; now=$(date +%s); epoch=0; expires=0; run=-; if [ -s "$f" ]; then read -r epoch expires run rest <"$f" || true; fi; if [ "$run" != "$2" ] || [ "$epoch" != "$3" ] || [ "$expires" -le "$now" ]; then echo "fenced: the lease on this host is not this run's any more (lock: $epoch $expires $run)""#;
 
 /// Removes the lease if `run_id` holds it.
 pub fn release_cmd(path: &str, run_id: &str) -> Cmd {

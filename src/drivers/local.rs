@@ -1,7 +1,9 @@
 //! The `local` transport: runs commands on this machine, exactly as the SSH transport would run them on
 //! a host, without SSH; a streamed command runs in a process group of its own.
 
-use super::{collect, pump, Cmd, Line, Output, Transport, TransportError, OUTPUT_LIMIT};
+use super::{
+    collect, first_line, pump, Cmd, Held, Line, Output, Transport, TransportError, OUTPUT_LIMIT,
+};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -67,6 +69,27 @@ impl LocalTransport {
         }
         Ok(child)
     }
+
+    /// [`LocalTransport::start`] with stdin piped and left open.
+    fn start_held(&self, cmd: &Cmd) -> Result<tokio::process::Child, TransportError> {
+        let (program, args) = cmd
+            .argv
+            .split_first()
+            .ok_or_else(|| TransportError::Failed {
+                host: self.host.clone(),
+                cmd: String::new(),
+                status: None,
+                stderr: "empty command".into(),
+            })?;
+        tokio::process::Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(self.io(format!("cannot start `{cmd}`")))
+    }
 }
 
 #[async_trait::async_trait]
@@ -128,6 +151,16 @@ impl Transport for LocalTransport {
             .await
             .map_err(self.io(format!("cannot wait for `{cmd}`")))?;
         Ok(status.code())
+    }
+
+    async fn hold(&self, cmd: &Cmd, timeout: Duration) -> Result<(String, Held), TransportError> {
+        tracing::debug!(host = %self.host, cmd = %cmd, "held command");
+        let mut child = self.start_held(cmd)?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let line = first_line(stdout, timeout)
+            .await
+            .map_err(self.io(format!("cannot read from `{cmd}`")))?;
+        Ok((line, Held(Box::new(child))))
     }
 
     async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError> {

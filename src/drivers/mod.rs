@@ -319,6 +319,50 @@ pub trait Transport: Send + Sync {
 
     /// Opens a connection to a Unix socket on the host (the HAProxy admin socket).
     async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError>;
+
+    /// [`Transport::connect_unix`] for a change sent through the socket, with what must be held
+    /// while it is sent: nothing here; a fenced transport holds the lease's lock on the host,
+    /// checked, until the guard is dropped ([`fenced`]).
+    async fn connect_unix_for_change(
+        &self,
+        path: &str,
+    ) -> Result<(tokio::net::UnixStream, Option<Held>), TransportError> {
+        Ok((self.connect_unix(path).await?, None))
+    }
+
+    /// Starts `cmd` with its standard input kept open and returns the first line it prints (within
+    /// `timeout`) and a guard: dropping the guard closes its input and ends it on this machine.
+    /// For a command that holds something on the host while kube-free acts.
+    async fn hold(&self, cmd: &Cmd, timeout: Duration) -> Result<(String, Held), TransportError> {
+        let _ = (cmd, timeout);
+        Err(TransportError::Process {
+            host: self.host().to_owned(),
+            message: "this transport cannot hold a command open".into(),
+        })
+    }
+}
+
+/// What [`Transport::hold`] keeps running (the command and its open input) until dropped.
+pub struct Held(pub Box<dyn Send>);
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Held")
+    }
+}
+
+/// The first line `from` prints, within `timeout` (empty when it ends first).
+pub async fn first_line(
+    from: impl AsyncRead + Unpin,
+    timeout: Duration,
+) -> Result<String, std::io::Error> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(from);
+    tokio::time::timeout(timeout, reader.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    Ok(line.trim_end().to_owned())
 }
 
 /// Runs `cmd` and fails unless it exits 0.

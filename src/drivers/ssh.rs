@@ -14,7 +14,9 @@
 //! A streamed command (`kube-free logs`) runs on the master like any other, without a timeout; it
 //! is never sent again after a lost connection, as its output may already have been seen.
 
-use super::{collect, pump, Cmd, Line, Output, Transport, TransportError, OUTPUT_LIMIT};
+use super::{
+    collect, first_line, pump, Cmd, Held, Line, Output, Transport, TransportError, OUTPUT_LIMIT,
+};
 use crate::error::chain;
 use openssh::{KnownHosts, Session, SessionBuilder, Socket, Stdio};
 use std::collections::HashMap;
@@ -376,6 +378,28 @@ impl Transport for SshTransport {
             });
         }
         Ok(status.code())
+    }
+
+    /// On the master of the moment; never sent again (it holds something on the host).
+    async fn hold(&self, cmd: &Cmd, timeout: Duration) -> Result<(String, Held), TransportError> {
+        tracing::debug!(host = %self.target.host, cmd = %cmd, "held command");
+        let (_, session) = self.live().await?;
+        let line = cmd.to_string();
+        let mut command = session.arc_raw_command(&line);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().await.map_err(|e| self.unreachable(&e))?;
+        let stdout = child.stdout().take().expect("stdout is piped");
+        let first = first_line(stdout, timeout)
+            .await
+            .map_err(|source| TransportError::Io {
+                host: self.target.host.clone(),
+                what: format!("cannot read from `{line}`"),
+                source,
+            })?;
+        Ok((first, Held(Box::new(child))))
     }
 
     async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError> {

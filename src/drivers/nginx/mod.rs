@@ -417,7 +417,12 @@ impl Nginx {
             body.len()
         );
         let work = async {
-            let mut stream = self.t().connect_unix(socket).await?;
+            // A change holds what its host's fence holds (the lease's lock) while it is sent.
+            let (mut stream, _held) = if method == "GET" {
+                (self.t().connect_unix(socket).await?, None)
+            } else {
+                self.t().connect_unix_for_change(socket).await?
+            };
             stream
                 .write_all(request.as_bytes())
                 .await
