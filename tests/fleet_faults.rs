@@ -111,21 +111,7 @@ fn a_dropped_connection_is_sent_again_only_for_read_only_commands() {
 /// The weight of every server of the app's backend, as HAProxy's runtime API reports it (read on
 /// this machine, not over SSH).
 fn haproxy_weights(s: &Setup) -> Vec<(String, String)> {
-    let stat = s.fleet.haproxy_runtime("show stat");
-    let mut lines = stat.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap()
-        .trim_start_matches("# ")
-        .split(',')
-        .collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (px, sv, weight) = (col("pxname"), col("svname"), col("weight"));
-    let mut weights: Vec<(String, String)> = lines
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|f| f.len() > weight && f[px].starts_with("kf_") && f[sv] != "BACKEND")
-        .map(|f| (f[sv].to_owned(), f[weight].to_owned()))
-        .collect();
+    let mut weights = s.haproxy_stat("weight");
     weights.sort();
     weights
 }

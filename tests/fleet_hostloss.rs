@@ -24,25 +24,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// `inter 2s`, each timing out after 2 s: up to 6 s).
 const AFTER_CUT: Duration = Duration::from_secs(8);
 
-/// The operational state of every server of the app's backend, from HAProxy's runtime API.
-fn server_states(s: &Setup) -> Vec<(String, String)> {
-    let stat = s.fleet.haproxy_runtime("show stat");
-    let mut lines = stat.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap()
-        .trim_start_matches("# ")
-        .split(',')
-        .collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let (px, sv, status) = (col("pxname"), col("svname"), col("status"));
-    lines
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|f| f.len() > status && f[px].starts_with("kf_") && f[sv] != "BACKEND")
-        .map(|f| (f[sv].to_owned(), f[status].to_owned()))
-        .collect()
-}
-
 #[test]
 fn an_app_host_cut_off_under_load_loses_at_most_what_was_in_flight() {
     // HAProxy's own check interval (2 s) rather than the fleet's 200 ms: with checks that slow,
@@ -64,7 +45,7 @@ fn an_app_host_cut_off_under_load_loses_at_most_what_was_in_flight() {
     s.fleet.cut_link("web-2");
     std::thread::sleep(AFTER_CUT);
     let requests = load.finish();
-    let states = server_states(&s);
+    let states = s.haproxy_stat("status");
     s.fleet.restore_link("web-2");
     let log = std::fs::read_to_string(s.fleet.haproxy_log_file()).unwrap_or_default();
     for line in log

@@ -116,6 +116,23 @@ impl HostLedger {
             state_dir: state_dir.to_owned(),
         }
     }
+
+    /// The file at `path`; `None` when there is none (or it is empty).
+    async fn read(&self, path: &str) -> Result<Option<Vec<u8>>, LedgerError> {
+        let out = run_ok(self.transport.as_ref(), &read_file_cmd(path), TIMEOUT).await?;
+        Ok((!out.stdout.is_empty()).then_some(out.stdout))
+    }
+
+    /// Writes the file at `path` whole ([`write_file_cmd`]).
+    async fn write(&self, path: &str, bytes: &[u8]) -> Result<(), LedgerError> {
+        run_ok(
+            self.transport.as_ref(),
+            &write_file_cmd(path, bytes),
+            TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -129,9 +146,7 @@ impl Ledger for HostLedger {
     }
 
     async fn read_rollout(&self, env: &str, app: &str) -> Result<Option<Vec<u8>>, LedgerError> {
-        let path = self.rollout_file(env, app);
-        let out = run_ok(self.transport.as_ref(), &read_file_cmd(&path), TIMEOUT).await?;
-        Ok((!out.stdout.is_empty()).then_some(out.stdout))
+        self.read(&self.rollout_file(env, app)).await
     }
 
     async fn write_rollout(
@@ -156,20 +171,11 @@ impl Ledger for HostLedger {
     }
 
     async fn read_suspensions(&self) -> Result<Option<Vec<u8>>, LedgerError> {
-        let path = self.suspensions_file();
-        let out = run_ok(self.transport.as_ref(), &read_file_cmd(&path), TIMEOUT).await?;
-        Ok((!out.stdout.is_empty()).then_some(out.stdout))
+        self.read(&self.suspensions_file()).await
     }
 
     async fn write_suspensions(&self, bytes: &[u8]) -> Result<(), LedgerError> {
-        let path = self.suspensions_file();
-        run_ok(
-            self.transport.as_ref(),
-            &write_file_cmd(&path, bytes),
-            TIMEOUT,
-        )
-        .await?;
-        Ok(())
+        self.write(&self.suspensions_file(), bytes).await
     }
 
     fn applied_file(&self) -> String {
@@ -177,20 +183,11 @@ impl Ledger for HostLedger {
     }
 
     async fn read_applied(&self) -> Result<Option<Vec<u8>>, LedgerError> {
-        let path = self.applied_file();
-        let out = run_ok(self.transport.as_ref(), &read_file_cmd(&path), TIMEOUT).await?;
-        Ok((!out.stdout.is_empty()).then_some(out.stdout))
+        self.read(&self.applied_file()).await
     }
 
     async fn write_applied(&self, bytes: &[u8]) -> Result<(), LedgerError> {
-        let path = self.applied_file();
-        run_ok(
-            self.transport.as_ref(),
-            &write_file_cmd(&path, bytes),
-            TIMEOUT,
-        )
-        .await?;
-        Ok(())
+        self.write(&self.applied_file(), bytes).await
     }
 
     async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError> {

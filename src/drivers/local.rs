@@ -35,26 +35,15 @@ impl LocalTransport {
         cmd: &Cmd,
         own_group: bool,
     ) -> Result<tokio::process::Child, TransportError> {
-        let (program, args) = cmd
-            .argv
-            .split_first()
-            .ok_or_else(|| TransportError::Failed {
-                host: self.host.clone(),
-                cmd: String::new(),
-                status: None,
-                stderr: "empty command".into(),
-            })?;
-        let mut command = tokio::process::Command::new(program);
+        let mut command = self.command(cmd)?;
         command
-            .args(args)
             .stdin(if cmd.stdin.is_some() {
                 Stdio::piped()
             } else {
                 Stdio::null()
             })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         if own_group {
             command.process_group(0);
         }
@@ -72,6 +61,16 @@ impl LocalTransport {
 
     /// [`LocalTransport::start`] with stdin piped and left open.
     fn start_held(&self, cmd: &Cmd) -> Result<tokio::process::Child, TransportError> {
+        self.command(cmd)?
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(self.io(format!("cannot start `{cmd}`")))
+    }
+
+    /// `cmd`'s program and arguments, killed when dropped.
+    fn command(&self, cmd: &Cmd) -> Result<tokio::process::Command, TransportError> {
         let (program, args) = cmd
             .argv
             .split_first()
@@ -81,14 +80,9 @@ impl LocalTransport {
                 status: None,
                 stderr: "empty command".into(),
             })?;
-        tokio::process::Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(self.io(format!("cannot start `{cmd}`")))
+        let mut command = tokio::process::Command::new(program);
+        command.args(args).kill_on_drop(true);
+        Ok(command)
     }
 }
 

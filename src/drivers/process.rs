@@ -110,18 +110,6 @@ pub fn parse_pids(text: &str) -> Vec<u32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
-/// Signals the instance's whole process group (it leads its own session and group, by `setsid`), so
-/// that children of a wrapper command stop too.
-pub fn kill_cmd(pid: u32, signal: &str) -> Cmd {
-    Cmd::change([
-        "kill".to_owned(),
-        "-s".to_owned(),
-        signal.to_owned(),
-        "--".to_owned(),
-        format!("-{pid}"),
-    ])
-}
-
 /// Prints every instance file under `state_dir` (`<env>/<app>/<slot>.json`; `rollouts/` holds rollout
 /// records, not instances) as a line with its path, then a line with its content.
 pub fn list_instances_cmd(state_dir: &str) -> Cmd {
@@ -535,7 +523,6 @@ mod tests {
         assert_eq!(parse_pid_file("4242 31337\n"), Some((4242, 31337)));
         assert_eq!(parse_pid_file("4242"), None);
         assert!(cmd.changes);
-        assert_eq!(kill_cmd(42, "TERM").to_string(), "kill -s TERM -- -42");
         assert_eq!(stat_cmd(42).to_string(), "cat /proc/42/stat");
         assert!(!stat_cmd(42).changes);
     }

@@ -358,7 +358,7 @@ environments:
         );
 
         // Once it is gone, nothing runs there.
-        let kill = crate::drivers::process::kill_cmd(pid, "KILL");
+        let kill = crate::drivers::process::session_cmd(pid, record.start_ticks, Some("KILL"));
         w.host("here").run(&kill, READ_TIMEOUT).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while recover("green").await.is_some() {
@@ -373,7 +373,7 @@ environments:
             .unwrap()
             .is_none());
         let blue = recover("blue").await.unwrap();
-        let kill = crate::drivers::process::kill_cmd(blue.pid, "KILL");
+        let kill = crate::drivers::process::session_cmd(blue.pid, blue.start_ticks, Some("KILL"));
         w.host("here").run(&kill, READ_TIMEOUT).await.unwrap();
     }
 }

@@ -344,6 +344,26 @@ environments:
         json["environments"][0].clone()
     }
 
+    /// `column` of `show stat` (e.g. `weight`, `status`) for every server and frontend of
+    /// kube-free's backends, by `svname`, in HAProxy's order: read from HAProxy itself.
+    pub fn haproxy_stat(&self, column: &str) -> Vec<(String, String)> {
+        let stat = self.fleet.haproxy_runtime("show stat");
+        let mut lines = stat.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let (px, sv, value) = (col("pxname"), col("svname"), col(column));
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f.len() > value && f[px].starts_with("kf_") && f[sv] != "BACKEND")
+            .map(|f| (f[sv].to_owned(), f[value].to_owned()))
+            .collect()
+    }
+
     /// Weights of the servers running `version`, as status reports them.
     pub fn weights_of(&self, version: &str) -> Vec<u64> {
         let app = self.status_json();
