@@ -200,13 +200,15 @@ pub struct ValidateArgs {
     pub output: Output,
 }
 
-/// Which environments and apps a command looks at.
+/// Which environments and apps a command looks at. Only their hosts and their balancers' hosts are
+/// contacted, observed and locked: a host of another environment may be down.
 #[derive(Debug, Clone, Args)]
 pub struct ScopeArgs {
-    /// Only this environment.
+    /// Only this environment: only its hosts and its balancer's host are contacted and locked.
     #[arg(long, value_name = "ENV")]
     pub env: Option<String>,
-    /// Only this app.
+    /// Only this app: only the hosts of the environments that deploy it (and their balancers'
+    /// hosts) are contacted and locked.
     #[arg(long, value_name = "APP")]
     pub app: Option<String>,
 }

@@ -118,10 +118,23 @@ pub fn schema(args: &SchemaArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     Ok(Exit::Ok)
 }
 
-/// Loads the desired state and connects to every host it uses. Bad input is reported before any
-/// host is contacted.
+/// Loads the desired state and connects to the hosts `scope` reaches (every host in use when it
+/// names no environment or app). Bad input is reported before any host is contacted.
 async fn connect(args: &SourceArgs, scope: &Scope) -> Result<Arc<World>, Error> {
-    load::connect(load::load(&spec(args), scope)?).await
+    load::connect_scope(load::load(&spec(args), scope)?, scope).await
+}
+
+/// Loads the desired state and connects to every balancer host in use: where suspensions are
+/// kept, each a copy, so that every run sees them.
+async fn connect_balancer_hosts(args: &SourceArgs, scope: &Scope) -> Result<Arc<World>, Error> {
+    let loaded = load::load(&spec(args), scope)?;
+    let hosts = loaded
+        .state
+        .balancer_hosts()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    load::connect_to(loaded, hosts).await
 }
 
 fn spec(args: &SourceArgs) -> SourceSpec {
@@ -153,7 +166,7 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
     let loaded = load::load(&spec(&args.source), &scope)?;
     let history = loaded.history.clone();
-    let world = load::connect(loaded).await?;
+    let world = load::connect_scope(loaded, &scope).await?;
     // What reconcile would refuse, plan refuses too (it reads the record, writes nothing).
     reconcile::rewind::check(&world, &history, args.allow_rewind).await?;
     let plan = reconcile::preview(&world, &scope).await?;
@@ -185,7 +198,7 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     let scope = scope(&args.scope);
     let loaded = load::load(&spec(&args.source), &scope)?;
     let history = loaded.history.clone();
-    let world = load::connect(loaded).await?;
+    let world = load::connect_scope(loaded, &scope).await?;
     // A rewound commit is refused before the lease is even taken; checked again under it.
     reconcile::rewind::check(&world, &history, args.allow_rewind).await?;
     // Suspended environments are left out; when nothing is left, say what a pass would do.
@@ -592,7 +605,7 @@ pub async fn suspend(args: &SuspendArgs, out: &mut dyn Write) -> Result<Exit, Er
         env: args.env.clone(),
         ..Scope::default()
     };
-    let world = connect(&args.source, &scope).await?;
+    let world = connect_balancer_hosts(&args.source, &scope).await?;
     let s = reconcile::suspend(&world, args.env.as_deref(), args.for_, &args.reason).await?;
     writeln!(
         out,
@@ -611,7 +624,7 @@ pub async fn resume(args: &ResumeArgs, out: &mut dyn Write) -> Result<Exit, Erro
         env: args.env.clone(),
         ..Scope::default()
     };
-    let world = connect(&args.source, &scope).await?;
+    let world = connect_balancer_hosts(&args.source, &scope).await?;
     let resumed = reconcile::resume(&world, args.env.as_deref()).await?;
     for s in &resumed.removed {
         writeln!(out, "resumed {} (was suspended: {s})", s.what())?;

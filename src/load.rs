@@ -1,7 +1,7 @@
 //! The desired state of a run: opens the source at a commit, loads and checks the desired state
 //! there and reads its secret files (bad input, unknown `--env`/`--app` names included, is
-//! reported before any host is contacted), and connects the [`World`] that acts on it (or only the hosts a command reads
-//! from). Shared by the one-shot commands and the watcher; prints nothing.
+//! reported before any host is contacted), and connects the [`World`] that acts on it: every host
+//! in use, the hosts of a narrowed run's scope, or only the hosts a command reads from. Shared by the one-shot commands and the watcher; prints nothing.
 
 use crate::desired::{self, DesiredState, Files, LoadError};
 use crate::error::Error;
@@ -102,6 +102,19 @@ pub async fn connect(loaded: Loaded) -> Result<Arc<World>, Error> {
     Ok(Arc::new(
         World::connect(loaded.state, loaded.commit, loaded.known_hosts).await?,
     ))
+}
+
+/// Connects to the hosts a run over `scope` reaches: the hosts of its environments and their
+/// balancers' hosts ([`DesiredState::hosts_in_scope`]), every host in use when it names no
+/// environment or app. A host outside the scope is neither contacted, observed nor locked.
+pub async fn connect_scope(loaded: Loaded, scope: &Scope) -> Result<Arc<World>, Error> {
+    let hosts = loaded
+        .state
+        .hosts_in_scope(scope.env.as_deref(), scope.app.as_deref())
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    connect_to(loaded, hosts).await
 }
 
 /// Connects to `hosts` only (see [`World::connect_to`]).

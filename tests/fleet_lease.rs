@@ -1,7 +1,9 @@
 //! The lease on a real fleet: two reconcilers started together (one acts, the other exits 4, or
 //! waits with --lock-wait and then finds nothing to do), the lease of a run killed with SIGKILL taken
 //! over after it expires (and the rollout resumed), and SIGTERM: the current step finishes, the lease
-//! is released, and the next run completes the rollout.
+//! is released, and the next run completes the rollout. And a run narrowed with `--env`: it
+//! contacts, observes and locks only that environment's hosts and its balancer's host, so a host of
+//! another environment that is cut off fails nothing.
 
 mod common;
 #[path = "fleet/mod.rs"]
@@ -100,4 +102,50 @@ fn a_killed_runs_lease_expires_and_a_signalled_run_stops_cleanly() {
         .code(0)
         .stdout_has("converged");
     s.assert_serving_only("3.0.0");
+}
+
+#[test]
+fn a_run_narrowed_to_an_environment_does_not_need_the_hosts_of_another() {
+    let mut s = Setup::new(&["web-1", "web-2"], "blue-green");
+    s.production_hosts = Some(vec!["web-1".to_owned()]);
+    s.repo.write(
+        "environments/staging.yaml",
+        "balancer: edge\nhosts: [web-2]\napps:\n  demo: { version: \"1.0.0\", listen: \"0.0.0.0:81\", strategy: blue-green }\n",
+    );
+    s.commit("1.0.0", "", "20s");
+    s.kube_free(&["reconcile", "--once"]).code(0);
+    let staging = format!("{}:81", s.fleet.address("lb-1"));
+    assert_eq!(http_get(&staging, "/version"), "1.0.0");
+
+    // web-2, staging's only host, leaves the network; production moves to 2.0.0.
+    s.fleet.cut_link("web-2");
+    s.commit("2.0.0", "", "20s");
+    // A run over everything needs web-2 and says so; one narrowed to production does not.
+    s.kube_free(&["plan"]).code(1).stderr_has("web-2");
+    s.kube_free(&["plan", "--env", "production"])
+        .code(10)
+        .stdout_has("2.0.0");
+    let (run, tally) = s.run_under_load(
+        &["reconcile", "--once", "--env", "production"],
+        "GET",
+        60,
+        || {},
+    );
+    run.code(0).stdout_has("converged");
+    assert_eq!(tally.failed, 0, "{tally:?}");
+    assert!(tally.requests > 0);
+    let status = s.kube_free(&["status", "--env", "production", "--output", "json"]);
+    status.code(0);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let envs = json["environments"].as_array().unwrap();
+    assert_eq!(envs.len(), 1, "{}", status.stdout);
+    assert_eq!(envs[0]["env"], "production", "{}", status.stdout);
+    assert_eq!(envs[0]["in_sync"], true, "{}", status.stdout);
+    assert_eq!(http_get(&s.frontend(), "/version"), "2.0.0");
+
+    // Back on the network, staging is as it was, and everything is in sync.
+    s.fleet.restore_link("web-2");
+    assert_eq!(http_get(&staging, "/version"), "1.0.0");
+    s.kube_free(&["plan"]).code(0).stdout_has("in sync");
+    s.kube_free(&["plan", "--env", "staging"]).code(0);
 }

@@ -83,6 +83,18 @@ impl DesiredState {
         hosts
     }
 
+    /// The hosts a run limited to `env` and `app` (each: all when `None`) reaches: the hosts of
+    /// every environment in that scope that deploys the app, and their balancers' hosts. A
+    /// narrowed run connects to, observes and locks these only.
+    pub fn hosts_in_scope(&self, env: Option<&str>, app: Option<&str>) -> BTreeSet<&str> {
+        self.environments
+            .values()
+            .filter(|e| env.is_none_or(|n| n == e.name))
+            .filter(|e| app.is_none_or(|a| e.apps.contains_key(a)))
+            .flat_map(|e| self.hosts_of(&e.name))
+            .collect()
+    }
+
     /// The hosts of `env` and its balancer's host.
     pub fn hosts_of(&self, env: &str) -> BTreeSet<&str> {
         let e = &self.environments[env];
@@ -147,5 +159,39 @@ mod tests {
         assert_eq!(d.backends_of("edge"), ["kf_prod_api"]);
         assert!(d.backends_of("unused").is_empty());
         assert_eq!(d.deployments().count(), 1);
+    }
+
+    #[test]
+    fn a_narrowed_run_reaches_the_hosts_of_its_scope_only() {
+        let yaml = crate::testing::two_hosts_yaml("blue-green")
+            .replace(
+                "  lb-1:",
+                "  web-9: { address: 192.0.2.19 }\n  lb-2: { address: 192.0.2.20 }\n  lb-1:",
+            )
+            .replace(
+                "  edge: { kind: haproxy, host: lb-1 }",
+                "  edge: { kind: haproxy, host: lb-1 }\n  side: { kind: haproxy, host: lb-2 }",
+            )
+            .replace("    drain: 1s", "    drain: 1s\n  web:\n    runtime: { kind: process, command: \"/opt/web {port}\" }\n    slots: { blue: 9000, green: 9001 }")
+            + "  staging:\n    balancer: side\n    hosts: [web-9]\n    apps:\n      web: { version: \"1\", listen: \"0.0.0.0:81\" }\n";
+        let d = crate::testing::desired(&yaml);
+        let set = |v: &[&'static str]| v.iter().copied().collect::<std::collections::BTreeSet<_>>();
+        let all = set(&["lb-1", "lb-2", "web-1", "web-2", "web-9"]);
+        assert_eq!(d.hosts_in_scope(None, None), all);
+        assert_eq!(d.hosts_in_use(), all);
+        assert_eq!(
+            d.hosts_in_scope(Some("prod"), None),
+            set(&["lb-1", "web-1", "web-2"])
+        );
+        assert_eq!(
+            d.hosts_in_scope(Some("staging"), None),
+            set(&["lb-2", "web-9"])
+        );
+        assert_eq!(d.hosts_in_scope(None, Some("web")), set(&["lb-2", "web-9"]));
+        assert_eq!(
+            d.hosts_in_scope(None, Some("api")),
+            set(&["lb-1", "web-1", "web-2"])
+        );
+        assert!(d.hosts_in_scope(Some("prod"), Some("web")).is_empty());
     }
 }

@@ -183,7 +183,7 @@ impl World {
                     Ok(()) => (renewed, every) = (tokio::time::Instant::now(), ttl / 4),
                     Err(e @ ReconcileError::LeaseLost { .. }) => return e,
                     Err(e) if renewed.elapsed() + Duration::from_secs(1) > ttl / 2 => {
-                        let hosts: Vec<&str> = world.desired.balancer_hosts().into_iter().collect();
+                        let hosts: Vec<&str> = world.balancer_hosts().into_iter().collect();
                         return ReconcileError::LeaseLost {
                             host: hosts.join(", "),
                             loss: LeaseLoss::NotRenewed {
@@ -223,7 +223,7 @@ impl World {
         balancers_only: bool,
     ) -> Result<(), ReconcileError> {
         let held = self.leases.lock().expect("not poisoned").clone();
-        let balancer_hosts = self.desired.balancer_hosts();
+        let balancer_hosts = self.balancer_hosts();
         // Every host at once, so that one slow to answer delays no other's renewal; an app host
         // gets APP_HOST_ANSWER to answer.
         let mut asked = tokio::task::JoinSet::new();

@@ -20,10 +20,11 @@ use std::time::Duration;
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl World {
-    /// Observes every host and balancer in use, and every rollout record, in parallel.
+    /// Observes every host and balancer this run reaches, and every rollout record there, in
+    /// parallel.
     pub async fn observe(self: &Arc<Self>) -> Result<ObservedState, ReconcileError> {
         let mut hosts = Vec::new();
-        for name in self.desired.app_hosts() {
+        for name in self.app_hosts() {
             let (world, name) = (self.clone(), name.to_owned());
             hosts.push(tokio::spawn(async move {
                 let state = world.observe_host(&name).await?;
@@ -31,7 +32,7 @@ impl World {
             }));
         }
         let mut balancers = Vec::new();
-        for name in self.desired.balancers_in_use() {
+        for name in self.balancers() {
             let (world, name) = (self.clone(), name.to_owned());
             balancers.push(tokio::spawn(async move {
                 let state = world.balancer(&name).observe().await?;
@@ -39,7 +40,11 @@ impl World {
             }));
         }
         let mut rollouts = Vec::new();
-        for (env, app, _) in self.desired.deployments() {
+        for (env, app, _) in self
+            .desired
+            .deployments()
+            .filter(|(env, _, _)| self.reaches_records_of(&env.name))
+        {
             let (world, env, app) = (self.clone(), env.name.clone(), app.to_owned());
             rollouts.push(tokio::spawn(async move {
                 let record = world.read_rollout(&env, &app).await?;
@@ -202,8 +207,7 @@ impl World {
 
     /// Balancers whose config file is not the one the desired state renders.
     pub fn stale_configs(&self, observed: &ObservedState) -> BTreeSet<String> {
-        self.desired
-            .balancers_in_use()
+        self.balancers()
             .into_iter()
             .filter(|b| {
                 observed.balancers.get(*b).and_then(|s| s.config.as_deref())

@@ -72,7 +72,7 @@ pub struct Last {
 /// The last commit applied, per balancer host in use that has a record.
 pub async fn last_applied(world: &World) -> Result<Vec<Last>, ReconcileError> {
     let mut all = Vec::new();
-    for host in world.desired.balancer_hosts() {
+    for host in world.balancer_hosts() {
         let ledger = world.drivers.ledgers[host].as_ref();
         let Some(bytes) = ledger.read_applied().await? else {
             continue;
@@ -154,7 +154,7 @@ pub async fn guard(world: &World, history: &History, allow: bool) -> Result<(), 
         by: super::suspend::who(),
     };
     let bytes = serde_json::to_vec_pretty(&applied).expect("a record serializes");
-    for host in world.desired.balancer_hosts() {
+    for host in world.balancer_hosts() {
         if lasts
             .iter()
             .any(|l| l.host == host && l.applied.commit == commit)

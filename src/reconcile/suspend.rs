@@ -236,7 +236,7 @@ fn live(mut list: Vec<Suspension>, now: u64) -> Vec<Suspension> {
 /// Every balancer host's suspensions, merged (each once), by environment and end.
 async fn read_all(world: &World) -> Result<Vec<Suspension>, ReconcileError> {
     let mut all: Vec<Suspension> = Vec::new();
-    for host in world.desired.balancer_hosts() {
+    for host in world.balancer_hosts() {
         let ledger = world.drivers.ledgers[host].as_ref();
         let Some(bytes) = ledger.read_suspensions().await? else {
             continue;
@@ -260,7 +260,7 @@ async fn read_all(world: &World) -> Result<Vec<Suspension>, ReconcileError> {
 /// Writes `list` whole to every balancer host in use.
 async fn write_all(world: &World, list: &[Suspension]) -> Result<(), ReconcileError> {
     let bytes = serde_json::to_vec_pretty(list).expect("suspensions serialize");
-    for host in world.desired.balancer_hosts() {
+    for host in world.balancer_hosts() {
         let ledger = world.drivers.ledgers[host].as_ref();
         world.check_lease().await?;
         ledger

@@ -241,6 +241,41 @@ impl World {
         self.drivers.balancers[name].as_ref()
     }
 
+    /// Whether this run reaches `host`: every host in use, or a narrowed run's (`--env`, `--app`:
+    /// [`DesiredState::hosts_in_scope`]). What it does not reach it neither observes nor locks.
+    pub fn reaches(&self, host: &str) -> bool {
+        self.drivers.hosts.contains_key(host)
+    }
+
+    /// The app hosts this run reaches.
+    pub(super) fn app_hosts(&self) -> BTreeSet<&str> {
+        let mut hosts = self.desired.app_hosts();
+        hosts.retain(|h| self.reaches(h));
+        hosts
+    }
+
+    /// The balancer hosts this run reaches: where it reads and writes what runs share.
+    pub(super) fn balancer_hosts(&self) -> BTreeSet<&str> {
+        let mut hosts = self.desired.balancer_hosts();
+        hosts.retain(|h| self.drivers.ledgers.contains_key(*h));
+        hosts
+    }
+
+    /// The balancers in use that this run reaches.
+    pub(super) fn balancers(&self) -> BTreeSet<&str> {
+        let mut balancers = self.desired.balancers_in_use();
+        balancers.retain(|b| self.drivers.balancers.contains_key(*b));
+        balancers
+    }
+
+    /// Whether this run reaches the environment `env`'s balancer host, where its rollout records
+    /// are.
+    pub(super) fn reaches_records_of(&self, env: &str) -> bool {
+        self.drivers
+            .ledgers
+            .contains_key(&self.desired.balancer_of(env).host)
+    }
+
     /// The ledger of `env`: its balancer's host.
     pub(super) fn ledger_of(&self, env: &str) -> &dyn Ledger {
         self.drivers.ledgers[&self.desired.balancer_of(env).host].as_ref()

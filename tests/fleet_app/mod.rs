@@ -43,6 +43,9 @@ pub struct Setup {
     pub probe_interval: String,
     /// More top-level YAML for `kube-free.yaml` (e.g. `notifications:`), appended as it is.
     pub extra: String,
+    /// The hosts of `production`, when not every one of [`Setup::hosts`] (the others are then for
+    /// environments the test writes in `environments/`).
+    pub production_hosts: Option<Vec<String>>,
     /// Where [`Setup::script`] writes each version's start script; `Some` once one is written,
     /// and then the app runs `<dir>/<version>/run <host> --listen … --version …`.
     scripts: Option<tempfile::TempDir>,
@@ -92,6 +95,7 @@ impl Setup {
             bake: "2s".to_owned(),
             probe_interval: "200ms".to_owned(),
             extra: String::new(),
+            production_hosts: None,
             scripts: None,
             balancer,
             docker,
@@ -244,7 +248,11 @@ environments:
       demo: {{ version: "{version}", listen: "0.0.0.0:80", strategy: {strategy} }}
 "#,
             lb = host("lb-1"),
-            host_list = self.hosts.join(", "),
+            host_list = self
+                .production_hosts
+                .as_ref()
+                .unwrap_or(&self.hosts)
+                .join(", "),
             identity = f.identity_file().display(),
             balancer = self.balancer_yaml(),
             bake = self.bake,
@@ -436,9 +444,20 @@ environments:
         max_seconds: u64,
         during: impl FnOnce(),
     ) -> (Run, Tally) {
+        self.run_under_load(&["reconcile", "--once"], method, max_seconds, during)
+    }
+
+    /// `kube-free ARGS` while wrk loads the frontend, as [`Setup::reconcile_under_load_while`].
+    pub fn run_under_load(
+        &self,
+        args: &[&str],
+        method: &str,
+        max_seconds: u64,
+        during: impl FnOnce(),
+    ) -> (Run, Tally) {
         let load = Load::start(&format!("http://{}/", self.frontend()), max_seconds, method);
         std::thread::sleep(std::time::Duration::from_secs(3));
-        let run = self.spawn(&["reconcile", "--once"]);
+        let run = self.spawn(args);
         during();
         let run = Run::from(run.wait_with_output().expect("kube-free runs"));
         std::thread::sleep(std::time::Duration::from_secs(2));
