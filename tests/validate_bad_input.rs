@@ -250,8 +250,20 @@ case!(
     ],
     [(
         PROD,
-        Some("version"),
+        Some("web:"),
         "apps.web",
+        "unknown app \"web\" (declared: api)"
+    )]
+);
+
+// Reported at the key, not at the block mapping below it.
+case!(
+    undeclared_app_inline,
+    root(&base_with("    apps:\n      api:", "    apps:\n      web:")),
+    [(
+        ROOT,
+        Some("web:"),
+        "environments.production.apps.web",
         "unknown app \"web\" (declared: api)"
     )]
 );

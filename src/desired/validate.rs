@@ -177,6 +177,7 @@ impl Checker<'_> {
         }
     }
 
+    /// Whether `name`, written as the value at `path`, is one of `known`; reported there if not.
     fn reference(
         &mut self,
         at: At,
@@ -185,24 +186,51 @@ impl Checker<'_> {
         name: &str,
         known: &BTreeSet<&String>,
     ) -> bool {
-        let ok = known.contains(&name.to_owned());
-        if !ok {
-            let listed = if known.is_empty() {
-                format!("no {what}s are declared")
-            } else {
-                format!(
-                    "declared: {}",
-                    known
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            };
-            self.value(at, path, format!("unknown {what} {name:?} ({listed})"));
+        let unknown = unknown_name(what, name, known);
+        let ok = unknown.is_none();
+        if let Some(message) = unknown {
+            self.value(at, path, message);
         }
         ok
     }
+
+    /// Whether `name`, written as the key that ends `path`, is one of `known`; reported at the key
+    /// if not (not at its value, which may start on the next line).
+    fn key_reference(
+        &mut self,
+        at: At,
+        path: &YamlPath,
+        what: &str,
+        name: &str,
+        known: &BTreeSet<&String>,
+    ) -> bool {
+        let unknown = unknown_name(what, name, known);
+        let ok = unknown.is_none();
+        if let Some(message) = unknown {
+            self.key(at, path, message);
+        }
+        ok
+    }
+}
+
+/// The problem with a reference to `name` when it is not one of `known`.
+fn unknown_name(what: &str, name: &str, known: &BTreeSet<&String>) -> Option<String> {
+    if known.contains(&name.to_owned()) {
+        return None;
+    }
+    let listed = if known.is_empty() {
+        format!("no {what}s are declared")
+    } else {
+        format!(
+            "declared: {}",
+            known
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Some(format!("unknown {what} {name:?} ({listed})"))
 }
 
 /// Validates the root file and the environments into the model. `exists` tells whether a file is in
@@ -1093,7 +1121,7 @@ fn environment(
     let mut deployments = BTreeMap::new();
     for (name, d) in &e.apps {
         let dp = base.key("apps").key(name);
-        if !c.reference(at, &dp, "app", name, &app_names) {
+        if !c.key_reference(at, &dp, "app", name, &app_names) {
             continue;
         }
         let version = c
@@ -1550,15 +1578,25 @@ mod tests {
         }
     }
 
-    fn load(notifications: &str) -> Result<DesiredState, Vec<String>> {
-        let files = crate::desired::MemFiles::default().with(
-            "kube-free.yaml",
-            format!("version: 1\nnotifications:\n{notifications}"),
-        );
+    /// Loads these files (path in the desired-state directory, text); every problem as `validate`
+    /// prints it.
+    fn load_files(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String>> {
+        let files = files
+            .iter()
+            .fold(crate::desired::MemFiles::default(), |m, (path, text)| {
+                m.with(path, *text)
+            });
         crate::desired::load(&files).map_err(|e| match e {
             crate::desired::LoadError::Invalid(d) => d.iter().map(|d| d.to_string()).collect(),
             other => vec![other.to_string()],
         })
+    }
+
+    fn load(notifications: &str) -> Result<DesiredState, Vec<String>> {
+        load_files(&[(
+            "kube-free.yaml",
+            &format!("version: 1\nnotifications:\n{notifications}"),
+        )])
     }
 
     #[test]
@@ -1659,5 +1697,109 @@ mod tests {
         for bad in ["", "a b", "-x", "web_1", "x;rm", "a..b"] {
             assert!(!valid_address(bad), "{bad}");
         }
+    }
+
+    /// Hosts `web-1` and `lb-1`, balancer `edge` on `lb-1`, app `api` on ports 8000 and 8001: lines
+    /// 1 to 10 of the files below.
+    const BASE: &str = concat!(
+        "version: 1\n",                                                          // 1
+        "hosts:\n",                                                              // 2
+        "  web-1: { address: 192.0.2.11 }\n",                                    // 3
+        "  lb-1: { address: 192.0.2.10 }\n",                                     // 4
+        "balancers:\n",                                                          // 5
+        "  edge: { kind: haproxy, host: lb-1 }\n",                               // 6
+        "apps:\n",                                                               // 7
+        "  api:\n",                                                              // 8
+        "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 9
+        "    slots: { blue: 8000, green: 8001 }\n",                              // 10
+    );
+
+    // An unknown app is a key of an environment's `apps`: reported where the key is, not where its
+    // value starts (the next line for a block mapping, further on the line for a flow mapping).
+    #[test]
+    fn an_unknown_app_is_reported_at_its_key() {
+        let root = format!(
+            "{BASE}{}",
+            concat!(
+                "environments:\n",                                    // 11
+                "  prod:\n",                                          // 12
+                "    balancer: edge\n",                               // 13
+                "    hosts: [web-1]\n",                               // 14
+                "    apps:\n",                                        // 15
+                "      api: { version: \"1\", listen: \":80\" }\n",   // 16
+                "      nosuch:\n",                                    // 17
+                "        version: \"1\"\n",                           // 18
+                "        listen: \":81\"\n",                          // 19
+                "      other: { version: \"1\", listen: \":82\" }\n", // 20
+            )
+        );
+        let errors = load_files(&[
+            ("kube-free.yaml", &root),
+            (
+                "environments/staging.yaml",
+                "balancer: edge\nhosts: [web-1]\napps: { web: { version: \"1\", listen: \":83\" } }\n",
+            ),
+            (
+                "environments/test.yaml",
+                "balancer: edge\nhosts: [web-1]\napps:\n  nosuch:\n    version: \"1\"\n    listen: \":84\"\n",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "environments/staging.yaml:3:9: apps.web: unknown app \"web\" (declared: api)",
+                "environments/test.yaml:4:3: apps.nosuch: unknown app \"nosuch\" (declared: api)",
+                "kube-free.yaml:17:7: environments.prod.apps.nosuch: unknown app \"nosuch\" (declared: api)",
+                "kube-free.yaml:20:7: environments.prod.apps.other: unknown app \"other\" (declared: api)",
+            ]
+        );
+    }
+
+    // Names that refer to something declared elsewhere, written as values, are reported at the
+    // value.
+    #[test]
+    fn unknown_names_written_as_values_are_reported_at_the_value() {
+        let errors = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",                                   // 1
+                "hosts:\n",                                       // 2
+                "  web-1: { address: 192.0.2.11 }\n",             // 3
+                "  lb-1: { address: 192.0.2.10 }\n",              // 4
+                "balancers:\n",                                   // 5
+                "  edge: { kind: haproxy, host: lb-1 }\n",        // 6
+                "  far:\n",                                       // 7
+                "    kind: haproxy\n",                            // 8
+                "    host: lb-9\n",                               // 9
+                "apps:\n",                                        // 10
+                "  api:\n",                                       // 11
+                "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 12
+                "    slots: { blue: 8000, green: 8001 }\n",       // 13
+                "environments:\n",                                // 14
+                "  prod:\n",                                      // 15
+                "    balancer: nosuch\n",                         // 16
+                "    hosts: [web-1, web-9]\n",                    // 17
+                "    apps:\n",                                    // 18
+                "      api: { version: \"1\", listen: \":80\" }\n", // 19
+                "  staging:\n",                                   // 20
+                "    balancer: edge\n",                           // 21
+                "    hosts:\n",                                   // 22
+                "      - web-1\n",                                // 23
+                "      - web-8\n",                                // 24
+                "    apps:\n",                                    // 25
+                "      api: { version: \"1\", listen: \":81\", slots: { blue: 8100, green: 8101 } }\n", // 26
+            ),
+        )])
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:9:11: balancers.far.host: unknown host \"lb-9\" (declared: lb-1, web-1)",
+                "kube-free.yaml:16:15: environments.prod.balancer: unknown balancer \"nosuch\" (declared: edge, far)",
+                "kube-free.yaml:17:20: environments.prod.hosts[1]: unknown host \"web-9\" (declared: lb-1, web-1)",
+                "kube-free.yaml:24:9: environments.staging.hosts[1]: unknown host \"web-8\" (declared: lb-1, web-1)",
+            ]
+        );
     }
 }
