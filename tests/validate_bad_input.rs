@@ -829,7 +829,7 @@ case!(
         (PROD, PRODUCTION_FILE.as_bytes().to_vec()),
         ("environments/staging.yaml", b"balancer: edge\nhosts: [web-1]\napps:\n  api: { version: 1.5.0-rc.1, listen: \"0.0.0.0:8080\" }\n".to_vec()),
     ],
-    [("environments/staging.yaml", Some("version"), "apps.api", "port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"production\"; give this environment its own ports with `slots:` under the app")]
+    [("environments/staging.yaml", Some("api:"), "apps.api", "port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"production\"; give this environment its own ports with `slots:` under the app")]
 );
 
 case!(

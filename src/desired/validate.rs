@@ -1327,6 +1327,9 @@ struct Claim<'a> {
     address: Option<&'a str>,
     what: String,
     path: YamlPath,
+    /// Whether `path` is an app's entry in an environment (its slots are the app's own), reported
+    /// at its key, or a value (`listen`, a port under `slots:`).
+    at_key: bool,
     /// How to resolve a clash.
     hint: &'static str,
 }
@@ -1476,6 +1479,7 @@ fn check_ports(
                         } else {
                             dp.clone()
                         },
+                        at_key: !overridden,
                         hint: "give this environment its own ports with `slots:` under the app",
                     });
                 }
@@ -1490,19 +1494,23 @@ fn check_ports(
                     frontend: true,
                     what: format!("the frontend of app {app:?} in environment {:?}", env.name),
                     path: dp.key("listen"),
+                    at_key: false,
                     hint: "choose another `listen` port or address",
                 });
             }
             for claim in claims {
                 match claimed.iter().find(|other| claim.clashes_with(other)) {
-                    Some(other) => c.value(
-                        at,
-                        &claim.path,
-                        format!(
+                    Some(other) => {
+                        let message = format!(
                             "port {} on {} is already taken by {}; {}",
                             claim.port, claim.machine, other.what, claim.hint
-                        ),
-                    ),
+                        );
+                        if claim.at_key {
+                            c.key(at, &claim.path, message);
+                        } else {
+                            c.value(at, &claim.path, message);
+                        }
+                    }
                     None => claimed.push(claim),
                 }
             }
@@ -1752,6 +1760,52 @@ mod tests {
                 "environments/test.yaml:4:3: apps.nosuch: unknown app \"nosuch\" (declared: api)",
                 "kube-free.yaml:17:7: environments.prod.apps.nosuch: unknown app \"nosuch\" (declared: api)",
                 "kube-free.yaml:20:7: environments.prod.apps.other: unknown app \"other\" (declared: api)",
+            ]
+        );
+    }
+
+    // A port clash of the slots an environment takes from the app is reported at the app's key in
+    // the environment (there is no `slots:` to point at); with the environment's own `slots:`, at
+    // the port.
+    #[test]
+    fn a_port_clash_of_an_apps_own_slots_is_reported_at_its_key() {
+        let root = format!(
+            "{BASE}{}",
+            concat!(
+                "environments:\n",                                  // 11
+                "  prod:\n",                                        // 12
+                "    balancer: edge\n",                             // 13
+                "    hosts: [web-1]\n",                             // 14
+                "    apps:\n",                                      // 15
+                "      api: { version: \"1\", listen: \":80\" }\n", // 16
+                "  staging:\n",                                     // 17
+                "    balancer: edge\n",                             // 18
+                "    hosts: [web-1]\n",                             // 19
+                "    apps:\n",                                      // 20
+                "      api:\n",                                     // 21
+                "        version: \"2\"\n",                         // 22
+                "        listen: \":81\"\n",                        // 23
+            )
+        );
+        let errors = load_files(&[
+            ("kube-free.yaml", &root),
+            (
+                "environments/qa.yaml",
+                "balancer: edge\nhosts: [web-1]\napps:\n  api:\n    version: \"4\"\n    listen: \":83\"\n    slots:\n      blue: 8100\n      green: 8001\n",
+            ),
+            (
+                "environments/test.yaml",
+                "balancer: edge\nhosts: [web-1]\napps: { api: { version: \"3\", listen: \":82\" } }\n",
+            ),
+        ])
+        .unwrap_err();
+        let hint = "give this environment its own ports with `slots:` under the app";
+        assert_eq!(
+            errors,
+            vec![
+                format!("environments/qa.yaml:9:14: apps.api.slots.green: port 8001 on host \"web-1\" is already taken by slot \"green\" of app \"api\" in environment \"prod\"; {hint}"),
+                format!("environments/test.yaml:3:9: apps.api: port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"prod\"; {hint}"),
+                format!("kube-free.yaml:21:7: environments.staging.apps.api: port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"prod\"; {hint}"),
             ]
         );
     }
