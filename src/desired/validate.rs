@@ -1764,6 +1764,157 @@ mod tests {
         );
     }
 
+    #[test]
+    fn host_balancer_and_app_names_are_reported_at_their_keys() {
+        let errors = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",                              // 1
+                "hosts:\n",                                  // 2
+                "  Web_1:\n",                                // 3
+                "    address: 192.0.2.11\n",                 // 4
+                "  Web_2: { address: 192.0.2.12 }\n",        // 5
+                "  lb-1: { address: 192.0.2.10 }\n",         // 6
+                "balancers:\n",                              // 7
+                "  Edge:\n",                                 // 8
+                "    kind: haproxy\n",                       // 9
+                "    host: lb-1\n",                          // 10
+                "  Edge_2: { kind: haproxy, host: lb-1 }\n", // 11
+                "apps:\n",                                   // 12
+                "  Api:\n",                                  // 13
+                "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 14
+                "    slots: { blue: 8000, green: 8001 }\n", // 15
+                "  Web: { runtime: { kind: process, command: \"/opt/web --port {port}\" }, slots: { blue: 9000, green: 9001 } }\n", // 16
+            ),
+        )])
+        .unwrap_err();
+        let rule = "(lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)";
+        assert_eq!(
+            errors,
+            vec![
+                format!("kube-free.yaml:3:3: hosts.Web_1: invalid host name \"Web_1\" {rule}"),
+                format!("kube-free.yaml:5:3: hosts.Web_2: invalid host name \"Web_2\" {rule}"),
+                format!("kube-free.yaml:8:3: balancers.Edge: invalid balancer name \"Edge\" {rule}"),
+                format!("kube-free.yaml:11:3: balancers.Edge_2: invalid balancer name \"Edge_2\" {rule}"),
+                format!("kube-free.yaml:13:3: apps.Api: invalid app name \"Api\" {rule}"),
+                format!("kube-free.yaml:16:3: apps.Web: invalid app name \"Web\" {rule}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn slot_and_variable_names_are_reported_at_their_keys() {
+        let errors = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",                                                          // 1
+                "hosts:\n",                                                              // 2
+                "  web-1: { address: 192.0.2.11 }\n",                                    // 3
+                "  lb-1: { address: 192.0.2.10 }\n",                                     // 4
+                "balancers:\n",                                                          // 5
+                "  edge: { kind: haproxy, host: lb-1 }\n",                               // 6
+                "apps:\n",                                                               // 7
+                "  api:\n",                                                              // 8
+                "    runtime:\n",                                                        // 9
+                "      kind: process\n",                                                 // 10
+                "      command: \"/opt/api --port {port}\"\n",                           // 11
+                "      env:\n",                                                          // 12
+                "        BAD-NAME:\n",                                                   // 13
+                "          file: /etc/kube-free/a\n",                                    // 14
+                "        KUBE_FREE_MODE: { file: /etc/kube-free/b }\n",                  // 15
+                "    slots:\n",                                                          // 16
+                "      Blue: 8000\n",                                                    // 17
+                "      green: 8001\n",                                                   // 18
+                "  web:\n",                                                              // 19
+                "    runtime: { kind: process, command: \"/opt/web --port {port}\" }\n", // 20
+                "    slots: { blue: 9000, Green: 9001 }\n",                              // 21
+                "environments:\n",                                                       // 22
+                "  prod:\n",                                                             // 23
+                "    balancer: edge\n",                                                  // 24
+                "    hosts: [web-1]\n",                                                  // 25
+                "    apps:\n",                                                           // 26
+                "      web:\n",                                                          // 27
+                "        version: \"1\"\n",                                              // 28
+                "        listen: \":80\"\n",                                             // 29
+                "        slots: { blue: 7000, Green: 7001 }\n",                          // 30
+            ),
+        )])
+        .unwrap_err();
+        let rule = "(lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)";
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:13:9: apps.api.runtime.env.BAD-NAME: invalid environment variable name \"BAD-NAME\"".to_owned(),
+                "kube-free.yaml:15:9: apps.api.runtime.env.KUBE_FREE_MODE: KUBE_FREE_MODE: names that start with KUBE_FREE_ are kube-free's own (it sets KUBE_FREE_ENV, _APP, _SLOT and _VERSION)".to_owned(),
+                format!("kube-free.yaml:17:7: apps.api.slots.Blue: invalid slot name \"Blue\" {rule}"),
+                format!("kube-free.yaml:21:26: apps.web.slots.Green: invalid slot name \"Green\" {rule}"),
+                format!("kube-free.yaml:30:30: environments.prod.apps.web.slots.Green: invalid slot name \"Green\" {rule}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_names_are_reported_at_their_keys() {
+        let root = format!(
+            "{BASE}{}",
+            concat!(
+                "environments:\n",                                                  // 11
+                "  Prod:\n",                                                        // 12
+                "    balancer: edge\n",                                             // 13
+                "    hosts: [web-1]\n",                                             // 14
+                "    apps:\n",                                                      // 15
+                "      api: { version: \"1\", listen: \":80\" }\n",                 // 16
+                "  rollouts: { balancer: edge, hosts: [web-1], apps: { api: { version: \"1\", listen: \":81\", slots: { blue: 8100, green: 8101 } } } }\n", // 17
+                "  haproxy:\n",                                                     // 18
+                "    balancer: edge\n",                                             // 19
+                "    hosts: [web-1]\n",                                             // 20
+                "    apps: { api: { version: \"1\", listen: \":82\", slots: { blue: 8200, green: 8201 } } }\n", // 21
+                "  Stage_2: { balancer: edge, hosts: [web-1], apps: { api: { version: \"1\", listen: \":83\", slots: { blue: 8300, green: 8301 } } } }\n", // 22
+            )
+        );
+        let errors = load_files(&[("kube-free.yaml", &root)]).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:12:3: environments.Prod: invalid environment name \"Prod\" (lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)",
+                "kube-free.yaml:17:3: environments.rollouts: environment name \"rollouts\" is reserved: kube-free keeps its own files under <state_dir>/rollouts/",
+                "kube-free.yaml:18:3: environments.haproxy: environment name \"haproxy\" is reserved: kube-free keeps its own files under <state_dir>/haproxy/",
+                "kube-free.yaml:22:3: environments.Stage_2: invalid environment name \"Stage_2\" (lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_and_unknown_keys_are_reported_at_the_key() {
+        let errors = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",                          // 1
+                "hosts:\n",                              // 2
+                "  web-1: { address: 192.0.2.11 }\n",    // 3
+                "  lb-1: { address: 192.0.2.10 }\n",     // 4
+                "  web-1:\n",                            // 5
+                "    address: 192.0.2.12\n",             // 6
+                "balancers: { edge: { kind: haproxy, host: lb-1 }, edge: { kind: haproxy, host: web-1 } }\n", // 7
+                "apps:\n",                               // 8
+                "  api:\n",                              // 9
+                "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 10
+                "    slots: { blue: 8000, green: 8001 }\n", // 11
+                "    probes:\n",                         // 12
+                "      path: /readyz\n",                 // 13
+            ),
+        )])
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:5:3: hosts.web-1: duplicate key \"web-1\" (first defined on line 3)",
+                "kube-free.yaml:7:51: balancers.edge: duplicate key \"edge\" (first defined on line 7)",
+                "kube-free.yaml:12:5: apps.api.probes: unknown key \"probes\" (did you mean `probe`?)",
+            ]
+        );
+    }
+
     // A port clash of the slots an environment takes from the app is reported at the app's key in
     // the environment (there is no `slots:` to point at); with the environment's own `slots:`, at
     // the port.
