@@ -857,6 +857,20 @@ case!(
 );
 
 case!(
+    local_app_host_behind_a_balancer_on_another_host,
+    root(
+        &base_with("lb-1: { address: 192.0.2.10 }", "lb-1: { address: 192.0.2.10 }\n  here: { transport: local }")
+            .replace("[web-1, web-2]", "[web-1, here]")
+    ),
+    [(
+        ROOT,
+        Some("here]"),
+        "environments.production.hosts[1]",
+        "host \"here\" has `transport: local`, so balancer \"edge\" on host \"lb-1\" would reach it at 127.0.0.1, which is lb-1 itself; give \"here\" an ssh transport with an address, or run the balancer on a `transport: local` host"
+    )]
+);
+
+case!(
     probe_path_without_slash,
     root(&base_with("path: /readyz", "path: readyz")),
     [(

@@ -454,6 +454,7 @@ pub fn validate(
     }
     check_ports(&mut c, envs, &environments, &hosts, &balancers);
     check_nginx_addresses(&mut c, at, &top, &environments, &hosts, &balancers);
+    check_local_app_hosts(&mut c, envs, &environments, &hosts, &balancers);
     check_container_names(&mut c, envs, &environments, &hosts, &apps);
     let notifications = notifications(&mut c, at, &top.key("notifications"), &raw.notifications);
 
@@ -1383,6 +1384,46 @@ fn check_nginx_addresses(
     }
 }
 
+/// A balancer reaches a `local` app host at 127.0.0.1 ([`DesiredState::host_address`]), which is
+/// that host only when the balancer runs on this machine too (on a `local` host, whatever its name).
+/// A balancer on another host would send the traffic to its own loopback: refused at the entry of
+/// the environment's `hosts` that names the `local` host.
+fn check_local_app_hosts(
+    c: &mut Checker,
+    envs: &[EnvSource<'_>],
+    environments: &BTreeMap<Name, Environment>,
+    hosts: &BTreeMap<Name, Host>,
+    balancers: &BTreeMap<Name, Balancer>,
+) {
+    let is_local = |h: &str| matches!(hosts.get(h).map(|h| &h.transport), Some(Transport::Local));
+    for src in envs {
+        let Some(env) = environments.get(&src.name) else {
+            continue;
+        };
+        // An unknown balancer or balancer host is reported already.
+        let Some(b) = balancers
+            .get(&env.balancer)
+            .filter(|b| hosts.contains_key(&b.host) && !is_local(&b.host))
+        else {
+            continue;
+        };
+        let listed = src.raw.hosts.as_deref().unwrap_or_default();
+        for h in env.hosts.iter().filter(|h| is_local(h)) {
+            let Some(i) = listed.iter().position(|l| l == h) else {
+                continue;
+            };
+            c.value(
+                At { doc: src.doc },
+                &src.base.key("hosts").index(i),
+                format!(
+                    "host {h:?} has `transport: local`, so balancer {:?} on host {:?} would reach it at 127.0.0.1, which is {} itself; give {h:?} an ssh transport with an address, or run the balancer on a `transport: local` host",
+                    b.name, b.host, b.host
+                ),
+            );
+        }
+    }
+}
+
 /// Containers are named `kf-<env>-<app>-<slot>` on their host (all `local` hosts share this
 /// machine's engine): two apps whose names run together (`a-b` + `c`, `a` + `b-c`) may not meet on
 /// one host.
@@ -2006,5 +2047,81 @@ mod tests {
                 "kube-free.yaml:24:9: environments.staging.hosts[1]: unknown host \"web-8\" (declared: lb-1, web-1)",
             ]
         );
+    }
+
+    /// A balancer reaches a `local` app host at 127.0.0.1: only a balancer on this machine (a
+    /// `local` host, whatever its name) reaches it there.
+    #[test]
+    fn a_local_app_host_behind_a_balancer_on_another_host_is_refused() {
+        let errors = load_files(&[
+            (
+                "kube-free.yaml",
+                concat!(
+                    "version: 1\n",                                                  // 1
+                    "hosts:\n",                                                      // 2
+                    "  here: { transport: local }\n",                                // 3
+                    "  box: { transport: local, state_dir: /srv/kube-free }\n",      // 4
+                    "  web-1: { address: 192.0.2.11 }\n",                            // 5
+                    "  lb-1: { address: 192.0.2.10 }\n",                             // 6
+                    "balancers:\n",                                                  // 7
+                    "  edge: { kind: haproxy, host: lb-1 }\n",                       // 8
+                    "  near: { kind: haproxy, host: box }\n",                        // 9
+                    "apps:\n",                                                       // 10
+                    "  api:\n",                                                      // 11
+                    "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 12
+                    "    slots: { blue: 8000, green: 8001 }\n",                      // 13
+                    "environments:\n",                                               // 14
+                    "  prod:\n",                                                     // 15
+                    "    balancer: edge\n",                                          // 16
+                    "    hosts: [web-1, here]\n",                                    // 17
+                    "    apps:\n",                                                   // 18
+                    "      api: { version: \"1\", listen: \":80\" }\n",              // 19
+                    "  local:\n",                                                    // 20
+                    "    balancer: near\n",                                          // 21
+                    "    hosts: [here, web-1]\n",                                    // 22
+                    "    apps:\n",                                                   // 23
+                    "      api: { version: \"1\", listen: \":81\", slots: { blue: 8100, green: 8101 } }\n", // 24
+                ),
+            ),
+            (
+                "environments/staging.yaml",
+                "balancer: edge\nhosts:\n  - box\napps:\n  api: { version: \"1\", listen: \":82\", slots: { blue: 8200, green: 8201 } }\n",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "environments/staging.yaml:3:5: hosts[0]: host \"box\" has `transport: local`, so balancer \"edge\" on host \"lb-1\" would reach it at 127.0.0.1, which is lb-1 itself; give \"box\" an ssh transport with an address, or run the balancer on a `transport: local` host",
+                "kube-free.yaml:17:20: environments.prod.hosts[1]: host \"here\" has `transport: local`, so balancer \"edge\" on host \"lb-1\" would reach it at 127.0.0.1, which is lb-1 itself; give \"here\" an ssh transport with an address, or run the balancer on a `transport: local` host",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_local_app_host_behind_a_balancer_on_a_local_host_is_valid() {
+        let state = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",
+                "hosts:\n",
+                "  here: { transport: local }\n",
+                "  box: { transport: local, state_dir: /srv/kube-free }\n",
+                "  web-1: { address: 192.0.2.11 }\n",
+                "balancers:\n",
+                "  edge: { kind: haproxy, host: here }\n",
+                "  near: { kind: nginx, host: box }\n",
+                "apps:\n",
+                "  api:\n",
+                "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n",
+                "    slots: { blue: 8000, green: 8001 }\n",
+                "environments:\n",
+                "  prod: { balancer: edge, hosts: [here, web-1], apps: { api: { version: \"1\", listen: \":80\" } } }\n",
+                "  staging: { balancer: near, hosts: [here], apps: { api: { version: \"1\", listen: \":81\", slots: { blue: 8100, green: 8101 } } } }\n",
+            ),
+        )])
+        .unwrap();
+        assert_eq!(state.host_address("here"), "127.0.0.1");
+        assert_eq!(state.balancer_of("staging").host, "box");
     }
 }
