@@ -203,9 +203,10 @@ fn logs_prints_and_follows_what_the_instances_wrote() {
     );
 }
 
-/// A desired state whose balancer host and second app host cannot be reached (TEST-NET
-/// addresses): a command that connected to them would fail after the connect timeout, not exit 2
-/// at once, and `logs` of the local host must not need them.
+/// A desired state whose second app host cannot be reached (a TEST-NET address, as is `lb-1`, a
+/// host outside the environment): a command that connected to it would fail after the connect
+/// timeout, not exit 2 at once, and `logs` of the local host must not need it. The balancer runs on
+/// the local host: one on `lb-1` would reach `here` at its own 127.0.0.1, which `validate` refuses.
 fn unreachable_but_here(state: &Path) -> String {
     format!(
         r#"version: 1
@@ -214,7 +215,7 @@ hosts:
   web-2: {{ address: 192.0.2.12 }}
   lb-1: {{ address: 192.0.2.10 }}
 balancers:
-  edge: {{ kind: haproxy, host: lb-1 }}
+  edge: {{ kind: haproxy, host: here }}
 apps:
   api:
     runtime: {{ kind: process, command: "/opt/api/{{version}}/api --port {{port}}" }}

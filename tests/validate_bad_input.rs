@@ -250,8 +250,20 @@ case!(
     ],
     [(
         PROD,
-        Some("version"),
+        Some("web:"),
         "apps.web",
+        "unknown app \"web\" (declared: api)"
+    )]
+);
+
+// Reported at the key, not at the block mapping below it.
+case!(
+    undeclared_app_inline,
+    root(&base_with("    apps:\n      api:", "    apps:\n      web:")),
+    [(
+        ROOT,
+        Some("web:"),
+        "environments.production.apps.web",
         "unknown app \"web\" (declared: api)"
     )]
 );
@@ -817,7 +829,7 @@ case!(
         (PROD, PRODUCTION_FILE.as_bytes().to_vec()),
         ("environments/staging.yaml", b"balancer: edge\nhosts: [web-1]\napps:\n  api: { version: 1.5.0-rc.1, listen: \"0.0.0.0:8080\" }\n".to_vec()),
     ],
-    [("environments/staging.yaml", Some("version"), "apps.api", "port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"production\"; give this environment its own ports with `slots:` under the app")]
+    [("environments/staging.yaml", Some("api:"), "apps.api", "port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"production\"; give this environment its own ports with `slots:` under the app")]
 );
 
 case!(
@@ -841,6 +853,20 @@ case!(
         Some("address: 192.0.2.10"),
         "hosts.lb-1.address",
         "`address` does not apply to `transport: local`"
+    )]
+);
+
+case!(
+    local_app_host_behind_a_balancer_on_another_host,
+    root(
+        &base_with("lb-1: { address: 192.0.2.10 }", "lb-1: { address: 192.0.2.10 }\n  here: { transport: local }")
+            .replace("[web-1, web-2]", "[web-1, here]")
+    ),
+    [(
+        ROOT,
+        Some("here]"),
+        "environments.production.hosts[1]",
+        "host \"here\" has `transport: local`, so balancer \"edge\" on host \"lb-1\" would reach it at 127.0.0.1, which is lb-1 itself; give \"here\" an ssh transport with an address, or run the balancer on a `transport: local` host"
     )]
 );
 

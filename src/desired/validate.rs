@@ -177,6 +177,7 @@ impl Checker<'_> {
         }
     }
 
+    /// Whether `name`, written as the value at `path`, is one of `known`; reported there if not.
     fn reference(
         &mut self,
         at: At,
@@ -185,24 +186,51 @@ impl Checker<'_> {
         name: &str,
         known: &BTreeSet<&String>,
     ) -> bool {
-        let ok = known.contains(&name.to_owned());
-        if !ok {
-            let listed = if known.is_empty() {
-                format!("no {what}s are declared")
-            } else {
-                format!(
-                    "declared: {}",
-                    known
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            };
-            self.value(at, path, format!("unknown {what} {name:?} ({listed})"));
+        let unknown = unknown_name(what, name, known);
+        let ok = unknown.is_none();
+        if let Some(message) = unknown {
+            self.value(at, path, message);
         }
         ok
     }
+
+    /// Whether `name`, written as the key that ends `path`, is one of `known`; reported at the key
+    /// if not (not at its value, which may start on the next line).
+    fn key_reference(
+        &mut self,
+        at: At,
+        path: &YamlPath,
+        what: &str,
+        name: &str,
+        known: &BTreeSet<&String>,
+    ) -> bool {
+        let unknown = unknown_name(what, name, known);
+        let ok = unknown.is_none();
+        if let Some(message) = unknown {
+            self.key(at, path, message);
+        }
+        ok
+    }
+}
+
+/// The problem with a reference to `name` when it is not one of `known`.
+fn unknown_name(what: &str, name: &str, known: &BTreeSet<&String>) -> Option<String> {
+    if known.contains(&name.to_owned()) {
+        return None;
+    }
+    let listed = if known.is_empty() {
+        format!("no {what}s are declared")
+    } else {
+        format!(
+            "declared: {}",
+            known
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Some(format!("unknown {what} {name:?} ({listed})"))
 }
 
 /// Validates the root file and the environments into the model. `exists` tells whether a file is in
@@ -426,6 +454,7 @@ pub fn validate(
     }
     check_ports(&mut c, envs, &environments, &hosts, &balancers);
     check_nginx_addresses(&mut c, at, &top, &environments, &hosts, &balancers);
+    check_local_app_hosts(&mut c, envs, &environments, &hosts, &balancers);
     check_container_names(&mut c, envs, &environments, &hosts, &apps);
     let notifications = notifications(&mut c, at, &top.key("notifications"), &raw.notifications);
 
@@ -1093,7 +1122,7 @@ fn environment(
     let mut deployments = BTreeMap::new();
     for (name, d) in &e.apps {
         let dp = base.key("apps").key(name);
-        if !c.reference(at, &dp, "app", name, &app_names) {
+        if !c.key_reference(at, &dp, "app", name, &app_names) {
             continue;
         }
         let version = c
@@ -1299,6 +1328,9 @@ struct Claim<'a> {
     address: Option<&'a str>,
     what: String,
     path: YamlPath,
+    /// Whether `path` is an app's entry in an environment (its slots are the app's own), reported
+    /// at its key, or a value (`listen`, a port under `slots:`).
+    at_key: bool,
     /// How to resolve a clash.
     hint: &'static str,
 }
@@ -1348,6 +1380,46 @@ fn check_nginx_addresses(
                     ),
                 );
             }
+        }
+    }
+}
+
+/// A balancer reaches a `local` app host at 127.0.0.1 ([`DesiredState::host_address`]), which is
+/// that host only when the balancer runs on this machine too (on a `local` host, whatever its name).
+/// A balancer on another host would send the traffic to its own loopback: refused at the entry of
+/// the environment's `hosts` that names the `local` host.
+fn check_local_app_hosts(
+    c: &mut Checker,
+    envs: &[EnvSource<'_>],
+    environments: &BTreeMap<Name, Environment>,
+    hosts: &BTreeMap<Name, Host>,
+    balancers: &BTreeMap<Name, Balancer>,
+) {
+    let is_local = |h: &str| matches!(hosts.get(h).map(|h| &h.transport), Some(Transport::Local));
+    for src in envs {
+        let Some(env) = environments.get(&src.name) else {
+            continue;
+        };
+        // An unknown balancer or balancer host is reported already.
+        let Some(b) = balancers
+            .get(&env.balancer)
+            .filter(|b| hosts.contains_key(&b.host) && !is_local(&b.host))
+        else {
+            continue;
+        };
+        let listed = src.raw.hosts.as_deref().unwrap_or_default();
+        for h in env.hosts.iter().filter(|h| is_local(h)) {
+            let Some(i) = listed.iter().position(|l| l == h) else {
+                continue;
+            };
+            c.value(
+                At { doc: src.doc },
+                &src.base.key("hosts").index(i),
+                format!(
+                    "host {h:?} has `transport: local`, so balancer {:?} on host {:?} would reach it at 127.0.0.1, which is {} itself; give {h:?} an ssh transport with an address, or run the balancer on a `transport: local` host",
+                    b.name, b.host, b.host
+                ),
+            );
         }
     }
 }
@@ -1448,6 +1520,7 @@ fn check_ports(
                         } else {
                             dp.clone()
                         },
+                        at_key: !overridden,
                         hint: "give this environment its own ports with `slots:` under the app",
                     });
                 }
@@ -1462,19 +1535,23 @@ fn check_ports(
                     frontend: true,
                     what: format!("the frontend of app {app:?} in environment {:?}", env.name),
                     path: dp.key("listen"),
+                    at_key: false,
                     hint: "choose another `listen` port or address",
                 });
             }
             for claim in claims {
                 match claimed.iter().find(|other| claim.clashes_with(other)) {
-                    Some(other) => c.value(
-                        at,
-                        &claim.path,
-                        format!(
+                    Some(other) => {
+                        let message = format!(
                             "port {} on {} is already taken by {}; {}",
                             claim.port, claim.machine, other.what, claim.hint
-                        ),
-                    ),
+                        );
+                        if claim.at_key {
+                            c.key(at, &claim.path, message);
+                        } else {
+                            c.value(at, &claim.path, message);
+                        }
+                    }
                     None => claimed.push(claim),
                 }
             }
@@ -1550,15 +1627,25 @@ mod tests {
         }
     }
 
-    fn load(notifications: &str) -> Result<DesiredState, Vec<String>> {
-        let files = crate::desired::MemFiles::default().with(
-            "kube-free.yaml",
-            format!("version: 1\nnotifications:\n{notifications}"),
-        );
+    /// Loads these files (path in the desired-state directory, text); every problem as `validate`
+    /// prints it.
+    fn load_files(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String>> {
+        let files = files
+            .iter()
+            .fold(crate::desired::MemFiles::default(), |m, (path, text)| {
+                m.with(path, *text)
+            });
         crate::desired::load(&files).map_err(|e| match e {
             crate::desired::LoadError::Invalid(d) => d.iter().map(|d| d.to_string()).collect(),
             other => vec![other.to_string()],
         })
+    }
+
+    fn load(notifications: &str) -> Result<DesiredState, Vec<String>> {
+        load_files(&[(
+            "kube-free.yaml",
+            &format!("version: 1\nnotifications:\n{notifications}"),
+        )])
     }
 
     #[test]
@@ -1659,5 +1746,382 @@ mod tests {
         for bad in ["", "a b", "-x", "web_1", "x;rm", "a..b"] {
             assert!(!valid_address(bad), "{bad}");
         }
+    }
+
+    /// Hosts `web-1` and `lb-1`, balancer `edge` on `lb-1`, app `api` on ports 8000 and 8001: lines
+    /// 1 to 10 of the files below.
+    const BASE: &str = concat!(
+        "version: 1\n",                                                          // 1
+        "hosts:\n",                                                              // 2
+        "  web-1: { address: 192.0.2.11 }\n",                                    // 3
+        "  lb-1: { address: 192.0.2.10 }\n",                                     // 4
+        "balancers:\n",                                                          // 5
+        "  edge: { kind: haproxy, host: lb-1 }\n",                               // 6
+        "apps:\n",                                                               // 7
+        "  api:\n",                                                              // 8
+        "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 9
+        "    slots: { blue: 8000, green: 8001 }\n",                              // 10
+    );
+
+    // An unknown app is a key of an environment's `apps`: reported where the key is, not where its
+    // value starts (the next line for a block mapping, further on the line for a flow mapping).
+    #[test]
+    fn an_unknown_app_is_reported_at_its_key() {
+        let root = format!(
+            "{BASE}{}",
+            concat!(
+                "environments:\n",                                    // 11
+                "  prod:\n",                                          // 12
+                "    balancer: edge\n",                               // 13
+                "    hosts: [web-1]\n",                               // 14
+                "    apps:\n",                                        // 15
+                "      api: { version: \"1\", listen: \":80\" }\n",   // 16
+                "      nosuch:\n",                                    // 17
+                "        version: \"1\"\n",                           // 18
+                "        listen: \":81\"\n",                          // 19
+                "      other: { version: \"1\", listen: \":82\" }\n", // 20
+            )
+        );
+        let errors = load_files(&[
+            ("kube-free.yaml", &root),
+            (
+                "environments/staging.yaml",
+                "balancer: edge\nhosts: [web-1]\napps: { web: { version: \"1\", listen: \":83\" } }\n",
+            ),
+            (
+                "environments/test.yaml",
+                "balancer: edge\nhosts: [web-1]\napps:\n  nosuch:\n    version: \"1\"\n    listen: \":84\"\n",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "environments/staging.yaml:3:9: apps.web: unknown app \"web\" (declared: api)",
+                "environments/test.yaml:4:3: apps.nosuch: unknown app \"nosuch\" (declared: api)",
+                "kube-free.yaml:17:7: environments.prod.apps.nosuch: unknown app \"nosuch\" (declared: api)",
+                "kube-free.yaml:20:7: environments.prod.apps.other: unknown app \"other\" (declared: api)",
+            ]
+        );
+    }
+
+    #[test]
+    fn host_balancer_and_app_names_are_reported_at_their_keys() {
+        let errors = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",                              // 1
+                "hosts:\n",                                  // 2
+                "  Web_1:\n",                                // 3
+                "    address: 192.0.2.11\n",                 // 4
+                "  Web_2: { address: 192.0.2.12 }\n",        // 5
+                "  lb-1: { address: 192.0.2.10 }\n",         // 6
+                "balancers:\n",                              // 7
+                "  Edge:\n",                                 // 8
+                "    kind: haproxy\n",                       // 9
+                "    host: lb-1\n",                          // 10
+                "  Edge_2: { kind: haproxy, host: lb-1 }\n", // 11
+                "apps:\n",                                   // 12
+                "  Api:\n",                                  // 13
+                "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 14
+                "    slots: { blue: 8000, green: 8001 }\n", // 15
+                "  Web: { runtime: { kind: process, command: \"/opt/web --port {port}\" }, slots: { blue: 9000, green: 9001 } }\n", // 16
+            ),
+        )])
+        .unwrap_err();
+        let rule = "(lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)";
+        assert_eq!(
+            errors,
+            vec![
+                format!("kube-free.yaml:3:3: hosts.Web_1: invalid host name \"Web_1\" {rule}"),
+                format!("kube-free.yaml:5:3: hosts.Web_2: invalid host name \"Web_2\" {rule}"),
+                format!("kube-free.yaml:8:3: balancers.Edge: invalid balancer name \"Edge\" {rule}"),
+                format!("kube-free.yaml:11:3: balancers.Edge_2: invalid balancer name \"Edge_2\" {rule}"),
+                format!("kube-free.yaml:13:3: apps.Api: invalid app name \"Api\" {rule}"),
+                format!("kube-free.yaml:16:3: apps.Web: invalid app name \"Web\" {rule}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn slot_and_variable_names_are_reported_at_their_keys() {
+        let errors = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",                                                          // 1
+                "hosts:\n",                                                              // 2
+                "  web-1: { address: 192.0.2.11 }\n",                                    // 3
+                "  lb-1: { address: 192.0.2.10 }\n",                                     // 4
+                "balancers:\n",                                                          // 5
+                "  edge: { kind: haproxy, host: lb-1 }\n",                               // 6
+                "apps:\n",                                                               // 7
+                "  api:\n",                                                              // 8
+                "    runtime:\n",                                                        // 9
+                "      kind: process\n",                                                 // 10
+                "      command: \"/opt/api --port {port}\"\n",                           // 11
+                "      env:\n",                                                          // 12
+                "        BAD-NAME:\n",                                                   // 13
+                "          file: /etc/kube-free/a\n",                                    // 14
+                "        KUBE_FREE_MODE: { file: /etc/kube-free/b }\n",                  // 15
+                "    slots:\n",                                                          // 16
+                "      Blue: 8000\n",                                                    // 17
+                "      green: 8001\n",                                                   // 18
+                "  web:\n",                                                              // 19
+                "    runtime: { kind: process, command: \"/opt/web --port {port}\" }\n", // 20
+                "    slots: { blue: 9000, Green: 9001 }\n",                              // 21
+                "environments:\n",                                                       // 22
+                "  prod:\n",                                                             // 23
+                "    balancer: edge\n",                                                  // 24
+                "    hosts: [web-1]\n",                                                  // 25
+                "    apps:\n",                                                           // 26
+                "      web:\n",                                                          // 27
+                "        version: \"1\"\n",                                              // 28
+                "        listen: \":80\"\n",                                             // 29
+                "        slots: { blue: 7000, Green: 7001 }\n",                          // 30
+            ),
+        )])
+        .unwrap_err();
+        let rule = "(lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)";
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:13:9: apps.api.runtime.env.BAD-NAME: invalid environment variable name \"BAD-NAME\"".to_owned(),
+                "kube-free.yaml:15:9: apps.api.runtime.env.KUBE_FREE_MODE: KUBE_FREE_MODE: names that start with KUBE_FREE_ are kube-free's own (it sets KUBE_FREE_ENV, _APP, _SLOT and _VERSION)".to_owned(),
+                format!("kube-free.yaml:17:7: apps.api.slots.Blue: invalid slot name \"Blue\" {rule}"),
+                format!("kube-free.yaml:21:26: apps.web.slots.Green: invalid slot name \"Green\" {rule}"),
+                format!("kube-free.yaml:30:30: environments.prod.apps.web.slots.Green: invalid slot name \"Green\" {rule}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn environment_names_are_reported_at_their_keys() {
+        let root = format!(
+            "{BASE}{}",
+            concat!(
+                "environments:\n",                                                  // 11
+                "  Prod:\n",                                                        // 12
+                "    balancer: edge\n",                                             // 13
+                "    hosts: [web-1]\n",                                             // 14
+                "    apps:\n",                                                      // 15
+                "      api: { version: \"1\", listen: \":80\" }\n",                 // 16
+                "  rollouts: { balancer: edge, hosts: [web-1], apps: { api: { version: \"1\", listen: \":81\", slots: { blue: 8100, green: 8101 } } } }\n", // 17
+                "  haproxy:\n",                                                     // 18
+                "    balancer: edge\n",                                             // 19
+                "    hosts: [web-1]\n",                                             // 20
+                "    apps: { api: { version: \"1\", listen: \":82\", slots: { blue: 8200, green: 8201 } } }\n", // 21
+                "  Stage_2: { balancer: edge, hosts: [web-1], apps: { api: { version: \"1\", listen: \":83\", slots: { blue: 8300, green: 8301 } } } }\n", // 22
+            )
+        );
+        let errors = load_files(&[("kube-free.yaml", &root)]).unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:12:3: environments.Prod: invalid environment name \"Prod\" (lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)",
+                "kube-free.yaml:17:3: environments.rollouts: environment name \"rollouts\" is reserved: kube-free keeps its own files under <state_dir>/rollouts/",
+                "kube-free.yaml:18:3: environments.haproxy: environment name \"haproxy\" is reserved: kube-free keeps its own files under <state_dir>/haproxy/",
+                "kube-free.yaml:22:3: environments.Stage_2: invalid environment name \"Stage_2\" (lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)",
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_and_unknown_keys_are_reported_at_the_key() {
+        let errors = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",                          // 1
+                "hosts:\n",                              // 2
+                "  web-1: { address: 192.0.2.11 }\n",    // 3
+                "  lb-1: { address: 192.0.2.10 }\n",     // 4
+                "  web-1:\n",                            // 5
+                "    address: 192.0.2.12\n",             // 6
+                "balancers: { edge: { kind: haproxy, host: lb-1 }, edge: { kind: haproxy, host: web-1 } }\n", // 7
+                "apps:\n",                               // 8
+                "  api:\n",                              // 9
+                "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 10
+                "    slots: { blue: 8000, green: 8001 }\n", // 11
+                "    probes:\n",                         // 12
+                "      path: /readyz\n",                 // 13
+            ),
+        )])
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:5:3: hosts.web-1: duplicate key \"web-1\" (first defined on line 3)",
+                "kube-free.yaml:7:51: balancers.edge: duplicate key \"edge\" (first defined on line 7)",
+                "kube-free.yaml:12:5: apps.api.probes: unknown key \"probes\" (did you mean `probe`?)",
+            ]
+        );
+    }
+
+    // A port clash of the slots an environment takes from the app is reported at the app's key in
+    // the environment (there is no `slots:` to point at); with the environment's own `slots:`, at
+    // the port.
+    #[test]
+    fn a_port_clash_of_an_apps_own_slots_is_reported_at_its_key() {
+        let root = format!(
+            "{BASE}{}",
+            concat!(
+                "environments:\n",                                  // 11
+                "  prod:\n",                                        // 12
+                "    balancer: edge\n",                             // 13
+                "    hosts: [web-1]\n",                             // 14
+                "    apps:\n",                                      // 15
+                "      api: { version: \"1\", listen: \":80\" }\n", // 16
+                "  staging:\n",                                     // 17
+                "    balancer: edge\n",                             // 18
+                "    hosts: [web-1]\n",                             // 19
+                "    apps:\n",                                      // 20
+                "      api:\n",                                     // 21
+                "        version: \"2\"\n",                         // 22
+                "        listen: \":81\"\n",                        // 23
+            )
+        );
+        let errors = load_files(&[
+            ("kube-free.yaml", &root),
+            (
+                "environments/qa.yaml",
+                "balancer: edge\nhosts: [web-1]\napps:\n  api:\n    version: \"4\"\n    listen: \":83\"\n    slots:\n      blue: 8100\n      green: 8001\n",
+            ),
+            (
+                "environments/test.yaml",
+                "balancer: edge\nhosts: [web-1]\napps: { api: { version: \"3\", listen: \":82\" } }\n",
+            ),
+        ])
+        .unwrap_err();
+        let hint = "give this environment its own ports with `slots:` under the app";
+        assert_eq!(
+            errors,
+            vec![
+                format!("environments/qa.yaml:9:14: apps.api.slots.green: port 8001 on host \"web-1\" is already taken by slot \"green\" of app \"api\" in environment \"prod\"; {hint}"),
+                format!("environments/test.yaml:3:9: apps.api: port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"prod\"; {hint}"),
+                format!("kube-free.yaml:21:7: environments.staging.apps.api: port 8000 on host \"web-1\" is already taken by slot \"blue\" of app \"api\" in environment \"prod\"; {hint}"),
+            ]
+        );
+    }
+
+    // Names that refer to something declared elsewhere, written as values, are reported at the
+    // value.
+    #[test]
+    fn unknown_names_written_as_values_are_reported_at_the_value() {
+        let errors = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",                                   // 1
+                "hosts:\n",                                       // 2
+                "  web-1: { address: 192.0.2.11 }\n",             // 3
+                "  lb-1: { address: 192.0.2.10 }\n",              // 4
+                "balancers:\n",                                   // 5
+                "  edge: { kind: haproxy, host: lb-1 }\n",        // 6
+                "  far:\n",                                       // 7
+                "    kind: haproxy\n",                            // 8
+                "    host: lb-9\n",                               // 9
+                "apps:\n",                                        // 10
+                "  api:\n",                                       // 11
+                "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 12
+                "    slots: { blue: 8000, green: 8001 }\n",       // 13
+                "environments:\n",                                // 14
+                "  prod:\n",                                      // 15
+                "    balancer: nosuch\n",                         // 16
+                "    hosts: [web-1, web-9]\n",                    // 17
+                "    apps:\n",                                    // 18
+                "      api: { version: \"1\", listen: \":80\" }\n", // 19
+                "  staging:\n",                                   // 20
+                "    balancer: edge\n",                           // 21
+                "    hosts:\n",                                   // 22
+                "      - web-1\n",                                // 23
+                "      - web-8\n",                                // 24
+                "    apps:\n",                                    // 25
+                "      api: { version: \"1\", listen: \":81\", slots: { blue: 8100, green: 8101 } }\n", // 26
+            ),
+        )])
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "kube-free.yaml:9:11: balancers.far.host: unknown host \"lb-9\" (declared: lb-1, web-1)",
+                "kube-free.yaml:16:15: environments.prod.balancer: unknown balancer \"nosuch\" (declared: edge, far)",
+                "kube-free.yaml:17:20: environments.prod.hosts[1]: unknown host \"web-9\" (declared: lb-1, web-1)",
+                "kube-free.yaml:24:9: environments.staging.hosts[1]: unknown host \"web-8\" (declared: lb-1, web-1)",
+            ]
+        );
+    }
+
+    /// A balancer reaches a `local` app host at 127.0.0.1: only a balancer on this machine (a
+    /// `local` host, whatever its name) reaches it there.
+    #[test]
+    fn a_local_app_host_behind_a_balancer_on_another_host_is_refused() {
+        let errors = load_files(&[
+            (
+                "kube-free.yaml",
+                concat!(
+                    "version: 1\n",                                                  // 1
+                    "hosts:\n",                                                      // 2
+                    "  here: { transport: local }\n",                                // 3
+                    "  box: { transport: local, state_dir: /srv/kube-free }\n",      // 4
+                    "  web-1: { address: 192.0.2.11 }\n",                            // 5
+                    "  lb-1: { address: 192.0.2.10 }\n",                             // 6
+                    "balancers:\n",                                                  // 7
+                    "  edge: { kind: haproxy, host: lb-1 }\n",                       // 8
+                    "  near: { kind: haproxy, host: box }\n",                        // 9
+                    "apps:\n",                                                       // 10
+                    "  api:\n",                                                      // 11
+                    "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n", // 12
+                    "    slots: { blue: 8000, green: 8001 }\n",                      // 13
+                    "environments:\n",                                               // 14
+                    "  prod:\n",                                                     // 15
+                    "    balancer: edge\n",                                          // 16
+                    "    hosts: [web-1, here]\n",                                    // 17
+                    "    apps:\n",                                                   // 18
+                    "      api: { version: \"1\", listen: \":80\" }\n",              // 19
+                    "  local:\n",                                                    // 20
+                    "    balancer: near\n",                                          // 21
+                    "    hosts: [here, web-1]\n",                                    // 22
+                    "    apps:\n",                                                   // 23
+                    "      api: { version: \"1\", listen: \":81\", slots: { blue: 8100, green: 8101 } }\n", // 24
+                ),
+            ),
+            (
+                "environments/staging.yaml",
+                "balancer: edge\nhosts:\n  - box\napps:\n  api: { version: \"1\", listen: \":82\", slots: { blue: 8200, green: 8201 } }\n",
+            ),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "environments/staging.yaml:3:5: hosts[0]: host \"box\" has `transport: local`, so balancer \"edge\" on host \"lb-1\" would reach it at 127.0.0.1, which is lb-1 itself; give \"box\" an ssh transport with an address, or run the balancer on a `transport: local` host",
+                "kube-free.yaml:17:20: environments.prod.hosts[1]: host \"here\" has `transport: local`, so balancer \"edge\" on host \"lb-1\" would reach it at 127.0.0.1, which is lb-1 itself; give \"here\" an ssh transport with an address, or run the balancer on a `transport: local` host",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_local_app_host_behind_a_balancer_on_a_local_host_is_valid() {
+        let state = load_files(&[(
+            "kube-free.yaml",
+            concat!(
+                "version: 1\n",
+                "hosts:\n",
+                "  here: { transport: local }\n",
+                "  box: { transport: local, state_dir: /srv/kube-free }\n",
+                "  web-1: { address: 192.0.2.11 }\n",
+                "balancers:\n",
+                "  edge: { kind: haproxy, host: here }\n",
+                "  near: { kind: nginx, host: box }\n",
+                "apps:\n",
+                "  api:\n",
+                "    runtime: { kind: process, command: \"/opt/api --port {port}\" }\n",
+                "    slots: { blue: 8000, green: 8001 }\n",
+                "environments:\n",
+                "  prod: { balancer: edge, hosts: [here, web-1], apps: { api: { version: \"1\", listen: \":80\" } } }\n",
+                "  staging: { balancer: near, hosts: [here], apps: { api: { version: \"1\", listen: \":81\", slots: { blue: 8100, green: 8101 } } } }\n",
+            ),
+        )])
+        .unwrap();
+        assert_eq!(state.host_address("here"), "127.0.0.1");
+        assert_eq!(state.balancer_of("staging").host, "box");
     }
 }
