@@ -145,7 +145,23 @@ fn a_run_narrowed_to_an_environment_does_not_need_the_hosts_of_another() {
 
     // Back on the network, staging is as it was, and everything is in sync.
     s.fleet.restore_link("web-2");
-    assert_eq!(http_get(&staging, "/version"), "1.0.0");
+    let back = Instant::now();
+    while http_status_and_body(&staging) != (200, "1.0.0".to_owned()) {
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "staging does not serve 1.0.0 again: {:?} {:?} {:?}",
+            http_status_and_body(&staging),
+            s.haproxy_stat("status"),
+            s.haproxy_stat("weight")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     s.kube_free(&["plan"]).code(0).stdout_has("in sync");
     s.kube_free(&["plan", "--env", "staging"]).code(0);
+}
+
+/// The status and the trimmed body of `GET /version` from `address` (0 when it cannot connect).
+fn http_status_and_body(address: &str) -> (u16, String) {
+    let (status, body) = request(address, "GET", "/version", &[], b"");
+    (status, body.trim().to_owned())
 }
