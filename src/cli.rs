@@ -65,6 +65,9 @@ pub enum Command {
     /// The commit applied is recorded on every balancer host (`<state_dir>/applied.json`); a later
     /// commit that does not descend from it (a branch rewound by a force-push) is refused with exit
     /// 2, nothing changed, unless --allow-rewind. To roll back, revert in Git.
+    ///
+    /// A run that changed something appends a line to `<state_dir>/audit.log` on the balancer
+    /// hosts (see `kube-free history`); one that cannot be appended is a warning, not an error.
     Reconcile(ReconcileArgs),
     /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
     ///

@@ -183,6 +183,7 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 
 pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
+    let command = reconcile::audit::command("reconcile --once", &scope);
     let loaded = load::load(&spec(&args.source), &scope)?;
     let history = loaded.history.clone();
     let world = load::connect(loaded).await?;
@@ -233,12 +234,18 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     // the lease has nothing to finish.
     let pass = async {
         let signals = tokio::spawn(interrupt_on_signal(world.clone()));
+        let start = reconcile::audit::start(&world);
         if let Err(e) = reconcile::rewind::guard(&world, &history, args.allow_rewind).await {
             signals.abort();
             return Err(e);
         }
         let result = reconcile::once(world.clone(), &scope, options).await;
         signals.abort();
+        // Under the lease, at the end of the pass, whatever its end (a failure to append is a
+        // warning).
+        if let Some(line) = reconcile::audit::pass_line(&world, &start, &command, &scope, &result) {
+            reconcile::audit::append(&world, &line).await;
+        }
         result
     };
     let report = reconcile::leased(&world, args.lock_wait, args.lease_ttl, pass).await;
