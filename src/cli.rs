@@ -65,6 +65,9 @@ pub enum Command {
     /// The commit applied is recorded on every balancer host (`<state_dir>/applied.json`); a later
     /// commit that does not descend from it (a branch rewound by a force-push) is refused with exit
     /// 2, nothing changed, unless --allow-rewind. To roll back, revert in Git.
+    ///
+    /// A run that changed something appends a line to `<state_dir>/audit.log` on the balancer
+    /// hosts (see `kube-free history`); one that cannot be appended is a warning, not an error.
     Reconcile(ReconcileArgs),
     /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
     ///
@@ -125,6 +128,29 @@ pub enum Command {
     /// environment, host or slot is unknown (no host contacted), 1 when a log of an instance
     /// cannot be read.
     Logs(LogsArgs),
+    /// Print past rollouts, newest first, from the audit log of the balancer hosts.
+    ///
+    /// Every run that changed something appends one JSON line to `<state_dir>/audit.log` on the
+    /// balancer hosts of the environments it was about, at its end (also when it failed, was
+    /// interrupted or waits at a pause): `reconcile --once` and watcher passes that did a step (or
+    /// failed after acting), `promote`, `abort`, `retry`, `suspend` and a `resume` that ended a
+    /// suspension. A run that found nothing to do appends nothing; a line that cannot be appended
+    /// is a warning and does not change the run's exit code.
+    ///
+    /// One row per rollout: TIME (when the run began, UTC), ENV, APP, VERSION, STRATEGY, RESULT
+    /// (succeeded, repaired, quarantined, waiting, rolled-back, failed, stopped; promoted, aborted,
+    /// retried for a gate), DURATION (of the run), COMMIT (its first 12 digits) and WHO
+    /// (user@host). A run that moved no rollout (suspend, resume, a balancer's config) is a row
+    /// with APP `-` and its outcome as RESULT, shown only without APP. `--output json` prints an
+    /// array of rows with `from` (the version that had the traffic before), `command`, `outcome`
+    /// and `steps` too.
+    ///
+    /// Reads the balancer host of --env (without it, every balancer host in use), and connects to
+    /// nothing else; the copies of a line on several hosts count once. A line that cannot be
+    /// parsed (torn by a killed writer) is skipped with a warning naming the host and the line.
+    /// Exit 2 when APP or ENV is unknown (no host contacted), 1 when a balancer host's log cannot
+    /// be read (the rows of the others are printed).
+    History(HistoryArgs),
     /// Print the JSON Schema of the desired-state files.
     ///
     /// `schema/kube-free.schema.json` in kube-free's repository is this output. Point your editor at it
@@ -428,6 +454,24 @@ pub struct LogsArgs {
     /// Keep printing the lines written to the logs until interrupted (SIGINT, SIGTERM: exit 0).
     #[arg(long, short = 'f')]
     pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Only this app's rollouts.
+    #[arg(value_name = "APP")]
+    pub app: Option<String>,
+    /// Only this environment's (only its balancer host is read).
+    #[arg(long, value_name = "ENV")]
+    pub env: Option<String>,
+    /// Most rows to print, the newest; 0: all.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+    /// `text` (a table) or `json` (an array of rows).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,12 +2,13 @@
 //! Output goes to the writers given, so tests can read it; errors are returned, never printed here.
 
 use crate::cli::{
-    GateArgs, LogsArgs, NginxSnippetArgs, Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs,
-    ScopeArgs, SourceArgs, StatusArgs, ValidateArgs, WatchArgs,
+    GateArgs, HistoryArgs, LogsArgs, NginxSnippetArgs, Output, PlanArgs, PlanOutput, ReconcileArgs,
+    SchemaArgs, ScopeArgs, SourceArgs, StatusArgs, ValidateArgs, WatchArgs,
 };
 use crate::cli::{ResumeArgs, SuspendArgs};
 use crate::desired::{self, LoadError};
 use crate::error::{Error, Exit};
+use crate::history;
 use crate::load;
 use crate::logs::{self, LogsError, Relayed, Verdict};
 use crate::plan::Scope;
@@ -196,6 +197,7 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 
 pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
     let scope = scope(&args.scope);
+    let command = reconcile::audit::command("reconcile --once", &scope);
     let loaded = load::load(&spec(&args.source), &scope)?;
     let history = loaded.history.clone();
     let world = load::connect_scope(loaded, &scope).await?;
@@ -246,12 +248,18 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     // the lease has nothing to finish.
     let pass = async {
         let signals = tokio::spawn(interrupt_on_signal(world.clone()));
+        let start = reconcile::audit::start(&world);
         if let Err(e) = reconcile::rewind::guard(&world, &history, args.allow_rewind).await {
             signals.abort();
             return Err(e);
         }
         let result = reconcile::once(world.clone(), &scope, options).await;
         signals.abort();
+        // Under the lease, at the end of the pass, whatever its end (a failure to append is a
+        // warning).
+        if let Some(line) = reconcile::audit::pass_line(&world, &start, &command, &scope, &result) {
+            reconcile::audit::append(&world, &line).await;
+        }
         result
     };
     let report = reconcile::leased(&world, args.lock_wait, args.lease_ttl, pass).await;
@@ -594,6 +602,70 @@ pub async fn logs(
         Err(LogsError::Unread {
             failed,
             total: sources.len(),
+        }
+        .into())
+    }
+}
+
+/// `kube-free history`: past rollouts from the audit logs of the balancer hosts of the environments
+/// asked for, newest first. Bad input is reported before any host is contacted, and only those
+/// hosts are connected to.
+pub async fn history(
+    args: &HistoryArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Exit, Error> {
+    let scope = Scope {
+        env: args.env.clone(),
+        app: args.app.clone(),
+        except: Vec::new(),
+    };
+    let loaded = load::load(&spec(&args.source), &scope)?;
+    let hosts = history::hosts(&loaded.state, args.env.as_deref());
+    let world = load::connect_to(loaded, hosts.clone()).await?;
+    let mut lines = Vec::new();
+    let mut unread = Vec::new();
+    for read in reconcile::audit::read(&world, &hosts).await {
+        match read.bytes {
+            Ok(None) => {}
+            Ok(Some(bytes)) => {
+                let (read_lines, skipped) = history::parse(&read.host, &read.file, &bytes);
+                for s in skipped {
+                    writeln!(err, "warning: {s}")?;
+                }
+                lines.extend(read_lines);
+            }
+            Err(e) => {
+                writeln!(
+                    err,
+                    "warning: cannot read the audit log {} on {}: {}",
+                    read.file,
+                    read.host,
+                    crate::error::chain(&e)
+                )?;
+                unread.push(read.host);
+            }
+        }
+    }
+    let rows = history::rows(lines, args.app.as_deref(), args.env.as_deref(), args.limit);
+    match args.output {
+        Output::Json => {
+            serde_json::to_writer_pretty(&mut *out, &rows).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        }
+        Output::Text if rows.is_empty() => writeln!(
+            out,
+            "no rollout in the audit log of {}",
+            hosts.iter().cloned().collect::<Vec<_>>().join(", ")
+        )?,
+        Output::Text => history::render_text(&rows, out)?,
+    }
+    if unread.is_empty() {
+        Ok(Exit::Ok)
+    } else {
+        Err(history::HistoryError::Unread {
+            failed: unread,
+            total: hosts.len(),
         }
         .into())
     }

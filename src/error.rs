@@ -53,6 +53,8 @@ pub enum Error {
     #[error(transparent)]
     Logs(#[from] crate::logs::LogsError),
     #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
+    #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
@@ -79,6 +81,7 @@ impl Error {
             | Error::Secret(_)
             | Error::Watch(_)
             | Error::Logs(_)
+            | Error::History(_)
             | Error::Runtime(_) => Exit::Failed,
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! The desired state is read from a Git commit (`source`), parsed and validated (`desired`); later
 //! stages observe hosts, plan and execute. `commands` ties them to the CLI (`cli`); `logs` reads
-//! the logs of an app's instances. `notify` sends events to the notification targets of the
+//! the logs of an app's instances; `history` prints past rollouts from the audit log. `notify` sends events to the notification targets of the
 //! desired state, never delaying the caller.
 pub mod cli;
 pub mod commands;
@@ -10,6 +10,7 @@ pub mod desired;
 pub mod drivers;
 pub mod error;
 pub mod execute;
+pub mod history;
 pub mod load;
 pub mod logs;
 pub mod names;

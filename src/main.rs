@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),
         Command::Status(args) => block_on(commands::status(args, &mut out)),
         Command::Logs(args) => block_on(commands::logs(args, &mut out, &mut err)),
+        Command::History(args) => block_on(commands::history(args, &mut out, &mut err)),
         Command::Watch(args) => block_on(commands::watch(args)),
         Command::Promote(args) => block_on(commands::gate(Gate::Promote, args, &mut out)),
         Command::Abort(args) => block_on(commands::gate(Gate::Abort, args, &mut out)),

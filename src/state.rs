@@ -1,6 +1,7 @@
 //! State kept on hosts: the instance file that records what kube-free started in a slot, and where
 //! kube-free's files live under a host's `state_dir`. Written atomically (temp file, fsync, rename);
-//! a rollout record is replaced only if it is still what was read ([`Revision`], compare-and-swap).
+//! a rollout record is replaced only if it is still what was read ([`Revision`], compare-and-swap);
+//! the audit log ([`AuditLine`]) only grows, one JSON line per changing run.
 
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,66 @@ pub fn suspensions_file(state_dir: &str) -> String {
 /// `<balancer host's state_dir>/applied.json`: the last commit a run applied ([`Applied`]).
 pub fn applied_file(state_dir: &str) -> String {
     format!("{}/applied.json", state_dir.trim_end_matches('/'))
+}
+
+/// `<balancer host's state_dir>/audit.log`: one [`AuditLine`] per run that changed something.
+pub fn audit_file(state_dir: &str) -> String {
+    format!("{}/audit.log", state_dir.trim_end_matches('/'))
+}
+
+/// One line of `audit.log` (JSON, one object per line): a run that changed something, who ran it,
+/// and what became of each rollout it moved. Appended by every changing run on the balancer hosts
+/// of the environments it was about; read by `kube-free history`. The log grows: a reader accepts
+/// fields it does not know, and the fields added later have defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLine {
+    /// When the run began, RFC 3339 in UTC (`2026-11-30T15:00:00Z`), the clock of the machine
+    /// that ran it.
+    pub time: String,
+    /// The full id of the commit of the desired state the run read.
+    pub commit: String,
+    /// `user@hostname` of the run.
+    pub who: String,
+    /// The command and the options that say what it acted on: `reconcile --once --env prod`,
+    /// `watch`, `promote api --env prod`, `suspend --env prod --for 2h` (never a path or secret).
+    pub command: String,
+    /// Steps done (a cleanup's included).
+    pub steps: usize,
+    /// How the run ended (see `docs/operations.md`): `converged`, `quarantined`, `waiting`,
+    /// `rolled-back`, `failed`, `host-lost`, `interrupted`, `lease-lost`; for the other commands
+    /// `promoted`, `aborted`, `retried`, `suspended`, `resumed`.
+    pub outcome: String,
+    pub duration_ms: u64,
+    /// Each rollout the run moved (or gate it opened), with what became of it.
+    #[serde(default)]
+    pub rollouts: Vec<AuditRollout>,
+    /// The environments the run was about (those its scope covered).
+    #[serde(default)]
+    pub envs: Vec<String>,
+    /// The step the run stopped at (failed, or waits at), as the plan says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+    /// The run's id (as in the lease): the same line on several hosts is one run.
+    #[serde(default)]
+    pub run: String,
+}
+
+/// One rollout of an [`AuditLine`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRollout {
+    pub env: String,
+    pub app: String,
+    /// The version the run rolled out (or the gate was about).
+    pub version: String,
+    /// `blue-green`, `rolling` or `canary`.
+    pub strategy: String,
+    /// The version that had the traffic before (several joined with `, `), when one had.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// What became of it: `succeeded`, `repaired` (drift put back on a version that had
+    /// succeeded), `waiting`, `rolled-back`, `failed`, `stopped` (the run stopped before it
+    /// finished; the next run goes on), or the gate's `promoted`, `aborted`, `retried`.
+    pub result: String,
 }
 
 /// The last commit of the desired state that a run applied, kept on every balancer host so that
@@ -266,6 +327,18 @@ pub fn now() -> u64 {
 
 /// `2026-11-30 15:00:00 UTC` for seconds since the Unix epoch (proleptic Gregorian calendar).
 pub fn utc(secs: u64) -> String {
+    let (date, time) = civil(secs);
+    format!("{date} {time} UTC")
+}
+
+/// `2026-11-30T15:00:00Z` (RFC 3339, UTC) for seconds since the Unix epoch.
+pub fn rfc3339(secs: u64) -> String {
+    let (date, time) = civil(secs);
+    format!("{date}T{time}Z")
+}
+
+/// `("2026-11-30", "15:00:00")` for seconds since the Unix epoch (proleptic Gregorian calendar).
+fn civil(secs: u64) -> (String, String) {
     let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
     // Days to a civil date (Howard Hinnant's `civil_from_days`): eras of 400 years from 0000-03-01.
     let z = days + 719_468;
@@ -276,10 +349,32 @@ pub fn utc(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{:02}:{:02}:{:02}", rest / 3600, rest / 60 % 60, rest % 60),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_times_are_rfc3339_in_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_050_800), "2026-11-30T15:00:00Z");
+        assert_eq!(utc(1_796_050_800), "2026-11-30 15:00:00 UTC");
+    }
+
+    /// The log grows: a line with fields this version does not know, or without those added
+    /// after the first, is still read.
+    #[test]
+    fn an_audit_line_with_unknown_or_missing_fields_is_read() {
+        let line = r#"{"time":"2026-11-30T15:00:00Z","commit":"c","who":"me@here","command":"watch","steps":3,"outcome":"converged","duration_ms":5,"rollouts":[{"env":"prod","app":"api","version":"2.0","strategy":"canary","result":"succeeded","new":1}],"added_later":{"x":1}}"#;
+        let read: AuditLine = serde_json::from_str(line).unwrap();
+        assert_eq!(read.rollouts[0].from, None);
+        assert_eq!(read.envs, Vec::<String>::new());
+        assert_eq!(read.run, "");
+        assert_eq!(read.steps, 3);
+    }
 }

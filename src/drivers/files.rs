@@ -1,6 +1,7 @@
 //! Commands on files of a host, for every driver: read (nothing when absent), write atomically (temp
 //! file beside it, fsync, rename), write only if unchanged since read (compare-and-swap under a
-//! lock), remove, and the end of a log (followed or not). Pure functions returning [`Cmd`].
+//! lock), append a line under the same lock, remove, and the end of a log (followed or not, or its
+//! last bytes). Pure functions returning [`Cmd`].
 
 use super::Cmd;
 use crate::state::Revision;
@@ -63,6 +64,31 @@ pub fn parse_swap(stdout: &str) -> Option<Swap> {
         "changed" => Some(Swap::Changed),
         _ => None,
     }
+}
+
+/// Appends `line` (one line, without its newline) to the file at `path`, under `flock` on `mutex`
+/// (the lease's, as [`swap_record_cmd`] takes it), so that lines of two writers never mix: the
+/// line is read from stdin whole into a temp file first, then, holding the lock, a last line left
+/// unended (by a writer killed in its write) is ended, and the line appended. A new file is its
+/// owner's only (0600), and so is an old one after the append.
+pub fn append_line_cmd(path: &str, mutex: &str, line: &[u8]) -> Cmd {
+    let script = r#"set -e; umask 077; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); trap 'rm -f "$tmp"' EXIT; cat >"$tmp"; exec 9>>"$2"; flock -w 10 9; if [ -s "$1" ] && [ -n "$(tail -c 1 "$1")" ]; then echo >>"$1"; fi; cat "$tmp" >>"$1"; chmod 600 "$1""#;
+    let mut content = line.to_vec();
+    content.push(b'\n');
+    Cmd::change(["sh", "-c", script, "kube-free-append", path, mutex]).with_stdin(content)
+}
+
+/// The last `bytes` bytes of a file (the whole file when shorter); prints nothing (and succeeds)
+/// when there is no such file.
+pub fn tail_bytes_cmd(path: &str, bytes: usize) -> Cmd {
+    Cmd::read([
+        "sh".to_owned(),
+        "-c".to_owned(),
+        r#"test ! -e "$1" || tail -c "$2" -- "$1""#.to_owned(),
+        "kube-free-read".to_owned(),
+        path.to_owned(),
+        bytes.to_string(),
+    ])
 }
 
 /// Writes a file that a server running as another user reads (a balancer's configuration or
@@ -140,6 +166,93 @@ mod tests {
             "tail -n 0 -F /s/a.log"
         );
         assert!(!tail_cmd("/x", 1, true).changes);
+        let append = append_line_cmd("/s/audit.log", "/s/lock.mutex", br#"{"a":1}"#);
+        assert_eq!(
+            append.to_string(),
+            r#"sh -c 'set -e; umask 077; mkdir -p "$(dirname "$1")"; tmp=$(mktemp "$1.XXXXXX"); trap '\''rm -f "$tmp"'\'' EXIT; cat >"$tmp"; exec 9>>"$2"; flock -w 10 9; if [ -s "$1" ] && [ -n "$(tail -c 1 "$1")" ]; then echo >>"$1"; fi; cat "$tmp" >>"$1"; chmod 600 "$1"' kube-free-append /s/audit.log /s/lock.mutex"#
+        );
+        assert_eq!(append.stdin.as_deref(), Some(&b"{\"a\":1}\n"[..]));
+        assert!(append.changes);
+        assert_eq!(
+            tail_bytes_cmd("/s/audit.log", 4096).to_string(),
+            r#"sh -c 'test ! -e "$1" || tail -c "$2" -- "$1"' kube-free-read /s/audit.log 4096"#
+        );
+        assert!(!tail_bytes_cmd("/x", 1).changes);
+    }
+
+    /// Runs `cmd` on this machine's `sh`, its stdin given; panics unless it succeeds.
+    fn sh(cmd: &Cmd) -> Vec<u8> {
+        let mut child = std::process::Command::new(&cmd.argv[0])
+            .args(&cmd.argv[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let stdin = cmd.stdin.clone().unwrap_or_default();
+        child.stdin.take().unwrap().write_all(&stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        out.stdout
+    }
+
+    /// Appends on this machine's `sh`: whole lines from writers at once, a line a killed writer
+    /// left unended is ended first, the file is 0600, no temp file stays, and the last bytes read
+    /// back are the file's end.
+    #[test]
+    fn appends_are_whole_lines_under_the_lock() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/audit.log");
+        let (path, mutex) = (
+            path.to_str().unwrap().to_owned(),
+            dir.path()
+                .join("state/lock.mutex")
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+        assert_eq!(sh(&tail_bytes_cmd(&path, 100)), b"");
+        let long = "x".repeat(20_000);
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let (path, mutex, long) = (&path, &mutex, &long);
+                s.spawn(move || {
+                    for j in 0..5 {
+                        let line = format!("{i}-{j} {long}");
+                        sh(&append_line_cmd(path, mutex, line.as_bytes()));
+                    }
+                });
+            }
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 40);
+        assert!(lines
+            .iter()
+            .all(|l| l.ends_with(&long) && l.len() < long.len() + 5));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A writer killed half way left a line without its end.
+        std::fs::write(&path, "{\"torn").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        sh(&append_line_cmd(&path, &mutex, b"next"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"torn\nnext\n");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(sh(&tail_bytes_cmd(&path, 5)), b"next\n");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(left, ["audit.log", "lock.mutex"]);
     }
 
     /// The swap on this machine's `sh`: written while the file is as read, refused once it

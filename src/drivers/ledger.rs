@@ -1,11 +1,15 @@
 //! The [`Ledger`] trait: what runs share on a balancer host — the rollout records
-//! (`rollouts/<env>/<app>.json`), the lease (`lock`), the suspensions (`suspensions.json`) and the
-//! last commit applied (`applied.json`) — and [`HostLedger`], which keeps them as
-//! files under that host's `state_dir` through its transport. Records are bytes here: what they say
-//! is the reconciler's to judge (a torn record is not trusted); a record is replaced only if it is
-//! still what its writer read (compare-and-swap on a [`Revision`]).
+//! (`rollouts/<env>/<app>.json`), the lease (`lock`), the suspensions (`suspensions.json`), the
+//! last commit applied (`applied.json`) and the audit log (`audit.log`) — and [`HostLedger`], which
+//! keeps them as files under that host's `state_dir` through its transport. Records are bytes here:
+//! what they say is the reconciler's to judge (a torn record is not trusted); a record is replaced
+//! only if it is still what its writer read (compare-and-swap on a [`Revision`]); the audit log
+//! only grows, a line at a time.
 
-use super::files::{parse_swap, read_file_cmd, swap_record_cmd, write_file_cmd, Swap};
+use super::files::{
+    append_line_cmd, parse_swap, read_file_cmd, swap_record_cmd, tail_bytes_cmd, write_file_cmd,
+    Swap,
+};
 use super::lease::{self, Answer};
 use super::{run_ok, Transport, TransportError};
 use crate::state::Revision;
@@ -13,6 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The most of the audit log read at once: its last 16 MiB (tens of thousands of lines).
+pub const AUDIT_READ: usize = 16 << 20;
 
 /// One operation on the lease (see [`lease`] for what each does).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +91,18 @@ pub trait Ledger: Send + Sync {
 
     /// Replaces the last-applied file.
     async fn write_applied(&self, bytes: &[u8]) -> Result<(), LedgerError>;
+
+    /// Where the audit log is kept, for messages.
+    fn audit_file(&self) -> String;
+
+    /// Appends `line` (one line, without its newline) to the audit log, atomically with respect to
+    /// every other writer on the host (the lines of two runs never mix), creating it its owner's
+    /// only (0600).
+    async fn append_audit(&self, line: &str) -> Result<(), LedgerError>;
+
+    /// The audit log's lines, at most its last [`AUDIT_READ`] bytes of them (a line cut there is
+    /// left out); `None` when there is none.
+    async fn read_audit(&self) -> Result<Option<Vec<u8>>, LedgerError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +209,32 @@ impl Ledger for HostLedger {
         self.write(&self.applied_file(), bytes).await
     }
 
+    fn audit_file(&self) -> String {
+        crate::state::audit_file(&self.state_dir)
+    }
+
+    async fn append_audit(&self, line: &str) -> Result<(), LedgerError> {
+        let mutex = format!("{}.mutex", lease::lock_file(&self.state_dir));
+        let cmd = append_line_cmd(&self.audit_file(), &mutex, line.as_bytes());
+        run_ok(self.transport.as_ref(), &cmd, TIMEOUT).await?;
+        Ok(())
+    }
+
+    async fn read_audit(&self) -> Result<Option<Vec<u8>>, LedgerError> {
+        // One byte more than kept: whether the first line kept is whole.
+        let cmd = tail_bytes_cmd(&self.audit_file(), AUDIT_READ + 1);
+        let mut bytes = run_ok(self.transport.as_ref(), &cmd, TIMEOUT).await?.stdout;
+        // The file is longer than what is kept: up to its first newline, the rest of a line cut.
+        if bytes.len() > AUDIT_READ {
+            let end = bytes
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |p| p + 1);
+            bytes.drain(..end);
+        }
+        Ok((!bytes.is_empty()).then_some(bytes))
+    }
+
     async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError> {
         let path = lease::lock_file(&self.state_dir);
         let cmd = match op {
@@ -212,5 +257,40 @@ impl Ledger for HostLedger {
             host: self.host().to_owned(),
             answer: out.stdout_text().trim().to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::local::LocalTransport;
+
+    /// The audit log through the real transport of a `transport: local` host: lines appended
+    /// whole and read back, the file its owner's only, nothing read when there is none.
+    #[tokio::test]
+    async fn the_audit_log_is_appended_and_read_through_the_transport() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ledger = HostLedger::new(
+            Arc::new(LocalTransport::new("here")),
+            state.to_str().unwrap(),
+        );
+        assert_eq!(ledger.read_audit().await.unwrap(), None);
+        ledger.append_audit(r#"{"n":1}"#).await.unwrap();
+        ledger.append_audit(r#"{"n":2}"#).await.unwrap();
+        assert_eq!(
+            ledger.audit_file(),
+            format!("{}/audit.log", state.display())
+        );
+        assert_eq!(
+            ledger.read_audit().await.unwrap().unwrap(),
+            b"{\"n\":1}\n{\"n\":2}\n"
+        );
+        let mode = std::fs::metadata(state.join("audit.log"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -2,8 +2,11 @@
 //! left), `abort` rolls a running rollout back under the lease and quarantines its version, `retry`
 //! lifts a quarantine. Each changes the record by compare-and-swap (read, change, write over what
 //! was read; again when another writer came in between, see [`World::update_rollout`]), so a
-//! running rollout's own writes cannot undo it.
+//! running rollout's own writes cannot undo it. Each gate that changed the record appends its line
+//! to the audit log (without the lease: `promote` must work while a run that holds it waits at the
+//! gate; the append is serialized with other writers on the host by the lease's `flock`).
 
+use super::audit::{self, Outcome, RolloutResult};
 use super::lease::leased;
 use super::pass::clean_up;
 use super::{ReconcileError, World};
@@ -54,6 +57,7 @@ pub async fn promote(
     app: &str,
     all: bool,
 ) -> Result<String, ReconcileError> {
+    let start = audit::start(world);
     let version = &world.desired.deployed(env, app).version;
     let record = world
         .update_rollout(env, app, |current| {
@@ -91,6 +95,26 @@ pub async fn promote(
         )
     };
     world.notify(crate::notify::EventKind::Promoted, env, app, said.clone());
+    let rollout = audit::gate_rollout(
+        world,
+        env,
+        app,
+        record.last_good.clone(),
+        RolloutResult::Promoted,
+    );
+    let command = format!(
+        "promote {app} --env {env}{}",
+        if all { " --all" } else { "" }
+    );
+    audit::command_line(
+        world,
+        &start,
+        &command,
+        Outcome::Promoted,
+        vec![env.to_owned()],
+        vec![rollout],
+    )
+    .await;
     Ok(said)
 }
 
@@ -102,8 +126,9 @@ pub async fn abort(
     app: &str,
     parallel: usize,
 ) -> Result<String, ReconcileError> {
+    let start = audit::start(world);
     let version = world.desired.deployed(env, app).version.clone();
-    world
+    let record = world
         .update_rollout(env, app, |current| {
             let mut record = match current {
                 Some(r) if r.version == version && r.phase != Phase::Succeeded => r,
@@ -138,21 +163,47 @@ pub async fn abort(
         )
         .await
     };
-    leased(world, wait, ttl, cleanup).await?;
-    let after = Traffic::read(&world.desired, &world.observe().await?, env, app);
-    let said = if after.weighs(&version) {
-        format!("NOT rolled back: {after}")
-    } else {
-        format!("read back: {after}")
+    let result = async {
+        leased(world, wait, ttl, cleanup).await?;
+        let after = Traffic::read(&world.desired, &world.observe().await?, env, app);
+        let said = if after.weighs(&version) {
+            format!("NOT rolled back: {after}")
+        } else {
+            format!("read back: {after}")
+        };
+        Ok::<_, ReconcileError>(format!("aborted {env}/{app} {version}: {said}; it is quarantined until its desired state changes or `kube-free retry {app} --env {env}`"))
+    }
+    .await;
+    // The record says aborted whatever became of the cleanup: that is a change.
+    let rollout = audit::gate_rollout(
+        world,
+        env,
+        app,
+        record.last_good.clone(),
+        RolloutResult::Aborted,
+    );
+    let outcome = match &result {
+        Ok(_) => Outcome::Aborted,
+        Err(_) => Outcome::Failed,
     };
-    Ok(format!("aborted {env}/{app} {version}: {said}; it is quarantined until its desired state changes or `kube-free retry {app} --env {env}`"))
+    audit::command_line(
+        world,
+        &start,
+        &format!("abort {app} --env {env}"),
+        outcome,
+        vec![env.to_owned()],
+        vec![rollout],
+    )
+    .await;
+    result
 }
 
 /// `kube-free retry`: lifts the quarantine of the desired version of `env`/`app`; the next reconcile
 /// rolls it out again from the start.
 pub async fn retry(world: &World, env: &str, app: &str) -> Result<String, ReconcileError> {
+    let start = audit::start(world);
     let version = &world.desired.deployed(env, app).version;
-    world
+    let record = world
         .update_rollout(env, app, |current| {
             let mut record = match current {
                 Some(r) if r.version == *version && r.phase.quarantines() => r,
@@ -175,6 +226,22 @@ pub async fn retry(world: &World, env: &str, app: &str) -> Result<String, Reconc
             Ok(record)
         })
         .await?;
+    let rollout = audit::gate_rollout(
+        world,
+        env,
+        app,
+        record.last_good.clone(),
+        RolloutResult::Retried,
+    );
+    audit::command_line(
+        world,
+        &start,
+        &format!("retry {app} --env {env}"),
+        Outcome::Retried,
+        vec![env.to_owned()],
+        vec![rollout],
+    )
+    .await;
     Ok(format!(
         "{env}/{app} {version} may be rolled out again: run `kube-free reconcile --once`"
     ))

@@ -7,11 +7,13 @@
 //! - `gates`: `promote`, `abort`, `retry`;
 //! - `suspend`: `kube-free suspend`/`resume`, and what a pass may do while something is suspended;
 //! - `rewind`: the last commit applied, and the refusal of a commit that does not descend from it;
+//! - `audit`: the audit log, a line per run that changed something (`kube-free history` reads it);
 //! - `effects`: what each step does to hosts and balancers (instances, traffic, canary);
 //! - `rules`: the pure decisions — weight and drain safety, the canary's analysis verdict.
 //!
 //! Nothing here speaks a balancer's or a runtime's language: that is the drivers'.
 
+pub mod audit;
 mod effects;
 mod gates;
 mod lease;

@@ -185,6 +185,7 @@ pub async fn once(
             ),
         );
     }
+    super::audit::executing(&world, &observed, &plan, &rollouts, &repairing);
     let effects = Live::new(&world, observed, options.max_wait, false);
     match execute::run(&plan, effects, options.parallel).await {
         Ok(report) => {

@@ -5,8 +5,10 @@
 //! staying suspended. [`suspend`] and [`resume`] write under the lease; [`decide`] (pure) and
 //! [`check`] say what a pass may do: nothing at all, or only the environments not suspended.
 //! This file touches ledgers only, never an instance or a balancer; it is not a canary pause
-//! (that is a rollout's, in its record).
+//! (that is a rollout's, in its record). A suspend, and a resume that ended one, append their
+//! line to the audit log, under the lease.
 
+use super::audit::{self, Outcome};
 use super::lease::leased;
 use super::{ReconcileError, World};
 use crate::desired::DesiredState;
@@ -113,6 +115,7 @@ pub async fn suspend(
         return Err(SuspendError::NoReason.into());
     }
     let work = async {
+        let start = audit::start(world);
         let now = world.clock().now();
         let mut list = live(read_all(world).await?, now);
         list.retain(|s| s.env.as_deref() != env);
@@ -126,6 +129,24 @@ pub async fn suspend(
         };
         list.push(new.clone());
         write_all(world, &list).await?;
+        let mut command = String::from("suspend");
+        if let Some(env) = env {
+            command.push_str(&format!(" --env {env}"));
+        }
+        command.push_str(&format!(
+            " --for {}",
+            crate::desired::duration::format(length)
+        ));
+        let envs = concerned(world, env);
+        audit::command_line(
+            world,
+            &start,
+            &command,
+            Outcome::Suspended,
+            envs,
+            Vec::new(),
+        )
+        .await;
         Ok(new)
     };
     leased(
@@ -150,12 +171,19 @@ pub struct Resumed {
 /// every environment included), on every balancer host in use, under the lease.
 pub async fn resume(world: &Arc<World>, env: Option<&str>) -> Result<Resumed, ReconcileError> {
     let work = async {
+        let start = audit::start(world);
         let mut list = live(read_all(world).await?, world.clock().now());
         let (removed, kept): (Vec<_>, Vec<_>) = list
             .drain(..)
             .partition(|s| env.is_none() || s.env.as_deref() == env);
         if !removed.is_empty() {
             write_all(world, &kept).await?;
+            let command = match env {
+                Some(env) => format!("resume --env {env}"),
+                None => "resume".to_owned(),
+            };
+            let envs = concerned(world, env);
+            audit::command_line(world, &start, &command, Outcome::Resumed, envs, Vec::new()).await;
         }
         let still = env.and_then(|e| applies(&kept, e)).cloned();
         Ok(Resumed { removed, still })
@@ -167,6 +195,14 @@ pub async fn resume(world: &Arc<World>, env: Option<&str>) -> Result<Resumed, Re
         work,
     )
     .await
+}
+
+/// The environments a suspension of `env` (`None`: every environment) is about.
+fn concerned(world: &World, env: Option<&str>) -> Vec<String> {
+    match env {
+        Some(env) => vec![env.to_owned()],
+        None => world.desired.environments.keys().cloned().collect(),
+    }
 }
 
 /// What a pass may do, given the suspensions.

@@ -58,6 +58,8 @@ pub struct World {
     pub(super) run_id: String,
     /// Where the events of rollouts go (disabled until set).
     notifier: Mutex<Notifier>,
+    /// What the run did, for its audit line.
+    pub(super) audit: super::audit::Tally,
     _runtime_dir: Option<tempfile::TempDir>,
 }
 
@@ -78,6 +80,7 @@ impl World {
                     .map_or(0, |d| d.as_nanos() % 1_000_000_000)
             ),
             notifier: Mutex::new(Notifier::disabled()),
+            audit: Default::default(),
             _runtime_dir: None,
         }
     }

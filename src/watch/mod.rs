@@ -202,6 +202,9 @@ struct Loop {
     /// The notification targets in use and their sender, kept across cycles (its memory is what
     /// keeps an event from being sent twice); rebuilt when the targets change.
     notifier: Option<(Vec<Notification>, Notifier)>,
+    /// What the last audit line appended said when it waited at a pause or gate: a pass that
+    /// comes back to the gate and says the same appends nothing.
+    last_waiting: Option<String>,
 }
 
 impl Loop {
@@ -287,6 +290,7 @@ pub async fn run(
         next_poll: Instant::now(),
         failures: 0,
         notifier: None,
+        last_waiting: None,
     };
     let mut stopped = stopping.clone();
     loop {
@@ -579,13 +583,20 @@ async fn act(
             return ("failed".into(), Some(crate::error::chain(&e)), false, false);
         }
     }
+    let command = reconcile::audit::command("watch", &config.scope);
+    let last_waiting = &mut state.last_waiting;
     let pass = async {
         shared.metrics.lease_held.set(1);
         shared.view().cycle.acting = true;
+        let start = reconcile::audit::start(world);
         let result = match reconcile::rewind::guard(world, history, config.allow_rewind).await {
             Ok(()) => reconcile::once(world.clone(), scope, options).await,
             Err(e) => Err(e),
         };
+        // Under the lease, at the end of the pass, whatever its end.
+        if let Some(line) = reconcile::audit::pass_line(world, &start, &command, scope, &result) {
+            reconcile::audit::append_once(world, &line, last_waiting).await;
+        }
         shared.metrics.lease_held.set(0);
         result
     };

@@ -286,6 +286,24 @@ impl Ledger for FakeHost {
         Ok(())
     }
 
+    fn audit_file(&self) -> String {
+        "audit.log".into()
+    }
+
+    async fn append_audit(&self, line: &str) -> Result<(), LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        let mut s = self.fleet.lock();
+        let log = s.audit.entry(self.host.clone()).or_default();
+        log.extend_from_slice(line.as_bytes());
+        log.push(b'\n');
+        Ok(())
+    }
+
+    async fn read_audit(&self) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        Ok(self.fleet.lock().audit.get(&self.host).cloned())
+    }
+
     async fn lease(&self, op: &LeaseOp) -> Result<Answer, LedgerError> {
         self.fleet.unreachable(&self.host)?;
         let now = self.fleet.now();

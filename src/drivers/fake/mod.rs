@@ -1,5 +1,5 @@
 //! Fakes of every driver trait (tests only), for fast tests of the reconciler without hosts: one
-//! in-memory [`Fleet`] — instances per slot, each balancer's servers, rollout records, leases —
+//! in-memory [`Fleet`] — instances per slot, each balancer's servers, rollout records, leases, audit logs —
 //! shared by a fake runtime per host, a fake balancer, a fake ledger, a fake prober and a clock
 //! that follows tokio's (so tests run on a paused clock). Each version behaves as the test says
 //! ([`Behaviour`]). The fake balancer checks health the way a real one does (a server is UP when
@@ -121,6 +121,8 @@ struct State {
     suspensions: BTreeMap<String, Vec<u8>>,
     /// The last-applied file per balancer host.
     applied: BTreeMap<String, Vec<u8>>,
+    /// The audit log per balancer host.
+    audit: BTreeMap<String, Vec<u8>>,
     /// Lease per balancer host: (epoch, expires, run id).
     leases: BTreeMap<String, (u64, u64, String)>,
     behaviours: BTreeMap<String, Behaviour>,
@@ -225,6 +227,19 @@ impl Fleet {
         self.lock()
             .suspensions
             .insert(host.to_owned(), bytes.to_vec());
+    }
+
+    /// The lines of the audit log of balancer host `host`, parsed.
+    pub fn audit(&self, host: &str) -> Vec<crate::state::AuditLine> {
+        let s = self.lock();
+        let text = s
+            .audit
+            .get(host)
+            .map(|b| String::from_utf8_lossy(b).into_owned());
+        text.unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("an audit line"))
+            .collect()
     }
 
     /// The drivers of a world on this fleet.

@@ -233,7 +233,7 @@ impl Effects for Live {
         if action.changes() {
             self.world.check_lease().await?;
         }
-        match action {
+        let done = match action {
             Action::ApplyConfig { balancer } => self.apply_config(balancer).await,
             Action::Pull {
                 host,
@@ -307,7 +307,11 @@ impl Effects for Live {
             Action::Conclude {
                 env, app, version, ..
             } => self.conclude(env, app, version).await,
+        };
+        if done.is_ok() {
+            self.world.audit.step_done();
         }
+        done
     }
 
     fn stopping(&self) -> Option<StepError> {

@@ -4,8 +4,10 @@
 //! fleet tests (`tests/fleet_*`) do the same on real sshd, HAProxy and processes under load.
 //! Here: the fleet and the helpers; `passes` (blue-green, failures, faults), `canary` (steps,
 //! analysis, gates, resume, rollback), `lease` (a run that loses its lease stops at once; leases
-//! kept while more are waited for) and `steps` (single live steps: drain, shift, saves).
+//! kept while more are waited for), `steps` (single live steps: drain, shift, saves) and `audit`
+//! (the audit line of passes, gates and suspensions).
 
+mod audit;
 mod canary;
 mod lease;
 mod passes;

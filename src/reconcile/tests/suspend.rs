@@ -8,7 +8,7 @@ use crate::reconcile::suspend::{self, Decision};
 
 /// `prod` (web-1, web-2 behind `edge` on lb-1) serves 1.0 and wants 2.0; `staging` (web-3 behind
 /// `inner` on lb-2) runs nothing and wants 2.0.
-fn two_envs() -> (Arc<Fleet>, Arc<World>) {
+pub(super) fn two_envs() -> (Arc<Fleet>, Arc<World>) {
     let yaml = crate::testing::two_hosts_yaml("blue-green")
         .replace(
             "  lb-1:",
