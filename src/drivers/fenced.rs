@@ -117,11 +117,11 @@ impl Transport for FencedTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drivers::lease::{acquire_cmd, lock_file, parse_answer, Answer};
+    use crate::drivers::lease::{acquire_cmd, lock_file, parse_answer, release_cmd, Answer};
     use crate::drivers::local::LocalTransport;
 
     /// A change passes while the run holds the lease, and is refused on the host once another run
-    /// took it over; so does a change through a socket, sent while the lease's lock is held; a
+    /// holds it; so does a change through a socket, sent while the lease's lock is held; a
     /// read is never fenced.
     #[tokio::test]
     async fn changes_run_only_under_this_runs_lease() {
@@ -131,7 +131,7 @@ mod tests {
         let take = |run: &str, ttl: u64| acquire_cmd(&lock, run, ttl, "me", 1);
         let epoch = match parse_answer(
             &local
-                .run(&take("run-a", 1), Duration::from_secs(5))
+                .run(&take("run-a", 30), Duration::from_secs(5))
                 .await
                 .unwrap()
                 .stdout_text(),
@@ -173,8 +173,11 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the lock was kept");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // The lease expires (1 s, and the host's clock counts whole seconds) and run-b takes it.
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // run-a's lease ends (given back here, so that no timing is involved) and run-b takes it.
+        local
+            .run(&release_cmd(&lock, "run-a"), Duration::from_secs(5))
+            .await
+            .unwrap();
         let taken = local
             .run(&take("run-b", 30), Duration::from_secs(5))
             .await
