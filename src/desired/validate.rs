@@ -187,11 +187,10 @@ impl Checker<'_> {
         known: &BTreeSet<&String>,
     ) -> bool {
         let unknown = unknown_name(what, name, known);
-        let ok = unknown.is_none();
-        if let Some(message) = unknown {
-            self.value(at, path, message);
+        if let Some(message) = &unknown {
+            self.value(at, path, message.clone());
         }
-        ok
+        unknown.is_none()
     }
 
     /// Whether `name`, written as the key that ends `path`, is one of `known`; reported at the key
@@ -205,11 +204,10 @@ impl Checker<'_> {
         known: &BTreeSet<&String>,
     ) -> bool {
         let unknown = unknown_name(what, name, known);
-        let ok = unknown.is_none();
-        if let Some(message) = unknown {
-            self.key(at, path, message);
+        if let Some(message) = &unknown {
+            self.key(at, path, message.clone());
         }
-        ok
+        unknown.is_none()
     }
 }
 
