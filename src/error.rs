@@ -53,6 +53,8 @@ pub enum Error {
     #[error(transparent)]
     Logs(#[from] crate::logs::LogsError),
     #[error(transparent)]
+    SavedPlan(#[from] crate::plan::saved::SavedPlanError),
+    #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
@@ -69,6 +71,7 @@ impl Error {
             | Error::UnknownName { .. }
             | Error::NotIn { .. } => Exit::BadInput,
             Error::Secret(e) if e.is_bad_input() => Exit::BadInput,
+            Error::SavedPlan(e) if e.is_bad_input() => Exit::BadInput,
             Error::Reconcile(e) if e.bad_input() => Exit::BadInput,
             Error::Reconcile(e) if e.waits() => Exit::Waiting,
             Error::Reconcile(e) if e.locked() => Exit::Locked,
@@ -79,6 +82,7 @@ impl Error {
             | Error::Secret(_)
             | Error::Watch(_)
             | Error::Logs(_)
+            | Error::SavedPlan(_)
             | Error::Runtime(_) => Exit::Failed,
         }
     }
