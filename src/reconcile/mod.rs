@@ -28,7 +28,7 @@ mod tests;
 
 pub use gates::{abort, promote, retry, GateError};
 pub use lease::{leased, LeaseLoss, MIN_TTL as MIN_LEASE_TTL};
-pub use pass::{once, preview, rollout_of, Outcome};
+pub use pass::{once, once_saved, preview, preview_observed, rollout_of, Outcome};
 pub use rewind::RewindError;
 pub use suspend::{
     applies, resume, suspend, suspensions, Decision, Resumed, SuspendError, Suspension,
