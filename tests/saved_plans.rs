@@ -3,7 +3,8 @@
 //! a second time, a plan whose servers changed behind its back (a weight set by hand through
 //! HAProxy's admin socket), a plan of another commit, another scope, a damaged file: each refused
 //! with exit 2, and nothing is changed (what serves, the instance files, the rollout record and the
-//! commit applied are as they were).
+//! commit applied are as they were). A plan of nothing executes nothing; one stopped at a canary's
+//! gate (exit 3) is spent.
 
 mod common;
 use common::*;
@@ -209,4 +210,19 @@ fn a_saved_plan_is_executed_once_and_refused_when_anything_it_was_made_from_chan
             .stdout_has("in sync at commit");
     }
     assert_eq!(s.kept(), kept);
+
+    // A canary's gate ends the run of a saved plan as any run (exit 3); the plan is then spent.
+    s.commit(
+        "4.0.0",
+        "{ canary: { steps: [{ weight: 50, pause: {} }] } }",
+    );
+    let p5 = s.path("p5.json");
+    s.run(&["plan", "--out", text(&p5)]).code(10);
+    s.run(&["reconcile", "--once", "--plan", text(&p5)])
+        .code(3)
+        .stderr_has("run again to resume there");
+    s.run(&["reconcile", "--once", "--plan", text(&p5)])
+        .code(2)
+        .stderr_has("the observed state changed since the plan was made: ")
+        .stderr_has("rollout record of local/demo changed");
 }
