@@ -8,7 +8,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0   success (valid, in sync, converged)
   1   error (I/O, network, a failed rollout)
-  2   bad input (invalid desired state, unknown path, URL or revision); no host was touched
+  2   bad input (invalid desired state, unknown path, URL or revision, a saved plan that is
+      no longer what a run would do); no host was changed
   3   waiting at a pause or gate (reconcile)
   4   locked by another reconciler (reconcile)
   10  changes pending (plan)
@@ -42,6 +43,9 @@ pub enum Command {
     /// Observe the hosts and the balancer, diff against the desired state, print the steps; changes
     /// nothing. Exit 0 when in sync, 10 when changes are pending, 1 when something is wrong that no
     /// step can put right (traffic left on a quarantined version).
+    ///
+    /// With --out, the plan is also saved to a file, to be reviewed and then executed exactly by
+    /// `reconcile --once --plan FILE` (see there), for one run.
     Plan(PlanArgs),
     /// Converge the hosts to the desired state, then exit.
     ///
@@ -68,6 +72,15 @@ pub enum Command {
     ///
     /// A run that changed something appends a line to `<state_dir>/audit.log` on the balancer
     /// hosts (see `kube-free history`); one that cannot be appended is a warning, not an error.
+    ///
+    /// With --plan FILE (saved by `plan --out FILE`), it executes that plan or nothing: the
+    /// repository must be at the plan's commit and the scope is the plan's (refused before the
+    /// lease otherwise); under the lease, what it observes must be what the plan was made from
+    /// (instances, their liveness and readiness, the balancer's config, servers' weights, admin
+    /// states and checks, rollout records; not the traffic counters) and the plan it makes the
+    /// saved one, step for step. Else exit 2, naming what changed, and nothing is changed on any
+    /// host. A plan is for one run: what it executes changes what it was made from, so running it
+    /// again (after exit 3 at a canary pause, say) is refused; make a new plan.
     Reconcile(ReconcileArgs),
     /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
     ///
@@ -252,6 +265,11 @@ pub struct PlanArgs {
     /// the last one applied (without it, plan refuses it too, with exit 2).
     #[arg(long)]
     pub allow_rewind: bool,
+    /// Also save the plan to FILE (JSON, readable by its owner only, replaced whole): the full
+    /// commit, the scope, the steps, and a digest of what was observed, for `reconcile --once
+    /// --plan FILE`. The plan is printed as without it; where it was saved goes to stderr.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -293,6 +311,11 @@ pub struct ReconcileArgs {
     /// (exit 2, nothing changed); a rollback in Git is a revert commit, which needs no option.
     #[arg(long)]
     pub allow_rewind: bool,
+    /// Execute exactly the plan saved in FILE by `plan --out FILE`, or nothing (exit 2): the
+    /// commit and scope must be the plan's, and what is observed under the lease what it was made
+    /// from. --env and --app may be left out (the plan's are used) or repeat the plan's.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

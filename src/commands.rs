@@ -11,6 +11,7 @@ use crate::error::{Error, Exit};
 use crate::history;
 use crate::load;
 use crate::logs::{self, LogsError, Relayed, Verdict};
+use crate::plan::saved::SavedPlan;
 use crate::plan::Scope;
 use crate::reconcile::suspend::{utc, Decision};
 use crate::reconcile::{self, World};
@@ -163,14 +164,22 @@ fn scope(args: &ScopeArgs) -> Scope {
     }
 }
 
-pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+/// `kube-free plan`: what a reconcile would do now; with `--out`, saved for `reconcile --plan`.
+pub async fn plan(
+    args: &PlanArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Exit, Error> {
+    if let Some(path) = &args.out {
+        SavedPlan::check_target(path)?;
+    }
     let scope = scope(&args.scope);
     let loaded = load::load(&spec(&args.source), &scope)?;
     let history = loaded.history.clone();
     let world = load::connect_scope(loaded, &scope).await?;
     // What reconcile would refuse, plan refuses too (it reads the record, writes nothing).
     reconcile::rewind::check(&world, &history, args.allow_rewind).await?;
-    let plan = reconcile::preview(&world, &scope).await?;
+    let (observed, plan) = reconcile::preview_observed(&world, &scope).await?;
     match args.output {
         PlanOutput::Text => write!(
             out,
@@ -186,6 +195,18 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
         }
         PlanOutput::Dot => write!(out, "{}", plan.render_dot())?,
     }
+    if let Some(path) = &args.out {
+        let saved = SavedPlan::new(&world.revision, &scope, &observed, &plan);
+        saved.write(path)?;
+        writeln!(
+            err,
+            "plan saved to {} ({} at commit {}); `kube-free reconcile --once --plan {}` executes exactly it, once, while nothing it was made from changes",
+            path.display(),
+            plural(saved.steps(), "step"),
+            world.revision,
+            path.display()
+        )?;
+    }
     Ok(if !plan.is_empty() {
         Exit::Pending
     } else if plan.stuck.is_empty() {
@@ -196,9 +217,24 @@ pub async fn plan(args: &PlanArgs, out: &mut dyn Write) -> Result<Exit, Error> {
 }
 
 pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
-    let scope = scope(&args.scope);
-    let command = reconcile::audit::command("reconcile --once", &scope);
+    // A saved plan is read and checked before anything else: its scope, then its commit.
+    let saved = args.plan.as_deref().map(SavedPlan::read).transpose()?;
+    let scope = match &saved {
+        Some(saved) => saved.scope(args.scope.env.as_deref(), args.scope.app.as_deref())?,
+        None => scope(&args.scope),
+    };
+    let command = reconcile::audit::command(
+        if saved.is_some() {
+            "reconcile --once --plan"
+        } else {
+            "reconcile --once"
+        },
+        &scope,
+    );
     let loaded = load::load(&spec(&args.source), &scope)?;
+    if let Some(saved) = &saved {
+        saved.check_commit(&loaded.commit)?;
+    }
     let history = loaded.history.clone();
     let world = load::connect_scope(loaded, &scope).await?;
     // A rewound commit is refused before the lease is even taken; checked again under it.
@@ -249,11 +285,28 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     let pass = async {
         let signals = tokio::spawn(interrupt_on_signal(world.clone()));
         let start = reconcile::audit::start(&world);
-        if let Err(e) = reconcile::rewind::guard(&world, &history, args.allow_rewind).await {
-            signals.abort();
-            return Err(e);
-        }
-        let result = reconcile::once(world.clone(), &scope, options).await;
+        let result = match &saved {
+            // The pass checks the plan under the lease, then records the commit (the guard).
+            Some(saved) => {
+                reconcile::once_saved(
+                    world.clone(),
+                    &scope,
+                    options,
+                    saved,
+                    &history,
+                    args.allow_rewind,
+                )
+                .await
+            }
+            None => {
+                if let Err(e) = reconcile::rewind::guard(&world, &history, args.allow_rewind).await
+                {
+                    signals.abort();
+                    return Err(e);
+                }
+                reconcile::once(world.clone(), &scope, options).await
+            }
+        };
         signals.abort();
         // Under the lease, at the end of the pass, whatever its end (a failure to append is a
         // warning).
@@ -266,6 +319,9 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     // What happened is sent before the process ends (a receiver that does not answer is given up).
     notifier.flush(std::time::Duration::from_secs(5)).await;
     let report = report?;
+    if let Some(path) = &args.plan {
+        write!(out, "the saved plan {}: ", path.display())?;
+    }
     if report.steps == 0 {
         writeln!(out, "in sync at commit {}: nothing to do", world.revision)?;
     } else {

@@ -27,7 +27,10 @@ pub enum Error {
         diagnostics: Vec<Diagnostic>,
     },
     #[error("no kube-free.yaml in {origin} at commit {commit}")]
-    NoRootFile { origin: String, commit: String },
+    NoRootFile {
+        origin: String,
+        commit: String,
+    },
     #[error("cannot read the desired state from {origin} at commit {commit}")]
     Read {
         origin: String,
@@ -40,7 +43,10 @@ pub enum Error {
     #[error(transparent)]
     Reconcile(Box<crate::reconcile::ReconcileError>),
     #[error("unknown {what} {name:?} (not in the desired state)")]
-    UnknownName { what: &'static str, name: String },
+    UnknownName {
+        what: &'static str,
+        name: String,
+    },
     #[error("{what} {name:?} is not in {place} (it has: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
     NotIn {
         what: &'static str,
@@ -54,6 +60,8 @@ pub enum Error {
     Logs(#[from] crate::logs::LogsError),
     #[error(transparent)]
     History(#[from] crate::history::HistoryError),
+    #[error(transparent)]
+    SavedPlan(#[from] crate::plan::saved::SavedPlanError),
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
     #[error(transparent)]
@@ -71,6 +79,7 @@ impl Error {
             | Error::UnknownName { .. }
             | Error::NotIn { .. } => Exit::BadInput,
             Error::Secret(e) if e.is_bad_input() => Exit::BadInput,
+            Error::SavedPlan(e) if e.is_bad_input() => Exit::BadInput,
             Error::Reconcile(e) if e.bad_input() => Exit::BadInput,
             Error::Reconcile(e) if e.waits() => Exit::Waiting,
             Error::Reconcile(e) if e.locked() => Exit::Locked,
@@ -82,6 +91,7 @@ impl Error {
             | Error::Watch(_)
             | Error::Logs(_)
             | Error::History(_)
+            | Error::SavedPlan(_)
             | Error::Runtime(_) => Exit::Failed,
         }
     }

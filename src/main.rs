@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => commands::validate(args, &mut out, &mut err),
         Command::Schema(args) => commands::schema(args, &mut out),
         Command::NginxSnippet(args) => commands::nginx_snippet(args, &mut out),
-        Command::Plan(args) => block_on(commands::plan(args, &mut out)),
+        Command::Plan(args) => block_on(commands::plan(args, &mut out, &mut err)),
         Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),
         Command::Status(args) => block_on(commands::status(args, &mut out)),
         Command::Logs(args) => block_on(commands::logs(args, &mut out, &mut err)),

@@ -1,9 +1,11 @@
 //! Planning: from the desired state and an observed snapshot to a dependency graph of steps (petgraph),
 //! deterministic for the same inputs, and its renderings (text, JSON, Graphviz dot). Pure: no I/O, no
 //! clock, no SSH or balancer syntax — balancer servers are named by (backend, server) only
-//! (`names`). This file holds the step types and the graph; `build` the strategies that make one.
+//! (`names`). This file holds the step types and the graph; `build` the strategies that make one;
+//! `saved` a plan kept in a file to be executed as it is (its read and write the only I/O here).
 
 mod build;
+pub mod saved;
 mod traffic;
 
 pub use crate::names::SlotRef;

@@ -30,7 +30,7 @@ mod tests;
 
 pub use gates::{abort, promote, retry, GateError};
 pub use lease::{leased, LeaseLoss, MIN_TTL as MIN_LEASE_TTL};
-pub use pass::{once, preview, rollout_of, Outcome};
+pub use pass::{once, once_saved, preview, preview_observed, rollout_of, Outcome};
 pub use rewind::RewindError;
 pub use suspend::{
     applies, resume, suspend, suspensions, Decision, Resumed, SuspendError, Suspension,
@@ -91,6 +91,10 @@ pub enum ReconcileError {
     Suspend(#[from] SuspendError),
     #[error(transparent)]
     Rewind(Box<RewindError>),
+    /// A saved plan is not what this run would do (`reconcile --plan`): refused before anything
+    /// was changed.
+    #[error(transparent)]
+    Saved(Box<crate::plan::saved::SavedPlanError>),
     /// A rollout record could not be written (the cause names the balancer host).
     #[error("rollout record {path}")]
     Record {
@@ -101,6 +105,12 @@ pub enum ReconcileError {
     /// Every write of a rollout record found it changed since it was read, `tries` times.
     #[error("rollout record {path} changed under every one of {tries} writes (another run or gate keeps writing it); nothing was written; try again")]
     RecordContended { path: String, tries: usize },
+}
+
+impl From<crate::plan::saved::SavedPlanError> for ReconcileError {
+    fn from(e: crate::plan::saved::SavedPlanError) -> Self {
+        ReconcileError::Saved(Box::new(e))
+    }
 }
 
 impl From<RewindError> for ReconcileError {
@@ -136,9 +146,14 @@ impl ReconcileError {
         matches!(self, ReconcileError::Waiting { .. })
     }
 
-    /// The commit is refused as it is (exit 2): it does not descend from the last one applied.
+    /// The commit is refused as it is (exit 2): it does not descend from the last one applied, or
+    /// a saved plan is not what this run would do.
     pub fn bad_input(&self) -> bool {
-        matches!(self, ReconcileError::Rewind(e) if e.is_bad_input())
+        match self {
+            ReconcileError::Rewind(e) => e.is_bad_input(),
+            ReconcileError::Saved(e) => e.is_bad_input(),
+            _ => false,
+        }
     }
 
     /// Another run holds the lease (exit 4).

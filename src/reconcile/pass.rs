@@ -2,14 +2,17 @@
 //! lease stops the run; an unreachable host leaves the rollout as it is; the version's own failure
 //! quarantines it and brings the last good version back wherever the failed one had traffic
 //! (unless the strategy holds); anything else cleans up (a canary still being judged gives its
-//! traffic back first). What the run then says is read back from hosts and balancer.
+//! traffic back first). What the run then says is read back from hosts and balancer. A saved plan
+//! ([`once_saved`]) is checked between the pass's observation and its first write.
 
 use super::effects::Live;
 use super::{rules, GateError, Options, ReconcileError, Report, World};
 use crate::execute::{self, Fault, StepFailed};
 use crate::notify::EventKind;
 use crate::observed::ObservedState;
+use crate::plan::saved::SavedPlan;
 use crate::plan::{self, Action, Cleanup, Scope, Traffic};
+use crate::source::History;
 use crate::state::Phase;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -109,13 +112,22 @@ impl std::fmt::Display for Outcome {
 /// What one pass would do now, without doing it: observe, then plan (what `kube-free plan` shows,
 /// and what a watcher without self-heal reports as drift).
 pub async fn preview(world: &Arc<World>, scope: &Scope) -> Result<plan::Plan, ReconcileError> {
+    Ok(preview_observed(world, scope).await?.1)
+}
+
+/// [`preview`], with the snapshot it planned from (what `plan --out` saves the digest of).
+pub async fn preview_observed(
+    world: &Arc<World>,
+    scope: &Scope,
+) -> Result<(ObservedState, plan::Plan), ReconcileError> {
     let observed = world.observe().await?;
-    Ok(plan::build(
+    let plan = plan::build(
         &world.desired,
         &observed,
         &world.stale_configs(&observed),
         scope,
-    ))
+    );
+    Ok((observed, plan))
 }
 
 /// One pass, under the lease the caller holds: observe, plan, execute; on failure, clean up (a
@@ -126,14 +138,55 @@ pub async fn once(
     scope: &Scope,
     options: Options,
 ) -> Result<Report, ReconcileError> {
+    pass(world, scope, options, None).await
+}
+
+/// A saved plan, what [`once_saved`] executes, and the rewind guard it records the commit with.
+struct Saved<'a> {
+    plan: &'a SavedPlan,
+    history: &'a History,
+    allow_rewind: bool,
+}
+
+/// [`once`] of a saved plan (`reconcile --plan`), under the lease the caller holds: what it
+/// observes must be what the plan was made from and the plan it makes the saved one, step for
+/// step ([`SavedPlan::confirm`]), else it is refused having written nothing; only then is the
+/// commit recorded as applied (`rewind::guard`, which the caller does not run) and the plan
+/// executed, as `once` does (failures, cleanup and quarantine alike).
+pub async fn once_saved(
+    world: Arc<World>,
+    scope: &Scope,
+    options: Options,
+    saved: &SavedPlan,
+    history: &History,
+    allow_rewind: bool,
+) -> Result<Report, ReconcileError> {
+    let saved = Saved {
+        plan: saved,
+        history,
+        allow_rewind,
+    };
+    pass(world, scope, options, Some(saved)).await
+}
+
+async fn pass(
+    world: Arc<World>,
+    scope: &Scope,
+    options: Options,
+    saved: Option<Saved<'_>>,
+) -> Result<Report, ReconcileError> {
     let observed = world.observe().await?;
-    world.repair_instance_files(&observed, scope).await?;
     let plan = plan::build(
         &world.desired,
         &observed,
         &world.stale_configs(&observed),
         scope,
     );
+    if let Some(saved) = saved {
+        saved.plan.confirm(&observed, &plan)?;
+        super::rewind::guard(&world, saved.history, saved.allow_rewind).await?;
+    }
+    world.repair_instance_files(&observed, scope).await?;
     let quarantined = |done: Vec<Action>| {
         if plan.notes.is_empty() {
             Ok(Report {
