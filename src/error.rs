@@ -27,10 +27,7 @@ pub enum Error {
         diagnostics: Vec<Diagnostic>,
     },
     #[error("no kube-free.yaml in {origin} at commit {commit}")]
-    NoRootFile {
-        origin: String,
-        commit: String,
-    },
+    NoRootFile { origin: String, commit: String },
     #[error("cannot read the desired state from {origin} at commit {commit}")]
     Read {
         origin: String,
@@ -43,10 +40,7 @@ pub enum Error {
     #[error(transparent)]
     Reconcile(Box<crate::reconcile::ReconcileError>),
     #[error("unknown {what} {name:?} (not in the desired state)")]
-    UnknownName {
-        what: &'static str,
-        name: String,
-    },
+    UnknownName { what: &'static str, name: String },
     #[error("{what} {name:?} is not in {place} (it has: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
     NotIn {
         what: &'static str,
