@@ -17,6 +17,7 @@ use crate::drivers::process::ProcessRuntime;
 use crate::drivers::runtime::Kind;
 use crate::drivers::ssh::{SshOptions, SshTarget, SshTransport};
 use crate::drivers::{Balancer, Ledger, Prober, Runtime, RuntimeError, Transport, TransportError};
+use crate::execute::{Progress, Unwatched};
 use crate::names::SlotRef;
 use crate::notify::{Event, EventKind, Notifier};
 use crate::state::InstanceRecord;
@@ -58,6 +59,8 @@ pub struct World {
     pub(super) run_id: String,
     /// Where the events of rollouts go (disabled until set).
     notifier: Mutex<Notifier>,
+    /// Who watches the run's steps live (nobody until set).
+    progress: Mutex<Arc<dyn Progress>>,
     _runtime_dir: Option<tempfile::TempDir>,
 }
 
@@ -78,6 +81,7 @@ impl World {
                     .map_or(0, |d| d.as_nanos() % 1_000_000_000)
             ),
             notifier: Mutex::new(Notifier::disabled()),
+            progress: Mutex::new(Arc::new(Unwatched)),
             _runtime_dir: None,
         }
     }
@@ -107,6 +111,16 @@ impl World {
     /// The notifier in use.
     pub fn notifier(&self) -> Notifier {
         self.notifier.lock().expect("not poisoned").clone()
+    }
+
+    /// Tells `progress` what this world's runs do, as they do it (steps, canary weights, pauses).
+    pub fn set_progress(&self, progress: Arc<dyn Progress>) {
+        *self.progress.lock().expect("not poisoned") = progress;
+    }
+
+    /// Who watches this world's runs live.
+    pub fn progress(&self) -> Arc<dyn Progress> {
+        self.progress.lock().expect("not poisoned").clone()
     }
 
     /// Connects to every host in use, in parallel, and sets up the drivers the desired state
