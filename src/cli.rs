@@ -65,6 +65,12 @@ pub enum Command {
     /// The commit applied is recorded on every balancer host (`<state_dir>/applied.json`); a later
     /// commit that does not descend from it (a branch rewound by a force-push) is refused with exit
     /// 2, nothing changed, unless --allow-rewind. To roll back, revert in Git.
+    ///
+    /// At a terminal (stderr is one), the steps are shown as they run: each done (✓ and how long it
+    /// took), running (a spinner and how long so far) or not started yet (·), and under them a
+    /// canary's share of the traffic and how long its pause has left; log lines are printed above
+    /// them. Without a terminal (CI, a pipe, a file) nothing is drawn: the result on stdout, logs on
+    /// stderr. --quiet prints the result alone.
     Reconcile(ReconcileArgs),
     /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
     ///
@@ -265,6 +271,11 @@ pub struct ReconcileArgs {
     /// (exit 2, nothing changed); a rollback in Git is a revert commit, which needs no option.
     #[arg(long)]
     pub allow_rewind: bool,
+    /// Print the result alone: the line that says what the run did (and those of environments
+    /// skipped as suspended) on stdout, or the error on stderr. Nothing is drawn at a terminal,
+    /// and no log line is printed unless KUBE_FREE_LOG asks for some.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
