@@ -136,6 +136,15 @@ pub enum Command {
     /// `schema/kube-free.schema.json` in kube-free's repository is this output. Point your editor at it
     /// with a first line such as `# yaml-language-server: $schema=<path or URL of the schema>`.
     Schema(SchemaArgs),
+    /// Print the shell completion script of kube-free for bash, zsh or fish.
+    ///
+    /// Load it into the current shell with `source <(kube-free completions bash)`, or install it
+    /// where the shell finds it: `kube-free completions bash >
+    /// /usr/share/bash-completion/completions/kube-free` (bash-completion), `kube-free completions
+    /// zsh > "${fpath[1]}/_kube-free"` (zsh, any directory of $fpath, then a new shell), `kube-free
+    /// completions fish > ~/.config/fish/completions/kube-free.fish`. It completes commands,
+    /// options and the values of fixed choices, not names from the desired state.
+    Completions(CompletionsArgs),
     /// Print the lines to add to nginx.conf for each nginx balancer of the desired state.
     ///
     /// kube-free owns one include file per nginx balancer (`config_file`); nginx.conf must include
@@ -452,6 +461,21 @@ pub struct NginxSnippetArgs {
     /// Only this balancer (default: every nginx balancer).
     #[arg(long, value_name = "NAME")]
     pub balancer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: Shell,
+}
+
+/// A shell that `completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]

@@ -4,8 +4,8 @@
 //! terminal ([`crate::progress`]).
 
 use crate::cli::{
-    GateArgs, LogsArgs, NginxSnippetArgs, Output, PlanArgs, PlanOutput, ReconcileArgs, SchemaArgs,
-    ScopeArgs, SourceArgs, StatusArgs, ValidateArgs, WatchArgs,
+    CompletionsArgs, GateArgs, LogsArgs, NginxSnippetArgs, Output, PlanArgs, PlanOutput,
+    ReconcileArgs, SchemaArgs, ScopeArgs, SourceArgs, StatusArgs, ValidateArgs, WatchArgs,
 };
 use crate::cli::{ResumeArgs, SuspendArgs};
 use crate::desired::{self, LoadError};
@@ -274,6 +274,26 @@ fn live_view(quiet: bool) -> bool {
     !quiet
         && std::io::stderr().is_terminal()
         && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb")
+}
+
+/// `kube-free completions SHELL`: the shell's completion script for the whole CLI.
+pub fn completions(args: &CompletionsArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    use clap::CommandFactory;
+    let shell = match args.shell {
+        crate::cli::Shell::Bash => clap_complete::Shell::Bash,
+        crate::cli::Shell::Zsh => clap_complete::Shell::Zsh,
+        crate::cli::Shell::Fish => clap_complete::Shell::Fish,
+    };
+    // Generated whole first: clap_complete panics on a failed write (`… | head`), `out` reports it.
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut crate::cli::Cli::command(),
+        "kube-free",
+        &mut script,
+    );
+    out.write_all(&script)?;
+    Ok(Exit::Ok)
 }
 
 pub async fn watch(args: &WatchArgs) -> Result<Exit, Error> {

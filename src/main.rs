@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate(args) => commands::validate(args, &mut out, &mut err),
         Command::Schema(args) => commands::schema(args, &mut out),
+        Command::Completions(args) => commands::completions(args, &mut out),
         Command::NginxSnippet(args) => commands::nginx_snippet(args, &mut out),
         Command::Plan(args) => block_on(commands::plan(args, &mut out)),
         Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),
