@@ -2,9 +2,10 @@
 //! this machine behind a HAProxy of the test's own (`LocalStage`), deployed from a real Git
 //! repository. In a terminal (tmux, read with `capture-pane`), the live view shows a canary's pause
 //! running with its elapsed time, the canary's weight and its countdown, then every step done; log
-//! lines asked for with KUBE_FREE_LOG come above the steps, neither garbling the other. On a pipe
-//! nothing is drawn, and `--quiet` prints the result line alone, in a terminal too. Then
-//! `completions` for bash, zsh and fish.
+//! lines asked for with KUBE_FREE_LOG come above the steps, neither garbling the other; a version
+//! that fails shows its failed step, the steps not run and the cleanup's steps, then the error. On
+//! a pipe nothing is drawn, and `--quiet` prints the result line (or the error) alone, in a
+//! terminal too. Then `completions` for bash, zsh and fish.
 
 mod common;
 use common::*;
