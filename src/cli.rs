@@ -81,6 +81,12 @@ pub enum Command {
     /// saved one, step for step. Else exit 2, naming what changed, and nothing is changed on any
     /// host. A plan is for one run: what it executes changes what it was made from, so running it
     /// again (after exit 3 at a canary pause, say) is refused; make a new plan.
+    ///
+    /// At a terminal (stderr is one), the steps are shown as they run: each done (✓ and how long it
+    /// took), running (a spinner and how long so far) or not started yet (·), and under them a
+    /// canary's share of the traffic and how long its pause has left; log lines are printed above
+    /// them. Without a terminal (CI, a pipe, a file) nothing is drawn: the result on stdout, logs on
+    /// stderr. --quiet prints the result alone.
     Reconcile(ReconcileArgs),
     /// Run as a service: follow a branch and keep the hosts equal to it (GitOps).
     ///
@@ -169,6 +175,15 @@ pub enum Command {
     /// `schema/kube-free.schema.json` in kube-free's repository is this output. Point your editor at it
     /// with a first line such as `# yaml-language-server: $schema=<path or URL of the schema>`.
     Schema(SchemaArgs),
+    /// Print the shell completion script of kube-free for bash, zsh or fish.
+    ///
+    /// Load it into the current shell with `source <(kube-free completions bash)`, or install it
+    /// where the shell finds it: `kube-free completions bash >
+    /// /usr/share/bash-completion/completions/kube-free` (bash-completion), `kube-free completions
+    /// zsh > "${fpath[1]}/_kube-free"` (zsh, any directory of $fpath, then a new shell), `kube-free
+    /// completions fish > ~/.config/fish/completions/kube-free.fish`. It completes commands,
+    /// options and the values of fixed choices, not names from the desired state.
+    Completions(CompletionsArgs),
     /// Print the lines to add to nginx.conf for each nginx balancer of the desired state.
     ///
     /// kube-free owns one include file per nginx balancer (`config_file`); nginx.conf must include
@@ -316,6 +331,11 @@ pub struct ReconcileArgs {
     /// from. --env and --app may be left out (the plan's are used) or repeat the plan's.
     #[arg(long, value_name = "FILE")]
     pub plan: Option<PathBuf>,
+    /// Print the result alone: the line that says what the run did (and those of environments
+    /// skipped as suspended) on stdout, or the error on stderr. Nothing is drawn at a terminal,
+    /// and no log line is printed unless KUBE_FREE_LOG asks for some.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -510,6 +530,21 @@ pub struct NginxSnippetArgs {
     /// Only this balancer (default: every nginx balancer).
     #[arg(long, value_name = "NAME")]
     pub balancer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: Shell,
+}
+
+/// A shell that `completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]

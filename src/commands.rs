@@ -1,9 +1,12 @@
 //! What each CLI command does, on top of the library: read the desired state, act, print the result.
 //! Output goes to the writers given, so tests can read it; errors are returned, never printed here.
+//! The one exception is `reconcile`'s live view of its steps, drawn on stderr when that is a
+//! terminal ([`crate::progress`]).
 
 use crate::cli::{
-    GateArgs, HistoryArgs, LogsArgs, NginxSnippetArgs, Output, PlanArgs, PlanOutput, ReconcileArgs,
-    SchemaArgs, ScopeArgs, SourceArgs, StatusArgs, ValidateArgs, WatchArgs,
+    CompletionsArgs, GateArgs, HistoryArgs, LogsArgs, NginxSnippetArgs, Output, PlanArgs,
+    PlanOutput, ReconcileArgs, SchemaArgs, ScopeArgs, SourceArgs, StatusArgs, ValidateArgs,
+    WatchArgs,
 };
 use crate::cli::{ResumeArgs, SuspendArgs};
 use crate::desired::{self, LoadError};
@@ -280,6 +283,12 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         parallel: args.parallel as usize,
         max_wait: args.max_wait,
     };
+    // Drawn until the result is known; what it showed stays on the terminal.
+    let shown = live_view(args.quiet).then(|| {
+        let shown = crate::progress::Terminal::start(&world.revision);
+        world.set_progress(shown.0.clone());
+        shown
+    });
     // Signals are caught once the lease is held: until then one ends the process, as a wait for
     // the lease has nothing to finish.
     let pass = async {
@@ -316,6 +325,7 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         result
     };
     let report = reconcile::leased(&world, args.lock_wait, args.lease_ttl, pass).await;
+    drop(shown);
     // What happened is sent before the process ends (a receiver that does not answer is given up).
     notifier.flush(std::time::Duration::from_secs(5)).await;
     let report = report?;
@@ -332,6 +342,35 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
             plural(report.steps, "step")
         )?;
     }
+    Ok(Exit::Ok)
+}
+
+/// Whether `reconcile` draws its steps live: stderr is a terminal that can take it (`TERM` set,
+/// not `dumb`), and the result alone was not asked for.
+fn live_view(quiet: bool) -> bool {
+    use std::io::IsTerminal;
+    !quiet
+        && std::io::stderr().is_terminal()
+        && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb")
+}
+
+/// `kube-free completions SHELL`: the shell's completion script for the whole CLI.
+pub fn completions(args: &CompletionsArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+    use clap::CommandFactory;
+    let shell = match args.shell {
+        crate::cli::Shell::Bash => clap_complete::Shell::Bash,
+        crate::cli::Shell::Zsh => clap_complete::Shell::Zsh,
+        crate::cli::Shell::Fish => clap_complete::Shell::Fish,
+    };
+    // Generated whole first: clap_complete panics on a failed write (`… | head`), `out` reports it.
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut crate::cli::Cli::command(),
+        "kube-free",
+        &mut script,
+    );
+    out.write_all(&script)?;
     Ok(Exit::Ok)
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The desired state is read from a Git commit (`source`), parsed and validated (`desired`); later
 //! stages observe hosts, plan and execute. `commands` ties them to the CLI (`cli`); `logs` reads
-//! the logs of an app's instances; `history` prints past rollouts from the audit log. `notify` sends events to the notification targets of the
+//! the logs of an app's instances; `history` prints past rollouts from the audit log; `progress` draws a run's steps live at a terminal. `notify` sends events to the notification targets of the
 //! desired state, never delaying the caller.
 pub mod cli;
 pub mod commands;
@@ -17,6 +17,7 @@ pub mod names;
 pub mod notify;
 pub mod observed;
 pub mod plan;
+pub mod progress;
 pub mod reconcile;
 pub mod secret;
 pub mod source;

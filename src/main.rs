@@ -11,17 +11,19 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     kube_free::source::set_network_timeouts();
-    // A service logs what it does; a one-shot command only what goes wrong.
-    let default = if matches!(cli.command, Command::Watch(_)) {
-        "info"
-    } else {
-        "warn"
+    // A service logs what it does; a one-shot command only what goes wrong; a quiet one nothing
+    // (its result, or its error, says what happened).
+    let default = match &cli.command {
+        Command::Watch(_) => "info",
+        Command::Reconcile(args) if args.quiet => "off",
+        _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KUBE_FREE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // stderr, above reconcile's live view of its steps while one is drawn.
+        .with_writer(kube_free::progress::LogWriter)
         // Colours only on a terminal: a log file or a CI job gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A closed stderr must not end a run half way (tracing would report it with eprintln!,
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate(args) => commands::validate(args, &mut out, &mut err),
         Command::Schema(args) => commands::schema(args, &mut out),
+        Command::Completions(args) => commands::completions(args, &mut out),
         Command::NginxSnippet(args) => commands::nginx_snippet(args, &mut out),
         Command::Plan(args) => block_on(commands::plan(args, &mut out, &mut err)),
         Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),

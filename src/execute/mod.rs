@@ -1,7 +1,9 @@
 //! Execution: walks a plan's graph with tokio — a step starts when every step before it finished,
 //! at most `parallel` at once, each within its deadline — and reaches the world only through
 //! [`Effects`], so the same engine runs on fakes in tests and on real hosts. On the first failure it
-//! starts nothing new, lets running steps finish, and reports the failure.
+//! starts nothing new, lets running steps finish, and reports the failure. What it does as it goes
+//! (the plan, each step started, done, waiting or failed) is also said to a [`Progress`] observer,
+//! which knows nothing of terminals here: `progress.rs` draws it on one.
 
 use crate::plan::{Action, Plan};
 use petgraph::graph::NodeIndex;
@@ -98,6 +100,63 @@ pub struct StepFailed {
 #[error("did not finish within its deadline of {}", crate::desired::duration::format(*.0))]
 pub struct Overran(pub Duration);
 
+/// What a run says about itself as it goes, to a [`Progress`] observer. Steps are numbered as in
+/// the run's logs and errors: step `n` is `steps[n - 1]` of the plan's [`Event::Plan`].
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// A plan starts: its steps in order.
+    Plan { steps: &'a [Action] },
+    /// A step started.
+    Started { step: usize, action: &'a Action },
+    /// A step finished, in `took`.
+    Done {
+        step: usize,
+        action: &'a Action,
+        took: Duration,
+    },
+    /// A step ended without finishing: it waits (a pause or gate longer than the run may wait, a
+    /// signal), or it failed.
+    Stopped {
+        step: usize,
+        action: &'a Action,
+        took: Duration,
+        waits: bool,
+    },
+    /// The rollout of `env`/`app` is cleaned up after its failed step (the plan that failed is
+    /// over): the cleanup's plan follows.
+    CleaningUp { env: &'a str, app: &'a str },
+    /// A canary's share of the traffic was set (`weigh`).
+    CanaryWeight {
+        env: &'a str,
+        app: &'a str,
+        version: &'a str,
+        weight: u8,
+    },
+    /// A canary's pause waits, the canary at `weight`: until `until` (seconds since the Unix
+    /// epoch, as the run's clock says), or, when `None`, for `kube-free promote`. Said again when
+    /// the analysis moves the end.
+    CanaryPause {
+        env: &'a str,
+        app: &'a str,
+        version: &'a str,
+        weight: u8,
+        until: Option<u64>,
+    },
+}
+
+/// Who hears a run's [`Event`]s. Called from the run's tasks as things happen: it must return at
+/// once and never fail the run.
+pub trait Progress: Send + Sync {
+    fn event(&self, event: Event<'_>);
+}
+
+/// Hears nothing: a run nobody watches live (logs still say everything).
+pub struct Unwatched;
+
+impl Progress for Unwatched {
+    fn event(&self, _: Event<'_>) {}
+}
+
 /// What ran.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -105,12 +164,16 @@ pub struct Report {
     pub done: Vec<(Action, Duration)>,
 }
 
+/// Runs `plan` through `effects`, at most `parallel` steps at once, telling `progress` as it goes.
 pub async fn run(
     plan: &Plan,
     effects: Arc<dyn Effects>,
     parallel: usize,
+    progress: &dyn Progress,
 ) -> Result<Report, StepFailed> {
     let order = plan.order();
+    let steps: Vec<Action> = order.iter().map(|n| plan.graph[*n].clone()).collect();
+    progress.event(Event::Plan { steps: &steps });
     let number: BTreeMap<NodeIndex, usize> =
         order.iter().enumerate().map(|(i, n)| (*n, i + 1)).collect();
     let mut waiting_on: BTreeMap<NodeIndex, usize> = order
@@ -149,6 +212,10 @@ pub async fn run(
             let action = plan.graph[node].clone();
             let effects = effects.clone();
             let deadline = effects.deadline(&action);
+            progress.event(Event::Started {
+                step: num,
+                action: &action,
+            });
             running.spawn(async move {
                 let started = Instant::now();
                 tracing::info!(step = num, host = action.host().unwrap_or("-"), %action, "step started");
@@ -170,6 +237,19 @@ pub async fn run(
             break;
         };
         let (node, num, action, took, result) = joined.expect("steps do not panic");
+        match &result {
+            Ok(()) => progress.event(Event::Done {
+                step: num,
+                action: &action,
+                took,
+            }),
+            Err(e) => progress.event(Event::Stopped {
+                step: num,
+                action: &action,
+                took,
+                waits: e.waits(),
+            }),
+        }
         match result {
             Ok(()) => {
                 report.done.push((action, took));
@@ -294,7 +374,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dependencies_are_respected_within_the_concurrency_limit() {
         let f = fake(None, 10);
-        let report = run(&plan(), f.clone(), 2).await.unwrap();
+        let report = run(&plan(), f.clone(), 2, &Unwatched).await.unwrap();
         assert_eq!(report.done.len(), 4);
         let log = f.log.lock().unwrap().clone();
         let pos = |s: &str| log.iter().position(|l| l == s).unwrap();
@@ -317,7 +397,7 @@ mod tests {
         let mut f = Arc::try_unwrap(fake(None, 10)).ok().unwrap();
         f.waits = Some("start e/a 2 in slot blue on h1".into());
         let f = Arc::new(f);
-        let err = run(&plan(), f.clone(), 4).await.unwrap_err();
+        let err = run(&plan(), f.clone(), 4, &Unwatched).await.unwrap_err();
         assert!(err.error.waits(), "{err}");
         assert_eq!(err.error.to_string(), "not yet");
         assert!(err.to_string().contains("waits: not yet"), "{err}");
@@ -327,7 +407,7 @@ mod tests {
             .ok()
             .unwrap();
         f.waits = Some("start e/a 2 in slot blue on h1".into());
-        let err = run(&plan(), Arc::new(f), 4).await.unwrap_err();
+        let err = run(&plan(), Arc::new(f), 4, &Unwatched).await.unwrap_err();
         assert_eq!(
             err.error.fault,
             Fault::Version,
@@ -339,7 +419,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failure_stops_what_depends_on_it() {
         let f = fake(Some("start e/a 2 in slot blue on h2"), 10);
-        let err = run(&plan(), f.clone(), 4).await.unwrap_err();
+        let err = run(&plan(), f.clone(), 4, &Unwatched).await.unwrap_err();
         assert_eq!(err.number, 2);
         assert_eq!(err.error.to_string(), "it broke");
         assert_eq!(
@@ -356,12 +436,64 @@ mod tests {
     async fn deadlines_bound_every_step() {
         let mut p = Plan::default();
         p.graph.add_node(Action::Probe { at: at("h1") });
-        let err = run(&p, fake(None, 1000), 1).await.unwrap_err();
+        let err = run(&p, fake(None, 1000), 1, &Unwatched).await.unwrap_err();
         assert_eq!(err.error.fault, Fault::Host);
         assert!(
             err.to_string().contains("deadline of 50ms"),
             "{}",
             err.error
+        );
+    }
+
+    /// Writes down what it hears, one line per event.
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<String>>);
+
+    impl Progress for Heard {
+        fn event(&self, event: Event<'_>) {
+            let line = match event {
+                Event::Plan { steps } => format!("plan of {}", steps.len()),
+                Event::Started { step, .. } => format!("started {step}"),
+                Event::Done { step, .. } => format!("done {step}"),
+                Event::Stopped { step, waits, .. } => format!("stopped {step} waits={waits}"),
+                other => format!("{other:?}"),
+            };
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_observer_hears_the_plan_then_each_step_start_and_end_by_its_number() {
+        let heard = Heard::default();
+        run(&plan(), fake(None, 10), 1, &heard).await.unwrap();
+        assert_eq!(
+            *heard.0.lock().unwrap(),
+            [
+                "plan of 4",
+                "started 1",
+                "done 1",
+                "started 2",
+                "done 2",
+                "started 3",
+                "done 3",
+                "started 4",
+                "done 4"
+            ]
+        );
+
+        let heard = Heard::default();
+        let f = fake(Some("start e/a 2 in slot blue on h2"), 10);
+        run(&plan(), f, 1, &heard).await.unwrap_err();
+        assert_eq!(
+            *heard.0.lock().unwrap(),
+            [
+                "plan of 4",
+                "started 1",
+                "done 1",
+                "started 2",
+                "stopped 2 waits=false"
+            ],
+            "nothing starts after a failure"
         );
     }
 }

@@ -240,7 +240,8 @@ async fn pass(
     }
     super::audit::executing(&world, &observed, &plan, &rollouts, &repairing);
     let effects = Live::new(&world, observed, options.max_wait, false);
-    match execute::run(&plan, effects, options.parallel).await {
+    let progress = world.progress();
+    match execute::run(&plan, effects, options.parallel, progress.as_ref()).await {
         Ok(report) => {
             for (env, app) in &rollouts {
                 let d = world.desired.deployed(env, app);
@@ -425,6 +426,8 @@ pub(super) async fn clean_up(
 ) -> Result<(), ReconcileError> {
     let d = world.desired.deployed(env, app);
     let plan = plan::cleanup(&world.desired, &observed, env, app, &d.version, mode);
+    let progress = world.progress();
+    progress.event(execute::Event::CleaningUp { env, app });
     for note in &plan.notes {
         tracing::warn!("{note}");
     }
@@ -433,7 +436,8 @@ pub(super) async fn clean_up(
         "cleaning up after the failed rollout\n{}",
         plan.render_text()
     );
-    execute::run(&plan, Live::new(world, observed, None, true), parallel)
+    let effects = Live::new(world, observed, None, true);
+    execute::run(&plan, effects, parallel, progress.as_ref())
         .await
         .map(|_| ())
         .map_err(|failed| ReconcileError::Step(Box::new(failed)))

@@ -17,6 +17,7 @@ use crate::drivers::process::ProcessRuntime;
 use crate::drivers::runtime::Kind;
 use crate::drivers::ssh::{SshOptions, SshTarget, SshTransport};
 use crate::drivers::{Balancer, Ledger, Prober, Runtime, RuntimeError, Transport, TransportError};
+use crate::execute::{Progress, Unwatched};
 use crate::names::SlotRef;
 use crate::notify::{Event, EventKind, Notifier};
 use crate::state::InstanceRecord;
@@ -60,6 +61,8 @@ pub struct World {
     notifier: Mutex<Notifier>,
     /// What the run did, for its audit line.
     pub(super) audit: super::audit::Tally,
+    /// Who watches the run's steps live (nobody until set).
+    progress: Mutex<Arc<dyn Progress>>,
     _runtime_dir: Option<tempfile::TempDir>,
 }
 
@@ -81,6 +84,7 @@ impl World {
             ),
             notifier: Mutex::new(Notifier::disabled()),
             audit: Default::default(),
+            progress: Mutex::new(Arc::new(Unwatched)),
             _runtime_dir: None,
         }
     }
@@ -110,6 +114,16 @@ impl World {
     /// The notifier in use.
     pub fn notifier(&self) -> Notifier {
         self.notifier.lock().expect("not poisoned").clone()
+    }
+
+    /// Tells `progress` what this world's runs do, as they do it (steps, canary weights, pauses).
+    pub fn set_progress(&self, progress: Arc<dyn Progress>) {
+        *self.progress.lock().expect("not poisoned") = progress;
+    }
+
+    /// Who watches this world's runs live.
+    pub fn progress(&self) -> Arc<dyn Progress> {
+        self.progress.lock().expect("not poisoned").clone()
     }
 
     /// Connects to every host in use, in parallel, and sets up the drivers the desired state

@@ -6,7 +6,7 @@
 use super::{Live, Trouble};
 use crate::desired::{Pause, Strategy};
 use crate::drivers::ProbeError;
-use crate::execute::{Fault, StepError};
+use crate::execute::{Event, Fault, StepError};
 use crate::names::{backend_name, ServerKey, SlotRef};
 use crate::observed::Servers;
 use crate::reconcile::rules::{self, Decision, Window};
@@ -198,6 +198,12 @@ impl Live {
         }
         record.phase = Phase::Progressing;
         tracing::info!(%env, %app, %version, step, weight, "canary weight set");
+        self.world.progress().event(Event::CanaryWeight {
+            env,
+            app,
+            version,
+            weight,
+        });
         self.save_record(&mut record).await
     }
 
@@ -247,6 +253,8 @@ impl Live {
         let mut window_end = record.step_started_at + pause_secs;
         let give_up = record.step_started_at + pause_secs + progress_deadline.as_secs().max(1);
         let (mut failing_record, mut failing_counters) = (Failing::default(), Failing::default());
+        // What the run's observer was last told of this wait (`Some(None)`: the gate).
+        let mut told: Option<Option<u64>> = None;
         loop {
             // Promote and abort come from other processes, through the record. A read that fails
             // (the transport already retried a dropped connection) is tried again for a while.
@@ -344,6 +352,17 @@ impl Live {
                 ));
             }
             // Still waiting: how long, and may this run wait that long?
+            let until = gate_open.then_some(window_end);
+            if told != Some(until) {
+                told = Some(until);
+                self.world.progress().event(Event::CanaryPause {
+                    env,
+                    app,
+                    version,
+                    weight: strategy.canary_weight(step),
+                    until,
+                });
+            }
             let remaining = gate_open.then(|| Duration::from_secs(window_end.saturating_sub(now)));
             let allowed = self
                 .max_wait

@@ -323,3 +323,64 @@ async fn a_promote_that_meets_another_write_applies_itself_to_the_new_record() {
         (1, crate::state::Promote::Step(1))
     );
 }
+
+/// Writes down the canary events a run tells its observer, and the ends of its pause steps.
+#[derive(Default)]
+struct Heard(std::sync::Mutex<Vec<String>>);
+
+impl crate::execute::Progress for Heard {
+    fn event(&self, event: crate::execute::Event<'_>) {
+        use crate::execute::Event;
+        let line = match event {
+            Event::CanaryWeight {
+                env,
+                app,
+                version,
+                weight,
+            } => format!("{env}/{app} {version} at {weight}%"),
+            Event::CanaryPause {
+                weight,
+                until: None,
+                ..
+            } => format!("gate at {weight}%"),
+            Event::CanaryPause {
+                weight,
+                until: Some(t),
+                ..
+            } => format!("pause at {weight}% until {t}"),
+            Event::Done {
+                action: Action::Pause { step, .. },
+                ..
+            } => format!("pause {step} done"),
+            Event::Stopped {
+                action: Action::Pause { step, .. },
+                waits,
+                ..
+            } => format!("pause {step} stopped, waits={waits}"),
+            _ => return,
+        };
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_observer_hears_each_canary_weight_and_when_each_pause_ends() {
+    let gate = CANARY.replace("{ weight: 50, pause: 10s }", "{ weight: 50, pause: {} }");
+    let (_fleet, world) = serving_one(&gate);
+    let heard = Arc::new(Heard::default());
+    world.set_progress(heard.clone());
+    let start = world.clock().now();
+    let err = pass(&world).await.unwrap_err();
+    assert_eq!(err.next(), Next::Promotion, "{err}");
+    assert_eq!(
+        *heard.0.lock().unwrap(),
+        [
+            "prod/api 2.0 at 20%".to_owned(),
+            format!("pause at 20% until {}", start + 10),
+            "pause 0 done".to_owned(),
+            "prod/api 2.0 at 50%".to_owned(),
+            "gate at 50%".to_owned(),
+            "pause 1 stopped, waits=true".to_owned(),
+        ]
+    );
+}

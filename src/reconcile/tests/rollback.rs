@@ -354,7 +354,9 @@ async fn a_failed_bake_records_the_failure_itself_before_anything_else() {
     let observed = world.observe().await.unwrap();
     let plan = plan_now(&world).await;
     let effects = Live::new(&world, observed, None, false);
-    let failed = crate::execute::run(&plan, effects, 8).await.unwrap_err();
+    let failed = crate::execute::run(&plan, effects, 8, &crate::execute::Unwatched)
+        .await
+        .unwrap_err();
     assert!(matches!(failed.action, Action::Bake { .. }), "{failed}");
     let record = fleet.rollout("prod", "api").unwrap();
     assert_eq!(record.phase, Phase::Failed, "{record:?}");

@@ -68,7 +68,9 @@ async fn every_step_that_changes_the_balancer_saves_its_state() {
         );
         let effects = Arc::new(Saved(live(&world, observed), fleet.clone()));
         // One step at a time, so that each is checked alone.
-        let report = crate::execute::run(&plan, effects, 1).await.unwrap();
+        let report = crate::execute::run(&plan, effects, 1, &crate::execute::Unwatched)
+            .await
+            .unwrap();
         assert!(report.done.len() > 10, "{strategy}: {}", plan.render_text());
         assert_eq!(weights(&fleet), served_by("2.0"));
         assert!(fleet.log().iter().any(|l| l == "save kf_prod_api"));
