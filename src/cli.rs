@@ -59,14 +59,14 @@ pub enum Command {
     /// quarantined, 2 on bad input, 3 when a canary pause or gate outlasts --max-wait (run again to
     /// resume at that step), 4 when another run holds the lease.
     ///
-    /// It takes the lease on every balancer host first, so one run acts at a time (--lock-wait waits
-    /// for it). On SIGTERM or SIGINT the current steps finish, nothing new starts, the lease is
+    /// It takes the lease on every host it may change first (with --env/--app, those of the scope),
+    /// so one run acts at a time on them (--lock-wait waits for it). On SIGTERM or SIGINT the current steps finish, nothing new starts, the lease is
     /// released and it exits 1; the next run resumes.
     ///
     /// An environment suspended by `kube-free suspend` is left alone: when that is everything in
     /// scope, nothing runs and it prints what it would do (exit 0).
     ///
-    /// The commit applied is recorded on every balancer host (`<state_dir>/applied.json`); a later
+    /// The commit applied is recorded on the balancer hosts it reaches (`<state_dir>/applied.json`); a later
     /// commit that does not descend from it (a branch rewound by a force-push) is refused with exit
     /// 2, nothing changed, unless --allow-rewind. To roll back, revert in Git.
     ///

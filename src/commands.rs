@@ -199,7 +199,7 @@ pub async fn plan(
         PlanOutput::Dot => write!(out, "{}", plan.render_dot())?,
     }
     if let Some(path) = &args.out {
-        let saved = SavedPlan::new(&world.revision, &scope, &observed, &plan);
+        let saved = SavedPlan::new(&world.revision, &scope, &world.desired, &observed, &plan);
         saved.write(path)?;
         writeln!(
             err,

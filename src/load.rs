@@ -97,17 +97,27 @@ pub fn load(spec: &SourceSpec, scope: &Scope) -> Result<Loaded, Error> {
     })
 }
 
-/// Connects to every host the desired state uses.
-pub async fn connect(loaded: Loaded) -> Result<Arc<World>, Error> {
-    Ok(Arc::new(
-        World::connect(loaded.state, loaded.commit, loaded.known_hosts).await?,
-    ))
-}
-
 /// Connects to the hosts a run over `scope` reaches: the hosts of its environments and their
 /// balancers' hosts ([`DesiredState::hosts_in_scope`]), every host in use when it names no
-/// environment or app. A host outside the scope is neither contacted, observed nor locked.
+/// environment or app. A host outside the scope is neither contacted, observed nor locked. An
+/// environment and an app it does not deploy are bad input, before any host is contacted.
 pub async fn connect_scope(loaded: Loaded, scope: &Scope) -> Result<Arc<World>, Error> {
+    // An environment and an app that it does not deploy: a scope with nothing in it, which a run
+    // would reach, lock and change nothing of, and call in sync.
+    if let (Some(env), Some(app)) = (scope.env.as_deref(), scope.app.as_deref()) {
+        if loaded.state.deployment(env, app).is_none() {
+            return Err(Error::NotIn {
+                what: "app",
+                name: app.to_owned(),
+                place: format!("environment {env:?}"),
+                known: loaded.state.environments[env]
+                    .apps
+                    .keys()
+                    .cloned()
+                    .collect(),
+            });
+        }
+    }
     let hosts = loaded
         .state
         .hosts_in_scope(scope.env.as_deref(), scope.app.as_deref())

@@ -410,6 +410,26 @@ environments:
 }
 
 #[test]
+fn an_environment_and_an_app_it_does_not_deploy_are_bad_input() {
+    let repo = Repo::new();
+    repo.write(
+        "kube-free.yaml",
+        local_only("blue-green").replace(
+            "environments:",
+            "  web:\n    runtime: { kind: process, command: \"/bin/false {port}\" }\n    slots: { blue: 18903, green: 18904 }\nenvironments:",
+        ),
+    );
+    repo.commit("web is declared, deployed nowhere");
+    for cmd in [&["plan"][..], &["reconcile", "--once"][..], &["status"][..]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--repo", repo.path_str(), "--env", "prod", "--app", "web"]);
+        kube_free(&args)
+            .code(2)
+            .stderr_has("error: app \"web\" is not in environment \"prod\" (it has: api)");
+    }
+}
+
+#[test]
 fn plan_reconcile_and_gates_refuse_unknown_names_before_touching_any_host() {
     let repo = Repo::new();
     repo.write(

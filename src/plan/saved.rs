@@ -7,9 +7,12 @@
 //! check under the lease is the pass's (`reconcile::pass::once_saved`).
 
 use super::{Plan, Scope};
-use crate::observed::ObservedState;
+use crate::desired::DesiredState;
+use crate::names::backend_name;
+use crate::observed::{BalancerState, HostState, ObservedState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The version of the file's format this kube-free writes and reads.
@@ -110,10 +113,12 @@ fn canonical(value: &serde_json::Value) -> Vec<u8> {
 
 impl Observed {
     /// The digest of what the planner decides on in `observed`, part by part: per host, each
-    /// instance (key, version, port, pid and start ticks or container, alive, ready) and each
-    /// unreadable or recovered record; per balancer, its config's digest and each server's admin
-    /// state, up, check verdict and weight (not its sessions, counters or label, which change with
-    /// every request); each rollout record whole, as read.
+    /// instance (key, version, port, pid and start ticks or container, alive) and each unreadable
+    /// or recovered record; per balancer, its config's digest and each server's admin state, up
+    /// and weight; each rollout record whole, as read. Not a server's sessions, counters or label,
+    /// which change with every request, nor the one-sample verdicts that may flap with nothing
+    /// changed (an instance's probe, the balancer's last check): where they matter, the plan made
+    /// from them differs, and [`SavedPlan::confirm`] compares the steps too.
     pub fn of(observed: &ObservedState) -> Observed {
         let mut parts: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         for (host, state) in &observed.hosts {
@@ -128,7 +133,6 @@ impl Observed {
                         "start_ticks": r.start_ticks,
                         "container": r.container,
                         "alive": i.alive,
-                        "ready": i.ready,
                     }),
                 );
             }
@@ -156,7 +160,6 @@ impl Observed {
                     serde_json::json!({
                         "admin": s.admin,
                         "up": s.up,
-                        "check": s.check,
                         "weight": s.weight,
                     }),
                 );
@@ -203,8 +206,15 @@ impl Observed {
 }
 
 impl SavedPlan {
-    /// The saved form of `plan`, made at `commit` for `scope` from `observed`.
-    pub fn new(commit: &str, scope: &Scope, observed: &ObservedState, plan: &Plan) -> SavedPlan {
+    /// The saved form of `plan`, made at `commit` for `scope` from `observed` (of which what the
+    /// apps in scope are made from counts: [`within`]).
+    pub fn new(
+        commit: &str,
+        scope: &Scope,
+        desired: &DesiredState,
+        observed: &ObservedState,
+        plan: &Plan,
+    ) -> SavedPlan {
         SavedPlan {
             format: FORMAT,
             commit: commit.to_owned(),
@@ -212,7 +222,7 @@ impl SavedPlan {
                 env: scope.env.clone(),
                 app: scope.app.clone(),
             },
-            observed: Observed::of(observed),
+            observed: Observed::of(&within(desired, observed, scope)),
             plan: plan.render_json(),
         }
     }
@@ -266,8 +276,18 @@ impl SavedPlan {
     /// what the planner decides on is what it was when the plan was made (else
     /// [`SavedPlanError::Changed`], naming each change), and the plan is the saved one, step for
     /// step (else [`SavedPlanError::Steps`], naming the first difference).
-    pub fn confirm(&self, observed: &ObservedState, plan: &Plan) -> Result<(), SavedPlanError> {
-        let now = Observed::of(observed);
+    pub fn confirm(
+        &self,
+        desired: &DesiredState,
+        observed: &ObservedState,
+        plan: &Plan,
+    ) -> Result<(), SavedPlanError> {
+        let scope = Scope {
+            env: self.scope.env.clone(),
+            app: self.scope.app.clone(),
+            except: Vec::new(),
+        };
+        let now = Observed::of(&within(desired, observed, &scope));
         if now.digest != self.observed.digest {
             let mut changes = self.observed.changes(&now);
             if changes.is_empty() {
@@ -396,6 +416,67 @@ impl SavedPlan {
     }
 }
 
+/// What of `observed` a plan over `scope` is made from: the instances, servers and rollout records
+/// of the apps in scope (of every app, the records that cannot be read, by where they are), and the
+/// configs of their balancers. What another environment or app does meanwhile (a canary of
+/// staging on the same balancer, say) does not refuse the plan.
+fn within(desired: &DesiredState, observed: &ObservedState, scope: &Scope) -> ObservedState {
+    let apps: BTreeSet<(String, String)> = desired
+        .deployments()
+        .filter(|(env, app, _)| scope.includes(&env.name, app))
+        .map(|(env, app, _)| (env.name.clone(), app.to_owned()))
+        .collect();
+    let backends: BTreeSet<String> = apps.iter().map(|(e, a)| backend_name(e, a)).collect();
+    let balancers: BTreeSet<&str> = apps
+        .iter()
+        .map(|(env, _)| desired.environments[env].balancer.as_str())
+        .collect();
+    let app_of = |env: &String, app: &String| apps.contains(&(env.clone(), app.clone()));
+    let mut o = ObservedState::default();
+    for (host, state) in &observed.hosts {
+        let h = HostState {
+            instances: state
+                .instances
+                .iter()
+                .filter(|((env, app, _), _)| app_of(env, app))
+                .map(|(k, i)| (k.clone(), i.clone()))
+                .collect(),
+            unreadable: state.unreadable.clone(),
+            recovered: state
+                .recovered
+                .iter()
+                .filter(|(env, app, _)| app_of(env, app))
+                .cloned()
+                .collect(),
+        };
+        o.hosts.insert(host.clone(), h);
+    }
+    for (name, b) in &observed.balancers {
+        if balancers.contains(name.as_str()) {
+            let servers = b
+                .servers
+                .iter()
+                .filter(|((backend, _), _)| backends.contains(backend))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            o.balancers.insert(
+                name.clone(),
+                BalancerState {
+                    config: b.config.clone(),
+                    servers,
+                },
+            );
+        }
+    }
+    o.rollouts = observed
+        .rollouts
+        .iter()
+        .filter(|((env, app), _)| app_of(env, app))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,7 +577,8 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_is_the_same_for_the_same_state_and_keeps_counters_sessions_and_labels_out() {
+    fn the_digest_is_the_same_for_the_same_state_and_keeps_counters_sessions_labels_and_flapping_verdicts_out(
+    ) {
         let before = Observed::of(&observed());
         assert_eq!(before, Observed::of(&observed()));
         assert!(before.digest.starts_with("sha256:"), "{before:?}");
@@ -509,6 +591,8 @@ mod tests {
         let i = instance(&mut o);
         i.record.started_at = 99;
         i.record.argv.push("--verbose".into());
+        i.ready = Some(false);
+        server(&mut o).check = Check::Failed;
         assert_eq!(Observed::of(&o), before);
     }
 
@@ -516,7 +600,7 @@ mod tests {
     fn what_the_planner_decides_on_changes_the_digest_and_is_named() {
         let before = Observed::of(&observed());
         type Change = fn(&mut ObservedState);
-        let cases: [(Change, &str); 12] = [
+        let cases: [(Change, &str); 10] = [
             (
                 |o| server(o).weight = 50,
                 "server kf_prod_api/web-1_blue on balancer edge changed",
@@ -530,15 +614,7 @@ mod tests {
                 "server kf_prod_api/web-1_blue on balancer edge changed",
             ),
             (
-                |o| server(o).check = Check::Failed,
-                "server kf_prod_api/web-1_blue on balancer edge changed",
-            ),
-            (
                 |o| instance(o).alive = false,
-                "instance prod/api/blue on web-1 changed",
-            ),
-            (
-                |o| instance(o).ready = Some(false),
                 "instance prod/api/blue on web-1 changed",
             ),
             (
@@ -590,9 +666,15 @@ mod tests {
                 env: Some("prod".into()),
                 ..Scope::default()
             },
+            &desired(),
             &observed(),
             &Plan::default(),
         )
+    }
+
+    /// `prod` deploys `api` on web-1 and web-2 behind `edge`.
+    fn desired() -> DesiredState {
+        crate::testing::two_hosts("blue-green")
     }
 
     #[test]
@@ -690,12 +772,36 @@ mod tests {
             "{e}"
         );
 
+        let d = desired();
         let mut o = observed();
-        assert!(saved.confirm(&o, &Plan::default()).is_ok());
+        assert!(saved.confirm(&d, &o, &Plan::default()).is_ok());
         server(&mut o).sessions += 1;
-        assert!(saved.confirm(&o, &Plan::default()).is_ok());
+        assert!(saved.confirm(&d, &o, &Plan::default()).is_ok());
+        // What is outside the plan's scope may change: a server of another app on the balancer,
+        // an instance and a record of another environment.
+        let mut outside = server(&mut o).clone();
+        outside.weight = 7;
+        o.balancers
+            .get_mut("edge")
+            .unwrap()
+            .servers
+            .insert(("kf_staging_web".into(), "web-1_blue".into()), outside);
+        let mut staging = instance(&mut o).clone();
+        staging.record.env = "staging".into();
+        o.hosts
+            .get_mut("web-1")
+            .unwrap()
+            .instances
+            .insert(("staging".into(), "api".into(), "blue".into()), staging);
+        let mut record = o.rollouts.values().next().unwrap().clone();
+        record.env = "staging".into();
+        o.rollouts.insert(("staging".into(), "api".into()), record);
+        assert!(saved.confirm(&d, &o, &Plan::default()).is_ok());
         server(&mut o).weight = 10;
-        let e = saved.confirm(&o, &Plan::default()).unwrap_err().to_string();
+        let e = saved
+            .confirm(&d, &o, &Plan::default())
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "the observed state changed since the plan was made: server kf_prod_api/web-1_blue on balancer edge changed; nothing was changed: make a new plan");
 
         let mut other = Plan::default();
@@ -705,7 +811,10 @@ mod tests {
             },
             &[],
         );
-        let e = saved.confirm(&observed(), &other).unwrap_err().to_string();
+        let e = saved
+            .confirm(&d, &observed(), &other)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "the plan made now differs from the saved one: step 1 is nothing in the saved plan, `apply config and reload balancer edge` now (0 steps saved, 1 now); nothing was changed: make a new plan");
     }
 }

@@ -175,15 +175,9 @@ async fn pass(
     options: Options,
     saved: Option<Saved<'_>>,
 ) -> Result<Report, ReconcileError> {
-    let observed = world.observe().await?;
-    let plan = plan::build(
-        &world.desired,
-        &observed,
-        &world.stale_configs(&observed),
-        scope,
-    );
+    let (observed, plan) = preview_observed(&world, scope).await?;
     if let Some(saved) = saved {
-        saved.plan.confirm(&observed, &plan)?;
+        saved.plan.confirm(&world.desired, &observed, &plan)?;
         super::rewind::guard(&world, saved.history, saved.allow_rewind).await?;
     }
     world.repair_instance_files(&observed, scope).await?;

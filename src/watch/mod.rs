@@ -422,7 +422,7 @@ async fn cycle(
     let was_refused = state.invalid.as_deref() == Some(commit.as_str());
     state.invalid = None;
     let history = loaded.history.clone();
-    let world = match crate::load::connect(loaded).await {
+    let world = match crate::load::connect_scope(loaded, &config.scope).await {
         Ok(world) => world,
         Err(e) => {
             let message = crate::error::chain(&e);
