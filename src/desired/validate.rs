@@ -14,7 +14,7 @@ use super::model::*;
 use super::raw::*;
 use super::template::{is_control, parse_command, split_words, Placeholder, Template};
 use super::yaml::{Kind, Node, Scalar};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -1486,7 +1486,9 @@ fn check_ports(
             format!("host {h:?}")
         }
     };
-    let mut claimed: Vec<Claim> = Vec::new();
+    // By machine and port: only claims there can clash, so each claim is compared with those
+    // alone (linear in the number of claims, not quadratic).
+    let mut claimed: HashMap<(String, u16), Vec<Claim>> = HashMap::new();
     for src in envs {
         let Some(env) = environments.get(&src.name) else {
             continue;
@@ -1538,7 +1540,10 @@ fn check_ports(
                 });
             }
             for claim in claims {
-                match claimed.iter().find(|other| claim.clashes_with(other)) {
+                let there = claimed
+                    .entry((claim.machine.clone(), claim.port))
+                    .or_default();
+                match there.iter().find(|other| claim.clashes_with(other)) {
                     Some(other) => {
                         let message = format!(
                             "port {} on {} is already taken by {}; {}",
@@ -1550,7 +1555,7 @@ fn check_ports(
                             c.value(at, &claim.path, message);
                         }
                     }
-                    None => claimed.push(claim),
+                    None => there.push(claim),
                 }
             }
         }
