@@ -267,12 +267,40 @@ pub struct ScopeArgs {
     pub app: Option<String>,
 }
 
+/// What to do with orphans: instances kube-free started that the desired state no longer has.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Stop the orphans in scope: instances kube-free started that the desired state no longer
+    /// has (an app or environment taken out, a host taken out of an environment, a slot
+    /// renamed), after the balancer configs took their servers out; what `prune: true` in Git
+    /// asks for. Refuses (exit 2, nothing changed) to stop more than half of the instances
+    /// kube-free runs in scope, or all of them. Without it (and without `prune: true`), orphans
+    /// are listed and left running. A process kube-free did not start is never touched.
+    #[arg(long)]
+    pub prune: bool,
+    /// `--prune`, however many instances that stops (a decommission).
+    #[arg(long)]
+    pub prune_all: bool,
+}
+
+impl PruneArgs {
+    pub fn mode(&self) -> crate::plan::Prune {
+        match (self.prune_all, self.prune) {
+            (true, _) => crate::plan::Prune::All,
+            (false, true) => crate::plan::Prune::On,
+            (false, false) => crate::plan::Prune::Off,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
     pub scope: ScopeArgs,
+    #[command(flatten)]
+    pub prune: PruneArgs,
     /// `text`, `json`, or `dot` (Graphviz: `kube-free plan --output dot | dot -Tsvg > plan.svg`).
     #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
     pub output: PlanOutput,
@@ -300,6 +328,8 @@ pub struct ReconcileArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub scope: ScopeArgs,
+    #[command(flatten)]
+    pub prune: PruneArgs,
     /// Converge once and exit (`kube-free watch` runs continuously).
     #[arg(long, required = true)]
     pub once: bool,
@@ -328,8 +358,9 @@ pub struct ReconcileArgs {
     pub allow_rewind: bool,
     /// Execute exactly the plan saved in FILE by `plan --out FILE`, or nothing (exit 2): the
     /// commit and scope must be the plan's, and what is observed under the lease what it was made
-    /// from. --env and --app may be left out (the plan's are used) or repeat the plan's.
-    #[arg(long, value_name = "FILE")]
+    /// from. --env and --app may be left out (the plan's are used) or repeat the plan's; a plan
+    /// made with --prune or --prune-all prunes as it says.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prune", "prune_all"])]
     pub plan: Option<PathBuf>,
     /// Print the result alone: the line that says what the run did (and those of environments
     /// skipped as suspended) on stdout, or the error on stderr. Nothing is drawn at a terminal,

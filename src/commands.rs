@@ -163,7 +163,7 @@ fn scope(args: &ScopeArgs) -> Scope {
     Scope {
         env: args.env.clone(),
         app: args.app.clone(),
-        except: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -176,7 +176,10 @@ pub async fn plan(
     if let Some(path) = &args.out {
         SavedPlan::check_target(path)?;
     }
-    let scope = scope(&args.scope);
+    let scope = Scope {
+        prune: args.prune.mode(),
+        ..scope(&args.scope)
+    };
     let loaded = load::load(&spec(&args.source), &scope)?;
     let history = loaded.history.clone();
     let world = load::connect_scope(loaded, &scope).await?;
@@ -210,7 +213,7 @@ pub async fn plan(
             path.display()
         )?;
     }
-    Ok(if !plan.is_empty() {
+    Ok(if !plan.is_empty() || !plan.orphans.is_empty() {
         Exit::Pending
     } else if plan.stuck.is_empty() {
         Exit::Ok
@@ -224,7 +227,10 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     let saved = args.plan.as_deref().map(SavedPlan::read).transpose()?;
     let scope = match &saved {
         Some(saved) => saved.scope(args.scope.env.as_deref(), args.scope.app.as_deref())?,
-        None => scope(&args.scope),
+        None => Scope {
+            prune: args.prune.mode(),
+            ..scope(&args.scope)
+        },
     };
     let command = reconcile::audit::command(
         if saved.is_some() {
@@ -434,7 +440,7 @@ pub async fn gate(gate: Gate, args: &GateArgs, out: &mut dyn Write) -> Result<Ex
     let scope = Scope {
         env: Some(args.env.clone()),
         app: Some(args.app.clone()),
-        except: Vec::new(),
+        ..Default::default()
     };
     let world = connect(&args.source, &scope).await?;
     if world.desired.deployment(&args.env, &args.app).is_none() {
@@ -487,9 +493,14 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
         &world.stale_configs(&observed),
         &scope(&args.scope),
     );
+    let orphans = crate::plan::orphans(&world.desired, &observed, &filter);
     match args.output {
         Output::Json => {
-            let mut json = serde_json::json!({ "commit": world.revision, "environments": report });
+            let mut json = serde_json::json!({
+                "commit": world.revision,
+                "environments": report,
+                "orphans": orphans,
+            });
             match &suspended {
                 Ok(list) => json["suspended"] = serde_json::json!(list),
                 Err(e) => json["suspended_error"] = crate::error::chain(e).into(),
@@ -513,6 +524,12 @@ pub async fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<Exit, Erro
                     }
                 }
                 Err(e) => writeln!(out, "suspended: unknown: {}", crate::error::chain(e))?,
+            }
+            for o in &orphans {
+                writeln!(
+                    out,
+                    "orphaned: {o} (`reconcile --once --prune`, or `prune: true`, stops it)"
+                )?;
             }
             for app in &report {
                 writeln!(
@@ -641,7 +658,7 @@ pub async fn logs(
     let scope = Scope {
         env: Some(args.env.clone()),
         app: Some(args.app.clone()),
-        except: Vec::new(),
+        ..Default::default()
     };
     let loaded = load::load(&spec(&args.source), &scope)?;
     let wanted = logs::wanted(
@@ -713,7 +730,7 @@ pub async fn history(
     let scope = Scope {
         env: args.env.clone(),
         app: args.app.clone(),
-        except: Vec::new(),
+        ..Default::default()
     };
     let loaded = load::load(&spec(&args.source), &scope)?;
     let hosts = history::hosts(&loaded.state, args.env.as_deref());

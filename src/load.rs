@@ -118,12 +118,16 @@ pub async fn connect_scope(loaded: Loaded, scope: &Scope) -> Result<Arc<World>, 
             });
         }
     }
-    let hosts = loaded
+    let mut hosts: BTreeSet<String> = loaded
         .state
         .hosts_in_scope(scope.env.as_deref(), scope.app.as_deref())
         .into_iter()
         .map(str::to_owned)
         .collect();
+    // An unnarrowed run also looks for orphans on the hosts no environment uses.
+    if scope.env.is_none() && scope.app.is_none() {
+        hosts.extend(loaded.state.spare_hosts().into_iter().map(str::to_owned));
+    }
     connect_to(loaded, hosts).await
 }
 

@@ -26,6 +26,19 @@ pub struct InstanceRecord {
     /// The container's id (docker runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// What the desired state rendered for it besides the version: with the version, what it is
+    /// ([`crate::desired::spec::Spec`]). `None` in a record written before kube-free kept it,
+    /// or rebuilt from what runs: taken as the spec wanted, so that nothing restarts for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<crate::desired::spec::Spec>,
+}
+
+impl InstanceRecord {
+    /// It is an instance of `version` with the spec `spec` (a record without a spec is taken as
+    /// having the one wanted).
+    pub fn is(&self, version: &str, spec: &crate::desired::spec::Spec) -> bool {
+        self.version == version && self.spec.as_ref().is_none_or(|s| s == spec)
+    }
 }
 
 /// The version of an instance rebuilt from what runs when its command line is not the one the desired

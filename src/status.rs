@@ -21,10 +21,10 @@ pub fn report(
         let only = Scope {
             env: Some(env.name.clone()),
             app: Some(app.to_owned()),
-            except: Vec::new(),
+            ..Default::default()
         };
         let plan = plan::build(desired, observed, stale, &only);
-        let in_sync = plan.is_empty() && plan.stuck.is_empty();
+        let in_sync = plan.in_sync();
         let traffic = plan::Traffic::read(desired, observed, &env.name, app);
         let mut slots = Vec::new();
         for host in &env.hosts {
@@ -41,6 +41,7 @@ pub fn report(
                     "port": slot.port,
                     "version": inst.map(|i| i.record.version.clone()),
                     "revision": inst.map(|i| i.record.revision.clone()),
+                    "spec": inst.and_then(|i| i.record.spec.as_ref().map(ToString::to_string)),
                     "pid": inst.map(|i| i.record.pid),
                     "alive": inst.map(|i| i.alive),
                     "ready": inst.and_then(|i| i.ready),

@@ -107,6 +107,28 @@ fn blue_green_on_a_fleet_switches_under_load_without_failing_a_request() {
     );
     s.assert_serving_only("1.0.0");
 
+    // The same version with another command: a spec change, rolled out blue-green under load,
+    // and `plan` says why.
+    let pids = [s.demo_pids("web-1"), s.demo_pids("web-2")];
+    s.commit("1.0.0", " --ready-delay 100ms", "20s");
+    s.kube_free(&["plan"])
+        .code(10)
+        .stdout_has("production/demo 1.0.0: command changed since its instances started");
+    let (run, tally) = s.reconcile_under_load("GET", LOAD_SECONDS);
+    run.code(0);
+    assert_eq!(
+        tally.failed, 0,
+        "GET load through the spec change:\n{}",
+        tally.text
+    );
+    s.assert_serving_only("1.0.0");
+    let now = [s.demo_pids("web-1"), s.demo_pids("web-2")];
+    assert!(
+        now[0] != pids[0] && now[1] != pids[1],
+        "new instances serve: {pids:?} then {now:?}"
+    );
+    s.kube_free(&["plan"]).code(0).stdout_has("in sync");
+
     // A release that never becomes ready: exit 1 with the reason, no failed request, 1.0.0 still
     // serves everything, and the failed instances are stopped.
     s.commit("3.0.0", " --never-ready", "3s");

@@ -8,7 +8,10 @@
 //! D. the stable version killed before a blue-green shift, and a new version that then crashes:
 //!    the last good version comes back from the rollout record;
 //! E. a failing canary whose stable version is killed and cannot start again: the canary keeps
-//!    serving, and the run, `status` and `plan` say so; once the release is back, the repair.
+//!    serving, and the run, `status` and `plan` say so; once the release is back, the repair;
+//! F. a spec change of the serving version (same version, another command) that crashes in its
+//!    bake: the instances of the earlier spec, still running, take the traffic back, the new spec
+//!    is quarantined, and nothing restarts on the next run.
 //!
 //! Each release is a start script per version (as `/opt/app/<version>/run` would be), so that
 //! what a version does is the version's, not the desired state's. Figures are printed.
@@ -226,4 +229,48 @@ fn rollbacks_hold_under_load_when_a_version_dies_or_fails_part_way() {
         .code(1)
         .stderr_has("6.0.0-bad is quarantined");
     s.assert_serving_only("1.0.0");
+
+    // F. The same version with another command (a flag that makes it crash 3 s after it takes
+    // traffic): rolled out as a new version would be, caught by its bake, and the instances of
+    // the earlier spec (kept running through the bake) take the traffic back.
+    s.strategy = "blue-green".into();
+    let specs = |s: &Setup| -> Vec<String> {
+        let app = s.status_json();
+        let mut specs: Vec<String> = app["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|slot| slot["alive"] == true)
+            .map(|slot| slot["spec"].as_str().unwrap_or("none").to_owned())
+            .collect();
+        specs.sort();
+        specs
+    };
+    let before = specs(&s);
+    s.commit("1.0.0", " --exit-after-traffic 3s", "20s");
+    s.kube_free(&["plan"])
+        .code(10)
+        .stdout_has("production/demo 1.0.0: command changed since its instances started")
+        .stdout_has("start production/demo 1.0.0 in slot");
+    let (run, tally) = s.reconcile_under_load("GET", LOAD_SECONDS);
+    figures("F: a spec change crashes in its bake", &tally);
+    run.code(1)
+        .stderr_has("into its bake")
+        .stderr_has(
+            "rolled back, read back: production/demo traffic goes to 1.0.0 (earlier spec) on web-1_",
+        )
+        .stderr_has("no instance of 1.0.0 with its new spec runs")
+        .stderr_has("1.0.0 is quarantined");
+    assert!(
+        (tally.failed as f64) < tally.requests as f64 * 0.02,
+        "{}",
+        tally.text
+    );
+    s.assert_serving_only("1.0.0");
+    assert_eq!(specs(&s), before, "the earlier spec's instances serve");
+    let pids = [s.demo_pids("web-1"), s.demo_pids("web-2")];
+    s.kube_free(&["reconcile", "--once"])
+        .code(1)
+        .stderr_has("1.0.0 is quarantined");
+    assert_eq!([s.demo_pids("web-1"), s.demo_pids("web-2")], pids);
 }

@@ -10,6 +10,7 @@ pub mod model;
 pub mod query;
 pub mod raw;
 pub mod secrets;
+pub mod spec;
 pub mod template;
 pub mod validate;
 pub mod yaml;

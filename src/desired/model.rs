@@ -19,6 +19,8 @@ pub struct DesiredState {
     pub environments: BTreeMap<Name, Environment>,
     /// Where events are sent; not part of any app's fingerprint (changing them starts no rollout).
     pub notifications: Vec<Notification>,
+    /// Stop what kube-free started that this state no longer has, for every app (`prune`).
+    pub prune: bool,
 }
 
 impl DesiredState {
@@ -118,6 +120,10 @@ pub struct App {
     /// How long the old instances stay kept running to take traffic back after it moved (zero: not at all).
     #[serde(serialize_with = "duration::serialize")]
     pub bake: Duration,
+    /// Stop the app's instances this state no longer has (`prune`); not part of its
+    /// fingerprint (changing it starts no rollout).
+    #[serde(skip)]
+    pub prune: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

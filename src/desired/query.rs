@@ -60,6 +60,24 @@ impl DesiredState {
             .collect()
     }
 
+    /// Hosts of `hosts:` that no environment uses and no balancer in use is on: an app host taken
+    /// out of every environment, where what kube-free started may still run (orphans).
+    pub fn spare_hosts(&self) -> BTreeSet<&str> {
+        let used = self.hosts_in_use();
+        self.hosts
+            .keys()
+            .map(String::as_str)
+            .filter(|h| !used.contains(h))
+            .collect()
+    }
+
+    /// Hosts where kube-free may have started instances: the app hosts and the spare ones.
+    pub fn instance_hosts(&self) -> BTreeSet<&str> {
+        let mut hosts = self.app_hosts();
+        hosts.extend(self.spare_hosts());
+        hosts
+    }
+
     /// Balancers that some environment uses.
     pub fn balancers_in_use(&self) -> BTreeSet<&str> {
         self.environments

@@ -41,6 +41,11 @@ pub struct RawConfig {
     /// succeeded, failed, ...): HTTP(S) endpoints, generic JSON or a Slack incoming webhook.
     #[serde(default)]
     pub notifications: Vec<RawNotification>,
+    /// Stop what kube-free started that the desired state no longer has (an app, an environment,
+    /// an app's host or slot taken out), after taking it out of the balancer; default false.
+    /// A run that would prune more than half of what kube-free runs, or all of it, refuses
+    /// unless `reconcile --prune-all`.
+    pub prune: Option<bool>,
 }
 
 /// A host: reached over SSH (the default) or, with `transport: local`, this machine itself.
@@ -159,6 +164,10 @@ pub struct RawApp {
     /// Default 30s; `0s` turns it off.
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub bake: Option<String>,
+    /// Stop this app's instances that the desired state no longer has (on a host or in an
+    /// environment taken out of it, or in a slot renamed), as the top-level `prune` does for
+    /// every app; default false.
+    pub prune: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -463,6 +463,7 @@ pub fn validate(
         apps,
         environments,
         notifications,
+        prune: raw.prune.unwrap_or(false),
     })
 }
 
@@ -1007,6 +1008,7 @@ fn app(c: &mut Checker, at: At, path: &YamlPath, name: &str, a: &RawApp) -> Opti
         drain,
         stop_timeout,
         bake,
+        prune: a.prune.unwrap_or(false),
     })
 }
 

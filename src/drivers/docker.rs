@@ -62,7 +62,7 @@ pub fn run_args(spec: &StartSpec, container: &Container) -> Vec<String> {
         ("version", &spec.version),
         ("commit", &spec.revision),
         ("port", &spec.port.to_string()),
-        ("spec", &spec.launch.digest(spec.port)),
+        ("spec", &spec.spec.to_string()),
     ] {
         args.push("--label".to_owned());
         args.push(format!("kube-free.{key}={value}"));
@@ -232,6 +232,9 @@ impl Seen {
             started_at: self.started_at,
             argv: Vec::new(),
             container: Some(self.id.clone()),
+            // A label that is not a spec (written before kube-free kept one): unknown, taken
+            // as the one wanted.
+            spec: self.label("spec").and_then(|s| s.parse().ok()),
         })
     }
 
@@ -430,6 +433,7 @@ impl Runtime for ContainerRuntime {
                             started_at: seen.started_at,
                             argv: Vec::new(),
                             container: Some(seen.id.clone()),
+                            spec: None,
                         },
                     }
                 }
@@ -617,6 +621,7 @@ mod tests {
                 command: vec!["--listen".into(), "0.0.0.0:8000".into()],
                 container,
             },
+            spec: crate::desired::spec::Spec::example(),
             stop_timeout: Duration::from_secs(10),
         }
     }
@@ -629,7 +634,7 @@ mod tests {
             bind: None,
         };
         let s = spec(Some(c.clone()));
-        let digest = s.launch.digest(8000);
+        let digest = s.spec.to_string();
         assert_eq!(
             run_args(&s, &c).join(" "),
             format!("--label kube-free.env=prod --label kube-free.app=api --label kube-free.slot=blue --label kube-free.version=1.2 --label kube-free.commit=abc --label kube-free.port=8000 --label kube-free.spec={digest} --restart unless-stopped --publish 8000:8000 reg/api:1.2 --listen 0.0.0.0:8000")
@@ -661,33 +666,6 @@ mod tests {
             cmd.stdin.as_deref(),
             Some(&b"PORT=8000\nTOKEN=s3cret\n"[..])
         );
-    }
-
-    #[test]
-    fn the_digest_follows_everything_that_shapes_an_instance() {
-        let c = Container {
-            image: "reg/api:1.2".into(),
-            host_network: false,
-            bind: None,
-        };
-        let base = spec(Some(c.clone())).launch;
-        let d = base.digest(8000);
-        assert_eq!(d.len(), 16);
-        assert_eq!(d, base.clone().digest(8000));
-        assert_ne!(d, base.digest(8001));
-        let mut env = base.clone();
-        env.env[1] = "TOKEN=other".into();
-        assert_ne!(d, env.digest(8000));
-        let mut image = base.clone();
-        image.container = Some(Container {
-            image: "reg/api:1.3".into(),
-            ..c.clone()
-        });
-        assert_ne!(d, image.digest(8000));
-        let mut command = base.clone();
-        command.command.pop();
-        assert_ne!(d, command.digest(8000));
-        assert!(!d.contains("s3cret"));
     }
 
     #[test]

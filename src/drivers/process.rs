@@ -253,6 +253,7 @@ impl ProcessRuntime {
                 started_at: 0,
                 argv: Vec::new(),
                 container: None,
+                spec: None,
             }),
         )
     }
@@ -426,6 +427,7 @@ impl Runtime for ProcessRuntime {
             started_at: crate::state::now(),
             argv,
             container: None,
+            spec: Some(spec.spec.clone()),
         };
         self.write_record(&record).await?;
         Ok(record)
@@ -622,6 +624,7 @@ mod tests {
                 command: vec!["/bin/sleep".into(), "30".into()],
                 container: None,
             },
+            spec: crate::desired::spec::Spec::example(),
             stop_timeout: Duration::from_secs(5),
         };
         let record = rt.start(&spec).await.unwrap();
@@ -652,6 +655,7 @@ mod tests {
                 ],
                 container: None,
             },
+            spec: crate::desired::spec::Spec::example(),
             stop_timeout: Duration::from_secs(5),
         };
         let record = rt.start(&spec).await.unwrap();
@@ -725,6 +729,7 @@ mod tests {
                 ],
                 container: None,
             },
+            spec: crate::desired::spec::Spec::example(),
             stop_timeout: Duration::from_secs(5),
         }
         };
@@ -788,6 +793,7 @@ mod tests {
                 command: vec!["sleep".into(), "30".into()],
                 container: None,
             },
+            spec: crate::desired::spec::Spec::example(),
             stop_timeout: Duration::from_secs(5),
         };
         let record = rt.start(&spec).await.unwrap();
@@ -832,6 +838,7 @@ mod tests {
                 command: vec!["sleep".into(), "30".into()],
                 container: None,
             },
+            spec: crate::desired::spec::Spec::example(),
             stop_timeout: Duration::from_secs(5),
         };
         let record = rt.start(&spec).await.unwrap();

@@ -18,6 +18,8 @@ pub struct StartSpec {
     pub revision: String,
     pub port: u16,
     pub launch: Launch,
+    /// What the desired state rendered besides the version, kept in the instance's record.
+    pub spec: crate::desired::spec::Spec,
     /// Grace of an orphan the start stops first.
     pub stop_timeout: Duration,
 }
@@ -76,28 +78,6 @@ impl Launch {
             text.push('\n');
         }
         Ok(text)
-    }
-
-    /// A digest of everything that shapes an instance on `port` (image, network, command, every
-    /// variable with its value): the same launch gives the same digest, any change another. The
-    /// first 16 hex digits of a SHA-256; values cannot be read back from it.
-    pub fn digest(&self, port: u16) -> String {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        let mut word = |w: &str| {
-            h.update((w.len() as u64).to_le_bytes());
-            h.update(w.as_bytes());
-        };
-        word(&port.to_string());
-        if let Some(c) = &self.container {
-            word(&c.image);
-            word(if c.host_network { "host" } else { "bridge" });
-            word(&c.bind.map(|b| b.to_string()).unwrap_or_default());
-        }
-        word(&self.command.len().to_string());
-        self.command.iter().for_each(|w| word(w));
-        self.env.iter().for_each(|w| word(w));
-        hex::encode(h.finalize())[..16].to_owned()
     }
 }
 

@@ -6,7 +6,7 @@ use super::{Action, Plan, Scope, SlotRef};
 use crate::desired::{CanaryStep, Deployment, DesiredState, Environment, Strategy};
 use crate::names::{backend_name, server_name};
 use crate::observed::{Admin, ObservedState, Server, FULL_WEIGHT};
-use crate::state::UNKNOWN_VERSION;
+use crate::state::{InstanceRecord, UNKNOWN_VERSION};
 use crate::state::{Phase, RolloutRecord};
 use petgraph::graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,6 +78,8 @@ pub fn build(
             app,
             d,
             version: &d.version,
+            wants: Wants::Spec,
+            desired,
             observed,
             fingerprint: desired.fingerprint(&env.name, app),
             bake: desired.apps[app].bake,
@@ -93,6 +95,16 @@ pub fn build(
             Strategy::BlueGreen { .. } => blue_green(&mut plan, &r, &roots),
             Strategy::Canary { steps, .. } => canary(&mut plan, &r, steps, &roots),
         };
+        let changes = spec_changes(desired, observed, &env.name, app, &d.version);
+        if plan.graph.node_count() > before && !changes.is_empty() {
+            plan.why.push(format!(
+                "{}/{app} {}: {} since its instances started: rolled out as a new version is ({})",
+                env.name,
+                d.version,
+                changes.join(", "),
+                d.strategy.name()
+            ));
+        }
         // The rollout is recorded as succeeded when this plan did anything for it, or when an
         // earlier run began it and did not finish.
         if plan.graph.node_count() > before || running_record(&r).is_some() {
@@ -105,6 +117,8 @@ pub fn build(
             plan.add(conclude, &last);
         }
     }
+    let configs: Vec<NodeIndex> = config_steps.into_values().collect();
+    super::prune::add(&mut plan, desired, observed, scope, &configs);
     plan
 }
 
@@ -138,6 +152,23 @@ pub fn last_good(observed: &ObservedState, env: &str, app: &str, failed: &str) -
     found.first().map(|(_, v)| (*v).to_owned())
 }
 
+/// What a failed rollout of `version` goes back to, in words: the version itself with its
+/// earlier spec when a spec change of it failed ([`super::traffic::EARLIER_SPEC`]), else the
+/// [`last_good`] version.
+pub fn reverts_to(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    env: &str,
+    app: &str,
+    version: &str,
+) -> Option<String> {
+    if earlier_specs(desired, observed, env, app, version).is_empty() {
+        last_good(observed, env, app, version)
+    } else {
+        Some(format!("{version}{}", super::traffic::EARLIER_SPEC))
+    }
+}
+
 /// The record of this rollout while it runs (begun, not ended), if there is one.
 fn running_record<'o>(r: &Rollout<'o>) -> Option<&'o RolloutRecord> {
     r.observed.rollout(&r.env.name, r.app).filter(|rec| {
@@ -152,11 +183,84 @@ fn server<'o>(observed: &'o ObservedState, balancer: &str, at: &SlotRef) -> Opti
     observed.server(balancer, &at.backend(), &at.server())
 }
 
-/// The slot's instance is alive and runs `version`.
-fn runs(observed: &ObservedState, at: &SlotRef, version: &str) -> bool {
-    observed
-        .instance(&at.host, &at.env, &at.app, &at.slot)
-        .is_some_and(|i| i.alive && i.record.version == version)
+/// Which instances of a rollout's version it takes for its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wants {
+    /// Any instance of the version (what a revert to an earlier version brings back).
+    Version,
+    /// An instance of the version with the spec the desired state renders for its slot.
+    Spec,
+    /// An instance of the version with another spec than that one: what ran before a spec
+    /// change that failed (which no commit but an earlier one can start again).
+    EarlierSpec,
+}
+
+impl Rollout<'_> {
+    /// The slot's instance is alive and is what this rollout wants.
+    fn runs(&self, at: &SlotRef) -> bool {
+        self.observed
+            .instance(&at.host, &at.env, &at.app, &at.slot)
+            .is_some_and(|i| i.alive && self.is_wanted(at, &i.record))
+    }
+
+    fn is_wanted(&self, at: &SlotRef, record: &InstanceRecord) -> bool {
+        let spec = || self.desired.spec(at, self.version);
+        match self.wants {
+            Wants::Version => record.version == self.version,
+            Wants::Spec => record.is(self.version, &spec()),
+            Wants::EarlierSpec => {
+                record.version == self.version && !record.is(self.version, &spec())
+            }
+        }
+    }
+}
+
+/// The instances of `version` of `app` in `env` with another spec than the desired state
+/// renders for their slots (alive or not): a spec change of the version is under way or failed.
+fn earlier_specs<'o>(
+    desired: &DesiredState,
+    observed: &'o ObservedState,
+    env: &str,
+    app: &str,
+    version: &str,
+) -> Vec<(SlotRef, &'o InstanceRecord)> {
+    let mut found = Vec::new();
+    for (host, state) in &observed.hosts {
+        for ((e, a, slot), i) in &state.instances {
+            let at = SlotRef::new(env, app, host, slot);
+            if e == env
+                && a == app
+                && i.record.version == version
+                && desired.slot_port(env, app, slot).is_some()
+                && !i.record.is(version, &desired.spec(&at, version))
+            {
+                found.push((at, &i.record));
+            }
+        }
+    }
+    found
+}
+
+/// What `plan` says of a spec change of `version`: the parts of the spec that changed since the
+/// instances of `version` that run another one were started (`command changed`, …).
+fn spec_changes(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    env: &str,
+    app: &str,
+    version: &str,
+) -> Vec<String> {
+    let mut changes: Vec<String> = Vec::new();
+    for (at, record) in earlier_specs(desired, observed, env, app, version) {
+        if let Some(spec) = &record.spec {
+            for c in desired.spec(&at, version).changes(spec) {
+                if !changes.contains(&c) {
+                    changes.push(c);
+                }
+            }
+        }
+    }
+    changes
 }
 
 fn serving(observed: &ObservedState, balancer: &str, at: &SlotRef) -> bool {
@@ -181,13 +285,10 @@ fn pulls(plan: &mut Plan, r: &Rollout, after: &[NodeIndex]) -> Vec<NodeIndex> {
 /// The pull of the version's image on `host` after `after`, unless the app runs no images or a
 /// slot there runs the version.
 fn pull_on(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -> Option<NodeIndex> {
-    let runs_here = r.d.slots.iter().any(|s| {
-        runs(
-            r.observed,
-            &slot_ref(r.env, r.app, host, &s.name),
-            r.version,
-        )
-    });
+    let runs_here =
+        r.d.slots
+            .iter()
+            .any(|s| r.runs(&slot_ref(r.env, r.app, host, &s.name)));
     if !r.image || runs_here {
         return None;
     }
@@ -206,6 +307,9 @@ struct Rollout<'a> {
     app: &'a str,
     d: &'a Deployment,
     version: &'a str,
+    /// Which instances of `version` count as this rollout's.
+    wants: Wants,
+    desired: &'a DesiredState,
     observed: &'a ObservedState,
     fingerprint: String,
     /// The app's bake.
@@ -245,7 +349,7 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
         .map(|s| slot_ref(env, app, host, &s.name))
         .collect();
     let inst = |r: &SlotRef| observed.instance(host, &r.env, &r.app, &r.slot);
-    let good = |r: &SlotRef| runs(observed, r, version);
+    let good = |at: &SlotRef| r.runs(at);
     // Prefer a slot that already runs the version (serving first), then an empty idle one.
     let target = refs
         .iter()
@@ -561,7 +665,7 @@ fn step_from_weights(
             .map(|s| s.weight)
     };
     // Weights of a slot that still runs another (superseded) canary say nothing of this one.
-    if !canary.iter().all(|at| runs(r.observed, at, r.version)) {
+    if !canary.iter().all(|at| r.runs(at)) {
         return 0;
     }
     let Some(w) = canary.first().and_then(weight) else {
@@ -670,7 +774,9 @@ pub enum Cleanup {
 /// host's traffic (a host that cannot be restored holds up no other). Then every instance of
 /// `version` is taken out and stopped. Otherwise (or without a last good version), instances of
 /// `version` that get traffic keep it, and only the others are stopped. Other versions are left
-/// alone.
+/// alone. A failed spec change (`version` runs with another spec somewhere) reverts to the
+/// instances of the earlier spec where they still run, and holds elsewhere: this desired state
+/// can start only its own spec.
 pub fn cleanup(
     desired: &DesiredState,
     observed: &ObservedState,
@@ -695,7 +801,7 @@ pub fn cleanup(
     let runs_failed = |at: &SlotRef| {
         observed
             .instance(&at.host, env, app, &at.slot)
-            .is_some_and(|i| i.record.version == version)
+            .is_some_and(|i| i.record.is(version, &desired.spec(at, version)))
     };
     let weighted = |at: &SlotRef| {
         server(observed, balancer, at).is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint)
@@ -710,7 +816,12 @@ pub fn cleanup(
     // The steps after which each failed slot that has weight may be taken out.
     let mut shifted: BTreeMap<SlotRef, Vec<NodeIndex>> = BTreeMap::new();
     let mut retire_now: Vec<SlotRef> = failed.clone();
-    let good = last_good(observed, env, app, version);
+    let spec_change = !earlier_specs(desired, observed, env, app, version).is_empty();
+    let good = if spec_change {
+        Some(version.to_owned())
+    } else {
+        last_good(observed, env, app, version)
+    };
     match (mode, good.as_deref()) {
         (Cleanup::Revert, Some(good)) => {
             let r = Rollout {
@@ -718,15 +829,22 @@ pub fn cleanup(
                 app,
                 d,
                 version: good,
+                wants: if spec_change {
+                    Wants::EarlierSpec
+                } else {
+                    Wants::Version
+                },
+                desired,
                 observed,
                 fingerprint: String::new(),
                 bake: Duration::ZERO,
                 image: desired.apps[app].runtime.image().is_some(),
             };
             let partial = |at: &SlotRef| {
-                runs(observed, at, good)
+                r.runs(at)
                     && server(observed, balancer, at).is_some_and(|s| s.weight != FULL_WEIGHT)
             };
+            let mut held: Vec<SlotRef> = Vec::new();
             for host in &environment.hosts {
                 let here = slots(host);
                 let needed = here
@@ -736,6 +854,14 @@ pub fn cleanup(
                         .iter()
                         .any(|at| !runs_failed(at) && serving(observed, balancer, at));
                 if !needed {
+                    continue;
+                }
+                if spec_change && !here.iter().any(|at| r.runs(at)) {
+                    held.extend(
+                        here.iter()
+                            .filter(|at| runs_failed(at) && weighted(at))
+                            .cloned(),
+                    );
                     continue;
                 }
                 let pulled: Vec<NodeIndex> =
@@ -748,6 +874,16 @@ pub fn cleanup(
                 }
                 // A slot the last good version now takes is not the failed version's any more.
                 retire_now.retain(|at| *at != prep.target);
+            }
+            if !held.is_empty() {
+                plan.stuck(format!(
+                    "{env}/{app} {version} keeps its traffic on [{}]: its spec changed, no instance of its earlier spec runs there, and only a commit with that spec can start one",
+                    held.iter()
+                        .map(SlotRef::server)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                retire_now.retain(|at| !held.contains(at));
             }
         }
         (Cleanup::Revert | Cleanup::Hold, _) if !kept.is_empty() => {

@@ -5,12 +5,14 @@
 //! `saved` a plan kept in a file to be executed as it is (its read and write the only I/O here).
 
 mod build;
+pub mod prune;
 pub mod saved;
 mod traffic;
 
 pub use crate::names::SlotRef;
-pub use build::{build, cleanup, last_good, quarantine, Cleanup};
-pub use traffic::{SlotTraffic, Traffic};
+pub use build::{build, cleanup, last_good, quarantine, reverts_to, Cleanup};
+pub use prune::{orphans, Orphan, Prune};
+pub use traffic::{SlotTraffic, Traffic, EARLIER_SPEC};
 
 use crate::desired::Pause;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -52,6 +54,9 @@ pub enum Action {
     Drain { balancer: String, at: SlotRef },
     /// SIGTERM, SIGKILL after `stop_timeout`; remove the instance file.
     Stop { at: SlotRef, version: String },
+    /// Stop an instance the desired state no longer has (an orphan), by the runtime that started
+    /// it, after the balancer configs took its server out.
+    Prune { at: SlotRef, version: String },
     /// Canary step `step`: `weight` on every canary server and `100 - weight` on every stable one, so
     /// the canary gets `weight`% of the environment's traffic; read back; record the step.
     Weigh {
@@ -104,9 +109,10 @@ impl Action {
     /// The host a step acts on, for logs.
     pub fn host(&self) -> Option<&str> {
         match self {
-            Action::Start { at, .. } | Action::Probe { at } | Action::Stop { at, .. } => {
-                Some(&at.host)
-            }
+            Action::Start { at, .. }
+            | Action::Probe { at }
+            | Action::Stop { at, .. }
+            | Action::Prune { at, .. } => Some(&at.host),
             Action::Enable { at, .. } | Action::Drain { at, .. } => Some(&at.host),
             Action::Pull { host, .. } => Some(host),
             Action::ApplyConfig { .. }
@@ -186,6 +192,11 @@ impl std::fmt::Display for Action {
                 "stop {}/{} {version} in slot {} on {}",
                 at.env, at.app, at.slot, at.host
             ),
+            Action::Prune { at, version } => write!(
+                f,
+                "prune {}/{} {version} in slot {} on {} (stop: not in the desired state)",
+                at.env, at.app, at.slot, at.host
+            ),
             Action::Weigh {
                 balancer,
                 env,
@@ -262,14 +273,26 @@ pub struct Plan {
     pub graph: DiGraph<Action, ()>,
     /// What the planner chose not to do, and why (a quarantined version).
     pub notes: Vec<String>,
+    /// Why a rollout that no version change explains is planned (a spec change: `command
+    /// changed`, …).
+    pub why: Vec<String>,
     /// What is wrong that no step of this plan puts right (traffic left on a quarantined version);
     /// also in `notes`.
     pub stuck: Vec<String>,
+    /// The orphans this plan leaves running (not asked to prune, or refused), in words.
+    pub orphans: Vec<String>,
+    /// Why this plan prunes nothing though it was asked to (the guard: more than half, or all).
+    pub refused: Option<String>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
         self.graph.node_count() == 0
+    }
+
+    /// Nothing to do, nothing wrong, nothing orphaned: the hosts are what the desired state says.
+    pub fn in_sync(&self) -> bool {
+        self.is_empty() && self.stuck.is_empty() && self.orphans.is_empty()
     }
 
     /// Adds every step and edge of `other` (and its notes), independent of the steps already here.
@@ -283,7 +306,10 @@ impl Plan {
             self.graph.add_edge(map[&a], map[&b], ());
         }
         self.notes.extend(other.notes);
+        self.why.extend(other.why);
         self.stuck.extend(other.stuck);
+        self.orphans.extend(other.orphans);
+        self.refused = self.refused.take().or(other.refused);
     }
 
     /// Notes a problem no step of this plan puts right.
@@ -355,9 +381,14 @@ impl Plan {
 
     pub fn render_text(&self) -> String {
         let mut out: String = self.notes.iter().map(|n| format!("note: {n}\n")).collect();
+        out.extend(self.why.iter().map(|w| format!("why: {w}\n")));
+        out.extend(self.refused.iter().map(|r| format!("refused: {r}\n")));
+        out.extend(self.orphans.iter().map(|o| format!("orphaned: {o}\n")));
         if self.is_empty() {
-            out.push_str(if self.stuck.is_empty() {
+            out.push_str(if self.in_sync() {
                 "in sync: nothing to do\n"
+            } else if self.stuck.is_empty() {
+                "not in sync: orphaned instances run (`--prune`, or `prune: true`, stops them)\n"
             } else {
                 "not in sync, and no step can put it right (see the notes)\n"
             });
@@ -404,10 +435,13 @@ impl Plan {
             })
             .collect();
         serde_json::json!({
-            "in_sync": self.is_empty() && self.stuck.is_empty(),
+            "in_sync": self.in_sync(),
             "steps": steps,
             "notes": self.notes,
+            "why": self.why,
             "stuck": self.stuck,
+            "orphans": self.orphans,
+            "refused": self.refused,
         })
     }
 
@@ -439,6 +473,8 @@ pub struct Scope {
     pub app: Option<String>,
     /// Never these environments (suspended ones: `reconcile::suspend::decide`).
     pub except: Vec<String>,
+    /// What to do with orphans beyond what the desired state asks (`--prune`, `--prune-all`).
+    pub prune: Prune,
 }
 
 impl Scope {

@@ -39,6 +39,13 @@ pub struct SavedPlan {
 pub struct SavedScope {
     pub env: Option<String>,
     pub app: Option<String>,
+    /// `--prune` or `--prune-all`, when the plan was made with one.
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub prune: super::Prune,
+}
+
+fn is_off(prune: &super::Prune) -> bool {
+    *prune == super::Prune::Off
 }
 
 /// The digest of what the planner decides on in an observed state, whole and by part, so that a
@@ -113,7 +120,7 @@ fn canonical(value: &serde_json::Value) -> Vec<u8> {
 
 impl Observed {
     /// The digest of what the planner decides on in `observed`, part by part: per host, each
-    /// instance (key, version, port, pid and start ticks or container, alive) and each unreadable
+    /// instance (key, version, spec, port, pid and start ticks or container, alive) and each unreadable
     /// or recovered record; per balancer, its config's digest and each server's admin state, up
     /// and weight; each rollout record whole, as read. Not a server's sessions, counters or label,
     /// which change with every request, nor the one-sample verdicts that may flap with nothing
@@ -128,6 +135,7 @@ impl Observed {
                     format!("instance {env}/{app}/{slot} on {host}"),
                     serde_json::json!({
                         "version": r.version,
+                        "spec": r.spec,
                         "port": r.port,
                         "pid": r.pid,
                         "start_ticks": r.start_ticks,
@@ -221,6 +229,7 @@ impl SavedPlan {
             scope: SavedScope {
                 env: scope.env.clone(),
                 app: scope.app.clone(),
+                prune: scope.prune,
             },
             observed: Observed::of(&within(desired, observed, scope)),
             plan: plan.render_json(),
@@ -256,6 +265,7 @@ impl SavedPlan {
         Ok(Scope {
             env: self.scope.env.clone(),
             app: self.scope.app.clone(),
+            prune: self.scope.prune,
             except: Vec::new(),
         })
     }
@@ -285,6 +295,7 @@ impl SavedPlan {
         let scope = Scope {
             env: self.scope.env.clone(),
             app: self.scope.app.clone(),
+            prune: self.scope.prune,
             except: Vec::new(),
         };
         let now = Observed::of(&within(desired, observed, &scope));
@@ -416,8 +427,8 @@ impl SavedPlan {
     }
 }
 
-/// What of `observed` a plan over `scope` is made from: the instances, servers and rollout records
-/// of the apps in scope (of every app, the records that cannot be read, by where they are), and the
+/// What of `observed` a plan over `scope` is made from: the instances (orphans included), servers
+/// and rollout records of the apps in scope (of every app, the records that cannot be read, by where they are), and the
 /// configs of their balancers. What another environment or app does meanwhile (a canary of
 /// staging on the same balancer, say) does not refuse the plan.
 fn within(desired: &DesiredState, observed: &ObservedState, scope: &Scope) -> ObservedState {
@@ -431,7 +442,8 @@ fn within(desired: &DesiredState, observed: &ObservedState, scope: &Scope) -> Ob
         .iter()
         .map(|(env, _)| desired.environments[env].balancer.as_str())
         .collect();
-    let app_of = |env: &String, app: &String| apps.contains(&(env.clone(), app.clone()));
+    // Orphans too (an instance of an app or environment the desired state no longer has).
+    let app_of = |env: &String, app: &String| scope.includes(env, app);
     let mut o = ObservedState::default();
     for (host, state) in &observed.hosts {
         let h = HostState {
@@ -500,6 +512,7 @@ mod tests {
             started_at: 0,
             argv: vec!["api".into()],
             container: None,
+            spec: None,
         };
         o.hosts.insert(
             "web-1".into(),

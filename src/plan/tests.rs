@@ -47,6 +47,7 @@ impl World {
             started_at: 0,
             argv: vec![],
             container: None,
+            spec: None,
         };
         self.0
             .hosts
@@ -61,6 +62,13 @@ impl World {
                     ready: alive.then_some(ready),
                 },
             );
+        self
+    }
+    /// The instance in `slot` on `host` was started with `spec`.
+    fn spec(mut self, host: &str, slot: &str, spec: crate::desired::spec::Spec) -> Self {
+        let key = ("prod".to_owned(), "api".to_owned(), slot.to_owned());
+        let i = self.0.hosts.get_mut(host).unwrap().instances.get_mut(&key);
+        i.unwrap().record.spec = Some(spec);
         self
     }
     fn server(mut self, host: &str, slot: &str, weight: u32, admin: Admin, up: bool) -> Self {
@@ -833,4 +841,233 @@ fn images_are_pulled_before_anything_starts_or_stops() {
         "{}",
         plan.render_text()
     );
+}
+
+/// The spec `desired` renders for `slot` on `host` of prod/api 2.0.
+fn spec_of(desired: &DesiredState, host: &str, slot: &str) -> crate::desired::spec::Spec {
+    desired.spec(&SlotRef::new("prod", "api", host, slot), "2.0")
+}
+
+/// [`two_hosts_yaml`] with another command for the same version.
+fn new_command() -> DesiredState {
+    crate::testing::desired(
+        &two_hosts_yaml("blue-green").replace("--port {port}", "--port {port} --workers 4"),
+    )
+}
+
+#[test]
+fn a_spec_change_of_the_same_version_is_rolled_out_and_says_why() {
+    let old = desired();
+    let world = World::new()
+        .serving_blue("2.0")
+        .spec("web-1", "blue", spec_of(&old, "web-1", "blue"))
+        .spec("web-2", "blue", spec_of(&old, "web-2", "blue"));
+    assert!(
+        world.plan(&[]).is_empty(),
+        "{}",
+        world.plan(&[]).render_text()
+    );
+    let plan = build(
+        &new_command(),
+        &world.0,
+        &BTreeSet::new(),
+        &Scope::default(),
+    );
+    let text = plan.render_text();
+    for step in [
+        "start prod/api 2.0 in slot green on web-1",
+        "start prod/api 2.0 in slot green on web-2",
+        "shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]",
+        "stop prod/api 2.0 in slot blue on web-2",
+    ] {
+        assert!(text.contains(step), "{step} in\n{text}");
+    }
+    assert!(text.contains("bake prod/api 2.0"), "{text}");
+    assert!(plan.notes.is_empty(), "{:?}", plan.notes);
+    assert_eq!(
+        plan.why,
+        ["prod/api 2.0: command changed since its instances started: rolled out as a new version is (blue-green)"]
+    );
+    // An instance whose record has no spec (written before kube-free kept one) is taken as
+    // what is wanted: nothing restarts for it.
+    let unknown = World::new().serving_blue("2.0");
+    assert!(build(
+        &new_command(),
+        &unknown.0,
+        &BTreeSet::new(),
+        &Scope::default()
+    )
+    .is_empty());
+}
+
+#[test]
+fn a_failed_spec_change_goes_back_to_the_earlier_spec_where_it_runs_and_holds_elsewhere() {
+    let (old, new) = (desired(), new_command());
+    // web-1: the new spec in green has the traffic, the earlier one still runs in blue.
+    // web-2: the new spec in green has the traffic, the earlier one is gone.
+    let world = World::new()
+        .instance("web-1", "blue", "2.0", true, true)
+        .spec("web-1", "blue", spec_of(&old, "web-1", "blue"))
+        .server("web-1", "blue", 0, Admin::Ready, true)
+        .instance("web-1", "green", "2.0", true, true)
+        .spec("web-1", "green", spec_of(&new, "web-1", "green"))
+        .server("web-1", "green", 100, Admin::Ready, true)
+        .instance("web-2", "green", "2.0", true, true)
+        .spec("web-2", "green", spec_of(&new, "web-2", "green"))
+        .server("web-2", "green", 100, Admin::Ready, true)
+        .server("web-2", "blue", 0, Admin::Maint, false);
+    let plan = cleanup(&new, &world.0, "prod", "api", "2.0", Cleanup::Revert);
+    assert_eq!(
+        plan.render_text(),
+        "\
+note: prod/api 2.0 keeps its traffic on [web-2_green]: its spec changed, no instance of its earlier spec runs there, and only a commit with that spec can start one
+3 steps:
+   1. shift prod/api traffic on edge to [web-1_blue] from [web-1_green]
+   2. drain kf_prod_api/web-1_green on edge, then maint  (after 1)
+   3. stop prod/api 2.0 in slot green on web-1  (after 2)
+"
+    );
+    assert_eq!(
+        plan.stuck,
+        ["prod/api 2.0 keeps its traffic on [web-2_green]: its spec changed, no instance of its earlier spec runs there, and only a commit with that spec can start one"]
+    );
+    assert_eq!(
+        reverts_to(&new, &world.0, "prod", "api", "2.0").as_deref(),
+        Some("2.0 (earlier spec)")
+    );
+    // What serves, as messages and `status` say it, tells the two specs apart.
+    let traffic = Traffic::read(&new, &world.0, "prod", "api");
+    assert!(traffic.weighs("2.0"));
+    assert!(!traffic.weighs("2.0 (earlier spec)"));
+}
+
+impl World {
+    /// An instance kube-free started of `env`/`app` in `slot` on `host`, running.
+    fn other(mut self, host: &str, env: &str, app: &str, slot: &str, version: &str) -> Self {
+        let mut this = World::new().instance(host, slot, version, true, true);
+        let key = ("prod".to_owned(), "api".to_owned(), slot.to_owned());
+        let mut i = this
+            .0
+            .hosts
+            .get_mut(host)
+            .unwrap()
+            .instances
+            .remove(&key)
+            .unwrap();
+        i.record.env = env.into();
+        i.record.app = app.into();
+        self.0
+            .hosts
+            .entry(host.into())
+            .or_default()
+            .instances
+            .insert((env.into(), app.into(), slot.into()), i);
+        self
+    }
+}
+
+fn pruning(prune: Prune) -> Scope {
+    Scope {
+        prune,
+        ..Scope::default()
+    }
+}
+
+#[test]
+fn orphans_are_listed_and_left_alone_unless_prune_is_asked_for() {
+    let world = World::new()
+        .serving_blue("2.0")
+        .other("web-3", "prod", "api", "blue", "1.0");
+    let plan = build(&desired(), &world.0, &BTreeSet::new(), &Scope::default());
+    assert!(plan.is_empty() && !plan.in_sync());
+    assert_eq!(
+        plan.render_text(),
+        "\
+orphaned: prod/api 1.0 in slot blue on web-3 (running): web-3 is not one of prod's hosts
+not in sync: orphaned instances run (`--prune`, or `prune: true`, stops them)
+"
+    );
+    // Asked to prune: stopped after the config that takes its server out.
+    let plan = build(
+        &desired(),
+        &world.0,
+        &["edge".into()].into(),
+        &pruning(Prune::On),
+    );
+    assert_eq!(
+        plan.render_text(),
+        "\
+why: prune prod/api 1.0 in slot blue on web-3 (running): web-3 is not one of prod's hosts
+2 steps:
+   1. apply config and reload balancer edge
+   2. prune prod/api 1.0 in slot blue on web-3 (stop: not in the desired state)  (after 1)
+"
+    );
+    // `prune: true` in Git asks for it too, globally or for the app.
+    for yaml in [
+        format!("prune: true\n{}", two_hosts_yaml("blue-green")),
+        two_hosts_yaml("blue-green").replace("    bake: 5s\n", "    bake: 5s\n    prune: true\n"),
+    ] {
+        let d = crate::testing::desired(&yaml);
+        let plan = build(&d, &world.0, &BTreeSet::new(), &Scope::default());
+        assert_eq!(plan.graph.node_count(), 1, "{yaml}");
+    }
+}
+
+#[test]
+fn each_way_out_of_the_desired_state_is_an_orphan_with_its_reason() {
+    let world = World::new()
+        .serving_blue("2.0")
+        .other("web-1", "staging", "api", "blue", "1.0")
+        .other("web-1", "prod", "gone", "blue", "1.0")
+        .other("web-2", "prod", "api", "purple", "1.0");
+    let why: Vec<String> = orphans(&desired(), &world.0, &Scope::default())
+        .into_iter()
+        .map(|o| o.why)
+        .collect();
+    assert_eq!(
+        why,
+        [
+            "app gone is not in the desired state",
+            "environment staging is not in the desired state",
+            "api has no slot purple",
+        ]
+    );
+    // A scope limits them by their names.
+    let only = Scope {
+        env: Some("staging".into()),
+        ..Scope::default()
+    };
+    assert_eq!(orphans(&desired(), &world.0, &only).len(), 1);
+}
+
+#[test]
+fn pruning_more_than_half_or_all_of_what_runs_is_refused_unless_prune_all() {
+    let half = World::new()
+        .serving_blue("2.0")
+        .other("web-1", "prod", "gone", "blue", "1.0")
+        .other("web-2", "prod", "gone", "blue", "1.0");
+    let plan = build(&desired(), &half.0, &BTreeSet::new(), &pruning(Prune::On));
+    assert_eq!((plan.graph.node_count(), plan.refused.is_none()), (2, true));
+
+    let most = half.other("web-2", "prod", "gone", "green", "1.0");
+    let plan = build(&desired(), &most.0, &BTreeSet::new(), &pruning(Prune::On));
+    assert!(plan.is_empty());
+    assert_eq!(
+        plan.refused.as_deref(),
+        Some("refusing to prune 3 of the 5 instances kube-free runs: a commit that takes out more than half is more likely a mistake (a broken commit, an empty checkout) than a wish; `--prune-all` prunes them")
+    );
+    assert_eq!(plan.orphans.len(), 3);
+    let plan = build(&desired(), &most.0, &BTreeSet::new(), &pruning(Prune::All));
+    assert_eq!((plan.graph.node_count(), plan.refused), (3, None));
+
+    // Everything in scope: refused, even when it is one instance.
+    let all = World::new().other("web-1", "prod", "gone", "blue", "1.0");
+    let only = Scope {
+        app: Some("gone".into()),
+        prune: Prune::On,
+        ..Scope::default()
+    };
+    let plan = build(&desired(), &all.0, &BTreeSet::new(), &only);
+    assert!(plan.refused.unwrap().starts_with("refusing to prune 1 of the 1 instances kube-free runs of gone: a commit that takes out all of them"));
 }

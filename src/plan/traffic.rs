@@ -8,6 +8,10 @@ use crate::observed::{Admin, ObservedState};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// How a slot's version reads when its instance runs the desired version with another spec
+/// than the desired state renders now.
+pub const EARLIER_SPEC: &str = " (earlier spec)";
+
 /// One slot of the app, as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotTraffic {
@@ -37,9 +41,19 @@ impl Traffic {
                 for slot in &d.slots {
                     let at = SlotRef::new(env, app, host, &slot.name);
                     let inst = observed.instance(host, env, app, &slot.name);
+                    // The desired version with another spec is not what is desired: it is
+                    // told apart (what a failed spec change goes back to).
+                    let version = inst.map(|i| {
+                        let v = &i.record.version;
+                        if *v == d.version && !i.record.is(v, &desired.spec(&at, v)) {
+                            format!("{v}{EARLIER_SPEC}")
+                        } else {
+                            v.clone()
+                        }
+                    });
                     let server = observed.server(&e.balancer, &at.backend(), &at.server());
                     slots.push(SlotTraffic {
-                        version: inst.map(|i| i.record.version.clone()),
+                        version,
                         alive: inst.is_some_and(|i| i.alive),
                         weight: server
                             .filter(|s| s.admin != Admin::Maint)

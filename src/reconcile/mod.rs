@@ -54,6 +54,9 @@ pub enum ReconcileError {
     Ledger(#[from] LedgerError),
     #[error("cannot create a runtime directory")]
     RuntimeDir(#[source] std::io::Error),
+    /// The guard of prune: more than half, or all, of what kube-free runs in scope.
+    #[error("{0}; nothing was changed")]
+    PruneRefused(String),
     #[error("{failed}; {outcome}")]
     RolledBack {
         failed: Box<StepFailed>,
@@ -152,6 +155,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Rewind(e) => e.is_bad_input(),
             ReconcileError::Saved(e) => e.is_bad_input(),
+            ReconcileError::PruneRefused(_) => true,
             _ => false,
         }
     }
@@ -173,7 +177,8 @@ impl ReconcileError {
                 Next::Locked(Duration::from_secs(*expires_in))
             }
             ReconcileError::Interrupted { .. } => Next::Stop,
-            ReconcileError::Quarantined(_) => Next::Quarantined,
+            // Both wait for the desired state to change.
+            ReconcileError::Quarantined(_) | ReconcileError::PruneRefused(_) => Next::Quarantined,
             ReconcileError::RolledBack { outcome, .. } if outcome.quarantines() => {
                 Next::Quarantined
             }

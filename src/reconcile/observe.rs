@@ -139,6 +139,9 @@ impl World {
             started_at: 0,
             argv: running.argv,
             container: None,
+            // Its command is this version's (or its version is unknown); what else it was
+            // given is not told: taken as wanted.
+            spec: None,
         }))
     }
 
@@ -301,6 +304,7 @@ environments:
             revision: "r".into(),
             port: 18500,
             launch: launch(&w.desired, &at(as_slot), version, 18500).unwrap(),
+            spec: crate::desired::spec::Spec::example(),
             stop_timeout: Duration::from_secs(5),
         };
         w.runtime(&at(slot))

@@ -97,9 +97,18 @@ impl std::fmt::Display for Outcome {
             Some(t) => write!(f, "read back: {t}")?,
         }
         if let Some(t) = after {
+            // After a failed spec change, the instances of the version's new spec.
+            let failed = if good
+                .as_deref()
+                .is_some_and(|g| g.ends_with(plan::EARLIER_SPEC))
+            {
+                format!("{version} with its new spec")
+            } else {
+                version.clone()
+            };
             match t.running(version).as_slice() {
-                [] => write!(f, "; no instance of {version} runs")?,
-                hosts => write!(f, "; {version} still runs on {}", hosts.join(", "))?,
+                [] => write!(f, "; no instance of {failed} runs")?,
+                hosts => write!(f, "; {failed} still runs on {}", hosts.join(", "))?,
             }
         }
         if *quarantined {
@@ -179,6 +188,12 @@ async fn pass(
     if let Some(saved) = saved {
         saved.plan.confirm(&world.desired, &observed, &plan)?;
         super::rewind::guard(&world, saved.history, saved.allow_rewind).await?;
+    }
+    if let Some(refused) = &plan.refused {
+        return Err(ReconcileError::PruneRefused(refused.clone()));
+    }
+    for orphan in &plan.orphans {
+        tracing::warn!("orphaned, left running (`--prune` or `prune: true` stops it): {orphan}");
     }
     world.repair_instance_files(&observed, scope).await?;
     let quarantined = |done: Vec<Action>| {
@@ -322,12 +337,13 @@ async fn after_failure(
     };
     let quarantined = fault == Fault::Version;
     let observed = world.observe().await?;
-    let good = plan::last_good(&observed, &env, &app, &version);
+    let good = plan::reverts_to(&world.desired, &observed, &env, &app, &version);
     // Quarantined first: a run killed in the cleanup leaves a record that makes the next one
     // finish it, not try the version again. An abort stays an abort, and a failure another run
     // recorded stays as it said it.
     if quarantined {
-        match world.record_for(&env, &app, &version, good.clone()).await {
+        let last_good = plan::last_good(&observed, &env, &app, &version);
+        match world.record_for(&env, &app, &version, last_good).await {
             Ok(mut record) => {
                 record.phase = Phase::Failed;
                 record.outcome = Some(crate::error::chain(&failed.error));
@@ -403,7 +419,8 @@ pub fn rollout_of(action: &Action) -> Option<(String, String)> {
         | Action::Pause { env, app, .. }
         | Action::Bake { env, app, .. }
         | Action::Conclude { env, app, .. } => Some((env.clone(), app.clone())),
-        Action::ApplyConfig { .. } => None,
+        // An orphan is no rollout's: its app may be gone from the desired state.
+        Action::ApplyConfig { .. } | Action::Prune { .. } => None,
     }
 }
 

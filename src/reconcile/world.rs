@@ -136,6 +136,7 @@ impl World {
         let hosts = desired
             .hosts_in_use()
             .into_iter()
+            .chain(desired.spare_hosts())
             .map(str::to_owned)
             .collect();
         World::connect_to(desired, revision, known_hosts, hosts).await
@@ -187,17 +188,28 @@ impl World {
                 }),
             };
             pending.push(tokio::spawn(async move {
-                let t: Arc<dyn Transport> = match target {
-                    None => Arc::new(LocalTransport::new(&name)),
-                    Some(target) => Arc::new(SshTransport::connect(&target, &options).await?),
+                let t: Result<Arc<dyn Transport>, TransportError> = match target {
+                    None => Ok(Arc::new(LocalTransport::new(&name))),
+                    Some(target) => SshTransport::connect(&target, &options)
+                        .await
+                        .map(|t| Arc::new(t) as _),
                 };
-                Ok::<_, TransportError>((name, t))
+                (name, t)
             }));
         }
         let mut hosts = BTreeMap::new();
+        let spare = desired.spare_hosts();
         for p in pending {
-            let (name, t) = p.await.expect("connecting does not panic")?;
-            hosts.insert(name, t);
+            match p.await.expect("connecting does not panic") {
+                (name, Ok(t)) => {
+                    hosts.insert(name, t);
+                }
+                // A host no environment uses is reached only to look for orphans there.
+                (name, Err(e)) if spare.contains(name.as_str()) => {
+                    tracing::warn!(error = %e, "a host no environment uses cannot be reached: what kube-free left there (orphans) is not looked for");
+                }
+                (_, Err(e)) => return Err(e.into()),
+            }
         }
         let drivers = real_drivers(&desired, hosts);
         let mut world = World::new(desired, revision, drivers);
@@ -226,9 +238,10 @@ impl World {
         at: &SlotRef,
         record: &InstanceRecord,
     ) -> Result<&dyn Runtime, RuntimeError> {
-        let app_kind = Kind::of(&self.desired.apps[&at.app]);
         let container = record.container.is_some();
-        if container == matches!(app_kind, Kind::Container(_)) {
+        // An orphan's app may be gone from the desired state: the runtime its record names.
+        let app_kind = self.desired.apps.get(&at.app).map(Kind::of);
+        if app_kind.is_some_and(|k| container == matches!(k, Kind::Container(_))) {
             return self.runtime(at);
         }
         self.drivers
@@ -238,7 +251,7 @@ impl World {
             .map(|(_, r)| r.as_ref())
             .ok_or(RuntimeError::Unsupported {
                 app: at.app.clone(),
-                kind: app_kind,
+                kind: app_kind.unwrap_or(Kind::Process),
             })
     }
 
@@ -266,7 +279,7 @@ impl World {
 
     /// The app hosts this run reaches.
     pub(super) fn app_hosts(&self) -> BTreeSet<&str> {
-        let mut hosts = self.desired.app_hosts();
+        let mut hosts = self.desired.instance_hosts();
         hosts.retain(|h| self.reaches(h));
         hosts
     }
@@ -332,7 +345,7 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
     // that changes a host checks the lease there first; the ledgers (the lease itself, records
     // written by compare-and-swap) do not.
     let fences: BTreeMap<String, Arc<Fence>> = desired
-        .app_hosts()
+        .instance_hosts()
         .into_iter()
         .chain(desired.balancer_hosts())
         .filter(here)
@@ -350,7 +363,7 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
         })
         .collect();
     let mut runtimes: BTreeMap<(String, Kind), Arc<dyn Runtime>> = BTreeMap::new();
-    for h in desired.app_hosts().into_iter().filter(here) {
+    for h in desired.instance_hosts().into_iter().filter(here) {
         let r: Arc<dyn Runtime> =
             Arc::new(ProcessRuntime::new(hosts[h].clone(), desired.state_dir(h)));
         runtimes.insert((h.to_owned(), Kind::Process), r);
@@ -382,7 +395,7 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
         })
         .collect();
     clis.insert(ContainerCli::Docker);
-    for h in desired.app_hosts().into_iter().filter(here) {
+    for h in desired.instance_hosts().into_iter().filter(here) {
         for cli in &clis {
             runtimes
                 .entry((h.to_owned(), Kind::Container(*cli)))
@@ -410,7 +423,7 @@ fn real_drivers(desired: &DesiredState, hosts: BTreeMap<String, Arc<dyn Transpor
     let ledgers = desired
         .balancer_hosts()
         .into_iter()
-        .chain(desired.app_hosts())
+        .chain(desired.instance_hosts())
         .filter(here)
         .map(|h| {
             let l: Arc<dyn Ledger> =

@@ -697,7 +697,10 @@ fn describe_drift(actions: &[Action]) -> Vec<(String, String, String, String)> {
         .iter()
         .filter_map(|a| {
             let kind = match a {
-                Action::Start { .. } | Action::Probe { .. } | Action::Stop { .. } => "instance",
+                Action::Start { .. }
+                | Action::Probe { .. }
+                | Action::Stop { .. }
+                | Action::Prune { .. } => "instance",
                 Action::Enable { .. }
                 | Action::Shift { .. }
                 | Action::Drain { .. }

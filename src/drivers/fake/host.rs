@@ -138,6 +138,7 @@ impl Runtime for FakeHost {
         s.next_pid += 1;
         let record = InstanceRecord {
             revision: spec.revision.clone(),
+            spec: Some(spec.spec.clone()),
             ..self.fleet.record(&spec.at, &spec.version, s.next_pid)
         };
         if let Some(after) = Fleet::behaviour(&s, &spec.at.host, &spec.version).exits_after {

@@ -345,6 +345,7 @@ impl Fleet {
             started_at: 0,
             argv: vec![],
             container: None,
+            spec: None,
         }
     }
 

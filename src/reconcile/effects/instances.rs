@@ -3,7 +3,7 @@
 //! What an instance runs ([`launch`], [`image`]) is rendered here from the app's runtime.
 
 use super::{Live, Trouble};
-use crate::desired::template::Placeholder;
+use crate::desired::spec::placeholders;
 use crate::desired::{ContainerNetwork, DesiredState, EnvValue, PullPolicy, Runtime};
 use crate::drivers::runtime::{Container, Launch, StartSpec};
 use crate::drivers::RuntimeError;
@@ -89,35 +89,25 @@ pub(in crate::reconcile) fn image(
         .map(|t| t.render(placeholders(&at, version, 0)))
 }
 
-/// The value of each placeholder for an instance of `version` in slot `at` on `port`.
-fn placeholders<'a>(
-    at: &'a SlotRef,
-    version: &'a str,
-    port: u16,
-) -> impl Fn(Placeholder) -> String + Copy + 'a {
-    move |p| match p {
-        Placeholder::Version => version.to_owned(),
-        Placeholder::Port => port.to_string(),
-        Placeholder::Slot => at.slot.clone(),
-        Placeholder::App => at.app.clone(),
-        Placeholder::Env => at.env.clone(),
-        Placeholder::Host => at.host.clone(),
-    }
-}
-
 impl Live {
     pub(super) async fn start(&self, at: &SlotRef, version: &str) -> Result<(), StepError> {
         let runtime = self.world.runtime(at)?;
-        // Done already (a resumed run)? Never start over a live instance of another version.
+        let wanted = self.world.desired.spec(at, version);
+        // Done already (a resumed run)? Never start over a live instance of another version, or
+        // of this version with another spec.
         if let Some(record) = runtime.instance(at).await? {
             if runtime.is_alive(&record).await? {
-                return if record.version == version {
+                return if record.is(version, &wanted) {
                     Ok(())
                 } else {
                     Err(Trouble::SlotTaken {
                         slot: at.slot.clone(),
                         host: at.host.clone(),
-                        version: record.version,
+                        version: if record.version == version {
+                            format!("{version} with another spec")
+                        } else {
+                            record.version
+                        },
                         pid: record.pid,
                     }
                     .into())
@@ -131,6 +121,7 @@ impl Live {
             revision: self.world.revision.clone(),
             port,
             launch: launch(&self.world.desired, at, version, port)?,
+            spec: wanted,
             stop_timeout: self.app(at).stop_timeout,
         };
         runtime.start(&spec).await?;
@@ -224,7 +215,7 @@ impl Live {
         // The runtime that started it: not the app's when its runtime changed in Git since.
         self.world
             .runtime_of(at, &instance.record)?
-            .stop(&instance.record, self.app(at).stop_timeout)
+            .stop(&instance.record, self.stop_timeout(at))
             .await?;
         Ok(())
     }

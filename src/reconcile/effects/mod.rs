@@ -21,6 +21,10 @@ use crate::plan::Action;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The `stop_timeout` of an app that does not say one (validation's default): an orphan's, when
+/// its app is gone from the desired state.
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The effects of steps on real hosts and balancers (or on whatever drivers the world has).
 pub struct Live {
     world: Arc<World>,
@@ -215,6 +219,16 @@ impl Live {
         &self.world.desired.apps[&at.app]
     }
 
+    /// The app's `stop_timeout`; for an orphan whose app is gone from the desired state, the
+    /// default one.
+    fn stop_timeout(&self, at: &SlotRef) -> Duration {
+        self.world
+            .desired
+            .apps
+            .get(&at.app)
+            .map_or(DEFAULT_STOP_TIMEOUT, |a| a.stop_timeout)
+    }
+
     fn port(&self, at: &SlotRef) -> u16 {
         self.world
             .desired
@@ -255,7 +269,7 @@ impl Effects for Live {
                     .await
             }
             Action::Drain { balancer, at } => self.drain(balancer, at).await,
-            Action::Stop { at, .. } => self.stop(at).await,
+            Action::Stop { at, .. } | Action::Prune { at, .. } => self.stop(at).await,
             Action::Weigh {
                 balancer,
                 env,
@@ -341,7 +355,9 @@ impl Effects for Live {
                     .saturating_add(slack)
             }
             Action::Drain { at, .. } => self.app(at).drain.saturating_add(slack),
-            Action::Stop { at, .. } => self.app(at).stop_timeout.saturating_add(slack * 2),
+            Action::Stop { at, .. } | Action::Prune { at, .. } => {
+                self.stop_timeout(at).saturating_add(slack * 2)
+            }
             Action::Weigh { .. } | Action::Conclude { .. } => slack,
             // Reads that fail are retried for a while within it.
             Action::Bake { bake, .. } => bake.saturating_add(slack),
