@@ -71,6 +71,11 @@ pub fn rollout_file(state_dir: &str, env: &str, app: &str) -> String {
     )
 }
 
+/// `<balancer host's state_dir>/rollouts`: a directory per environment with rollout records.
+pub fn rollouts_dir(state_dir: &str) -> String {
+    format!("{}/rollouts", state_dir.trim_end_matches('/'))
+}
+
 /// `<balancer host's state_dir>/suspensions.json`: what `kube-free suspend` wrote.
 pub fn suspensions_file(state_dir: &str) -> String {
     format!("{}/suspensions.json", state_dir.trim_end_matches('/'))

@@ -19,7 +19,7 @@ const LOAD_SECONDS: u64 = 120;
 
 #[test]
 fn blue_green_on_a_fleet_switches_under_load_without_failing_a_request() {
-    let s = Setup::new(&["web-1", "web-2"], "blue-green");
+    let mut s = Setup::new(&["web-1", "web-2"], "blue-green");
 
     // Nothing runs yet: the plan has steps, renders as dot, and Graphviz draws it.
     let plan = s.kube_free(&["plan", "--output", "dot"]);
@@ -127,6 +127,26 @@ fn blue_green_on_a_fleet_switches_under_load_without_failing_a_request() {
         now[0] != pids[0] && now[1] != pids[1],
         "new instances serve: {pids:?} then {now:?}"
     );
+    s.kube_free(&["plan"]).code(0).stdout_has("in sync");
+
+    // The port of the slot that serves (green, after the spec change) changes: the rollout moves
+    // the traffic to blue first, and only then does the config move green's server to 8011.
+    s.slots = "{ blue: 8000, green: 8011 }".into();
+    s.commit("1.0.0", " --ready-delay 100ms", "20s");
+    s.kube_free(&["plan"])
+        .code(10)
+        .stdout_has("slot ports changed")
+        .stdout_has("the config of balancer edge is applied after the traffic moved off [web-1_green, web-2_green]");
+    let (run, tally) = s.reconcile_under_load("GET", LOAD_SECONDS);
+    run.code(0);
+    assert_eq!(
+        tally.failed, 0,
+        "GET load through the port change:\n{}",
+        tally.text
+    );
+    s.assert_serving_only("1.0.0");
+    let config = std::fs::read_to_string(s.fleet.haproxy_config_file()).unwrap();
+    assert!(config.contains(":8011"), "{config}");
     s.kube_free(&["plan"]).code(0).stdout_has("in sync");
 
     // A release that never becomes ready: exit 1 with the reason, no failed request, 1.0.0 still

@@ -4,8 +4,10 @@
 //!    and `status`, left running by a reconcile without `--prune`, and stopped by one with it —
 //!    under load, with no failed request: the balancer's config takes its server out first. A
 //!    process kube-free did not start on that host is left alone;
-//! B. a commit with no environment at all (a broken one): `--prune` refuses to stop all of what
-//!    kube-free runs (exit 2, nothing changed); `--prune-all` does it.
+//! B. the app renamed in Git (a mistake, say): `--prune` refuses to stop all of what kube-free
+//!    runs (exit 2, nothing changed); `--prune-all` starts the new app and stops the old;
+//! C. the environment renamed: the old one's instance, known by its rollout records on the
+//!    balancer host, is pruned with `--prune-all`.
 
 mod common;
 #[path = "fleet/mod.rs"]
@@ -100,12 +102,15 @@ fn orphans_are_listed_pruned_when_asked_and_a_fleet_is_never_wiped_by_mistake() 
         assert_eq!(http_get(&s.frontend(), "/version"), "1.0.0");
     }
 
-    // B. A commit without any environment: its one instance is all kube-free runs.
+    // B. The app renamed (its slots on other ports): the old one is all kube-free runs.
     let yaml = std::fs::read_to_string(s.repo.path().join("kube-free.yaml")).unwrap();
-    let (head, _) = yaml.split_once("environments:").unwrap();
-    s.repo
-        .write("kube-free.yaml", format!("{head}environments: {{}}\n"));
-    s.repo.commit("no environments");
+    let renamed = yaml
+        .replace("\n  demo:\n", "\n  demo2:\n")
+        .replace("      demo: {", "      demo2: {")
+        .replace("blue: 8000, green: 8001", "blue: 8100, green: 8101");
+    assert_ne!(renamed, yaml);
+    s.repo.write("kube-free.yaml", renamed);
+    s.repo.commit("demo renamed");
     let web1 = s.demo_pids("web-1");
     s.kube_free(&["reconcile", "--once", "--prune"])
         .code(2)
@@ -114,9 +119,37 @@ fn orphans_are_listed_pruned_when_asked_and_a_fleet_is_never_wiped_by_mistake() 
     assert_eq!(s.demo_pids("web-1"), web1, "nothing was stopped");
     s.kube_free(&["plan"])
         .code(10)
-        .stdout_has("orphaned: production/demo 1.0.0 in slot blue on web-1 (running): environment production is not in the desired state");
+        .stdout_has("orphaned: production/demo 1.0.0 in slot blue on web-1 (running): app demo is not in the desired state");
     s.kube_free(&["reconcile", "--once", "--prune-all"]).code(0);
-    assert!(s.demo_pids("web-1").is_empty(), "pruned");
+    let now = s.demo_pids("web-1");
+    assert_eq!(now.len(), 1, "demo2 alone runs: {now:?}");
+    assert!(
+        !web1.contains(&now[0]),
+        "demo was pruned: {web1:?} then {now:?}"
+    );
     assert_eq!(s.demo_pids("web-2"), [stranger.0.id()]);
+    assert_eq!(http_get(&s.frontend(), "/version"), "1.0.0");
+    s.kube_free(&["plan"]).code(0).stdout_has("in sync");
+
+    // C. The environment renamed (its slots on other ports again).
+    let yaml = std::fs::read_to_string(s.repo.path().join("kube-free.yaml")).unwrap();
+    let renamed = yaml
+        .replace("\n  production:\n", "\n  staging:\n")
+        .replace("blue: 8100, green: 8101", "blue: 8200, green: 8201");
+    assert_ne!(renamed, yaml);
+    s.repo.write("kube-free.yaml", renamed);
+    s.repo.commit("production renamed");
+    let before = s.demo_pids("web-1");
+    s.kube_free(&["plan"])
+        .code(10)
+        .stdout_has("orphaned: production/demo2 1.0.0 in slot blue on web-1 (running): environment production is not in the desired state (its rollout records are)");
+    s.kube_free(&["reconcile", "--once", "--prune-all"]).code(0);
+    let now = s.demo_pids("web-1");
+    assert_eq!(now.len(), 1, "staging alone runs: {now:?}");
+    assert!(
+        !before.contains(&now[0]),
+        "production was pruned: {before:?} then {now:?}"
+    );
+    assert_eq!(http_get(&s.frontend(), "/version"), "1.0.0");
     s.kube_free(&["plan"]).code(0).stdout_has("in sync");
 }

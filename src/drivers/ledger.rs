@@ -7,8 +7,8 @@
 //! only grows, a line at a time.
 
 use super::files::{
-    append_line_cmd, parse_swap, read_file_cmd, swap_record_cmd, tail_bytes_cmd, write_file_cmd,
-    Swap,
+    append_line_cmd, list_dir_cmd, parse_swap, read_file_cmd, swap_record_cmd, tail_bytes_cmd,
+    write_file_cmd, Swap,
 };
 use super::lease::{self, Answer};
 use super::{run_ok, Transport, TransportError};
@@ -59,6 +59,10 @@ pub trait Ledger: Send + Sync {
 
     /// The rollout record's bytes; `None` when there is none.
     async fn read_rollout(&self, env: &str, app: &str) -> Result<Option<Vec<u8>>, LedgerError>;
+
+    /// The environments with rollout records here (the directories of `rollouts/`): those some
+    /// desired state using this host's balancers rolled out.
+    async fn rollout_envs(&self) -> Result<Vec<String>, LedgerError>;
 
     /// Replaces the rollout record if it still has the revision `expected` (what its writer read),
     /// checked and replaced atomically with respect to every other writer; [`Swap::Changed`], and
@@ -166,6 +170,17 @@ impl Ledger for HostLedger {
 
     async fn read_rollout(&self, env: &str, app: &str) -> Result<Option<Vec<u8>>, LedgerError> {
         self.read(&self.rollout_file(env, app)).await
+    }
+
+    async fn rollout_envs(&self) -> Result<Vec<String>, LedgerError> {
+        let dir = crate::state::rollouts_dir(&self.state_dir);
+        let out = run_ok(self.transport.as_ref(), &list_dir_cmd(&dir), TIMEOUT).await?;
+        Ok(out
+            .stdout_text()
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('.'))
+            .map(str::to_owned)
+            .collect())
     }
 
     async fn write_rollout(

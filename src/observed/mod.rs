@@ -19,6 +19,10 @@ pub struct ObservedState {
     pub balancers: BTreeMap<String, BalancerState>,
     /// Rollout records by (env, app), from the balancer hosts.
     pub rollouts: BTreeMap<(String, String), RolloutRecord>,
+    /// The environments with rollout records on the balancer hosts reached, in the desired state
+    /// or not: those rolled out through these balancers (an instance of one the desired state no
+    /// longer has is an orphan; of any other, another desired state's).
+    pub rolled_out_envs: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -37,8 +37,27 @@ pub fn build(
     scope: &Scope,
 ) -> Plan {
     let mut plan = Plan::default();
+    // A quarantined app that still serves from a slot whose port changed holds its balancer's
+    // config: applying it would move that server to a port nothing listens on.
+    let mut held: BTreeSet<&str> = BTreeSet::new();
+    for (env, app, d) in desired.deployments() {
+        let moved = moved_ports(observed, env, app, d);
+        if scope.includes(&env.name, app)
+            && stale_configs.contains(&env.balancer)
+            && !moved.is_empty()
+            && quarantine(desired, observed, &env.name, app).is_some()
+        {
+            held.insert(&env.balancer);
+            plan.stuck(format!(
+                "the config of balancer {} waits: {}/{app} serves from [{}] on ports its desired state no longer gives them, and its rollout is quarantined",
+                env.balancer,
+                env.name,
+                moved.iter().map(SlotRef::server).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
     let mut config_steps: BTreeMap<String, NodeIndex> = BTreeMap::new();
-    for balancer in stale_configs {
+    for balancer in stale_configs.iter().filter(|b| !held.contains(b.as_str())) {
         config_steps.insert(
             balancer.clone(),
             plan.add(
@@ -72,7 +91,13 @@ pub fn build(
             plan.merge(cleanup(desired, observed, &env.name, app, &q.version, mode));
             continue;
         }
-        let config = config_steps.get(&env.balancer).copied();
+        // Serving slots whose port changed: the config (which moves their servers to the new
+        // ports) comes after the rollout has moved the traffic off them and retired them.
+        let moved = moved_ports(observed, env, app, d);
+        let (config, config_after) = match config_steps.get(&env.balancer).copied() {
+            Some(c) if !moved.is_empty() => (None, Some(c)),
+            c => (c, None),
+        };
         let r = Rollout {
             env,
             app,
@@ -103,6 +128,17 @@ pub fn build(
                 d.version,
                 changes.join(", "),
                 d.strategy.name()
+            ));
+        }
+        if let Some(config) = config_after {
+            for &n in &last {
+                plan.graph.add_edge(n, config, ());
+            }
+            plan.why.push(format!(
+                "{}/{app}: the config of balancer {} is applied after the traffic moved off [{}], whose ports change",
+                env.name,
+                env.balancer,
+                moved.iter().map(SlotRef::server).collect::<Vec<_>>().join(", ")
             ));
         }
         // The rollout is recorded as succeeded when this plan did anything for it, or when an
@@ -167,6 +203,31 @@ pub fn reverts_to(
     } else {
         Some(format!("{version}{}", super::traffic::EARLIER_SPEC))
     }
+}
+
+/// The slots of `app` in `env` whose live instance serves (has weight) on a port the desired
+/// state no longer gives the slot: the balancer's config moves their servers to the new port.
+fn moved_ports(
+    observed: &ObservedState,
+    env: &Environment,
+    app: &str,
+    d: &Deployment,
+) -> Vec<SlotRef> {
+    let mut moved = Vec::new();
+    for host in &env.hosts {
+        for slot in &d.slots {
+            let at = slot_ref(env, app, host, &slot.name);
+            let runs_elsewhere = observed
+                .instance(host, &env.name, app, &slot.name)
+                .is_some_and(|i| i.alive && i.record.port != slot.port);
+            let serves = server(observed, &env.balancer, &at)
+                .is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint);
+            if runs_elsewhere && serves {
+                moved.push(at);
+            }
+        }
+    }
+    moved
 }
 
 /// The record of this rollout while it runs (begun, not ended), if there is one.

@@ -1,6 +1,9 @@
 //! Orphans and their pruning: instances kube-free started (an instance file, a container with its
-//! labels) that the desired state no longer has — an app or environment taken out, a host taken
-//! out of an environment, a slot renamed. Without a request to prune they are listed (`plan`,
+//! labels) that the desired state no longer has — an app taken out of an environment, a host
+//! taken out of one, a slot renamed, or an environment taken out whose rollout records are on
+//! the balancer hosts of this desired state. An instance of an environment that no balancer
+//! host of this desired state knows is left alone: it is another desired state's that shares
+//! the host (the same engine, the same state directory). Without a request to prune they are listed (`plan`,
 //! `status`); with one (`prune: true` in Git, globally or per app, or `--prune`), each is stopped
 //! after the balancer configs are applied, which takes its server out first. A pass that would
 //! prune more than half of what kube-free runs in its scope, or all of it, refuses unless
@@ -62,7 +65,7 @@ pub fn orphans(desired: &DesiredState, observed: &ObservedState, scope: &Scope) 
             if !scope.includes(env, app) {
                 continue;
             }
-            let Some(why) = why_orphaned(desired, env, app, host, slot) else {
+            let Some(why) = why_orphaned(desired, observed, env, app, host, slot) else {
                 continue;
             };
             let pruned = scope.prune != Prune::Off
@@ -84,15 +87,20 @@ pub fn orphans(desired: &DesiredState, observed: &ObservedState, scope: &Scope) 
 /// `None` when it has it.
 fn why_orphaned(
     desired: &DesiredState,
+    observed: &ObservedState,
     env: &str,
     app: &str,
     host: &str,
     slot: &str,
 ) -> Option<String> {
     let Some(environment) = desired.environments.get(env) else {
-        return Some(format!("environment {env} is not in the desired state"));
+        // Rolled out through this desired state's balancers: taken out of it. Else another's.
+        return observed.rolled_out_envs.contains(env).then(|| {
+            format!("environment {env} is not in the desired state (its rollout records are)")
+        });
     };
     let Some(d) = environment.apps.get(app) else {
+        // The environment is this desired state's: an app it does not deploy was deployed by it.
         return Some(if desired.apps.contains_key(app) {
             format!("environment {env} does not deploy {app}")
         } else {

@@ -1025,17 +1025,29 @@ fn each_way_out_of_the_desired_state_is_an_orphan_with_its_reason() {
         .into_iter()
         .map(|o| o.why)
         .collect();
+    // An environment the desired state does not have, and no balancer host of it knows, is
+    // another desired state's on a shared host: left alone, not listed.
     assert_eq!(
         why,
         [
             "app gone is not in the desired state",
-            "environment staging is not in the desired state",
-            "api has no slot purple",
+            "api has no slot purple"
         ]
+    );
+    // One with rollout records on this desired state's balancer hosts was taken out of it.
+    let mut taken_out = World(world.0.clone());
+    taken_out.0.rolled_out_envs.insert("staging".into());
+    let why: Vec<String> = orphans(&desired(), &taken_out.0, &Scope::default())
+        .into_iter()
+        .map(|o| o.why)
+        .collect();
+    assert_eq!(
+        why[1],
+        "environment staging is not in the desired state (its rollout records are)"
     );
     // A scope limits them by their names.
     let only = Scope {
-        env: Some("staging".into()),
+        app: Some("gone".into()),
         ..Scope::default()
     };
     assert_eq!(orphans(&desired(), &world.0, &only).len(), 1);
@@ -1070,4 +1082,67 @@ fn pruning_more_than_half_or_all_of_what_runs_is_refused_unless_prune_all() {
     };
     let plan = build(&desired(), &all.0, &BTreeSet::new(), &only);
     assert!(plan.refused.unwrap().starts_with("refusing to prune 1 of the 1 instances kube-free runs of gone: a commit that takes out all of them"));
+}
+
+#[test]
+fn a_serving_slot_whose_port_changes_keeps_its_server_until_the_traffic_left_it() {
+    let old = desired();
+    let moved = crate::testing::desired(
+        &two_hosts_yaml("blue-green").replace("blue: 8000, green: 8001", "blue: 8010, green: 8001"),
+    );
+    let world = World::new()
+        .serving_blue("2.0")
+        .spec("web-1", "blue", spec_of(&old, "web-1", "blue"))
+        .spec("web-2", "blue", spec_of(&old, "web-2", "blue"));
+    let plan = build(&moved, &world.0, &["edge".into()].into(), &Scope::default());
+    let text = plan.render_text();
+    assert!(
+        happens_before(
+            &plan,
+            "stop prod/api 2.0 in slot blue on web-1",
+            "apply config and reload balancer edge"
+        ),
+        "{text}"
+    );
+    assert!(
+        happens_before(&plan, "start prod/api 2.0 in slot green on web-1", "shift prod/api traffic on edge to [web-1_green, web-2_green] from [web-1_blue, web-2_blue]"),
+        "{text}"
+    );
+    assert!(
+        !happens_before(
+            &plan,
+            "apply config and reload balancer edge",
+            "start prod/api 2.0 in slot green on web-1"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        plan.why,
+        [
+            "prod/api 2.0: command changed, slot ports changed since its instances started: rolled out as a new version is (blue-green)",
+            "prod/api: the config of balancer edge is applied after the traffic moved off [web-1_blue, web-2_blue], whose ports change",
+        ]
+    );
+    // Quarantined there, the config waits: applying it would take the traffic's port away.
+    let mut failed = World(world.0.clone());
+    let rec = record(&moved, "2.0", Phase::Failed, 0);
+    failed.0.rollouts.insert(("prod".into(), "api".into()), rec);
+    let plan = build(
+        &moved,
+        &failed.0,
+        &["edge".into()].into(),
+        &Scope::default(),
+    );
+    assert!(
+        !plan.render_text().contains("apply config"),
+        "{}",
+        plan.render_text()
+    );
+    assert!(
+        plan.stuck
+            .iter()
+            .any(|s| s.starts_with("the config of balancer edge waits")),
+        "{:?}",
+        plan.stuck
+    );
 }

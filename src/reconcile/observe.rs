@@ -51,7 +51,16 @@ impl World {
                 Ok::<_, ReconcileError>(((env, app), record))
             }));
         }
+        let mut envs = Vec::new();
+        for host in self.balancer_hosts() {
+            let ledger = self.drivers.ledgers[host].clone();
+            envs.push(tokio::spawn(async move { ledger.rollout_envs().await }));
+        }
         let mut observed = ObservedState::default();
+        for e in envs {
+            let found = e.await.expect("observing does not panic")?;
+            observed.rolled_out_envs.extend(found);
+        }
         for r in rollouts {
             let (key, record) = r.await.expect("observing does not panic")?;
             if let Some(record) = record {

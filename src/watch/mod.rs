@@ -564,7 +564,8 @@ async fn act(
     // Nothing to do needs no lease: a resync that finds the hosts in sync leaves the lease to
     // whoever acts (another watcher, a CI run, `promote`).
     match reconcile::preview(world, scope).await {
-        Ok(plan) if plan.is_empty() => {
+        // A prune the guard refuses is not "in sync": the pass says why, as an error.
+        Ok(plan) if plan.is_empty() && plan.refused.is_none() => {
             shared.view().cycle.acting = false;
             return if plan.notes.is_empty() {
                 ("in sync".into(), None, false, true)

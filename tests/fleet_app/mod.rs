@@ -39,6 +39,8 @@ pub struct Setup {
     pub strategy: String,
     /// The app's `bake`.
     pub bake: String,
+    /// The app's `slots:` value, as YAML (`{ blue: 8000, green: 8001 }` unless changed).
+    pub slots: String,
     /// The app's `probe.interval` (200ms unless changed): also HAProxy's `check inter`.
     pub probe_interval: String,
     /// More top-level YAML for `kube-free.yaml` (e.g. `notifications:`), appended as it is.
@@ -93,6 +95,7 @@ impl Setup {
             hosts: app_hosts.iter().map(|h| h.to_string()).collect(),
             strategy: strategy.to_owned(),
             bake: "2s".to_owned(),
+            slots: "{ blue: 8000, green: 8001 }".to_owned(),
             probe_interval: "200ms".to_owned(),
             extra: String::new(),
             production_hosts: None,
@@ -235,7 +238,7 @@ balancers:
   demo:
     runtime:
 {runtime}
-    slots: {{ blue: 8000, green: 8001 }}
+    slots: {slots}
     probe: {{ path: /readyz, interval: {probe_interval}, timeout: 1s, healthy_after: 3, deadline: {deadline} }}
     drain: 5s
     stop_timeout: 10s
@@ -256,6 +259,7 @@ environments:
             identity = f.identity_file().display(),
             balancer = self.balancer_yaml(),
             bake = self.bake,
+            slots = self.slots,
             probe_interval = self.probe_interval,
             strategy = self.strategy,
         );

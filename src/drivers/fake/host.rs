@@ -224,6 +224,14 @@ impl Ledger for FakeHost {
         Ok(s.records.get(&(env.to_owned(), app.to_owned())).cloned())
     }
 
+    async fn rollout_envs(&self) -> Result<Vec<String>, LedgerError> {
+        self.fleet.unreachable(&self.host)?;
+        let s = self.fleet.lock();
+        let mut envs: Vec<String> = s.records.keys().map(|(env, _)| env.clone()).collect();
+        envs.dedup();
+        Ok(envs)
+    }
+
     /// Compare-and-swap as the host's does, after another writer's change that
     /// [`Fleet::meanwhile`] set up for this write.
     async fn write_rollout(
