@@ -41,12 +41,14 @@ pub fn build(
     // config: applying it would move that server to a port nothing listens on.
     let mut held: BTreeSet<&str> = BTreeSet::new();
     for (env, app, d) in desired.deployments() {
-        let moved = moved_ports(observed, env, app, d);
-        if scope.includes(&env.name, app)
-            && stale_configs.contains(&env.balancer)
-            && !moved.is_empty()
-            && quarantine(desired, observed, &env.name, app).is_some()
+        if !scope.includes(&env.name, app)
+            || !stale_configs.contains(&env.balancer)
+            || quarantine(desired, observed, &env.name, app).is_none()
         {
+            continue;
+        }
+        let moved = moved_ports(observed, env, app, d);
+        if !moved.is_empty() {
             held.insert(&env.balancer);
             plan.stuck(format!(
                 "the config of balancer {} waits: {}/{app} serves from [{}] on ports its desired state no longer gives them, and its rollout is quarantined",
@@ -269,9 +271,7 @@ impl Rollout<'_> {
         match self.wants {
             Wants::Version => record.version == self.version,
             Wants::Spec => record.is(self.version, &spec()),
-            Wants::EarlierSpec => {
-                record.version == self.version && !record.is(self.version, &spec())
-            }
+            Wants::EarlierSpec => record.is_earlier_spec(self.version, &spec()),
         }
     }
 }
@@ -288,12 +288,12 @@ fn earlier_specs<'o>(
     let mut found = Vec::new();
     for (host, state) in &observed.hosts {
         for ((e, a, slot), i) in &state.instances {
+            if e != env || a != app || desired.slot_port(env, app, slot).is_none() {
+                continue;
+            }
             let at = SlotRef::new(env, app, host, slot);
-            if e == env
-                && a == app
-                && i.record.version == version
-                && desired.slot_port(env, app, slot).is_some()
-                && !i.record.is(version, &desired.spec(&at, version))
+            if i.record
+                .is_earlier_spec(version, &desired.spec(&at, version))
             {
                 found.push((at, &i.record));
             }

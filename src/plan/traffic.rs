@@ -45,7 +45,7 @@ impl Traffic {
                     // told apart (what a failed spec change goes back to).
                     let version = inst.map(|i| {
                         let v = &i.record.version;
-                        if *v == d.version && !i.record.is(v, &desired.spec(&at, v)) {
+                        if *v == d.version && i.record.is_earlier_spec(v, &desired.spec(&at, v)) {
                             format!("{v}{EARLIER_SPEC}")
                         } else {
                             v.clone()
