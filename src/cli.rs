@@ -313,6 +313,10 @@ pub struct PlanArgs {
     /// --plan FILE`. The plan is printed as without it; where it was saved goes to stderr.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Print where the time went on stderr at the end: reading the desired state, connecting,
+    /// observing, planning, each with its wall time.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -367,6 +371,10 @@ pub struct ReconcileArgs {
     /// and no log line is printed unless KUBE_FREE_LOG asks for some.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Print where the time went on stderr at the end: reading the desired state, connecting,
+    /// observing, planning, taking the lease, executing (and each step, slowest first), each with its wall time.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,7 @@ use crate::reconcile::{self, World};
 use crate::source::{GitCredentials, SourceSpec, Trust};
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Instant;
 
 fn plural(n: usize, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
@@ -129,6 +130,24 @@ async fn connect(args: &SourceArgs, scope: &Scope) -> Result<Arc<World>, Error> 
     load::connect_scope(load::load(&spec(args), scope)?, scope).await
 }
 
+/// Connects the hosts `scope` reaches ([`load::connect_scope`]), recording in the world's timings
+/// the reading of the desired state (since `started`) and the connecting.
+async fn connect_timed(
+    loaded: load::Loaded,
+    scope: &Scope,
+    started: Instant,
+) -> Result<Arc<World>, Error> {
+    let read = started.elapsed();
+    let connecting = Instant::now();
+    let world = load::connect_scope(loaded, scope).await?;
+    world.timings.phase("read the desired state", read);
+    world.timings.since(
+        format!("connect ({})", plural(world.reached(), "host")),
+        connecting,
+    );
+    Ok(world)
+}
+
 /// Loads the desired state and connects to every balancer host in use: where suspensions are
 /// kept, each a copy, so that every run sees them.
 async fn connect_balancer_hosts(args: &SourceArgs, scope: &Scope) -> Result<Arc<World>, Error> {
@@ -180,11 +199,18 @@ pub async fn plan(
         prune: args.prune.mode(),
         ..scope(&args.scope)
     };
+    let started = Instant::now();
     let loaded = load::load(&spec(&args.source), &scope)?;
     let history = loaded.history.clone();
-    let world = load::connect_scope(loaded, &scope).await?;
+    let world = connect_timed(loaded, &scope, started).await?;
     // What reconcile would refuse, plan refuses too (it reads the record, writes nothing).
-    reconcile::rewind::check(&world, &history, args.allow_rewind).await?;
+    world
+        .timings
+        .time(
+            "read the commit applied",
+            reconcile::rewind::check(&world, &history, args.allow_rewind),
+        )
+        .await?;
     let (observed, plan) = reconcile::preview_observed(&world, &scope).await?;
     match args.output {
         PlanOutput::Text => write!(
@@ -213,6 +239,9 @@ pub async fn plan(
             path.display()
         )?;
     }
+    if args.timings {
+        write!(err, "{}", world.timings.render(started.elapsed()))?;
+    }
     Ok(if !plan.is_empty() || !plan.orphans.is_empty() {
         Exit::Pending
     } else if plan.stuck.is_empty() {
@@ -222,7 +251,12 @@ pub async fn plan(
     })
 }
 
-pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit, Error> {
+pub async fn reconcile(
+    args: &ReconcileArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Exit, Error> {
+    let started = Instant::now();
     // A saved plan is read and checked before anything else: its scope, then its commit.
     let saved = args.plan.as_deref().map(SavedPlan::read).transpose()?;
     let scope = match &saved {
@@ -245,11 +279,18 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         saved.check_commit(&loaded.commit)?;
     }
     let history = loaded.history.clone();
-    let world = load::connect_scope(loaded, &scope).await?;
+    let world = connect_timed(loaded, &scope, started).await?;
     // A rewound commit is refused before the lease is even taken; checked again under it.
-    reconcile::rewind::check(&world, &history, args.allow_rewind).await?;
+    world
+        .timings
+        .time(
+            "read the commit applied",
+            reconcile::rewind::check(&world, &history, args.allow_rewind),
+        )
+        .await?;
     // Suspended environments are left out; when nothing is left, say what a pass would do.
-    let scope = match reconcile::suspend::check(&world, &scope).await? {
+    let suspensions = reconcile::suspend::check(&world, &scope);
+    let scope = match world.timings.time("read suspensions", suspensions).await? {
         Decision::Suspended(by) => {
             for s in &by {
                 writeln!(
@@ -297,7 +338,9 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     });
     // Signals are caught once the lease is held: until then one ends the process, as a wait for
     // the lease has nothing to finish.
+    let asked = Instant::now();
     let pass = async {
+        world.timings.since("take the lease", asked);
         let signals = tokio::spawn(interrupt_on_signal(world.clone()));
         let start = reconcile::audit::start(&world);
         let result = match &saved {
@@ -326,7 +369,8 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
         // Under the lease, at the end of the pass, whatever its end (a failure to append is a
         // warning).
         if let Some(line) = reconcile::audit::pass_line(&world, &start, &command, &scope, &result) {
-            reconcile::audit::append(&world, &line).await;
+            let append = reconcile::audit::append(&world, &line);
+            world.timings.time("append the audit line", append).await;
         }
         result
     };
@@ -334,6 +378,9 @@ pub async fn reconcile(args: &ReconcileArgs, out: &mut dyn Write) -> Result<Exit
     drop(shown);
     // What happened is sent before the process ends (a receiver that does not answer is given up).
     notifier.flush(std::time::Duration::from_secs(5)).await;
+    if args.timings {
+        write!(err, "{}", world.timings.render(started.elapsed()))?;
+    }
     let report = report?;
     if let Some(path) = &args.plan {
         write!(out, "the saved plan {}: ", path.display())?;

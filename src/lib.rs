@@ -25,6 +25,7 @@ pub mod state;
 pub mod status;
 #[cfg(test)]
 mod testing;
+pub mod timings;
 pub mod watch;
 
 pub use error::{Error, Exit};

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Command::Completions(args) => commands::completions(args, &mut out),
         Command::NginxSnippet(args) => commands::nginx_snippet(args, &mut out),
         Command::Plan(args) => block_on(commands::plan(args, &mut out, &mut err)),
-        Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out)),
+        Command::Reconcile(args) => block_on(commands::reconcile(args, &mut out, &mut err)),
         Command::Status(args) => block_on(commands::status(args, &mut out)),
         Command::Logs(args) => block_on(commands::logs(args, &mut out, &mut err)),
         Command::History(args) => block_on(commands::history(args, &mut out, &mut err)),

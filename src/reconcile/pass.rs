@@ -14,6 +14,7 @@ use crate::plan::saved::SavedPlan;
 use crate::plan::{self, Action, Cleanup, Scope, Traffic};
 use crate::source::History;
 use crate::state::Phase;
+use crate::timings::Both;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -129,13 +130,17 @@ pub async fn preview_observed(
     world: &Arc<World>,
     scope: &Scope,
 ) -> Result<(ObservedState, plan::Plan), ReconcileError> {
+    let started = std::time::Instant::now();
     let observed = world.observe().await?;
+    world.timings.since("observe", started);
+    let started = std::time::Instant::now();
     let plan = plan::build(
         &world.desired,
         &observed,
         &world.stale_configs(&observed),
         scope,
     );
+    world.timings.since("plan", started);
     Ok((observed, plan))
 }
 
@@ -250,7 +255,11 @@ async fn pass(
     super::audit::executing(&world, &observed, &plan, &rollouts, &repairing);
     let effects = Live::new(&world, observed, options.max_wait, false);
     let progress = world.progress();
-    match execute::run(&plan, effects, options.parallel, progress.as_ref()).await {
+    let progress = Both(progress.as_ref(), &world.timings);
+    let started = std::time::Instant::now();
+    let ran = execute::run(&plan, effects, options.parallel, &progress).await;
+    world.timings.since("execute", started);
+    match ran {
         Ok(report) => {
             for (env, app) in &rollouts {
                 let d = world.desired.deployed(env, app);
@@ -448,8 +457,15 @@ pub(super) async fn clean_up(
         plan.render_text()
     );
     let effects = Live::new(world, observed, None, true);
-    execute::run(&plan, effects, parallel, progress.as_ref())
-        .await
-        .map(|_| ())
+    let started = std::time::Instant::now();
+    let ran = execute::run(
+        &plan,
+        effects,
+        parallel,
+        &Both(progress.as_ref(), &world.timings),
+    )
+    .await;
+    world.timings.since("clean up", started);
+    ran.map(|_| ())
         .map_err(|failed| ReconcileError::Step(Box::new(failed)))
 }

@@ -63,6 +63,8 @@ pub struct World {
     pub(super) audit: super::audit::Tally,
     /// Who watches the run's steps live (nobody until set).
     progress: Mutex<Arc<dyn Progress>>,
+    /// Where the run's time went (`--timings`).
+    pub timings: crate::timings::Timings,
     _runtime_dir: Option<tempfile::TempDir>,
 }
 
@@ -85,6 +87,7 @@ impl World {
             notifier: Mutex::new(Notifier::disabled()),
             audit: Default::default(),
             progress: Mutex::new(Arc::new(Unwatched)),
+            timings: Default::default(),
             _runtime_dir: None,
         }
     }
@@ -275,6 +278,11 @@ impl World {
     /// [`DesiredState::hosts_in_scope`]). What it does not reach it neither observes nor locks.
     pub fn reaches(&self, host: &str) -> bool {
         self.drivers.hosts.contains_key(host)
+    }
+
+    /// How many hosts this run reaches (those that could not be reached are not counted).
+    pub fn reached(&self) -> usize {
+        self.drivers.hosts.len()
     }
 
     /// The app hosts this run reaches.
