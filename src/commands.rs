@@ -130,16 +130,20 @@ async fn connect(args: &SourceArgs, scope: &Scope) -> Result<Arc<World>, Error> 
     load::connect_scope(load::load(&spec(args), scope)?, scope).await
 }
 
-/// Connects the hosts `scope` reaches ([`load::connect_scope`]), recording in the world's timings
-/// the reading of the desired state (since `started`) and the connecting.
+/// Connects the hosts `scope` reaches ([`load::connect_scope`]); with `timings`, records in the
+/// world's timings the reading of the desired state (since `started`) and the connecting.
 async fn connect_timed(
     loaded: load::Loaded,
     scope: &Scope,
     started: Instant,
+    timings: bool,
 ) -> Result<Arc<World>, Error> {
     let read = started.elapsed();
     let connecting = Instant::now();
     let world = load::connect_scope(loaded, scope).await?;
+    if timings {
+        world.timings.enable();
+    }
     world.timings.phase("read the desired state", read);
     world.timings.since(
         format!("connect ({})", plural(world.reached(), "host")),
@@ -202,7 +206,7 @@ pub async fn plan(
     let started = Instant::now();
     let loaded = load::load(&spec(&args.source), &scope)?;
     let history = loaded.history.clone();
-    let world = connect_timed(loaded, &scope, started).await?;
+    let world = connect_timed(loaded, &scope, started, args.timings).await?;
     // What reconcile would refuse, plan refuses too (it reads the record, writes nothing).
     world
         .timings
@@ -279,7 +283,7 @@ pub async fn reconcile(
         saved.check_commit(&loaded.commit)?;
     }
     let history = loaded.history.clone();
-    let world = connect_timed(loaded, &scope, started).await?;
+    let world = connect_timed(loaded, &scope, started, args.timings).await?;
     // A rewound commit is refused before the lease is even taken; checked again under it.
     world
         .timings

@@ -1,7 +1,7 @@
 //! Where a run's time went (`--timings` on `plan` and `reconcile`): the phases a command goes
 //! through (reading the desired state, connecting, observing, planning, executing) and each step
-//! the walker ran, with how long it took. Always collected (a few entries per run); printed only
-//! when asked. It hears the steps as a [`Progress`] observer, beside whoever draws them.
+//! the walker ran, with how long it took. Collected only once asked for ([`Timings::enable`]), so
+//! that a world nobody asked kept nothing. It hears the steps as a [`Progress`] observer, beside whoever draws them.
 
 use crate::execute::{Event, Progress};
 use std::fmt::Write as _;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 /// A run's phases and steps, in the order they ended.
 #[derive(Debug, Default)]
 pub struct Timings {
+    on: std::sync::atomic::AtomicBool,
     phases: Mutex<Vec<(String, Duration)>>,
     steps: Mutex<Vec<Step>>,
 }
@@ -24,8 +25,20 @@ struct Step {
 }
 
 impl Timings {
-    /// Records a phase that took `took`.
+    /// From now on, phases and steps are recorded.
+    pub fn enable(&self) {
+        self.on.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records a phase that took `took` (when enabled).
     pub fn phase(&self, name: impl Into<String>, took: Duration) {
+        if !self.on() {
+            return;
+        }
         self.phases
             .lock()
             .expect("not poisoned")
@@ -107,6 +120,9 @@ impl Progress for Timings {
             } => (action, took, Some(waits)),
             _ => return,
         };
+        if !self.on() {
+            return;
+        }
         self.steps.lock().expect("not poisoned").push(Step {
             what: action.to_string(),
             took,
@@ -133,6 +149,8 @@ mod tests {
     #[test]
     fn phases_in_order_and_steps_slowest_first_with_how_they_ended() {
         let t = Timings::default();
+        t.phase("not asked for", Duration::from_millis(1));
+        t.enable();
         t.phase("read desired state", Duration::from_millis(12));
         t.phase("observe", Duration::from_millis(340));
         let fast = Action::ApplyConfig {
