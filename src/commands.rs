@@ -130,14 +130,17 @@ async fn connect(args: &SourceArgs, scope: &Scope) -> Result<Arc<World>, Error> 
     load::connect_scope(load::load(&spec(args), scope)?, scope).await
 }
 
-/// Connects the hosts `scope` reaches ([`load::connect_scope`]); with `timings`, records in the
-/// world's timings the reading of the desired state (since `started`) and the connecting.
+/// Connects the hosts `scope` reaches ([`load::connect_scope`]), then refuses a rewound commit
+/// ([`reconcile::rewind::check`]); with `timings`, records in the world's timings the reading of
+/// the desired state (since `started`), the connecting and the check.
 async fn connect_timed(
     loaded: load::Loaded,
     scope: &Scope,
     started: Instant,
     timings: bool,
+    allow_rewind: bool,
 ) -> Result<Arc<World>, Error> {
+    let history = loaded.history.clone();
     let read = started.elapsed();
     let connecting = Instant::now();
     let world = load::connect_scope(loaded, scope).await?;
@@ -149,6 +152,8 @@ async fn connect_timed(
         format!("connect ({})", plural(world.reached(), "host")),
         connecting,
     );
+    let check = reconcile::rewind::check(&world, &history, allow_rewind);
+    world.timings.time("read the commit applied", check).await?;
     Ok(world)
 }
 
@@ -205,16 +210,8 @@ pub async fn plan(
     };
     let started = Instant::now();
     let loaded = load::load(&spec(&args.source), &scope)?;
-    let history = loaded.history.clone();
-    let world = connect_timed(loaded, &scope, started, args.timings).await?;
     // What reconcile would refuse, plan refuses too (it reads the record, writes nothing).
-    world
-        .timings
-        .time(
-            "read the commit applied",
-            reconcile::rewind::check(&world, &history, args.allow_rewind),
-        )
-        .await?;
+    let world = connect_timed(loaded, &scope, started, args.timings, args.allow_rewind).await?;
     let (observed, plan) = reconcile::preview_observed(&world, &scope).await?;
     match args.output {
         PlanOutput::Text => write!(
@@ -283,15 +280,8 @@ pub async fn reconcile(
         saved.check_commit(&loaded.commit)?;
     }
     let history = loaded.history.clone();
-    let world = connect_timed(loaded, &scope, started, args.timings).await?;
     // A rewound commit is refused before the lease is even taken; checked again under it.
-    world
-        .timings
-        .time(
-            "read the commit applied",
-            reconcile::rewind::check(&world, &history, args.allow_rewind),
-        )
-        .await?;
+    let world = connect_timed(loaded, &scope, started, args.timings, args.allow_rewind).await?;
     // Suspended environments are left out; when nothing is left, say what a pass would do.
     let suspensions = reconcile::suspend::check(&world, &scope);
     let scope = match world.timings.time("read suspensions", suspensions).await? {
