@@ -252,7 +252,7 @@ fn serving(desired: &DesiredState, version: &str) -> ObservedState {
                 started_at: 0,
                 argv: vec![],
                 container: None,
-                spec: None,
+                spec: Some(desired.spec(&at, version)),
             };
             observed
                 .hosts

@@ -14,6 +14,7 @@ pub fn report(
     scope: &Scope,
 ) -> Vec<serde_json::Value> {
     let mut apps = Vec::new();
+    let by_app = observed.by_app();
     for (env, app, d) in desired.deployments() {
         if !scope.includes(&env.name, app) {
             continue;
@@ -62,7 +63,7 @@ pub fn report(
             "strategy": d.strategy.name(),
             "in_sync": in_sync,
             "quarantined": plan::quarantine(desired, observed, &env.name, app).is_some(),
-            "last_good": plan::last_good(observed, &env.name, app, &d.version),
+            "last_good": plan::last_good(observed, by_app.of(&env.name, app), &env.name, app, &d.version),
             "traffic": traffic.to_string(),
             "problems": plan.stuck,
             "rollout": record,

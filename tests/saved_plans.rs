@@ -5,6 +5,8 @@
 //! with exit 2, and nothing is changed (what serves, the instance files, the rollout record and the
 //! commit applied are as they were). A plan of nothing executes nothing; one stopped at a canary's
 //! gate (exit 3) is spent.
+//! And `--timings`: the phases of a `plan` and of a `reconcile`, and every step the run took, slowest
+//! first, with what each took.
 
 mod common;
 use common::*;
@@ -225,4 +227,93 @@ fn a_saved_plan_is_executed_once_and_refused_when_anything_it_was_made_from_chan
         .code(2)
         .stderr_has("the observed state changed since the plan was made: ")
         .stderr_has("rollout record of local/demo changed");
+}
+
+/// The seconds `--timings` gives `name` in `stderr` (a phase, or a step by the start of its
+/// words), if it lists it.
+fn seconds(stderr: &str, name: &str) -> Option<f64> {
+    let table = &stderr[stderr.find("timings:\n")?..];
+    table.lines().find_map(|line| {
+        let rest = line.trim_start().strip_prefix(name)?;
+        let figure = rest.split(" s").next()?.split_whitespace().last()?;
+        figure.parse().ok()
+    })
+}
+
+#[test]
+fn timings_say_where_a_plan_and_a_run_spent_their_time() {
+    let s = LocalStage::new(&["flock", "sha256sum"]);
+    s.commit("1.0.0", "blue-green");
+    // Not asked for: not printed.
+    s.run(&["plan"]).code(10).stderr_lacks("timings:");
+
+    let plan = s.run(&["plan", "--timings"]);
+    plan.code(10)
+        .stdout_has("start local/demo 1.0.0 in slot blue on here");
+    for phase in [
+        "read the desired state",
+        "connect (1 host)",
+        "read the commit applied",
+        "observe",
+        "plan",
+        "total",
+    ] {
+        assert!(
+            seconds(&plan.stderr, phase).is_some(),
+            "{phase}:\n{}",
+            plan.stderr
+        );
+    }
+    // A plan runs no step.
+    plan.stderr_lacks("steps, slowest first");
+    assert_eq!(seconds(&plan.stderr, "execute"), None, "{}", plan.stderr);
+    assert!(
+        !plan.stdout.contains("timings:"),
+        "the plan's output is only the plan"
+    );
+
+    let run = s.run(&["reconcile", "--once", "--timings"]);
+    run.code(0);
+    let total = seconds(&run.stderr, "total").expect("total");
+    for phase in [
+        "connect (1 host)",
+        "read suspensions",
+        "take the lease",
+        "observe",
+        "plan",
+        "execute",
+        "append the audit line",
+        "clean up",
+    ] {
+        let took =
+            seconds(&run.stderr, phase).unwrap_or_else(|| panic!("{phase}:\n{}", run.stderr));
+        assert!(took <= total, "{phase} {took} s > total {total} s");
+    }
+    // Every step, with what it took: the probe waits for two answers 200 ms apart, so it cannot
+    // take less; the execute phase holds every step.
+    let probe = seconds(&run.stderr, "probe local/demo slot blue on here").expect("probe");
+    assert!(probe >= 0.2, "probe {probe} s:\n{}", run.stderr);
+    let start = seconds(&run.stderr, "start local/demo 1.0.0 in slot blue on here").expect("start");
+    let execute = seconds(&run.stderr, "execute").unwrap();
+    assert!(start + probe <= execute, "{}", run.stderr);
+    // Slowest first.
+    let table = &run.stderr[run.stderr.find("steps, slowest first:").unwrap()..];
+    let steps: Vec<f64> = table
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| {
+            l.split(" s")
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .last()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(steps.len() >= 4, "{}", run.stderr);
+    assert!(steps.windows(2).all(|w| w[0] >= w[1]), "{steps:?}");
+    assert!(s.serving().contains("1.0.0"), "{}", s.serving());
 }

@@ -144,6 +144,30 @@ fn digest<'a>(words: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 impl DesiredState {
+    /// Whether the spec of `app` can differ from host to host: one of its templates names the host
+    /// (`{host}`). When none does, a slot's spec is the same on every host, and who asks it of
+    /// many hosts renders it once.
+    pub fn spec_names_host(&self, app: &str) -> bool {
+        let (command, env, image): (&[_], _, _) = match &self.apps[app].runtime {
+            Runtime::Process { command, env } => (command, env, None),
+            Runtime::Docker {
+                image,
+                command,
+                env,
+                ..
+            } => (command.as_deref().unwrap_or_default(), env, Some(image)),
+        };
+        let texts = env.values().filter_map(|v| match v {
+            EnvValue::Text(t) => Some(t),
+            EnvValue::File { .. } => None,
+        });
+        command
+            .iter()
+            .chain(texts)
+            .chain(image)
+            .any(|t| t.uses(Placeholder::Host))
+    }
+
     /// The spec of an instance of `version` in slot `at`, as this desired state renders it.
     /// Panics if `at` names an app the state does not have (callers name deployed slots).
     pub fn spec(&self, at: &SlotRef, version: &str) -> Spec {

@@ -162,6 +162,67 @@ impl ObservedState {
             .servers
             .get(&(backend.to_owned(), server.to_owned()))
     }
+
+    /// Every instance of `app` in `env` on the hosts observed (those of the environment and any
+    /// other), in host and slot order. One pass over every host: who asks it of every deployment
+    /// asks [`Self::by_app`] instead.
+    pub fn instances_of(&self, env: &str, app: &str) -> Vec<Found<'_>> {
+        self.found()
+            .filter(|f| f.env == env && f.app == app)
+            .collect()
+    }
+
+    /// [`Self::instances_of`] every (env, app) that has instances, gathered in one pass.
+    pub fn by_app(&self) -> ByApp<'_> {
+        let mut by = ByApp::default();
+        for f in self.found() {
+            by.0.entry(f.env)
+                .or_default()
+                .entry(f.app)
+                .or_default()
+                .push(f);
+        }
+        by
+    }
+
+    fn found(&self) -> impl Iterator<Item = Found<'_>> {
+        self.hosts.iter().flat_map(|(host, state)| {
+            state
+                .instances
+                .iter()
+                .map(move |((env, app, slot), instance)| Found {
+                    host,
+                    env,
+                    app,
+                    slot,
+                    instance,
+                })
+        })
+    }
+}
+
+/// An instance where observation found it.
+#[derive(Clone, Copy, Debug)]
+pub struct Found<'a> {
+    pub host: &'a str,
+    pub env: &'a str,
+    pub app: &'a str,
+    pub slot: &'a str,
+    pub instance: &'a Instance,
+}
+
+/// The instances of each (env, app), as [`ObservedState::by_app`] gathers them.
+#[derive(Debug, Default)]
+pub struct ByApp<'a>(BTreeMap<&'a str, BTreeMap<&'a str, Vec<Found<'a>>>>);
+
+impl<'a> ByApp<'a> {
+    /// The instances of `app` in `env` (none: empty).
+    pub fn of(&self, env: &str, app: &str) -> &[Found<'a>] {
+        self.0
+            .get(env)
+            .and_then(|apps| apps.get(app))
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 #[cfg(test)]
@@ -198,5 +259,62 @@ mod tests {
             response_errors: 6,
         };
         assert_eq!((c.requests(), c.errors()), (111, 31));
+    }
+
+    #[test]
+    fn instances_of_an_app_are_found_on_every_host_at_once_or_by_app() {
+        let mut observed = ObservedState::default();
+        let record = |env: &str, app: &str, slot: &str| Instance {
+            record: InstanceRecord {
+                env: env.into(),
+                app: app.into(),
+                slot: slot.into(),
+                version: "1".into(),
+                revision: String::new(),
+                port: 1,
+                pid: 1,
+                start_ticks: 1,
+                started_at: 0,
+                argv: vec![],
+                container: None,
+                spec: None,
+            },
+            alive: true,
+            ready: None,
+        };
+        for (host, env, app, slot) in [
+            ("a", "prod", "api", "blue"),
+            ("a", "prod", "web", "blue"),
+            ("b", "prod", "api", "green"),
+            ("c", "stage", "api", "blue"),
+        ] {
+            observed
+                .hosts
+                .entry(host.into())
+                .or_default()
+                .instances
+                .insert(
+                    (env.into(), app.into(), slot.into()),
+                    record(env, app, slot),
+                );
+        }
+        let at = |found: &[Found]| -> Vec<(String, String)> {
+            found
+                .iter()
+                .map(|f| (f.host.to_owned(), f.slot.to_owned()))
+                .collect()
+        };
+        let api = vec![("a".into(), "blue".into()), ("b".into(), "green".into())];
+        assert_eq!(at(&observed.instances_of("prod", "api")), api);
+        let by_app = observed.by_app();
+        assert_eq!(at(by_app.of("prod", "api")), api);
+        assert_eq!(at(by_app.of("prod", "web")), [("a".into(), "blue".into())]);
+        assert_eq!(at(by_app.of("stage", "api")), [("c".into(), "blue".into())]);
+        assert!(by_app.of("stage", "web").is_empty());
+        assert!(observed.instances_of("nowhere", "api").is_empty());
+        assert!(by_app
+            .of("prod", "api")
+            .iter()
+            .all(|f| f.env == "prod" && f.app == "api"));
     }
 }

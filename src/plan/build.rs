@@ -3,13 +3,16 @@
 //! like the rest of `plan`.
 
 use super::{Action, Plan, Scope, SlotRef};
+use crate::desired::spec::Spec;
 use crate::desired::{CanaryStep, Deployment, DesiredState, Environment, Strategy};
 use crate::names::{backend_name, server_name};
-use crate::observed::{Admin, ObservedState, Server, FULL_WEIGHT};
+use crate::observed::{Admin, Found, Instance, ObservedState, Server, FULL_WEIGHT};
 use crate::state::{InstanceRecord, UNKNOWN_VERSION};
 use crate::state::{Phase, RolloutRecord};
 use petgraph::graph::NodeIndex;
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 use std::time::Duration;
 
 /// The record of a rollout that quarantines the desired version of `app` in `env`: it failed or was aborted,
@@ -37,6 +40,8 @@ pub fn build(
     scope: &Scope,
 ) -> Plan {
     let mut plan = Plan::default();
+    // Each deployment's instances, gathered once: not a pass over every host per deployment.
+    let by_app = observed.by_app();
     // A quarantined app that still serves from a slot whose port changed holds its balancer's
     // config: applying it would move that server to a port nothing listens on.
     let mut held: BTreeSet<&str> = BTreeSet::new();
@@ -47,7 +52,7 @@ pub fn build(
         {
             continue;
         }
-        let moved = moved_ports(observed, env, app, d);
+        let moved = moved_ports(observed, by_app.of(&env.name, app), env, app, d);
         if !moved.is_empty() {
             held.insert(&env.balancer);
             plan.stuck(format!(
@@ -95,7 +100,7 @@ pub fn build(
         }
         // Serving slots whose port changed: the config (which moves their servers to the new
         // ports) comes after the rollout has moved the traffic off them and retired them.
-        let moved = moved_ports(observed, env, app, d);
+        let moved = moved_ports(observed, by_app.of(&env.name, app), env, app, d);
         let (config, config_after) = match config_steps.get(&env.balancer).copied() {
             Some(c) if !moved.is_empty() => (None, Some(c)),
             c => (c, None),
@@ -106,8 +111,9 @@ pub fn build(
             d,
             version: &d.version,
             wants: Wants::Spec,
-            desired,
+            specs: Specs::new(desired, app, &d.version),
             observed,
+            found: by_app.of(&env.name, app),
             fingerprint: desired.fingerprint(&env.name, app),
             bake: desired.apps[app].bake,
             image: desired.apps[app].runtime.image().is_some(),
@@ -122,7 +128,7 @@ pub fn build(
             Strategy::BlueGreen { .. } => blue_green(&mut plan, &r, &roots),
             Strategy::Canary { steps, .. } => canary(&mut plan, &r, steps, &roots),
         };
-        let changes = spec_changes(desired, observed, &env.name, app, &d.version);
+        let changes = spec_changes(&r.specs, r.found);
         if plan.graph.node_count() > before && !changes.is_empty() {
             plan.why.push(format!(
                 "{}/{app} {}: {} since its instances started: rolled out as a new version is ({})",
@@ -163,31 +169,37 @@ pub fn build(
 /// The last version known to have served `env`/`app` well, other than `failed`: what a failed
 /// rollout of `failed` brings back. From the rollout record (the one it names, or an earlier
 /// version that succeeded), else from the instances found: one of another version that serves,
-/// then one that runs, then one that did run (its record is still there).
-pub fn last_good(observed: &ObservedState, env: &str, app: &str, failed: &str) -> Option<String> {
+/// then one that runs, then one that did run (its record is still there). `found`: the instances
+/// of `app` in `env` ([`ObservedState::instances_of`]).
+pub fn last_good(
+    observed: &ObservedState,
+    found: &[Found],
+    env: &str,
+    app: &str,
+    failed: &str,
+) -> Option<String> {
     if let Some(v) = observed
         .rollout(env, app)
         .and_then(|r| r.good_before(failed))
     {
         return Some(v.to_owned());
     }
-    let mut found: Vec<(u8, &str)> = Vec::new();
-    for (host, state) in &observed.hosts {
-        for ((e, a, slot), i) in &state.instances {
-            let version = i.record.version.as_str();
-            if e != env || a != app || version == failed || version == UNKNOWN_VERSION {
-                continue;
-            }
-            let serves = observed.balancers.values().any(|b| {
-                b.servers
-                    .get(&(backend_name(env, app), server_name(host, slot)))
-                    .is_some_and(Server::serving)
-            });
-            found.push((u8::from(!serves) + u8::from(!i.alive), version));
+    let backend = backend_name(env, app);
+    let mut ranked: Vec<(u8, &str)> = Vec::new();
+    for f in found {
+        let version = f.instance.record.version.as_str();
+        if version == failed || version == UNKNOWN_VERSION {
+            continue;
         }
+        let key = (backend.clone(), server_name(f.host, f.slot));
+        let serves = observed
+            .balancers
+            .values()
+            .any(|b| b.servers.get(&key).is_some_and(Server::serving));
+        ranked.push((u8::from(!serves) + u8::from(!f.instance.alive), version));
     }
-    found.sort();
-    found.first().map(|(_, v)| (*v).to_owned())
+    ranked.sort();
+    ranked.first().map(|(_, v)| (*v).to_owned())
 }
 
 /// What a failed rollout of `version` goes back to, in words: the version itself with its
@@ -200,8 +212,9 @@ pub fn reverts_to(
     app: &str,
     version: &str,
 ) -> Option<String> {
-    if earlier_specs(desired, observed, env, app, version).is_empty() {
-        last_good(observed, env, app, version)
+    let found = observed.instances_of(env, app);
+    if earlier_specs(&Specs::new(desired, app, version), &found).is_empty() {
+        last_good(observed, &found, env, app, version)
     } else {
         Some(format!("{version}{}", super::traffic::EARLIER_SPEC))
     }
@@ -211,11 +224,20 @@ pub fn reverts_to(
 /// state no longer gives the slot: the balancer's config moves their servers to the new port.
 fn moved_ports(
     observed: &ObservedState,
+    found: &[Found],
     env: &Environment,
     app: &str,
     d: &Deployment,
 ) -> Vec<SlotRef> {
     let mut moved = Vec::new();
+    // Most plans have no port that changed: the instances alone say so.
+    let port_of = |slot: &str| d.slots.iter().find(|s| s.name == slot).map(|s| s.port);
+    if !found
+        .iter()
+        .any(|f| f.instance.alive && port_of(f.slot).is_some_and(|p| p != f.instance.record.port))
+    {
+        return moved;
+    }
     for host in &env.hosts {
         for slot in &d.slots {
             let at = slot_ref(env, app, host, &slot.name);
@@ -267,54 +289,90 @@ impl Rollout<'_> {
     }
 
     fn is_wanted(&self, at: &SlotRef, record: &InstanceRecord) -> bool {
-        let spec = || self.desired.spec(at, self.version);
         match self.wants {
             Wants::Version => record.version == self.version,
-            Wants::Spec => record.is(self.version, &spec()),
-            Wants::EarlierSpec => record.is_earlier_spec(self.version, &spec()),
+            Wants::Spec => self.specs.is(at, record),
+            Wants::EarlierSpec => record.version == self.version && !self.specs.is(at, record),
         }
     }
 }
 
-/// The instances of `version` of `app` in `env` with another spec than the desired state
-/// renders for their slots (alive or not): a spec change of the version is under way or failed.
-fn earlier_specs<'o>(
-    desired: &DesiredState,
-    observed: &'o ObservedState,
-    env: &str,
-    app: &str,
-    version: &str,
-) -> Vec<(SlotRef, &'o InstanceRecord)> {
-    let mut found = Vec::new();
-    for (host, state) in &observed.hosts {
-        for ((e, a, slot), i) in &state.instances {
-            if e != env || a != app || desired.slot_port(env, app, slot).is_none() {
-                continue;
-            }
-            let at = SlotRef::new(env, app, host, slot);
-            if i.record
-                .is_earlier_spec(version, &desired.spec(&at, version))
-            {
-                found.push((at, &i.record));
-            }
+/// The specs the desired state renders for the slots of one app at one version, each rendered
+/// once: per slot, and per host only when the app's templates name the host. A plan asks them of
+/// every instance, some more than once.
+struct Specs<'a> {
+    desired: &'a DesiredState,
+    version: &'a str,
+    per_host: bool,
+    /// By slot, then by host ("" when the spec is the same on every host).
+    rendered: RefCell<HashMap<String, HashMap<String, Rc<Spec>>>>,
+}
+
+impl<'a> Specs<'a> {
+    fn new(desired: &'a DesiredState, app: &str, version: &'a str) -> Specs<'a> {
+        Specs {
+            desired,
+            version,
+            per_host: desired.spec_names_host(app),
+            rendered: RefCell::default(),
         }
     }
-    found
+
+    /// The spec of slot `at` (of this app) at this version.
+    fn of(&self, at: &SlotRef) -> Rc<Spec> {
+        let host = if self.per_host { at.host.as_str() } else { "" };
+        if let Some(spec) = self
+            .rendered
+            .borrow()
+            .get(&at.slot)
+            .and_then(|hosts| hosts.get(host))
+        {
+            return spec.clone();
+        }
+        let spec = Rc::new(self.desired.spec(at, self.version));
+        self.rendered
+            .borrow_mut()
+            .entry(at.slot.clone())
+            .or_default()
+            .insert(host.to_owned(), spec.clone());
+        spec
+    }
+
+    /// `record` is of this version with the spec the desired state renders for slot `at`
+    /// ([`InstanceRecord::is`]).
+    fn is(&self, at: &SlotRef, record: &InstanceRecord) -> bool {
+        record.version == self.version && record.spec.as_ref().is_none_or(|s| *s == *self.of(at))
+    }
+}
+
+/// The instances of the version of `specs` among `found` (those of one app in one environment)
+/// with another spec than the desired state renders for their slots (alive or not): a spec change
+/// of the version is under way or failed.
+fn earlier_specs<'o>(specs: &Specs, found: &[Found<'o>]) -> Vec<(SlotRef, &'o InstanceRecord)> {
+    let mut earlier = Vec::new();
+    for f in found {
+        let record = &f.instance.record;
+        if record.version != specs.version
+            || record.spec.is_none()
+            || specs.desired.slot_port(f.env, f.app, f.slot).is_none()
+        {
+            continue;
+        }
+        let at = SlotRef::new(f.env, f.app, f.host, f.slot);
+        if !specs.is(&at, record) {
+            earlier.push((at, record));
+        }
+    }
+    earlier
 }
 
 /// What `plan` says of a spec change of `version`: the parts of the spec that changed since the
 /// instances of `version` that run another one were started (`command changed`, …).
-fn spec_changes(
-    desired: &DesiredState,
-    observed: &ObservedState,
-    env: &str,
-    app: &str,
-    version: &str,
-) -> Vec<String> {
+fn spec_changes(specs: &Specs, found: &[Found]) -> Vec<String> {
     let mut changes: Vec<String> = Vec::new();
-    for (at, record) in earlier_specs(desired, observed, env, app, version) {
+    for (at, record) in earlier_specs(specs, found) {
         if let Some(spec) = &record.spec {
-            for c in desired.spec(&at, version).changes(spec) {
+            for c in specs.of(&at).changes(spec) {
                 if !changes.contains(&c) {
                     changes.push(c);
                 }
@@ -346,11 +404,12 @@ fn pulls(plan: &mut Plan, r: &Rollout, after: &[NodeIndex]) -> Vec<NodeIndex> {
 /// The pull of the version's image on `host` after `after`, unless the app runs no images or a
 /// slot there runs the version.
 fn pull_on(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -> Option<NodeIndex> {
-    let runs_here =
-        r.d.slots
+    if !r.image
+        || r.d
+            .slots
             .iter()
-            .any(|s| r.runs(&slot_ref(r.env, r.app, host, &s.name)));
-    if !r.image || runs_here {
+            .any(|s| r.runs(&slot_ref(r.env, r.app, host, &s.name)))
+    {
         return None;
     }
     let pull = Action::Pull {
@@ -370,13 +429,31 @@ struct Rollout<'a> {
     version: &'a str,
     /// Which instances of `version` count as this rollout's.
     wants: Wants,
-    desired: &'a DesiredState,
+    /// The specs of `version`.
+    specs: Specs<'a>,
     observed: &'a ObservedState,
+    /// The instances of the app in the environment.
+    found: &'a [Found<'a>],
     fingerprint: String,
     /// The app's bake.
     bake: Duration,
     /// The app runs images: each host pulls the version's before it starts it.
     image: bool,
+}
+
+/// One slot of a host as a snapshot shows it.
+struct SlotSeen<'o> {
+    at: SlotRef,
+    instance: Option<&'o Instance>,
+    server: Option<&'o Server>,
+    /// Its instance is alive and is what the rollout wants.
+    wanted: bool,
+}
+
+impl SlotSeen<'_> {
+    fn serving(&self) -> bool {
+        self.server.is_some_and(Server::serving)
+    }
 }
 
 /// What one host needs for `version`: the slot that will serve it, the steps that make it ready
@@ -404,35 +481,36 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
         ..
     } = *r;
     let balancer = &env.balancer;
-    let refs: Vec<SlotRef> = d
+    // Each slot looked up once: a plan asks this of every host of every deployment.
+    let seen: Vec<SlotSeen> = d
         .slots
         .iter()
-        .map(|s| slot_ref(env, app, host, &s.name))
-        .collect();
-    let inst = |r: &SlotRef| observed.instance(host, &r.env, &r.app, &r.slot);
-    let good = |at: &SlotRef| r.runs(at);
-    // Prefer a slot that already runs the version (serving first), then an empty idle one.
-    let target = refs
-        .iter()
-        .find(|r| good(r) && serving(observed, balancer, r))
-        .or_else(|| refs.iter().find(|r| good(r)))
-        .or_else(|| {
-            refs.iter()
-                .find(|r| !serving(observed, balancer, r) && inst(r).is_none())
+        .map(|s| {
+            let at = slot_ref(env, app, host, &s.name);
+            let instance = observed.instance(host, &at.env, &at.app, &at.slot);
+            SlotSeen {
+                wanted: instance.is_some_and(|i| i.alive && r.is_wanted(&at, &i.record)),
+                server: server(observed, balancer, &at),
+                instance,
+                at,
+            }
         })
+        .collect();
+    // Prefer a slot that already runs the version (serving first), then an empty idle one.
+    let target = seen
+        .iter()
+        .find(|s| s.wanted && s.serving())
+        .or_else(|| seen.iter().find(|s| s.wanted))
+        .or_else(|| seen.iter().find(|s| !s.serving() && s.instance.is_none()))
         // A dead instance's slot before a live old one (which may be all that can still serve).
         .or_else(|| {
-            refs.iter()
-                .find(|r| !serving(observed, balancer, r) && inst(r).is_some_and(|i| !i.alive))
+            seen.iter()
+                .find(|s| !s.serving() && s.instance.is_some_and(|i| !i.alive))
         })
-        .or_else(|| refs.iter().find(|r| !serving(observed, balancer, r)))
+        .or_else(|| seen.iter().find(|s| !s.serving()))
         // Every slot serves: reuse the one with the least weight (drained first, below).
-        .or_else(|| {
-            refs.iter()
-                .min_by_key(|r| server(observed, balancer, r).map_or(0, |s| s.weight))
-        })
-        .expect("an app has two slots")
-        .clone();
+        .or_else(|| seen.iter().min_by_key(|s| s.server.map_or(0, |s| s.weight)))
+        .expect("an app has two slots");
     let mut last = after.to_vec();
     let mut ready_steps = Vec::new();
     let mut add = |plan: &mut Plan, action: Action, last: &mut Vec<NodeIndex>| {
@@ -440,15 +518,15 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
         ready_steps.push(n);
         *last = vec![n];
     };
-    if !good(&target) {
-        if let Some(old) = inst(&target) {
+    if !target.wanted {
+        if let Some(old) = target.instance {
             // Never signal an instance the balancer can still send requests to.
-            if server(observed, balancer, &target).is_some_and(|s| s.admin != Admin::Maint) {
+            if target.server.is_some_and(|s| s.admin != Admin::Maint) {
                 add(
                     plan,
                     Action::Drain {
                         balancer: balancer.clone(),
-                        at: target.clone(),
+                        at: target.at.clone(),
                     },
                     &mut last,
                 );
@@ -456,7 +534,7 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
             add(
                 plan,
                 Action::Stop {
-                    at: target.clone(),
+                    at: target.at.clone(),
                     version: old.record.version.clone(),
                 },
                 &mut last,
@@ -465,43 +543,47 @@ fn prepare_host(plan: &mut Plan, r: &Rollout, host: &str, after: &[NodeIndex]) -
         add(
             plan,
             Action::Start {
-                at: target.clone(),
+                at: target.at.clone(),
                 version: version.to_owned(),
             },
             &mut last,
         );
     }
-    let srv = server(observed, balancer, &target);
-    let enabled = srv.is_some_and(|s| s.checked_up());
-    let ready = good(&target) && inst(&target).is_some_and(|i| i.ready == Some(true));
+    let enabled = target.server.is_some_and(|s| s.checked_up());
+    let ready = target.wanted && target.instance.is_some_and(|i| i.ready == Some(true));
     if !enabled || !ready {
-        add(plan, Action::Probe { at: target.clone() }, &mut last);
+        add(
+            plan,
+            Action::Probe {
+                at: target.at.clone(),
+            },
+            &mut last,
+        );
     }
-    if !enabled || !good(&target) {
+    if !enabled || !target.wanted {
         add(
             plan,
             Action::Enable {
                 balancer: balancer.clone(),
-                at: target.clone(),
+                at: target.at.clone(),
             },
             &mut last,
         );
     }
     let mut prep = HostPrep {
-        shift_needed: srv.is_none_or(|s| s.weight != FULL_WEIGHT) || !good(&target),
-        target,
+        shift_needed: target.server.is_none_or(|s| s.weight != FULL_WEIGHT) || !target.wanted,
+        target: target.at.clone(),
         ready_steps,
         from: Vec::new(),
         retire: Vec::new(),
     };
-    for other in refs.iter().filter(|r| **r != prep.target) {
-        let known = server(observed, balancer, other);
-        if known.is_some_and(|s| s.weight > 0) {
+    for other in seen.iter().filter(|s| s.at != prep.target) {
+        if other.server.is_some_and(|s| s.weight > 0) {
             prep.shift_needed = true;
-            prep.from.push(other.clone());
+            prep.from.push(other.at.clone());
         }
-        if known.is_some_and(|s| s.admin != Admin::Maint) || inst(other).is_some() {
-            prep.retire.push(other.clone());
+        if other.server.is_some_and(|s| s.admin != Admin::Maint) || other.instance.is_some() {
+            prep.retire.push(other.at.clone());
         }
     }
     prep
@@ -617,7 +699,7 @@ fn bake(
         .filter(|rec| rec.version == version && rec.fingerprint == r.fingerprint);
     let recorded = record.and_then(|rec| rec.bake.as_ref().filter(|b| b.servers == names));
     let wanted = if moved {
-        !old.is_empty() || last_good(observed, &env.name, app, version).is_some()
+        !old.is_empty() || last_good(observed, r.found, &env.name, app, version).is_some()
     } else {
         // Traffic moved in an earlier run: a bake of these servers that began and did not pass
         // goes on; without one, old instances still running are baked against unless this
@@ -859,10 +941,11 @@ pub fn cleanup(
             .map(|s| slot_ref(environment, app, host, &s.name))
             .collect()
     };
+    let failed_specs = Specs::new(desired, app, version);
     let runs_failed = |at: &SlotRef| {
         observed
             .instance(&at.host, env, app, &at.slot)
-            .is_some_and(|i| i.record.is(version, &desired.spec(at, version)))
+            .is_some_and(|i| failed_specs.is(at, &i.record))
     };
     let weighted = |at: &SlotRef| {
         server(observed, balancer, at).is_some_and(|s| s.weight > 0 && s.admin != Admin::Maint)
@@ -877,11 +960,12 @@ pub fn cleanup(
     // The steps after which each failed slot that has weight may be taken out.
     let mut shifted: BTreeMap<SlotRef, Vec<NodeIndex>> = BTreeMap::new();
     let mut retire_now: Vec<SlotRef> = failed.clone();
-    let spec_change = !earlier_specs(desired, observed, env, app, version).is_empty();
+    let found = observed.instances_of(env, app);
+    let spec_change = !earlier_specs(&failed_specs, &found).is_empty();
     let good = if spec_change {
         Some(version.to_owned())
     } else {
-        last_good(observed, env, app, version)
+        last_good(observed, &found, env, app, version)
     };
     match (mode, good.as_deref()) {
         (Cleanup::Revert, Some(good)) => {
@@ -895,8 +979,9 @@ pub fn cleanup(
                 } else {
                     Wants::Version
                 },
-                desired,
+                specs: Specs::new(desired, app, good),
                 observed,
+                found: &found,
                 fingerprint: String::new(),
                 bake: Duration::ZERO,
                 image: desired.apps[app].runtime.image().is_some(),

@@ -18,7 +18,7 @@ use crate::desired::Pause;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -329,53 +329,54 @@ impl Plan {
     /// Steps in a deterministic topological order: among steps that are free to run, the one added
     /// first goes first.
     pub fn order(&self) -> Vec<NodeIndex> {
-        let mut indegree: BTreeMap<NodeIndex, usize> = self
+        use std::cmp::Reverse;
+        let mut indegree: Vec<usize> = self
             .graph
             .node_indices()
             .map(|n| {
-                (
-                    n,
-                    self.graph
-                        .neighbors_directed(n, Direction::Incoming)
-                        .count(),
-                )
+                self.graph
+                    .neighbors_directed(n, Direction::Incoming)
+                    .count()
             })
             .collect();
-        let mut ready: BTreeSet<NodeIndex> = indegree
-            .iter()
-            .filter(|(_, d)| **d == 0)
-            .map(|(n, _)| *n)
+        let mut ready: std::collections::BinaryHeap<Reverse<NodeIndex>> = self
+            .graph
+            .node_indices()
+            .filter(|n| indegree[n.index()] == 0)
+            .map(Reverse)
             .collect();
-        let mut out = Vec::new();
-        while let Some(n) = ready.pop_first() {
+        let mut out = Vec::with_capacity(indegree.len());
+        while let Some(Reverse(n)) = ready.pop() {
             out.push(n);
             for m in self.graph.neighbors_directed(n, Direction::Outgoing) {
-                let d = indegree.get_mut(&m).expect("every node has a degree");
+                let d = &mut indegree[m.index()];
                 *d -= 1;
                 if *d == 0 {
-                    ready.insert(m);
+                    ready.push(Reverse(m));
                 }
             }
         }
         out
     }
 
-    /// Step numbers (1-based, in `order`) by node.
-    fn numbers(&self) -> BTreeMap<NodeIndex, usize> {
-        self.order()
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| (n, i + 1))
-            .collect()
+    /// The steps in [`Self::order`], and the number each step has in it (from 1), by node index.
+    fn numbered(&self) -> (Vec<NodeIndex>, Vec<usize>) {
+        let order = self.order();
+        let mut numbers = vec![0; self.graph.node_count()];
+        for (i, n) in order.iter().enumerate() {
+            numbers[n.index()] = i + 1;
+        }
+        (order, numbers)
     }
 
-    fn after(&self, n: NodeIndex, numbers: &BTreeMap<NodeIndex, usize>) -> Vec<usize> {
+    /// The numbers of the steps `n` comes after, in order.
+    fn after(&self, n: NodeIndex, numbers: &[usize]) -> Vec<usize> {
         let mut v: Vec<usize> = self
             .graph
             .neighbors_directed(n, Direction::Incoming)
-            .map(|p| numbers[&p])
+            .map(|p| numbers[p.index()])
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
     }
 
@@ -394,26 +395,21 @@ impl Plan {
             });
             return out;
         }
-        let numbers = self.numbers();
+        let (order, numbers) = self.numbered();
         let _ = writeln!(
             out,
             "{} step{}:",
-            numbers.len(),
-            if numbers.len() == 1 { "" } else { "s" }
+            order.len(),
+            if order.len() == 1 { "" } else { "s" }
         );
-        for n in self.order() {
+        for n in order {
+            let _ = write!(out, "  {:>2}. {}", numbers[n.index()], self.graph[n]);
             let after = self.after(n, &numbers);
-            let _ = write!(out, "  {:>2}. {}", numbers[&n], self.graph[n]);
+            for (i, a) in after.iter().enumerate() {
+                let _ = write!(out, "{}{a}", if i == 0 { "  (after " } else { ", " });
+            }
             if !after.is_empty() {
-                let _ = write!(
-                    out,
-                    "  (after {})",
-                    after
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                out.push(')');
             }
             out.push('\n');
         }
@@ -421,13 +417,12 @@ impl Plan {
     }
 
     pub fn render_json(&self) -> serde_json::Value {
-        let numbers = self.numbers();
-        let steps: Vec<serde_json::Value> = self
-            .order()
+        let (order, numbers) = self.numbered();
+        let steps: Vec<serde_json::Value> = order
             .into_iter()
             .map(|n| {
                 serde_json::json!({
-                    "step": numbers[&n],
+                    "step": numbers[n.index()],
                     "description": self.graph[n].to_string(),
                     "after": self.after(n, &numbers),
                     "detail": self.graph[n],
@@ -446,19 +441,19 @@ impl Plan {
     }
 
     pub fn render_dot(&self) -> String {
-        let numbers = self.numbers();
+        let (order, numbers) = self.numbered();
         let mut out = String::from(
             "digraph plan {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n",
         );
-        for n in self.order() {
-            let label = format!("{}. {}", numbers[&n], self.graph[n])
+        for n in order {
+            let label = format!("{}. {}", numbers[n.index()], self.graph[n])
                 .replace('\\', "\\\\")
                 .replace('"', "\\\"");
-            let _ = writeln!(out, "  s{} [label=\"{label}\"];", numbers[&n]);
+            let _ = writeln!(out, "  s{} [label=\"{label}\"];", numbers[n.index()]);
         }
         for e in self.graph.edge_indices() {
             let (a, b) = self.graph.edge_endpoints(e).expect("edges have ends");
-            let _ = writeln!(out, "  s{} -> s{};", numbers[&a], numbers[&b]);
+            let _ = writeln!(out, "  s{} -> s{};", numbers[a.index()], numbers[b.index()]);
         }
         out.push_str("}\n");
         out

@@ -6,6 +6,7 @@ use crate::desired::DesiredState;
 use crate::observed::{Admin, Check, Instance, ObservedState, Server, ServerCounters};
 use crate::state::{InstanceRecord, Phase, RolloutRecord};
 use crate::testing::{two_hosts, two_hosts_yaml};
+use std::collections::BTreeSet;
 
 fn desired() -> DesiredState {
     two_hosts("blue-green")
@@ -898,6 +899,38 @@ fn a_spec_change_of_the_same_version_is_rolled_out_and_says_why() {
         &Scope::default()
     )
     .is_empty());
+}
+
+#[test]
+fn a_spec_that_names_the_host_is_each_hosts_own() {
+    // `{host}` in the command: each host renders its own spec, and the planner (which renders a
+    // slot's spec once for every host when no template names the host) tells them apart.
+    let desired = crate::testing::desired(
+        &two_hosts_yaml("blue-green").replace("--port {port}", "--port {port} --name {host}"),
+    );
+    assert!(desired.spec_names_host("api"));
+    assert!(!self::desired().spec_names_host("api"));
+    assert_ne!(
+        spec_of(&desired, "web-1", "blue"),
+        spec_of(&desired, "web-2", "blue")
+    );
+    let own = World::new()
+        .serving_blue("2.0")
+        .spec("web-1", "blue", spec_of(&desired, "web-1", "blue"))
+        .spec("web-2", "blue", spec_of(&desired, "web-2", "blue"));
+    let plan = build(&desired, &own.0, &BTreeSet::new(), &Scope::default());
+    assert!(plan.is_empty(), "{}", plan.render_text());
+    // web-2 runs what web-1 renders: web-2 alone is started again.
+    let swapped = World::new()
+        .serving_blue("2.0")
+        .spec("web-1", "blue", spec_of(&desired, "web-1", "blue"))
+        .spec("web-2", "blue", spec_of(&desired, "web-1", "blue"));
+    let text = build(&desired, &swapped.0, &BTreeSet::new(), &Scope::default()).render_text();
+    assert!(
+        text.contains("start prod/api 2.0 in slot green on web-2"),
+        "{text}"
+    );
+    assert!(!text.contains("on web-1"), "{text}");
 }
 
 #[test]

@@ -351,7 +351,8 @@ async fn after_failure(
     // finish it, not try the version again. An abort stays an abort, and a failure another run
     // recorded stays as it said it.
     if quarantined {
-        let last_good = plan::last_good(&observed, &env, &app, &version);
+        let found = observed.instances_of(&env, &app);
+        let last_good = plan::last_good(&observed, &found, &env, &app, &version);
         match world.record_for(&env, &app, &version, last_good).await {
             Ok(mut record) => {
                 record.phase = Phase::Failed;

@@ -55,7 +55,8 @@ impl Live {
         app: &str,
         version: &str,
     ) -> Result<RolloutRecord, StepError> {
-        let fallback = crate::plan::last_good(&self.observed, env, app, version);
+        let found = self.observed.instances_of(env, app);
+        let fallback = crate::plan::last_good(&self.observed, &found, env, app, version);
         Ok(self.world.record_for(env, app, version, fallback).await?)
     }
 
