@@ -229,15 +229,28 @@ fn a_saved_plan_is_executed_once_and_refused_when_anything_it_was_made_from_chan
         .stderr_has("rollout record of local/demo changed");
 }
 
+/// The seconds at the end of a line of `--timings` (`…  0.238 s`, maybe then `  (waits)`).
+fn figure(line: &str) -> Option<f64> {
+    let line = line.trim_end();
+    let line = line
+        .strip_suffix("(waits)")
+        .or_else(|| line.strip_suffix("(failed)"))
+        .unwrap_or(line);
+    line.trim_end()
+        .strip_suffix(" s")?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// The seconds `--timings` gives `name` in `stderr` (a phase, or a step by the start of its
 /// words), if it lists it.
 fn seconds(stderr: &str, name: &str) -> Option<f64> {
     let table = &stderr[stderr.find("timings:\n")?..];
-    table.lines().find_map(|line| {
-        let rest = line.trim_start().strip_prefix(name)?;
-        let figure = rest.split(" s").next()?.split_whitespace().last()?;
-        figure.parse().ok()
-    })
+    table
+        .lines()
+        .find_map(|line| figure(line.trim_start().strip_prefix(name)?))
 }
 
 #[test]
@@ -283,7 +296,6 @@ fn timings_say_where_a_plan_and_a_run_spent_their_time() {
         "plan",
         "execute",
         "append the audit line",
-        "clean up",
     ] {
         let took =
             seconds(&run.stderr, phase).unwrap_or_else(|| panic!("{phase}:\n{}", run.stderr));
@@ -302,16 +314,7 @@ fn timings_say_where_a_plan_and_a_run_spent_their_time() {
         .lines()
         .skip(1)
         .take_while(|l| l.starts_with("    "))
-        .map(|l| {
-            l.split(" s")
-                .next()
-                .unwrap()
-                .split_whitespace()
-                .last()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
+        .map(|l| figure(l).unwrap_or_else(|| panic!("{l}")))
         .collect();
     assert!(steps.len() >= 4, "{}", run.stderr);
     assert!(steps.windows(2).all(|w| w[0] >= w[1]), "{steps:?}");

@@ -110,16 +110,69 @@ pub fn parse_pids(text: &str) -> Vec<u32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// The line of [`list_instances_cmd`] after which the process table comes.
+const PROCESS_TABLE: &str = "kube-free-processes";
+
 /// Prints every instance file under `state_dir` (`<env>/<app>/<slot>.json`; `rollouts/` holds rollout
-/// records, not instances) as a line with its path, then a line with its content.
+/// records, not instances) as a line with its path, then a line with its content; then, when there
+/// was one, the line `kube-free-processes` and the host's process table (`/proc/<pid>/stat` of each
+/// process, a line each), from which [`alive_in`] tells which instances run: observing a host is
+/// one round trip.
 pub fn list_instances_cmd(state_dir: &str) -> Cmd {
     Cmd::read([
         "sh",
         "-c",
-        r#"for f in "$1"/*/*/*.json; do case "$f" in "$1"/rollouts/*) continue;; esac; if [ -f "$f" ]; then printf '%s\n' "$f"; tr -d '\n' <"$f"; printf '\n'; fi; done"#,
+        r#"any=; for f in "$1"/*/*/*.json; do case "$f" in "$1"/rollouts/*) continue;; esac; if [ -f "$f" ]; then printf '%s\n' "$f"; tr -d '\n' <"$f"; printf '\n'; any=1; fi; done; [ -n "$any" ] || exit 0; echo kube-free-processes; for f in /proc/[0-9]*/stat; do read -r l 2>/dev/null <"$f" && printf '%s\n' "$l"; done; :"#,
         "kube-free-list",
         state_dir,
     ])
+}
+
+/// One process of a host's table, from its `/proc/<pid>/stat` line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    pub state: char,
+    pub session: u32,
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    /// From a `/proc/<pid>/stat` line (fields counted after the command name's last `)`).
+    pub fn parse(line: &str) -> Option<ProcStat> {
+        let (head, rest) = line.rsplit_once(')')?;
+        let pid = head.split_once(" (")?.0.trim().parse().ok()?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(ProcStat {
+            pid,
+            state: fields.first()?.chars().next()?,
+            session: fields.get(3)?.parse().ok()?,
+            start_ticks: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    fn gone(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// Whether the instance whose leader was `pid`, started at `start_ticks`, runs, as `table` shows
+/// it: what [`session_cmd`] would print something for — its leader runs (the very process: same
+/// start time), or, with the leader gone or a zombie, a member of its session started since. A
+/// line of the table that could not be read leaves a process out, so only a yes is sure: a no is
+/// asked again of the host ([`alive_cmd`]).
+pub fn alive_in(table: &[ProcStat], pid: u32, start_ticks: u64) -> bool {
+    if let Some(leader) = table.iter().find(|p| p.pid == pid) {
+        if leader.start_ticks != start_ticks {
+            return false;
+        }
+        if !leader.gone() {
+            return true;
+        }
+    }
+    table
+        .iter()
+        .any(|p| p.session == pid && !p.gone() && p.start_ticks >= start_ticks)
 }
 
 /// State and start time from `/proc/<pid>/stat` (the command name may hold spaces and parentheses,
@@ -137,16 +190,28 @@ pub fn parse_record(body: &str) -> Result<InstanceRecord, String> {
     serde_json::from_str::<InstanceRecord>(body).map_err(|e| e.to_string())
 }
 
-/// The listing of [`list_instances_cmd`]: (path, record or why not) per file.
-pub fn parse_instances(text: &str) -> Vec<(String, Result<InstanceRecord, String>)> {
+/// An instance file listed: its path, and its record or why it is not one.
+pub type Listed = (String, Result<InstanceRecord, String>);
+
+/// The listing of [`list_instances_cmd`]: each instance file, and the process table.
+pub fn parse_instances(text: &str) -> (Vec<Listed>, Vec<ProcStat>) {
     let lines: Vec<&str> = text.lines().collect();
-    lines
+    let end = lines
+        .iter()
+        .position(|l| *l == PROCESS_TABLE)
+        .unwrap_or(lines.len());
+    let files = lines[..end]
         .chunks(2)
         .map(|pair| {
             let body = pair.get(1).copied().unwrap_or("");
             (pair[0].to_owned(), parse_record(body))
         })
-        .collect()
+        .collect();
+    let table = lines[end..]
+        .iter()
+        .filter_map(|l| ProcStat::parse(l))
+        .collect();
+    (files, table)
 }
 
 /// The slot (env, app, slot) of an instance file at `path` under `state_dir`, when it is one.
@@ -291,11 +356,13 @@ impl Runtime for ProcessRuntime {
 
     async fn instances(&self) -> Result<Vec<Found>, RuntimeError> {
         let listed = run_ok(self.t(), &list_instances_cmd(&self.state_dir), TIMEOUT).await?;
+        let (files, table) = parse_instances(&listed.stdout_text());
         let mut found = Vec::new();
-        for (path, parsed) in parse_instances(&listed.stdout_text()) {
+        for (path, parsed) in files {
             found.push(match parsed {
                 Ok(record) => Found::Record {
-                    alive: self.is_alive(&record).await?,
+                    alive: alive_in(&table, record.pid, record.start_ticks)
+                        || self.is_alive(&record).await?,
                     record,
                 },
                 Err(error) => Found::Unreadable {
@@ -508,6 +575,7 @@ mod tests {
     use super::*;
     use crate::drivers::local::LocalTransport;
     use crate::drivers::runtime::Launch;
+    use crate::drivers::TransportError;
 
     #[test]
     fn commands_are_exact() {
@@ -549,7 +617,7 @@ mod tests {
 
     #[test]
     fn torn_instance_files_are_reported_not_trusted() {
-        let found = parse_instances("/s/a/b/blue.json\n{\"env\":\"a\"\n");
+        let (found, _) = parse_instances("/s/a/b/blue.json\n{\"env\":\"a\"\n");
         assert_eq!(found[0].0, "/s/a/b/blue.json");
         assert!(found[0].1.is_err());
         assert_eq!(
@@ -602,6 +670,138 @@ mod tests {
         assert!(!std::path::Path::new(&pid_file).exists());
         // Nothing to do the second time, and none without a pid file.
         assert!(!rt.stop_orphan(&slot("green"), grace).await.unwrap());
+    }
+
+    /// The local transport, counting the commands it runs.
+    struct Counted(LocalTransport, std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl Transport for Counted {
+        fn host(&self) -> &str {
+            self.0.host()
+        }
+        async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<Output, TransportError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.run(cmd, timeout).await
+        }
+        async fn stream(
+            &self,
+            cmd: &Cmd,
+            to: tokio::sync::mpsc::Sender<crate::drivers::Line>,
+        ) -> Result<Option<i32>, TransportError> {
+            self.0.stream(cmd, to).await
+        }
+        async fn connect_unix(&self, path: &str) -> Result<tokio::net::UnixStream, TransportError> {
+            self.0.connect_unix(path).await
+        }
+    }
+
+    fn sleeper(slot_name: &str) -> StartSpec {
+        StartSpec {
+            at: slot(slot_name),
+            version: "1".into(),
+            revision: "abc".into(),
+            port: 1,
+            launch: Launch {
+                env: vec![],
+                command: vec!["/bin/sleep".into(), "30".into()],
+                container: None,
+            },
+            spec: crate::desired::spec::Spec::example(),
+            stop_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Observing a host's instances is one command, liveness included: the process table comes
+    /// with the instance files. Only an instance that looks gone is asked about again.
+    #[tokio::test]
+    async fn instances_and_whether_they_run_are_read_in_one_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let counted = Arc::new(Counted(LocalTransport::new("here"), 0.into()));
+        let rt = ProcessRuntime::new(counted.clone(), dir.path().to_str().unwrap());
+        let runs = || counted.1.swap(0, std::sync::atomic::Ordering::SeqCst);
+        let blue = rt.start(&sleeper("blue")).await.unwrap();
+        let green = rt.start(&sleeper("green")).await.unwrap();
+        let alive = |found: Vec<Found>| -> Vec<(String, bool)> {
+            let mut v: Vec<(String, bool)> = found
+                .into_iter()
+                .map(|f| match f {
+                    Found::Record { record, alive } => (record.slot, alive),
+                    Found::Unreadable { path, .. } => panic!("unreadable {path}"),
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        runs();
+        let found = alive(rt.instances().await.unwrap());
+        assert_eq!(found, [("blue".into(), true), ("green".into(), true)]);
+        assert_eq!(
+            runs(),
+            1,
+            "one command for the listing and both liveness answers"
+        );
+
+        let kill = session_cmd(green.pid, green.start_ticks, Some("KILL"));
+        run_ok(rt.t(), &kill, TIMEOUT).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while rt.is_alive(&green).await.unwrap() {
+            assert!(std::time::Instant::now() < deadline, "green did not go");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        runs();
+        let found = alive(rt.instances().await.unwrap());
+        assert_eq!(found, [("blue".into(), true), ("green".into(), false)]);
+        assert_eq!(runs(), 2, "the listing, and the gone one asked again");
+        rt.stop(&blue, Duration::from_secs(5)).await.unwrap();
+        // Nothing listed: no process table either.
+        let empty = tempfile::tempdir().unwrap();
+        let out = run_ok(
+            rt.t(),
+            &list_instances_cmd(empty.path().to_str().unwrap()),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out.stdout_text(), "");
+    }
+
+    #[test]
+    fn a_process_table_tells_what_runs_as_the_session_script_does() {
+        let stat = |pid: u32, state: char, session: u32, start_ticks: u64| ProcStat {
+            pid,
+            state,
+            session,
+            start_ticks,
+        };
+        assert_eq!(
+            ProcStat::parse("4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345 67"),
+            Some(stat(4242, 'S', 4242, 987654))
+        );
+        assert_eq!(ProcStat::parse("garbage"), None);
+        assert_eq!(ProcStat::parse("12 (torn"), None);
+        // The leader runs.
+        assert!(alive_in(&[stat(10, 'S', 10, 500)], 10, 500));
+        // Its pid was reused by a later process: not ours, whatever runs in that session.
+        assert!(!alive_in(
+            &[stat(10, 'S', 10, 900), stat(11, 'S', 10, 901)],
+            10,
+            500
+        ));
+        // The leader is a zombie or gone, a member of its session started since runs.
+        assert!(alive_in(
+            &[stat(10, 'Z', 10, 500), stat(11, 'S', 10, 501)],
+            10,
+            500
+        ));
+        assert!(alive_in(&[stat(11, 'R', 10, 501)], 10, 500));
+        // Members that are zombies, or older than the leader (another session of that number).
+        assert!(!alive_in(&[stat(11, 'Z', 10, 501)], 10, 500));
+        assert!(!alive_in(&[stat(11, 'S', 10, 400)], 10, 500));
+        assert!(!alive_in(&[], 10, 500));
+        let (files, table) = parse_instances("/s/a/b/blue.json\n{}\nkube-free-processes\n10 (sh) S 1 10 10 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 500 1 1\n");
+        assert_eq!(files.len(), 1);
+        assert_eq!(table, [stat(10, 'S', 10, 500)]);
     }
 
     /// The app's environment is the app's only: a `PATH` or a variable named like the start
