@@ -275,7 +275,8 @@ pub async fn reconcile(
         },
         &scope,
     );
-    let loaded = load::load(&spec(&args.source), &scope)?;
+    let mut loaded = load::load(&spec(&args.source), &scope)?;
+    loaded.parallel = args.parallel as usize;
     if let Some(saved) = &saved {
         saved.check_commit(&loaded.commit)?;
     }

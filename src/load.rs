@@ -21,6 +21,8 @@ pub struct Loaded {
     pub known_hosts: Option<Vec<u8>>,
     /// The commit's history, for rewind protection.
     pub history: History,
+    /// The most hosts connected to and observed at once (`--parallel`).
+    pub parallel: usize,
 }
 
 /// Opens the source at the commit `spec` names (fetching it first when it is a URL).
@@ -94,6 +96,7 @@ pub fn load(spec: &SourceSpec, scope: &Scope) -> Result<Loaded, Error> {
         info: snapshot.commit_info(),
         known_hosts,
         history: snapshot.history(),
+        parallel: crate::reconcile::DEFAULT_PARALLEL,
     })
 }
 
@@ -134,6 +137,13 @@ pub async fn connect_scope(loaded: Loaded, scope: &Scope) -> Result<Arc<World>, 
 /// Connects to `hosts` only (see [`World::connect_to`]).
 pub async fn connect_to(loaded: Loaded, hosts: BTreeSet<String>) -> Result<Arc<World>, Error> {
     Ok(Arc::new(
-        World::connect_to(loaded.state, loaded.commit, loaded.known_hosts, hosts).await?,
+        World::connect_to(
+            loaded.state,
+            loaded.commit,
+            loaded.known_hosts,
+            hosts,
+            loaded.parallel,
+        )
+        .await?,
     ))
 }

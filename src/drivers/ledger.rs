@@ -43,6 +43,49 @@ pub enum LeaseOp {
     Release { run_id: String },
 }
 
+/// What [`Ledger::rollouts`] reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollouts {
+    /// The environments with rollout records, as [`Ledger::rollout_envs`] says.
+    pub envs: Vec<String>,
+    /// Each record's bytes by (env, app); an empty file is no record.
+    pub records: std::collections::BTreeMap<(String, String), Vec<u8>>,
+}
+
+/// Prints `env NAME` for each entry of the rollouts directory `$1` (what `ls -A` lists there but
+/// dot files), then `record ENV/APP.json BASE64` for each record file: its bytes exactly, each
+/// file opened once.
+pub fn rollouts_cmd(dir: &str) -> super::Cmd {
+    super::Cmd::read([
+        "sh",
+        "-c",
+        r#"d=$1; [ -d "$d" ] || exit 0; for e in "$d"/*; do [ -e "$e" ] && printf 'env %s\n' "${e##*/}"; done; for f in "$d"/*/*.json; do [ -f "$f" ] || continue; printf 'record %s ' "${f#"$d"/}"; base64 -w 0 <"$f" || exit 1; echo; done; :"#,
+        "kube-free-rollouts",
+        dir,
+    ])
+}
+
+/// The output of [`rollouts_cmd`]; `None` for a line it cannot have printed.
+pub fn parse_rollouts(text: &str) -> Option<Rollouts> {
+    use base64::{engine::general_purpose::STANDARD, Engine as _};
+    let mut found = Rollouts::default();
+    for line in text.lines() {
+        if let Some(env) = line.strip_prefix("env ") {
+            found.envs.push(env.to_owned());
+            continue;
+        }
+        let (file, encoded) = line.strip_prefix("record ")?.rsplit_once(' ')?;
+        let (env, app) = file.strip_suffix(".json")?.split_once('/')?;
+        let bytes = STANDARD.decode(encoded).ok()?;
+        if !bytes.is_empty() {
+            found
+                .records
+                .insert((env.to_owned(), app.to_owned()), bytes);
+        }
+    }
+    Some(found)
+}
+
 /// Where runs keep what they share, on one balancer host.
 ///
 /// Promises: a record (and the suspensions file) is written whole or not at all (a reader never sees half of one); a
@@ -63,6 +106,10 @@ pub trait Ledger: Send + Sync {
     /// The environments with rollout records here (the directories of `rollouts/`): those some
     /// desired state using this host's balancers rolled out.
     async fn rollout_envs(&self) -> Result<Vec<String>, LedgerError>;
+
+    /// Every rollout record here and the environments with records ([`Self::rollout_envs`]),
+    /// read at once: what observing the host reads of it, in one round trip.
+    async fn rollouts(&self) -> Result<Rollouts, LedgerError>;
 
     /// Replaces the rollout record if it still has the revision `expected` (what its writer read),
     /// checked and replaced atomically with respect to every other writer; [`Swap::Changed`], and
@@ -117,6 +164,8 @@ pub enum LedgerError {
     Unexpected { host: String, answer: String },
     #[error("writing a record on {host}: unexpected answer {answer:?}")]
     UnexpectedSwap { host: String, answer: String },
+    #[error("reading the rollout records on {host}: unexpected answer {answer:?}")]
+    UnexpectedRollouts { host: String, answer: String },
 }
 
 impl LedgerError {
@@ -181,6 +230,15 @@ impl Ledger for HostLedger {
             .filter(|l| !l.is_empty() && !l.starts_with('.'))
             .map(str::to_owned)
             .collect())
+    }
+
+    async fn rollouts(&self) -> Result<Rollouts, LedgerError> {
+        let cmd = rollouts_cmd(&crate::state::rollouts_dir(&self.state_dir));
+        let out = run_ok(self.transport.as_ref(), &cmd, TIMEOUT).await?;
+        parse_rollouts(&out.stdout_text()).ok_or_else(|| LedgerError::UnexpectedRollouts {
+            host: self.host().to_owned(),
+            answer: out.stdout_text().chars().take(200).collect(),
+        })
     }
 
     async fn write_rollout(
@@ -279,6 +337,52 @@ impl Ledger for HostLedger {
 mod tests {
     use super::*;
     use crate::drivers::local::LocalTransport;
+
+    /// Every rollout record of a host in one read, byte for byte, through the real transport:
+    /// what observation reads; and what each record read alone says agrees with it.
+    #[tokio::test]
+    async fn every_rollout_record_is_read_at_once_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ledger = HostLedger::new(
+            Arc::new(LocalTransport::new("here")),
+            state.to_str().unwrap(),
+        );
+        // No directory yet: nothing, not an error.
+        assert_eq!(ledger.rollouts().await.unwrap(), Rollouts::default());
+        let rollouts = state.join("rollouts");
+        let pretty = b"{\n  \"env\": \"prod\",\n  \"note\": \"a line\\nbreak, spaces  and \\u00e9 \xc3\xa9\"\n}\n";
+        for (file, bytes) in [
+            ("prod/api.json", &pretty[..]),
+            ("prod/web.json", b"{}"),
+            ("stage/api.json", b""),
+            ("stage/notes.txt", b"not a record"),
+            (".hidden/api.json", b"{}"),
+        ] {
+            let path = rollouts.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let found = ledger.rollouts().await.unwrap();
+        assert_eq!(found.envs, ["prod", "stage"]);
+        assert_eq!(
+            found.records.keys().collect::<Vec<_>>(),
+            [
+                &("prod".to_owned(), "api".to_owned()),
+                &("prod".to_owned(), "web".to_owned())
+            ]
+        );
+        assert_eq!(found.records[&("prod".into(), "api".into())], pretty);
+        assert_eq!(found.envs, ledger.rollout_envs().await.unwrap());
+        for ((env, app), bytes) in &found.records {
+            assert_eq!(
+                ledger.read_rollout(env, app).await.unwrap().as_ref(),
+                Some(bytes)
+            );
+        }
+        assert_eq!(parse_rollouts("record prod/api.json !!!"), None);
+        assert_eq!(parse_rollouts("what"), None);
+    }
 
     /// The audit log through the real transport of a `transport: local` host: lines appended
     /// whole and read back, the file its owner's only, nothing read when there is none.

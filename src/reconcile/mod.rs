@@ -35,7 +35,7 @@ pub use rewind::RewindError;
 pub use suspend::{
     applies, resume, suspend, suspensions, Decision, Resumed, SuspendError, Suspension,
 };
-pub use world::{Drivers, World};
+pub use world::{Drivers, World, DEFAULT_PARALLEL};
 
 use crate::drivers::lease::Holder;
 use crate::drivers::{BalancerError, LedgerError, RuntimeError, TransportError};

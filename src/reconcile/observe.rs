@@ -23,48 +23,52 @@ impl World {
     /// Observes every host and balancer this run reaches, and every rollout record there, in
     /// parallel.
     pub async fn observe(self: &Arc<Self>) -> Result<ObservedState, ReconcileError> {
+        // At most `--parallel` hosts at a time: each is one round trip (its instances), plus a
+        // probe of each live instance.
+        let gate = Arc::new(tokio::sync::Semaphore::new(self.parallel));
         let mut hosts = Vec::new();
         for name in self.app_hosts() {
-            let (world, name) = (self.clone(), name.to_owned());
+            let (world, name, gate) = (self.clone(), name.to_owned(), gate.clone());
             hosts.push(tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await.expect("never closed");
                 let state = world.observe_host(&name).await?;
                 Ok::<_, ReconcileError>((name, state))
             }));
         }
         let mut balancers = Vec::new();
         for name in self.balancers() {
-            let (world, name) = (self.clone(), name.to_owned());
+            let (world, name, gate) = (self.clone(), name.to_owned(), gate.clone());
             balancers.push(tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await.expect("never closed");
                 let state = world.balancer(&name).observe().await?;
                 Ok::<_, ReconcileError>((name, state))
             }));
         }
-        let mut rollouts = Vec::new();
-        for (env, app, _) in self
-            .desired
-            .deployments()
-            .filter(|(env, _, _)| self.reaches_records_of(&env.name))
-        {
-            let (world, env, app) = (self.clone(), env.name.clone(), app.to_owned());
-            rollouts.push(tokio::spawn(async move {
-                let record = world.read_rollout(&env, &app).await?;
-                Ok::<_, ReconcileError>(((env, app), record))
+        // Every record of a balancer host in one read.
+        let mut ledgers = Vec::new();
+        for host in self.balancer_hosts() {
+            let (ledger, gate) = (self.drivers.ledgers[host].clone(), gate.clone());
+            ledgers.push(tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await.expect("never closed");
+                let found = ledger.rollouts().await;
+                (ledger, found)
             }));
         }
-        let mut envs = Vec::new();
-        for host in self.balancer_hosts() {
-            let ledger = self.drivers.ledgers[host].clone();
-            envs.push(tokio::spawn(async move { ledger.rollout_envs().await }));
-        }
         let mut observed = ObservedState::default();
-        for e in envs {
-            let found = e.await.expect("observing does not panic")?;
-            observed.rolled_out_envs.extend(found);
-        }
-        for r in rollouts {
-            let (key, record) = r.await.expect("observing does not panic")?;
-            if let Some(record) = record {
-                observed.rollouts.insert(key, record);
+        for l in ledgers {
+            let (ledger, found) = l.await.expect("observing does not panic");
+            let found = found?;
+            observed.rolled_out_envs.extend(found.envs);
+            for ((env, app), bytes) in found.records {
+                let ours = self.desired.deployment(&env, &app).is_some()
+                    && self.reaches_records_of(&env)
+                    && self.ledger_of(&env).host() == ledger.host();
+                if !ours {
+                    continue;
+                }
+                if let (Some(record), _) = self.decode_record(&env, &app, &bytes) {
+                    observed.rollouts.insert((env, app), record);
+                }
             }
         }
         for h in hosts {

@@ -35,9 +35,21 @@ impl World {
         let Some(bytes) = ledger.read_rollout(env, app).await? else {
             return Ok((None, Revision::default()));
         };
-        let stored = Revision::of(Some(&bytes));
+        Ok(self.decode_record(env, app, &bytes))
+    }
+
+    /// The record in `bytes`, the rollout record file of `env`/`app` as read, if it can be
+    /// trusted, and the revision of the file.
+    pub(super) fn decode_record(
+        &self,
+        env: &str,
+        app: &str,
+        bytes: &[u8],
+    ) -> (Option<RolloutRecord>, Revision) {
+        let ledger = self.ledger_of(env);
+        let stored = Revision::of(Some(bytes));
         let (host, path) = (ledger.host(), ledger.rollout_file(env, app));
-        let record = match serde_json::from_slice::<RolloutRecord>(&bytes) {
+        let record = match serde_json::from_slice::<RolloutRecord>(bytes) {
             Ok(r) if r.env == env && r.app == app => Some(RolloutRecord {
                 stored: stored.clone(),
                 ..r
@@ -51,7 +63,7 @@ impl World {
                 None
             }
         };
-        Ok((record, stored))
+        (record, stored)
     }
 
     /// The record of the rollout of `version`, or a fresh one when there is none for it (another

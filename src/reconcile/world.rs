@@ -65,8 +65,14 @@ pub struct World {
     progress: Mutex<Arc<dyn Progress>>,
     /// Where the run's time went (`--timings`).
     pub timings: crate::timings::Timings,
+    /// The most hosts observed at once (`--parallel`).
+    pub(super) parallel: usize,
     _runtime_dir: Option<tempfile::TempDir>,
 }
+
+/// The most hosts connected to and observed at once, and steps run at once, unless `--parallel`
+/// says otherwise.
+pub const DEFAULT_PARALLEL: usize = 8;
 
 impl World {
     /// A world on the given drivers.
@@ -88,6 +94,7 @@ impl World {
             audit: Default::default(),
             progress: Mutex::new(Arc::new(Unwatched)),
             timings: Default::default(),
+            parallel: DEFAULT_PARALLEL,
             _runtime_dir: None,
         }
     }
@@ -129,8 +136,9 @@ impl World {
         self.progress.lock().expect("not poisoned").clone()
     }
 
-    /// Connects to every host in use, in parallel, and sets up the drivers the desired state
-    /// chooses. `known_hosts` is the content of the repository's known_hosts file, if it names one.
+    /// Connects to every host in use, [`DEFAULT_PARALLEL`] at a time, and sets up the drivers the
+    /// desired state chooses. `known_hosts` is the content of the repository's known_hosts file,
+    /// if it names one.
     pub async fn connect(
         desired: DesiredState,
         revision: String,
@@ -142,18 +150,21 @@ impl World {
             .chain(desired.spare_hosts())
             .map(str::to_owned)
             .collect();
-        World::connect_to(desired, revision, known_hosts, hosts).await
+        World::connect_to(desired, revision, known_hosts, hosts, DEFAULT_PARALLEL).await
     }
 
-    /// [`World::connect`] to `hosts` only, for a command that reads from a few (`logs`): the
-    /// drivers are those of these hosts (a runtime per app host among them, a balancer or ledger
-    /// whose host is one of them), and nothing may ask for another host.
+    /// [`World::connect`] to `hosts` only, `parallel` at a time (and observed as many at a time
+    /// later), for a run narrowed to some environments or a command that reads from a few
+    /// (`logs`): the drivers are those of these hosts (a runtime per app host among them, a
+    /// balancer or ledger whose host is one of them), and nothing may ask for another host.
     pub async fn connect_to(
         desired: DesiredState,
         revision: String,
         known_hosts: Option<Vec<u8>>,
         hosts: std::collections::BTreeSet<String>,
+        parallel: usize,
     ) -> Result<World, ReconcileError> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
         // Unix socket paths are short: keep the directory near the root.
         let runtime_dir = tempfile::Builder::new()
             .prefix("kf-")
@@ -190,7 +201,9 @@ impl World {
                     port: *port,
                 }),
             };
+            let gate = gate.clone();
             pending.push(tokio::spawn(async move {
+                let _turn = gate.acquire().await.expect("never closed");
                 let t: Result<Arc<dyn Transport>, TransportError> = match target {
                     None => Ok(Arc::new(LocalTransport::new(&name))),
                     Some(target) => SshTransport::connect(&target, &options)
@@ -217,6 +230,7 @@ impl World {
         let drivers = real_drivers(&desired, hosts);
         let mut world = World::new(desired, revision, drivers);
         world._runtime_dir = Some(runtime_dir);
+        world.parallel = parallel.max(1);
         Ok(world)
     }
 

@@ -422,6 +422,10 @@ async fn cycle(
     let was_refused = state.invalid.as_deref() == Some(commit.as_str());
     state.invalid = None;
     let history = loaded.history.clone();
+    let loaded = crate::load::Loaded {
+        parallel: config.parallel,
+        ..loaded
+    };
     let world = match crate::load::connect_scope(loaded, &config.scope).await {
         Ok(world) => world,
         Err(e) => {

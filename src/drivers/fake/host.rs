@@ -62,6 +62,7 @@ impl Runtime for FakeHost {
 
     async fn instances(&self) -> Result<Vec<Found>, RuntimeError> {
         self.fleet.unreachable(&self.host)?;
+        self.fleet.observing().await;
         Ok(self
             .fleet
             .lock()
@@ -230,6 +231,15 @@ impl Ledger for FakeHost {
         let mut envs: Vec<String> = s.records.keys().map(|(env, _)| env.clone()).collect();
         envs.dedup();
         Ok(envs)
+    }
+
+    async fn rollouts(&self) -> Result<crate::drivers::ledger::Rollouts, LedgerError> {
+        let envs = self.rollout_envs().await?;
+        let s = self.fleet.lock();
+        Ok(crate::drivers::ledger::Rollouts {
+            envs,
+            records: s.records.clone(),
+        })
     }
 
     /// Compare-and-swap as the host's does, after another writer's change that

@@ -146,6 +146,10 @@ struct State {
     saved: BTreeMap<String, BTreeMap<ServerKey, (u32, Admin)>>,
     /// Safety rules that a change broke.
     violations: Vec<String>,
+    /// How long reading a host's instances takes ([`Fleet::slow_observation`]), and how many
+    /// hosts were being read at once: now, and at most.
+    observe_delay: Duration,
+    observing: (usize, usize),
     /// Fractions of requests not yet counted, per server.
     carry: BTreeMap<(String, ServerKey), f64>,
     last_traffic: Option<tokio::time::Instant>,
@@ -285,6 +289,22 @@ impl Fleet {
             prober: self.clone(),
             clock: self.clone(),
         }
+    }
+
+    /// A host's instances being read: takes the delay [`Fleet::slow_observation`] set, counted
+    /// among the hosts read at once meanwhile.
+    pub(super) async fn observing(&self) {
+        let delay = {
+            let mut s = self.lock();
+            if s.observe_delay.is_zero() {
+                return;
+            }
+            s.observing.0 += 1;
+            s.observing.1 = s.observing.1.max(s.observing.0);
+            s.observe_delay
+        };
+        tokio::time::sleep(delay).await;
+        self.lock().observing.0 -= 1;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -436,6 +456,17 @@ impl Fleet {
     }
 
     /// The balancer restarts its counters (a reload).
+    /// Reading a host's instances takes `delay` from now on; [`Fleet::most_observed_at_once`]
+    /// says how many hosts were read at once.
+    pub fn slow_observation(&self, delay: Duration) {
+        self.lock().observe_delay = delay;
+    }
+
+    /// The most hosts whose instances were being read at once (while observation was slow).
+    pub fn most_observed_at_once(&self) -> usize {
+        self.lock().observing.1
+    }
+
     pub fn reset_counters(&self) {
         let mut s = self.lock();
         self.traffic(&mut s);

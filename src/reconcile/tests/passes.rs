@@ -222,3 +222,38 @@ async fn an_instance_of_an_app_no_longer_desired_is_seen_but_never_probed() {
     assert_eq!(weights(&fleet), served_by("2.0"));
     assert_eq!(fleet.instance(&old), Some(("0.9".into(), true)));
 }
+
+/// Observation reaches every host at most `--parallel` at a time, and not one after another.
+#[tokio::test(start_paused = true)]
+async fn hosts_are_observed_at_most_parallel_at_a_time() {
+    let mut yaml = crate::testing::two_hosts_yaml("blue-green").replace(
+        "hosts: [web-1, web-2]",
+        "hosts: [web-1, web-2, web-3, web-4, web-5, web-6, web-7]",
+    );
+    for n in 3..=7 {
+        yaml = yaml.replace(
+            "  lb-1:",
+            &format!("  web-{n}: {{ address: 192.0.2.{} }}\n  lb-1:", 20 + n),
+        );
+    }
+    let desired = crate::testing::desired(&yaml);
+    let fleet = Fleet::new(&desired);
+    fleet.slow_observation(Duration::from_millis(100));
+    for parallel in [1, 3, 8] {
+        let mut world = World::new(desired.clone(), "r".into(), fleet.drivers());
+        world.parallel = parallel;
+        let world = Arc::new(world);
+        let started = tokio::time::Instant::now();
+        let observed = world.observe().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(observed.hosts.len(), 7);
+        // 7 hosts, `parallel` at a time: as many rounds of 100 ms as that takes.
+        let rounds = 7usize.div_ceil(parallel) as u32;
+        assert_eq!(
+            took.as_millis() / 100,
+            u128::from(rounds),
+            "{parallel}: {took:?}"
+        );
+        assert_eq!(fleet.most_observed_at_once(), parallel.min(7));
+    }
+}
