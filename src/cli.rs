@@ -337,7 +337,7 @@ pub struct ReconcileArgs {
     /// Converge once and exit (`kube-free watch` runs continuously).
     #[arg(long, required = true)]
     pub once: bool,
-    /// Most steps running at once (across hosts).
+    /// Most steps running at once (across hosts), and most hosts connected to and observed at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
     /// Longest to wait at a canary pause or gate (`30s`, `5m`): a pause with more left, or a gate not
@@ -406,7 +406,7 @@ pub struct WatchArgs {
     /// comes back when the pause ends; a new commit pre-empts the canary).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub max_wait: std::time::Duration,
-    /// Most steps running at once (across hosts).
+    /// Most steps running at once (across hosts), and most hosts connected to and observed at once.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
     /// How long the lease lasts at least without renewal (5s at least); a watcher that died is

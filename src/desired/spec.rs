@@ -146,9 +146,12 @@ fn digest<'a>(words: impl IntoIterator<Item = &'a str>) -> String {
 impl DesiredState {
     /// Whether the spec of `app` can differ from host to host: one of its templates names the host
     /// (`{host}`). When none does, a slot's spec is the same on every host, and who asks it of
-    /// many hosts renders it once.
+    /// many hosts renders it once. An app the state does not have names nothing.
     pub fn spec_names_host(&self, app: &str) -> bool {
-        let (command, env, image): (&[_], _, _) = match &self.apps[app].runtime {
+        let Some(app) = self.apps.get(app) else {
+            return false;
+        };
+        let (command, env, image): (&[_], _, _) = match &app.runtime {
             Runtime::Process { command, env } => (command, env, None),
             Runtime::Docker {
                 image,

@@ -1316,34 +1316,86 @@ fn pause(node: &Node) -> Result<Pause, String> {
     }
 }
 
-/// One use of a port on a machine.
+/// One use of a port on a machine. Small, and its words are written only for a clash: a fleet
+/// has one for every slot of every app on every host.
 struct Claim<'a> {
     /// Environment, app and host that use it: two slots of one owner never clash here (two slots of
     /// one app with one port are reported with the app's slots).
     owner: (&'a str, &'a str, &'a str),
-    frontend: bool,
-    machine: String,
+    /// The slot, or `None` for the app's frontend (on its balancer's host).
+    slot: Option<&'a str>,
+    /// The host is `transport: local`: this machine, as every other local host is.
+    local: bool,
     port: u16,
     /// Bind address, `None` for all addresses (slots, whose bind address kube-free cannot know).
     address: Option<&'a str>,
-    what: String,
-    path: YamlPath,
-    /// Whether `path` is an app's entry in an environment (its slots are the app's own), reported
-    /// at its key, or a value (`listen`, a port under `slots:`).
-    at_key: bool,
-    /// How to resolve a clash.
-    hint: &'static str,
+    /// Where the environment is, and whether the app's slots are its own there (`slots:` under
+    /// the app): then a slot is reported at its port, else at the app's entry.
+    src: &'a EnvSource<'a>,
+    overridden: bool,
 }
 
-impl Claim<'_> {
+impl<'a> Claim<'a> {
     fn clashes_with(&self, other: &Claim) -> bool {
-        self.machine == other.machine
+        self.machine_key() == other.machine_key()
             && self.port == other.port
-            && (self.owner != other.owner || self.frontend || other.frontend)
+            && (self.owner != other.owner || self.slot.is_none() || other.slot.is_none())
             && match (self.address, other.address) {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
             }
+    }
+
+    /// The machine, as claims on it are found: every local host is this one machine ("").
+    fn machine_key(&self) -> &'a str {
+        if self.local {
+            ""
+        } else {
+            self.owner.2
+        }
+    }
+
+    fn machine(&self) -> String {
+        if self.local {
+            "this machine (transport: local)".to_owned()
+        } else {
+            format!("host {:?}", self.owner.2)
+        }
+    }
+
+    /// What uses the port, in words.
+    fn what(&self) -> String {
+        let (env, app, host) = self.owner;
+        match self.slot {
+            Some(slot) => {
+                let on = if self.local {
+                    format!(" (host {host:?})")
+                } else {
+                    String::new()
+                };
+                format!("slot {slot:?} of app {app:?} in environment {env:?}{on}")
+            }
+            None => format!("the frontend of app {app:?} in environment {env:?}"),
+        }
+    }
+
+    /// Where a clash of this claim is reported, and whether at a key (an app's entry in an
+    /// environment) or a value (`listen`, a port under `slots:`).
+    fn place(&self) -> (YamlPath, bool) {
+        let dp = self.src.base.key("apps").key(self.owner.1);
+        match self.slot {
+            None => (dp.key("listen"), false),
+            Some(slot) if self.overridden => (dp.key("slots").key(slot), false),
+            Some(_) => (dp, true),
+        }
+    }
+
+    /// How to resolve a clash.
+    fn hint(&self) -> &'static str {
+        match self.slot {
+            Some(_) => "give this environment its own ports with `slots:` under the app",
+            None => "choose another `listen` port or address",
+        }
     }
 }
 
@@ -1481,49 +1533,27 @@ fn check_ports(
 ) {
     // All `local` hosts are this one machine.
     let is_local = |h: &str| matches!(hosts.get(h).map(|h| &h.transport), Some(Transport::Local));
-    let machine = |h: &str| {
-        if is_local(h) {
-            "this machine (transport: local)".to_owned()
-        } else {
-            format!("host {h:?}")
-        }
-    };
     // By machine and port: only claims there can clash, so each claim is compared with those
-    // alone (linear in the number of claims, not quadratic).
-    let mut claimed: HashMap<(String, u16), Vec<Claim>> = HashMap::new();
+    // alone (linear in the number of claims, not quadratic). Nearly every list holds one claim.
+    let mut claimed: HashMap<(&str, u16), Vec<Claim>> = HashMap::new();
     for src in envs {
         let Some(env) = environments.get(&src.name) else {
             continue;
         };
         let at = At { doc: src.doc };
         for (app, d) in &env.apps {
-            let dp = src.base.key("apps").key(app);
             let overridden = src.raw.apps.get(app).is_some_and(|a| a.slots.is_some());
             let mut claims = Vec::new();
             for h in &env.hosts {
                 for s in &d.slots {
-                    let on = if is_local(h) {
-                        format!(" (host {h:?})")
-                    } else {
-                        String::new()
-                    };
                     claims.push(Claim {
                         owner: (&env.name, app, h),
-                        machine: machine(h),
+                        slot: Some(&s.name),
+                        local: is_local(h),
                         port: s.port,
                         address: None,
-                        frontend: false,
-                        what: format!(
-                            "slot {:?} of app {app:?} in environment {:?}{on}",
-                            s.name, env.name
-                        ),
-                        path: if overridden {
-                            dp.key("slots").key(&s.name)
-                        } else {
-                            dp.clone()
-                        },
-                        at_key: !overridden,
-                        hint: "give this environment its own ports with `slots:` under the app",
+                        src,
+                        overridden,
                     });
                 }
             }
@@ -1531,30 +1561,32 @@ fn check_ports(
                 let wildcard = matches!(d.listen.address.as_str(), "*" | "0.0.0.0" | "[::]");
                 claims.push(Claim {
                     owner: (&env.name, app, &b.host),
-                    machine: machine(&b.host),
+                    slot: None,
+                    local: is_local(&b.host),
                     port: d.listen.port,
                     address: (!wildcard).then_some(d.listen.address.as_str()),
-                    frontend: true,
-                    what: format!("the frontend of app {app:?} in environment {:?}", env.name),
-                    path: dp.key("listen"),
-                    at_key: false,
-                    hint: "choose another `listen` port or address",
+                    src,
+                    overridden,
                 });
             }
             for claim in claims {
                 let there = claimed
-                    .entry((claim.machine.clone(), claim.port))
-                    .or_default();
+                    .entry((claim.machine_key(), claim.port))
+                    .or_insert_with(|| Vec::with_capacity(1));
                 match there.iter().find(|other| claim.clashes_with(other)) {
                     Some(other) => {
                         let message = format!(
                             "port {} on {} is already taken by {}; {}",
-                            claim.port, claim.machine, other.what, claim.hint
+                            claim.port,
+                            claim.machine(),
+                            other.what(),
+                            claim.hint()
                         );
-                        if claim.at_key {
-                            c.key(at, &claim.path, message);
+                        let (path, at_key) = claim.place();
+                        if at_key {
+                            c.key(at, &path, message);
                         } else {
-                            c.value(at, &claim.path, message);
+                            c.value(at, &path, message);
                         }
                     }
                     None => there.push(claim),
