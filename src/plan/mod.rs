@@ -381,7 +381,9 @@ impl Plan {
     }
 
     pub fn render_text(&self) -> String {
-        let mut out: String = self.notes.iter().map(|n| format!("note: {n}\n")).collect();
+        // About a hundred bytes a step: sized once, not doubled (and copied) as it grows.
+        let mut out = String::with_capacity(64 + 100 * self.graph.node_count());
+        out.extend(self.notes.iter().map(|n| format!("note: {n}\n")));
         out.extend(self.why.iter().map(|w| format!("why: {w}\n")));
         out.extend(self.refused.iter().map(|r| format!("refused: {r}\n")));
         out.extend(self.orphans.iter().map(|o| format!("orphaned: {o}\n")));
