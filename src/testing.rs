@@ -1,5 +1,5 @@
 //! Fixtures the library's unit tests share (tests only): a desired state of two app hosts behind one
-//! balancer, with the strategy a test asks for.
+//! balancer, with the strategy a test asks for; an instance record.
 
 use crate::desired::{load, DesiredState, MemFiles};
 
@@ -39,4 +39,29 @@ pub fn desired(yaml: &str) -> DesiredState {
 /// [`two_hosts_yaml`], loaded.
 pub fn two_hosts(strategy: &str) -> DesiredState {
     desired(&two_hosts_yaml(strategy))
+}
+
+/// The record of an instance of `version` of `app` in `env`, in `slot` on `port`, started by
+/// revision `r` as pid 1, without a spec.
+pub fn record(
+    env: &str,
+    app: &str,
+    slot: &str,
+    version: &str,
+    port: u16,
+) -> crate::state::InstanceRecord {
+    crate::state::InstanceRecord {
+        env: env.into(),
+        app: app.into(),
+        slot: slot.into(),
+        version: version.into(),
+        revision: "r".into(),
+        port,
+        pid: 1,
+        start_ticks: 1,
+        started_at: 0,
+        argv: vec![],
+        container: None,
+        spec: None,
+    }
 }

@@ -265,20 +265,7 @@ mod tests {
     fn instances_of_an_app_are_found_on_every_host_at_once_or_by_app() {
         let mut observed = ObservedState::default();
         let record = |env: &str, app: &str, slot: &str| Instance {
-            record: InstanceRecord {
-                env: env.into(),
-                app: app.into(),
-                slot: slot.into(),
-                version: "1".into(),
-                revision: String::new(),
-                port: 1,
-                pid: 1,
-                start_ticks: 1,
-                started_at: 0,
-                argv: vec![],
-                container: None,
-                spec: None,
-            },
+            record: crate::testing::record(env, app, slot, "1", 1),
             alive: true,
             ready: None,
         };

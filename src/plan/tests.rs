@@ -4,7 +4,7 @@
 use super::*;
 use crate::desired::DesiredState;
 use crate::observed::{Admin, Check, Instance, ObservedState, Server, ServerCounters};
-use crate::state::{InstanceRecord, Phase, RolloutRecord};
+use crate::state::{Phase, RolloutRecord};
 use crate::testing::{two_hosts, two_hosts_yaml};
 use std::collections::BTreeSet;
 
@@ -36,20 +36,8 @@ impl World {
         World(ObservedState::default())
     }
     fn instance(mut self, host: &str, slot: &str, version: &str, alive: bool, ready: bool) -> Self {
-        let record = InstanceRecord {
-            env: "prod".into(),
-            app: "api".into(),
-            slot: slot.into(),
-            version: version.into(),
-            revision: "r".into(),
-            port: if slot == "blue" { 8000 } else { 8001 },
-            pid: 1,
-            start_ticks: 1,
-            started_at: 0,
-            argv: vec![],
-            container: None,
-            spec: None,
-        };
+        let port = if slot == "blue" { 8000 } else { 8001 };
+        let record = crate::testing::record("prod", "api", slot, version, port);
         self.0
             .hosts
             .entry(host.into())
