@@ -338,7 +338,7 @@ pub struct ReconcileArgs {
     #[arg(long, required = true)]
     pub once: bool,
     /// Most steps running at once (across hosts), and most hosts connected to and observed at once.
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = crate::reconcile::DEFAULT_PARALLEL as u16, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
     /// Longest to wait at a canary pause or gate (`30s`, `5m`): a pause with more left, or a gate not
     /// promoted within it, ends the run with exit 3, and the next run resumes at that step. Without
@@ -407,7 +407,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
     pub max_wait: std::time::Duration,
     /// Most steps running at once (across hosts), and most hosts connected to and observed at once.
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = crate::reconcile::DEFAULT_PARALLEL as u16, value_parser = clap::value_parser!(u16).range(1..))]
     pub parallel: u16,
     /// How long the lease lasts at least without renewal (5s at least); a watcher that died is
     /// taken over by another once it expired.
@@ -462,7 +462,7 @@ pub struct GateArgs {
     #[arg(long)]
     pub all: bool,
     /// abort: most steps running at once while rolling back.
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..), hide = true)]
+    #[arg(long, value_name = "N", default_value_t = crate::reconcile::DEFAULT_PARALLEL as u16, value_parser = clap::value_parser!(u16).range(1..), hide = true)]
     pub parallel: u16,
 }
 

@@ -307,7 +307,8 @@ fn timings_say_where_a_plan_and_a_run_spent_their_time() {
     assert!(probe >= 0.2, "probe {probe} s:\n{}", run.stderr);
     let start = seconds(&run.stderr, "start local/demo 1.0.0 in slot blue on here").expect("start");
     let execute = seconds(&run.stderr, "execute").unwrap();
-    assert!(start + probe <= execute, "{}", run.stderr);
+    // (Each figure rounded to the millisecond.)
+    assert!(start + probe <= execute + 0.002, "{}", run.stderr);
     // Slowest first.
     let table = &run.stderr[run.stderr.find("steps, slowest first:").unwrap()..];
     let steps: Vec<f64> = table

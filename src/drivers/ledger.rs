@@ -7,8 +7,8 @@
 //! only grows, a line at a time.
 
 use super::files::{
-    append_line_cmd, list_dir_cmd, parse_swap, read_file_cmd, swap_record_cmd, tail_bytes_cmd,
-    write_file_cmd, Swap,
+    append_line_cmd, parse_swap, read_file_cmd, swap_record_cmd, tail_bytes_cmd, write_file_cmd,
+    Swap,
 };
 use super::lease::{self, Answer};
 use super::{run_ok, Transport, TransportError};
@@ -46,27 +46,28 @@ pub enum LeaseOp {
 /// What [`Ledger::rollouts`] reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rollouts {
-    /// The environments with rollout records, as [`Ledger::rollout_envs`] says.
+    /// The environments with rollout records (the entries of `rollouts/`, dot files aside).
     pub envs: Vec<String>,
     /// Each record's bytes by (env, app); an empty file is no record.
     pub records: std::collections::BTreeMap<(String, String), Vec<u8>>,
 }
 
 /// Prints `env NAME` for each entry of the rollouts directory `$1` (what `ls -A` lists there but
-/// dot files), then `record ENV/APP.json BASE64` for each record file: its bytes exactly, each
-/// file opened once.
+/// dot files), then `record ENV/APP.json BASE64` for each record file: its bytes exactly (coreutils'
+/// or BusyBox's `base64`, its lines joined), each file opened once.
 pub fn rollouts_cmd(dir: &str) -> super::Cmd {
     super::Cmd::read([
         "sh",
         "-c",
-        r#"d=$1; [ -d "$d" ] || exit 0; for e in "$d"/*; do [ -e "$e" ] && printf 'env %s\n' "${e##*/}"; done; for f in "$d"/*/*.json; do [ -f "$f" ] || continue; printf 'record %s ' "${f#"$d"/}"; base64 -w 0 <"$f" || exit 1; echo; done; :"#,
+        r#"d=$1; [ -d "$d" ] || exit 0; for e in "$d"/*; do [ -e "$e" ] && printf 'env %s\n' "${e##*/}"; done; for f in "$d"/*/*.json; do [ -f "$f" ] || continue; b=$(base64 <"$f") || exit 1; printf 'record %s %s\n' "${f#"$d"/}" "$(printf '%s' "$b" | tr -d '\n')"; done; :"#,
         "kube-free-rollouts",
         dir,
     ])
 }
 
-/// The output of [`rollouts_cmd`]; `None` for a line it cannot have printed.
-pub fn parse_rollouts(text: &str) -> Option<Rollouts> {
+/// The output of [`rollouts_cmd`]. A line it cannot read (a file whose name holds a line break,
+/// which no environment or app can be named) is passed over.
+pub fn parse_rollouts(text: &str) -> Rollouts {
     use base64::{engine::general_purpose::STANDARD, Engine as _};
     let mut found = Rollouts::default();
     for line in text.lines() {
@@ -74,16 +75,21 @@ pub fn parse_rollouts(text: &str) -> Option<Rollouts> {
             found.envs.push(env.to_owned());
             continue;
         }
-        let (file, encoded) = line.strip_prefix("record ")?.rsplit_once(' ')?;
-        let (env, app) = file.strip_suffix(".json")?.split_once('/')?;
-        let bytes = STANDARD.decode(encoded).ok()?;
-        if !bytes.is_empty() {
-            found
-                .records
-                .insert((env.to_owned(), app.to_owned()), bytes);
+        let record = || {
+            let (file, encoded) = line.strip_prefix("record ")?.rsplit_once(' ')?;
+            let (env, app) = file.strip_suffix(".json")?.split_once('/')?;
+            let bytes = STANDARD.decode(encoded).ok()?;
+            Some(((env.to_owned(), app.to_owned()), bytes))
+        };
+        match record() {
+            Some((key, bytes)) if !bytes.is_empty() => {
+                found.records.insert(key, bytes);
+            }
+            Some(_) => {}
+            None => tracing::debug!(line, "not a line of the rollout records; passed over"),
         }
     }
-    Some(found)
+    found
 }
 
 /// Where runs keep what they share, on one balancer host.
@@ -103,12 +109,9 @@ pub trait Ledger: Send + Sync {
     /// The rollout record's bytes; `None` when there is none.
     async fn read_rollout(&self, env: &str, app: &str) -> Result<Option<Vec<u8>>, LedgerError>;
 
-    /// The environments with rollout records here (the directories of `rollouts/`): those some
-    /// desired state using this host's balancers rolled out.
-    async fn rollout_envs(&self) -> Result<Vec<String>, LedgerError>;
-
-    /// Every rollout record here and the environments with records ([`Self::rollout_envs`]),
-    /// read at once: what observing the host reads of it, in one round trip.
+    /// Every rollout record here, and the environments with records (the directories of
+    /// `rollouts/`: those some desired state using this host's balancers rolled out), read at
+    /// once: what observing the host reads of it, in one round trip.
     async fn rollouts(&self) -> Result<Rollouts, LedgerError>;
 
     /// Replaces the rollout record if it still has the revision `expected` (what its writer read),
@@ -164,8 +167,6 @@ pub enum LedgerError {
     Unexpected { host: String, answer: String },
     #[error("writing a record on {host}: unexpected answer {answer:?}")]
     UnexpectedSwap { host: String, answer: String },
-    #[error("reading the rollout records on {host}: unexpected answer {answer:?}")]
-    UnexpectedRollouts { host: String, answer: String },
 }
 
 impl LedgerError {
@@ -221,24 +222,10 @@ impl Ledger for HostLedger {
         self.read(&self.rollout_file(env, app)).await
     }
 
-    async fn rollout_envs(&self) -> Result<Vec<String>, LedgerError> {
-        let dir = crate::state::rollouts_dir(&self.state_dir);
-        let out = run_ok(self.transport.as_ref(), &list_dir_cmd(&dir), TIMEOUT).await?;
-        Ok(out
-            .stdout_text()
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('.'))
-            .map(str::to_owned)
-            .collect())
-    }
-
     async fn rollouts(&self) -> Result<Rollouts, LedgerError> {
         let cmd = rollouts_cmd(&crate::state::rollouts_dir(&self.state_dir));
         let out = run_ok(self.transport.as_ref(), &cmd, TIMEOUT).await?;
-        parse_rollouts(&out.stdout_text()).ok_or_else(|| LedgerError::UnexpectedRollouts {
-            host: self.host().to_owned(),
-            answer: out.stdout_text().chars().take(200).collect(),
-        })
+        Ok(parse_rollouts(&out.stdout_text()))
     }
 
     async fn write_rollout(
@@ -373,15 +360,34 @@ mod tests {
             ]
         );
         assert_eq!(found.records[&("prod".into(), "api".into())], pretty);
-        assert_eq!(found.envs, ledger.rollout_envs().await.unwrap());
+        // The environments are the directory's entries, as `ls -A` lists them, dot files aside.
+        let listed = std::process::Command::new("ls")
+            .arg("-1A")
+            .arg(&rollouts)
+            .output()
+            .unwrap();
+        let listed: Vec<String> = String::from_utf8(listed.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('.'))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(found.envs, listed);
         for ((env, app), bytes) in &found.records {
             assert_eq!(
                 ledger.read_rollout(env, app).await.unwrap().as_ref(),
                 Some(bytes)
             );
         }
-        assert_eq!(parse_rollouts("record prod/api.json !!!"), None);
-        assert_eq!(parse_rollouts("what"), None);
+        // A line it cannot read is passed over; the others count.
+        let found = parse_rollouts(
+            "record prod/api.json !!!\nwhat\nenv prod\nrecord prod/web.json e30=\nrecord prod/x.json \n",
+        );
+        assert_eq!(found.envs, ["prod"]);
+        assert_eq!(
+            found.records,
+            [(("prod".to_owned(), "web".to_owned()), b"{}".to_vec())].into()
+        );
     }
 
     /// The audit log through the real transport of a `transport: local` host: lines appended

@@ -122,9 +122,10 @@ pub fn list_instances_cmd(state_dir: &str) -> Cmd {
     Cmd::read([
         "sh",
         "-c",
-        r#"any=; for f in "$1"/*/*/*.json; do case "$f" in "$1"/rollouts/*) continue;; esac; if [ -f "$f" ]; then printf '%s\n' "$f"; tr -d '\n' <"$f"; printf '\n'; any=1; fi; done; [ -n "$any" ] || exit 0; echo kube-free-processes; for f in /proc/[0-9]*/stat; do read -r l 2>/dev/null <"$f" && printf '%s\n' "$l"; done; :"#,
+        r#"any=; for f in "$1"/*/*/*.json; do case "$f" in "$1"/rollouts/*) continue;; esac; if [ -f "$f" ]; then printf '%s\n' "$f"; tr -d '\n' <"$f"; printf '\n'; any=1; fi; done; [ -n "$any" ] || exit 0; echo "$2"; cat /proc/[0-9]*/stat 2>/dev/null; :"#,
         "kube-free-list",
         state_dir,
+        PROCESS_TABLE,
     ])
 }
 
@@ -138,16 +139,27 @@ pub struct ProcStat {
 }
 
 impl ProcStat {
-    /// From a `/proc/<pid>/stat` line (fields counted after the command name's last `)`).
+    /// From a `/proc/<pid>/stat` line (fields counted after the command name's last `)`). A line
+    /// cut short (a command name with a line break in it) keeps its pid, with the state `?`: that
+    /// process is not known to run, nor to be the one an instance started.
     pub fn parse(line: &str) -> Option<ProcStat> {
-        let (head, rest) = line.rsplit_once(')')?;
-        let pid = head.split_once(" (")?.0.trim().parse().ok()?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (pid, rest) = line.split_once(" (")?;
+        let pid = pid.trim().parse().ok()?;
+        let fields = || -> Option<(char, u32, u64)> {
+            let fields: Vec<&str> = rest.rsplit_once(')')?.1.split_whitespace().collect();
+            let state = fields.first()?.chars().next()?;
+            Some((
+                state,
+                fields.get(3)?.parse().ok()?,
+                fields.get(19)?.parse().ok()?,
+            ))
+        };
+        let (state, session, start_ticks) = fields().unwrap_or(('?', 0, 0));
         Some(ProcStat {
             pid,
-            state: fields.first()?.chars().next()?,
-            session: fields.get(3)?.parse().ok()?,
-            start_ticks: fields.get(19)?.parse().ok()?,
+            state,
+            session,
+            start_ticks,
         })
     }
 
@@ -159,8 +171,8 @@ impl ProcStat {
 /// Whether the instance whose leader was `pid`, started at `start_ticks`, runs, as `table` shows
 /// it: what [`session_cmd`] would print something for — its leader runs (the very process: same
 /// start time), or, with the leader gone or a zombie, a member of its session started since. A
-/// line of the table that could not be read leaves a process out, so only a yes is sure: a no is
-/// asked again of the host ([`alive_cmd`]).
+/// line of the table that could not be read leaves a process out (or unknown, [`ProcStat::parse`]),
+/// so only a yes is sure: a no is asked again of the host ([`alive_cmd`]).
 pub fn alive_in(table: &[ProcStat], pid: u32, start_ticks: u64) -> bool {
     if let Some(leader) = table.iter().find(|p| p.pid == pid) {
         if leader.start_ticks != start_ticks {
@@ -196,9 +208,11 @@ pub type Listed = (String, Result<InstanceRecord, String>);
 /// The listing of [`list_instances_cmd`]: each instance file, and the process table.
 pub fn parse_instances(text: &str) -> (Vec<Listed>, Vec<ProcStat>) {
     let lines: Vec<&str> = text.lines().collect();
-    let end = lines
-        .iter()
-        .position(|l| *l == PROCESS_TABLE)
+    // A path and a content line each: the marker can only be where a path would be (a file
+    // whose content is the marker is a torn record, not the end of the files).
+    let end = (0..lines.len())
+        .step_by(2)
+        .find(|&i| lines[i] == PROCESS_TABLE)
         .unwrap_or(lines.len());
     let files = lines[..end]
         .chunks(2)
@@ -779,7 +793,15 @@ mod tests {
             Some(stat(4242, 'S', 4242, 987654))
         );
         assert_eq!(ProcStat::parse("garbage"), None);
-        assert_eq!(ProcStat::parse("12 (torn"), None);
+        // A line cut short by a line break in its command name: known by its pid only, and
+        // what follows the break is no process.
+        assert_eq!(ProcStat::parse("12 (torn"), Some(stat(12, '?', 0, 0)));
+        assert_eq!(ProcStat::parse("name) S 1 12 12 0 -1 0"), None);
+        assert!(!alive_in(
+            &[stat(12, '?', 0, 0), stat(13, 'S', 12, 600)],
+            12,
+            500
+        ));
         // The leader runs.
         assert!(alive_in(&[stat(10, 'S', 10, 500)], 10, 500));
         // Its pid was reused by a later process: not ours, whatever runs in that session.
@@ -802,6 +824,12 @@ mod tests {
         let (files, table) = parse_instances("/s/a/b/blue.json\n{}\nkube-free-processes\n10 (sh) S 1 10 10 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 500 1 1\n");
         assert_eq!(files.len(), 1);
         assert_eq!(table, [stat(10, 'S', 10, 500)]);
+        // A record whose content is the marker is a torn record; the files after it still count.
+        let (files, table) = parse_instances(&format!(
+            "/s/a/b/blue.json\n{PROCESS_TABLE}\n/s/a/b/green.json\n{{}}\n{PROCESS_TABLE}\n"
+        ));
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(files[0].1.is_err() && table.is_empty());
     }
 
     /// The app's environment is the app's only: a `PATH` or a variable named like the start

@@ -48,21 +48,21 @@ impl World {
         let mut ledgers = Vec::new();
         for host in self.balancer_hosts() {
             let (ledger, gate) = (self.drivers.ledgers[host].clone(), gate.clone());
+            let host = host.to_owned();
             ledgers.push(tokio::spawn(async move {
                 let _turn = gate.acquire_owned().await.expect("never closed");
-                let found = ledger.rollouts().await;
-                (ledger, found)
+                (host, ledger.rollouts().await)
             }));
         }
         let mut observed = ObservedState::default();
         for l in ledgers {
-            let (ledger, found) = l.await.expect("observing does not panic");
+            let (host, found) = l.await.expect("observing does not panic");
             let found = found?;
             observed.rolled_out_envs.extend(found.envs);
             for ((env, app), bytes) in found.records {
+                // The records of this desired state's deployments, from their balancer's host.
                 let ours = self.desired.deployment(&env, &app).is_some()
-                    && self.reaches_records_of(&env)
-                    && self.ledger_of(&env).host() == ledger.host();
+                    && self.desired.balancer_of(&env).host == host;
                 if !ours {
                     continue;
                 }

@@ -320,14 +320,6 @@ impl World {
         balancers
     }
 
-    /// Whether this run reaches the environment `env`'s balancer host, where its rollout records
-    /// are.
-    pub(super) fn reaches_records_of(&self, env: &str) -> bool {
-        self.drivers
-            .ledgers
-            .contains_key(&self.desired.balancer_of(env).host)
-    }
-
     /// The ledger of `env`: its balancer's host.
     pub(super) fn ledger_of(&self, env: &str) -> &dyn Ledger {
         self.drivers.ledgers[&self.desired.balancer_of(env).host].as_ref()

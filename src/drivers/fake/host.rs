@@ -225,17 +225,11 @@ impl Ledger for FakeHost {
         Ok(s.records.get(&(env.to_owned(), app.to_owned())).cloned())
     }
 
-    async fn rollout_envs(&self) -> Result<Vec<String>, LedgerError> {
+    async fn rollouts(&self) -> Result<crate::drivers::ledger::Rollouts, LedgerError> {
         self.fleet.unreachable(&self.host)?;
         let s = self.fleet.lock();
         let mut envs: Vec<String> = s.records.keys().map(|(env, _)| env.clone()).collect();
         envs.dedup();
-        Ok(envs)
-    }
-
-    async fn rollouts(&self) -> Result<crate::drivers::ledger::Rollouts, LedgerError> {
-        let envs = self.rollout_envs().await?;
-        let s = self.fleet.lock();
         Ok(crate::drivers::ledger::Rollouts {
             envs,
             records: s.records.clone(),

@@ -455,18 +455,23 @@ impl Fleet {
         (self.lock().leases.get(host).cloned(), now)
     }
 
-    /// The balancer restarts its counters (a reload).
     /// Reading a host's instances takes `delay` from now on; [`Fleet::most_observed_at_once`]
     /// says how many hosts were read at once.
     pub fn slow_observation(&self, delay: Duration) {
         self.lock().observe_delay = delay;
     }
 
-    /// The most hosts whose instances were being read at once (while observation was slow).
+    /// The most hosts whose instances were being read at once (while observation was slow),
+    /// since the fleet began or [`Fleet::reset_most_observed`].
     pub fn most_observed_at_once(&self) -> usize {
         self.lock().observing.1
     }
 
+    pub fn reset_most_observed(&self) {
+        self.lock().observing.1 = 0;
+    }
+
+    /// The balancer restarts its counters (a reload).
     pub fn reset_counters(&self) {
         let mut s = self.lock();
         self.traffic(&mut s);

@@ -242,6 +242,7 @@ async fn hosts_are_observed_at_most_parallel_at_a_time() {
     for parallel in [1, 3, 8] {
         let mut world = World::new(desired.clone(), "r".into(), fleet.drivers());
         world.parallel = parallel;
+        fleet.reset_most_observed();
         let world = Arc::new(world);
         let started = tokio::time::Instant::now();
         let observed = world.observe().await.unwrap();
