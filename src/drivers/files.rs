@@ -78,18 +78,6 @@ pub fn append_line_cmd(path: &str, mutex: &str, line: &[u8]) -> Cmd {
     Cmd::change(["sh", "-c", script, "kube-free-append", path, mutex]).with_stdin(content)
 }
 
-/// The names in a directory, one a line (hidden ones too); prints nothing (and succeeds) when
-/// there is no such directory.
-pub fn list_dir_cmd(dir: &str) -> Cmd {
-    Cmd::read([
-        "sh",
-        "-c",
-        r#"test ! -d "$1" || ls -1A -- "$1""#,
-        "kube-free-read",
-        dir,
-    ])
-}
-
 /// The last `bytes` bytes of a file (the whole file when shorter); prints nothing (and succeeds)
 /// when there is no such file.
 pub fn tail_bytes_cmd(path: &str, bytes: usize) -> Cmd {
