@@ -39,12 +39,6 @@ impl InstanceRecord {
     pub fn is(&self, version: &str, spec: &crate::desired::spec::Spec) -> bool {
         self.version == version && self.spec.as_ref().is_none_or(|s| s == spec)
     }
-
-    /// It is an instance of `version` with another spec than `spec`: what ran before a spec
-    /// change of the version.
-    pub fn is_earlier_spec(&self, version: &str, spec: &crate::desired::spec::Spec) -> bool {
-        self.version == version && !self.is(version, spec)
-    }
 }
 
 /// The version of an instance rebuilt from what runs when its command line is not the one the desired

@@ -300,7 +300,7 @@ impl Rollout<'_> {
 /// The specs the desired state renders for the slots of one app at one version, each rendered
 /// once: per slot, and per host only when the app's templates name the host. A plan asks them of
 /// every instance, some more than once.
-struct Specs<'a> {
+pub(super) struct Specs<'a> {
     desired: &'a DesiredState,
     version: &'a str,
     per_host: bool,
@@ -309,7 +309,7 @@ struct Specs<'a> {
 }
 
 impl<'a> Specs<'a> {
-    fn new(desired: &'a DesiredState, app: &str, version: &'a str) -> Specs<'a> {
+    pub(super) fn new(desired: &'a DesiredState, app: &str, version: &'a str) -> Specs<'a> {
         Specs {
             desired,
             version,
@@ -340,7 +340,7 @@ impl<'a> Specs<'a> {
 
     /// `record` is of this version with the spec the desired state renders for slot `at`
     /// ([`InstanceRecord::is`]).
-    fn is(&self, at: &SlotRef, record: &InstanceRecord) -> bool {
+    pub(super) fn is(&self, at: &SlotRef, record: &InstanceRecord) -> bool {
         record.version == self.version && record.spec.as_ref().is_none_or(|s| *s == *self.of(at))
     }
 }

@@ -37,6 +37,7 @@ impl Traffic {
     pub fn read(desired: &DesiredState, observed: &ObservedState, env: &str, app: &str) -> Traffic {
         let mut slots = Vec::new();
         if let (Some(e), Some(d)) = (desired.environments.get(env), desired.deployment(env, app)) {
+            let specs = super::build::Specs::new(desired, app, &d.version);
             for host in &e.hosts {
                 for slot in &d.slots {
                     let at = SlotRef::new(env, app, host, &slot.name);
@@ -45,7 +46,7 @@ impl Traffic {
                     // told apart (what a failed spec change goes back to).
                     let version = inst.map(|i| {
                         let v = &i.record.version;
-                        if *v == d.version && i.record.is_earlier_spec(v, &desired.spec(&at, v)) {
+                        if *v == d.version && !specs.is(&at, &i.record) {
                             format!("{v}{EARLIER_SPEC}")
                         } else {
                             v.clone()
