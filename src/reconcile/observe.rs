@@ -6,6 +6,7 @@
 //! an environment cannot be reached now.
 
 use super::effects::launch;
+use super::world::spawn_gated;
 use super::{ReconcileError, World};
 use crate::drivers::runtime::{Found, Running};
 use crate::drivers::{Cmd, ProbeError, Runtime};
@@ -28,18 +29,16 @@ impl World {
         let gate = Arc::new(tokio::sync::Semaphore::new(self.parallel));
         let mut hosts = Vec::new();
         for name in self.app_hosts() {
-            let (world, name, gate) = (self.clone(), name.to_owned(), gate.clone());
-            hosts.push(tokio::spawn(async move {
-                let _turn = gate.acquire_owned().await.expect("never closed");
+            let (world, name) = (self.clone(), name.to_owned());
+            hosts.push(spawn_gated(&gate, async move {
                 let state = world.observe_host(&name).await?;
                 Ok::<_, ReconcileError>((name, state))
             }));
         }
         let mut balancers = Vec::new();
         for name in self.balancers() {
-            let (world, name, gate) = (self.clone(), name.to_owned(), gate.clone());
-            balancers.push(tokio::spawn(async move {
-                let _turn = gate.acquire_owned().await.expect("never closed");
+            let (world, name) = (self.clone(), name.to_owned());
+            balancers.push(spawn_gated(&gate, async move {
                 let state = world.balancer(&name).observe().await?;
                 Ok::<_, ReconcileError>((name, state))
             }));
@@ -47,10 +46,8 @@ impl World {
         // Every record of a balancer host in one read.
         let mut ledgers = Vec::new();
         for host in self.balancer_hosts() {
-            let (ledger, gate) = (self.drivers.ledgers[host].clone(), gate.clone());
-            let host = host.to_owned();
-            ledgers.push(tokio::spawn(async move {
-                let _turn = gate.acquire_owned().await.expect("never closed");
+            let (ledger, host) = (self.drivers.ledgers[host].clone(), host.to_owned());
+            ledgers.push(spawn_gated(&gate, async move {
                 (host, ledger.rollouts().await)
             }));
         }

@@ -74,6 +74,18 @@ pub struct World {
 /// says otherwise.
 pub const DEFAULT_PARALLEL: usize = 8;
 
+/// Spawns `work`, to run once `gate` gives it a turn: at most the gate's permits at once.
+pub(super) fn spawn_gated<T: Send + 'static>(
+    gate: &Arc<tokio::sync::Semaphore>,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let gate = gate.clone();
+    tokio::spawn(async move {
+        let _turn = gate.acquire_owned().await.expect("never closed");
+        work.await
+    })
+}
+
 impl World {
     /// A world on the given drivers.
     pub fn new(desired: DesiredState, revision: String, drivers: Drivers) -> World {
@@ -201,9 +213,7 @@ impl World {
                     port: *port,
                 }),
             };
-            let gate = gate.clone();
-            pending.push(tokio::spawn(async move {
-                let _turn = gate.acquire().await.expect("never closed");
+            pending.push(spawn_gated(&gate, async move {
                 let t: Result<Arc<dyn Transport>, TransportError> = match target {
                     None => Ok(Arc::new(LocalTransport::new(&name))),
                     Some(target) => SshTransport::connect(&target, &options)
