@@ -187,14 +187,12 @@ pub fn alive_in(table: &[ProcStat], pid: u32, start_ticks: u64) -> bool {
         .any(|p| p.session == pid && !p.gone() && p.start_ticks >= start_ticks)
 }
 
-/// State and start time from `/proc/<pid>/stat` (the command name may hold spaces and parentheses,
-/// so fields are counted after its last `)`).
+/// State and start time from a whole `/proc/<pid>/stat` ([`ProcStat::parse`]: the command name
+/// may hold spaces, parentheses and line breaks).
 pub fn parse_stat(text: &str) -> Option<(char, u64)> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+    ProcStat::parse(text)
+        .filter(|p| p.state != '?')
+        .map(|p| (p.state, p.start_ticks))
 }
 
 /// A record, or why the text of one is not a record.
