@@ -5,8 +5,8 @@
 //! `.pid` and a `.log`). Commands are built by pure functions; the async functions run them through
 //! a [`Transport`].
 
-use super::files::{read_file_cmd, remove_cmd, tail_cmd, write_record_cmd};
-use super::runtime::{Found, Running, StartSpec};
+use super::files::{read_file_cmd, tail_cmd, write_record_cmd};
+use super::runtime::{Found, Running, StartSpec, Started};
 use super::{run_ok, Cmd, Output, Runtime, RuntimeError, Transport};
 use crate::names::SlotRef;
 use crate::state::InstanceRecord;
@@ -16,6 +16,180 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(20);
 /// How soon after its start a process that exits counts as a failed start.
 const EXITS_AT_ONCE: Duration = Duration::from_millis(150);
+
+/// What [`start_cmd`] runs: `$1` the app's directory, `$2` its log, `$3` its pid file, then argv.
+const LAUNCH_SCRIPT: &str = r#"set -e; mkdir -p "$1"; chmod 700 "$1" "${1%/*}"; log=$2; pf=$3; shift 3; cd /; ss=$(command -v setsid); (umask 077; : >>"$log"); exec 3<&0; ( exec env -i PATH="$PATH" HOME="${HOME:-/}" "$ss" sh -c 'while IFS= read -r KUBE_FREE_KV <&3; do export "$KUBE_FREE_KV"; done; unset KUBE_FREE_KV; exec 3<&-; exec "$@"' kube-free-app "$@" ) >>"$log" 2>&1 </dev/null & pid=$!; exec 3<&-; umask 077; st=$(sed 's/.*)//' "/proc/$pid/stat" | cut -d' ' -f21) || st=0; printf '%s %s\n' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid""#;
+
+/// What [`session_cmd`] and [`alive_cmd`] run: `$1` the session id, `$2` the leader's start ticks,
+/// `$3` a signal or nothing, `$4` `quick` or nothing.
+const SESSION_SCRIPT: &str = r#"sid=$1; ticks=$2; sig=$3; quick=$4; if read -r l 2>/dev/null <"/proc/$sid/stat"; then set -- ${l##*) }; [ "${20}" = "$ticks" ] || exit 0; if [ -n "$quick" ]; then case $1 in Z|X) ;; *) echo "$sid"; exit 0 ;; esac; fi; fi; pids=; for f in /proc/[0-9]*/stat; do read -r l 2>/dev/null <"$f" || continue; set -- ${l##*) }; [ "$4" = "$sid" ] || continue; case $1 in Z|X) continue ;; esac; [ "${20}" -ge "$ticks" ] || continue; p=${f#/proc/}; pids="$pids ${p%/stat}"; done; if [ -n "$sig" ] && [ -n "$pids" ]; then kill -s "$sig" $pids 2>/dev/null || true; fi; for p in $pids; do echo "$p"; done"#;
+
+/// What [`strangers_cmd`] runs: `$1` the session id, `$2` the leader's start ticks, `$3` the port,
+/// `$4` [`SESSION_SCRIPT`].
+const STRANGERS_SCRIPT: &str = r#"port=$(printf ':%04X' "$3"); listening=$(awk -v p="$port" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null | sort -u); [ -n "$listening" ] || exit 0; ours=$(for p in $(sh -c "$4" kube-free-session "$1" "$2" ""); do ls -l "/proc/$p/fd" 2>/dev/null; done | sed -n 's/.*socket:\[\([0-9]*\)\].*/\1/p' | sort -u); others=; for i in $listening; do case " $(echo $ours) " in *" $i "*) ;; *) others="$others $i" ;; esac; done; [ -n "$others" ] || exit 0; for i in $others; do find /proc/[0-9]*/fd -lname "socket:\[$i\]" 2>/dev/null | sed 's|^/proc/\([0-9]*\)/.*|pid \1|'; echo "inode $i"; done | sort -u"#;
+
+/// Shell functions of [`START_SCRIPT`] and [`STOP_SCRIPT`], which set `sess` ([`SESSION_SCRIPT`])
+/// and `grace` (tenths of a second) first: `session SID TICKS SIGNAL QUICK` runs the session
+/// script; `alive SID TICKS` says whether the instance runs; `end SID TICKS` stops it — SIGTERM to
+/// every member, SIGKILL after `grace`, then up to 5 s for it to go — and prints `killed SID` when
+/// it sent SIGKILL, or `unkillable SID` (and ends the script) when the instance survived it.
+macro_rules! end_fns {
+    () => {
+        r#"session() { sh -c "$sess" kube-free-session "$@"; }; alive() { [ -n "$(session "$1" "$2" "" quick)" ]; }; end() { [ -n "$(session "$1" "$2" TERM "")" ] || return 0; n=0; while alive "$1" "$2"; do if [ "$n" -ge "$grace" ]; then echo "killed $1"; session "$1" "$2" KILL "" >/dev/null; n=0; while alive "$1" "$2"; do [ "$n" -lt 50 ] || { echo "unkillable $1"; exit 0; }; sleep 0.1; n=$((n+1)); done; return 0; fi; sleep 0.1; n=$((n+1)); done; }; "#
+    };
+}
+
+/// What [`start_script_cmd`] runs. `$1` the instance file, `$2` the pid file, `$3` the app's
+/// directory, `$4` its log, `$5` the port, `$6` the grace of an orphan in tenths of a second, `$7`
+/// how long to wait for a process that exits at once, `$8` [`SESSION_SCRIPT`], `$9`
+/// [`STRANGERS_SCRIPT`], `${10}` [`LAUNCH_SCRIPT`], then argv; on its standard input the record's
+/// JSON before `"pid":…` and after `"start_ticks":…` (a line each), then the environment's lines.
+/// Its steps, each of which may end it:
+/// 1. the instance file names a live instance: prints `running` and the record, starts nothing;
+/// 2. the pid file names a live process (a killed run's start, never enabled): stops it, printing
+///    `orphan PID`, and removes the files of the slot;
+/// 3. something listens on the port: prints `taken` and the `pid PID` lines of [`strangers_cmd`];
+/// 4. starts the app ([`LAUNCH_SCRIPT`]); when it is gone after the wait, prints `exited` and the
+///    end of its log;
+/// 5. writes the instance file (0600, fsync, rename) and prints `started PID START_TICKS`.
+const START_SCRIPT: &str = concat!(
+    r#"f=$1; pf=$2; dir=$3; log=$4; port=$5; grace=$6; settle=$7; sess=$8; strangers=$9; launch=${10}; shift 10; IFS= read -r pre; IFS= read -r post; num() { case $1 in ''|*[!0-9]*) return 1 ;; esac; }; "#,
+    end_fns!(),
+    r#"if [ -f "$f" ]; then rec=$(tr -d '\n' <"$f"); p=$(printf '%s' "$rec" | sed -n 's/.*[{,]"pid":\([0-9]*\).*/\1/p'); t=$(printf '%s' "$rec" | sed -n 's/.*[{,]"start_ticks":\([0-9]*\).*/\1/p'); if num "$p" && num "$t" && alive "$p" "$t"; then echo running; printf '%s\n' "$rec"; exit 0; fi; fi; if [ -f "$pf" ]; then p=; t=; read -r p t _ <"$pf" || :; if num "$p" && num "$t" && alive "$p" "$t"; then echo "orphan $p"; end "$p" "$t"; fi; rm -f "$f" "$pf"; fi; out=$(sh -c "$strangers" kube-free-listeners 4294967295 0 "$port" "$sess"); if [ -n "$out" ]; then echo taken; printf '%s\n' "$out"; exit 0; fi; pid=$(sh -c "$launch" kube-free-start "$dir" "$log" "$pf" "$@") || exit 1; sleep "$settle"; st=; if read -r l 2>/dev/null <"/proc/$pid/stat"; then set -- ${l##*) }; case $1 in Z|X) ;; *) st=${20} ;; esac; fi; if [ -z "$st" ]; then echo exited; tail -n 20 "$log" 2>/dev/null; exit 0; fi; tmp=$f.$pid; (umask 077; printf '%s"pid":%s,"start_ticks":%s%s' "$pre" "$pid" "$st" "$post" >"$tmp") && sync "$tmp" && mv -f "$tmp" "$f" || exit 1; echo "started $pid $st""#
+);
+
+/// What [`stop_script_cmd`] runs: `$1` [`SESSION_SCRIPT`], `$2` the grace in tenths of a second,
+/// `$3` the instance file, `$4` the pid file, `$5` the session id, `$6` the leader's start ticks.
+/// Stops the instance as `end` of [`end_fns`] does, then removes its files (not when it
+/// survived SIGKILL).
+const STOP_SCRIPT: &str = concat!(
+    r#"sess=$1; grace=$2; f=$3; pf=$4; "#,
+    end_fns!(),
+    r#"end "$5" "$6"; rm -f "$f" "$pf""#
+);
+
+/// The JSON of a record with `pid` and `start_ticks` 0 cut around them, for [`START_SCRIPT`] to
+/// write with the values it learns.
+fn record_around(record: &InstanceRecord) -> (String, String) {
+    let json = serde_json::to_string(&InstanceRecord {
+        pid: 0,
+        start_ticks: 0,
+        ..record.clone()
+    })
+    .expect("a record serializes");
+    let (before, after) = json
+        .split_once(r#""pid":0,"start_ticks":0"#)
+        .expect("a record serializes its pid just before its start ticks");
+    (before.to_owned(), after.to_owned())
+}
+
+/// The whole start of an instance in one command ([`START_SCRIPT`]): `record` is what to write,
+/// but for its pid and start ticks.
+pub fn start_script_cmd(
+    files: &SlotFiles,
+    record: &InstanceRecord,
+    grace: Duration,
+    env: &str,
+) -> Cmd {
+    let (before, after) = record_around(record);
+    let mut words = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        START_SCRIPT.to_owned(),
+        "kube-free-start".to_owned(),
+        files.record.clone(),
+        files.pid.clone(),
+        files.dir.clone(),
+        files.log.clone(),
+        record.port.to_string(),
+        tenths(grace),
+        format!("{:.3}", EXITS_AT_ONCE.as_secs_f64()),
+        SESSION_SCRIPT.to_owned(),
+        STRANGERS_SCRIPT.to_owned(),
+        LAUNCH_SCRIPT.to_owned(),
+    ];
+    words.extend(record.argv.iter().cloned());
+    Cmd::change(words).with_stdin(format!("{before}\n{after}\n{env}").into_bytes())
+}
+
+/// The whole stop of the instance of `record` in one command ([`STOP_SCRIPT`]).
+pub fn stop_script_cmd(files: &SlotFiles, record: &InstanceRecord, grace: Duration) -> Cmd {
+    Cmd::change([
+        "sh".to_owned(),
+        "-c".to_owned(),
+        STOP_SCRIPT.to_owned(),
+        "kube-free-stop".to_owned(),
+        SESSION_SCRIPT.to_owned(),
+        tenths(grace),
+        files.record.clone(),
+        files.pid.clone(),
+        record.pid.to_string(),
+        record.start_ticks.to_string(),
+    ])
+}
+
+/// `grace` in tenths of a second, rounded up.
+fn tenths(grace: Duration) -> String {
+    grace.as_millis().div_ceil(100).to_string()
+}
+
+/// The time a script that stops an instance may take: its grace, 5 s after SIGKILL, and the
+/// usual bound for the rest.
+fn with_grace(grace: Duration) -> Duration {
+    TIMEOUT + grace + Duration::from_secs(5)
+}
+
+/// What [`START_SCRIPT`] or [`STOP_SCRIPT`] said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Said {
+    /// `running`: the instance file's text.
+    Running(String),
+    /// `taken`: the pids that listen on the port.
+    Taken(Vec<u32>),
+    /// `exited`: the end of the log.
+    Exited(String),
+    Started {
+        pid: u32,
+        start_ticks: u64,
+    },
+    /// `unkillable PID`.
+    Unkillable(u32),
+    /// A stop's end (nothing more to say).
+    Stopped,
+}
+
+/// [`Said`], and the pids of the `orphan` and `killed` lines before it, in order (each a
+/// process that was stopped, or sent SIGKILL). `None` for output no script prints.
+pub fn parse_said(text: &str) -> Option<(Said, Vec<(String, u32)>)> {
+    let mut events = Vec::new();
+    let mut lines = text.split_inclusive('\n');
+    while let Some(line) = lines.next() {
+        let rest = || lines.clone().collect::<String>();
+        let mut words = line.split_whitespace();
+        let said = match (words.next(), words.next(), words.next()) {
+            (Some(what @ ("orphan" | "killed")), Some(pid), None) => {
+                events.push((what.to_owned(), pid.parse().ok()?));
+                continue;
+            }
+            (Some("unkillable"), Some(pid), None) => Said::Unkillable(pid.parse().ok()?),
+            (Some("running"), None, _) => Said::Running(rest().trim_end().to_owned()),
+            (Some("taken"), None, _) => Said::Taken(
+                rest()
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("pid ")?.parse().ok())
+                    .collect(),
+            ),
+            (Some("exited"), None, _) => Said::Exited(rest()),
+            (Some("started"), Some(pid), Some(ticks)) => Said::Started {
+                pid: pid.parse().ok()?,
+                start_ticks: ticks.parse().ok()?,
+            },
+            _ => return None,
+        };
+        return Some((said, events));
+    }
+    Some((Said::Stopped, events))
+}
 
 /// Starts argv in its own session with output appended to `log` (created 0600, in the app's
 /// directory, 0700 like the environment's), in `/`, writes `PID START_TICKS` to `pid_file`
@@ -30,7 +204,7 @@ pub fn start_cmd(dir: &str, log: &str, pid_file: &str, env: &str, argv: &[String
     let mut words = vec![
         "sh".to_owned(),
         "-c".to_owned(),
-        r#"set -e; mkdir -p "$1"; chmod 700 "$1" "${1%/*}"; log=$2; pf=$3; shift 3; cd /; ss=$(command -v setsid); (umask 077; : >>"$log"); exec 3<&0; ( exec env -i PATH="$PATH" HOME="${HOME:-/}" "$ss" sh -c 'while IFS= read -r KUBE_FREE_KV <&3; do export "$KUBE_FREE_KV"; done; unset KUBE_FREE_KV; exec 3<&-; exec "$@"' kube-free-app "$@" ) >>"$log" 2>&1 </dev/null & pid=$!; exec 3<&-; umask 077; st=$(sed 's/.*)//' "/proc/$pid/stat" | cut -d' ' -f21) || st=0; printf '%s %s\n' "$pid" "$st" >"$pf.$pid"; mv -f "$pf.$pid" "$pf"; echo "$pid""#.to_owned(),
+        LAUNCH_SCRIPT.to_owned(),
         "kube-free-start".to_owned(),
         dir.to_owned(),
         log.to_owned(),
@@ -63,11 +237,10 @@ pub fn alive_cmd(pid: u32, start_ticks: u64) -> Cmd {
 }
 
 fn session_script_cmd(pid: u32, start_ticks: u64, signal: Option<&str>, quick: bool) -> Cmd {
-    let script = r#"sid=$1; ticks=$2; sig=$3; quick=$4; if read -r l 2>/dev/null <"/proc/$sid/stat"; then set -- ${l##*) }; [ "${20}" = "$ticks" ] || exit 0; if [ -n "$quick" ]; then case $1 in Z|X) ;; *) echo "$sid"; exit 0 ;; esac; fi; fi; pids=; for f in /proc/[0-9]*/stat; do read -r l 2>/dev/null <"$f" || continue; set -- ${l##*) }; [ "$4" = "$sid" ] || continue; case $1 in Z|X) continue ;; esac; [ "${20}" -ge "$ticks" ] || continue; p=${f#/proc/}; pids="$pids ${p%/stat}"; done; if [ -n "$sig" ] && [ -n "$pids" ]; then kill -s "$sig" $pids 2>/dev/null || true; fi; for p in $pids; do echo "$p"; done"#;
     let words = [
         "sh".to_owned(),
         "-c".to_owned(),
-        script.to_owned(),
+        SESSION_SCRIPT.to_owned(),
         "kube-free-session".to_owned(),
         pid.to_string(),
         start_ticks.to_string(),
@@ -88,20 +261,15 @@ fn session_script_cmd(pid: u32, start_ticks: u64, signal: Option<&str>, quick: b
 pub fn strangers_cmd(instance: Option<(u32, u64)>, port: u16) -> Cmd {
     // No process has the largest pid as its session id.
     let (pid, start_ticks) = instance.unwrap_or((u32::MAX, 0));
-    let script = r#"port=$(printf ':%04X' "$3"); listening=$(awk -v p="$port" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null | sort -u); [ -n "$listening" ] || exit 0; ours=$(for p in $(sh -c "$4" kube-free-session "$1" "$2" ""); do ls -l "/proc/$p/fd" 2>/dev/null; done | sed -n 's/.*socket:\[\([0-9]*\)\].*/\1/p' | sort -u); others=; for i in $listening; do case " $(echo $ours) " in *" $i "*) ;; *) others="$others $i" ;; esac; done; [ -n "$others" ] || exit 0; for i in $others; do find /proc/[0-9]*/fd -lname "socket:\[$i\]" 2>/dev/null | sed 's|^/proc/\([0-9]*\)/.*|pid \1|'; echo "inode $i"; done | sort -u"#;
-    let session = match &session_cmd(pid, start_ticks, None).argv[..] {
-        [_, _, script, ..] => script.clone(),
-        _ => unreachable!("session_cmd is sh -c SCRIPT …"),
-    };
     Cmd::read([
         "sh".to_owned(),
         "-c".to_owned(),
-        script.to_owned(),
+        STRANGERS_SCRIPT.to_owned(),
         "kube-free-listeners".to_owned(),
         pid.to_string(),
         start_ticks.to_string(),
         port.to_string(),
-        session,
+        SESSION_SCRIPT.to_owned(),
     ])
 }
 
@@ -247,6 +415,17 @@ pub fn parse_pid_file(text: &str) -> Option<(u32, u64)> {
 }
 
 /// The process runtime of one host: its transport and its `state_dir`.
+/// Where a slot's files are on its host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotFiles {
+    /// The app's directory, which holds the others.
+    pub dir: String,
+    /// The instance file.
+    pub record: String,
+    pub pid: String,
+    pub log: String,
+}
+
 pub struct ProcessRuntime {
     transport: Arc<dyn Transport>,
     state_dir: String,
@@ -276,6 +455,15 @@ impl ProcessRuntime {
         crate::state::log_file(&self.state_dir, &at.env, &at.app, &at.slot)
     }
 
+    fn files(&self, at: &SlotRef) -> SlotFiles {
+        SlotFiles {
+            dir: crate::state::app_dir(&self.state_dir, &at.env, &at.app),
+            record: self.file(at),
+            pid: self.pid_file(at),
+            log: self.log_file(at),
+        }
+    }
+
     fn slot(&self, env: &str, app: &str, slot: &str) -> SlotRef {
         SlotRef::new(env, app, self.t().host(), slot)
     }
@@ -299,6 +487,7 @@ impl ProcessRuntime {
     }
 
     /// The pids of the instance of `record` ([`session_cmd`]), each sent `signal` when given.
+    #[cfg(test)]
     async fn members(
         &self,
         record: &InstanceRecord,
@@ -334,29 +523,27 @@ impl ProcessRuntime {
             }),
         )
     }
+}
 
-    /// Stops the process a pid file names when it runs and the slot has no instance file (a run was
-    /// killed between the start and the instance file): it never got traffic, as it was never
-    /// enabled. Returns whether there was one.
-    pub async fn stop_orphan(
-        &self,
-        at: &SlotRef,
-        stop_timeout: Duration,
-    ) -> Result<bool, RuntimeError> {
-        let Some(orphan) = self.pid_file_record(at).await? else {
-            return Ok(false);
-        };
-        let alive = self.is_alive(&orphan).await?;
-        if alive {
-            tracing::warn!(
-                host = self.t().host(),
-                pid = orphan.pid,
-                pid_file = self.pid_file(at),
-                "stopping a process without an instance file (its run was killed while starting it)"
-            );
+impl ProcessRuntime {
+    /// Logs what a start or a stop script did on its way: an orphan stopped, SIGKILL sent.
+    fn tell(&self, events: &[(String, u32)], pid_file: &str) {
+        for (what, pid) in events {
+            if what == "orphan" {
+                tracing::warn!(
+                    host = self.t().host(),
+                    pid,
+                    pid_file,
+                    "stopping a process without an instance file (its run was killed while starting it)"
+                );
+            } else {
+                tracing::warn!(
+                    host = self.t().host(),
+                    pid,
+                    "instance did not stop within stop_timeout; sending SIGKILL"
+                );
+            }
         }
-        self.stop(&orphan, stop_timeout).await?;
-        Ok(alive)
     }
 }
 
@@ -441,14 +628,68 @@ impl Runtime for ProcessRuntime {
         Ok(())
     }
 
-    /// Stops an orphan of a killed run in the slot, starts the instance (its environment given
-    /// through `env`) and writes its record; fails (with the end of its log) if it exits at once.
+    /// [`Runtime::start_unless_running`], which it is but for a live instance in the slot: an
+    /// error then.
     async fn start(&self, spec: &StartSpec) -> Result<InstanceRecord, RuntimeError> {
-        let at = &spec.at;
-        self.stop_orphan(at, spec.stop_timeout).await?;
-        if let Some(pids) = self.listeners(None, spec.port).await? {
-            return Err(RuntimeError::PortTaken {
+        match self.start_unless_running(spec).await? {
+            Started::New(record) => Ok(record),
+            Started::Running(record) => Err(RuntimeError::Occupied {
                 host: self.t().host().to_owned(),
+                slot: record.slot,
+                pid: record.pid,
+            }),
+        }
+    }
+
+    /// All of it in one command ([`start_script_cmd`]): the check for a live instance, the stop of
+    /// a killed run's orphan, the check of the port, the start, the wait for a process that exits
+    /// at once, the instance file.
+    async fn start_unless_running(&self, spec: &StartSpec) -> Result<Started, RuntimeError> {
+        let at = &spec.at;
+        let host = || self.t().host().to_owned();
+        let files = self.files(at);
+        let env = spec.launch.env_lines(&at.app)?;
+        let argv = spec.launch.command.clone();
+        let mut record = InstanceRecord {
+            env: at.env.clone(),
+            app: at.app.clone(),
+            slot: at.slot.clone(),
+            version: spec.version.clone(),
+            revision: spec.revision.clone(),
+            port: spec.port,
+            pid: 0,
+            start_ticks: 0,
+            started_at: crate::state::now(),
+            argv,
+            container: None,
+            spec: Some(spec.spec.clone()),
+        };
+        let cmd = start_script_cmd(&files, &record, spec.stop_timeout, &env);
+        let out = run_ok(self.t(), &cmd, with_grace(spec.stop_timeout)).await?;
+        let text = out.stdout_text();
+        let no_pid = || RuntimeError::NoPid {
+            host: host(),
+            command: record.argv.join(" "),
+            output: text.clone(),
+        };
+        let (said, events) = parse_said(&text).ok_or_else(no_pid)?;
+        self.tell(&events, &files.pid);
+        match said {
+            Said::Started { pid, start_ticks } => {
+                record.pid = pid;
+                record.start_ticks = start_ticks;
+                Ok(Started::New(record))
+            }
+            Said::Running(text) => match parse_record(&text) {
+                Ok(record) => Ok(Started::Running(record)),
+                Err(error) => Err(RuntimeError::Unreadable {
+                    host: host(),
+                    path: files.record,
+                    error,
+                }),
+            },
+            Said::Taken(pids) => Err(RuntimeError::PortTaken {
+                host: host(),
                 slot: at.slot.clone(),
                 port: spec.port,
                 pids: match &pids[..] {
@@ -459,60 +700,20 @@ impl Runtime for ProcessRuntime {
                         .collect::<Vec<_>>()
                         .join(", "),
                 },
-            });
+            }),
+            Said::Exited(tail) => Err(RuntimeError::ExitedAtOnce {
+                host: host(),
+                command: record.argv.join(" "),
+                log: files.log,
+                tail,
+            }),
+            Said::Unkillable(pid) => Err(RuntimeError::Unkillable { host: host(), pid }),
+            Said::Stopped => Err(no_pid()),
         }
-        let env = spec.launch.env_lines(&at.app)?;
-        let argv = spec.launch.command.clone();
-        let dir = crate::state::app_dir(&self.state_dir, &at.env, &at.app);
-        let log = self.log_file(at);
-        let out = run_ok(
-            self.t(),
-            &start_cmd(&dir, &log, &self.pid_file(at), &env, &argv),
-            TIMEOUT,
-        )
-        .await?;
-        let pid: u32 = out
-            .stdout_text()
-            .trim()
-            .parse()
-            .map_err(|_| RuntimeError::NoPid {
-                host: self.t().host().to_owned(),
-                command: argv.join(" "),
-                output: out.stdout_text(),
-            })?;
-        // A command that cannot run at all (not found, bad flags) exits at once: give it a moment.
-        tokio::time::sleep(EXITS_AT_ONCE).await;
-        let stat = self.t().run(&stat_cmd(pid), TIMEOUT).await?;
-        let Some((_, start_ticks)) =
-            parse_stat(&stat.stdout_text()).filter(|(s, _)| *s != 'Z' && *s != 'X')
-        else {
-            return Err(RuntimeError::ExitedAtOnce {
-                host: self.t().host().to_owned(),
-                command: argv.join(" "),
-                // The end of its log, or nothing when it cannot be read.
-                tail: self.logs(at, 20).await.map(|(_, t)| t).unwrap_or_default(),
-                log,
-            });
-        };
-        let record = InstanceRecord {
-            env: at.env.clone(),
-            app: at.app.clone(),
-            slot: at.slot.clone(),
-            version: spec.version.clone(),
-            revision: spec.revision.clone(),
-            port: spec.port,
-            pid,
-            start_ticks,
-            started_at: crate::state::now(),
-            argv,
-            container: None,
-            spec: Some(spec.spec.clone()),
-        };
-        self.write_record(&record).await?;
-        Ok(record)
     }
 
-    /// SIGTERM, then SIGKILL after `stop_timeout`; removes the instance file and the pid file.
+    /// SIGTERM, then SIGKILL after `stop_timeout`; removes the instance file and the pid file. One
+    /// command ([`stop_script_cmd`]).
     async fn stop(
         &self,
         record: &InstanceRecord,
@@ -526,37 +727,19 @@ impl Runtime for ProcessRuntime {
                 slot: record.slot.clone(),
             });
         }
-        // Every process of the instance, the leader or not (a process may exit between the
-        // listing and the signal: that is fine).
-        if !self.members(record, Some("TERM")).await?.is_empty() {
-            let deadline = tokio::time::Instant::now() + stop_timeout;
-            while self.is_alive(record).await? {
-                if tokio::time::Instant::now() >= deadline {
-                    tracing::warn!(
-                        host = t.host(),
-                        pid = record.pid,
-                        "instance did not stop within stop_timeout; sending SIGKILL"
-                    );
-                    self.members(record, Some("KILL")).await?;
-                    let gone = tokio::time::Instant::now() + Duration::from_secs(5);
-                    while self.is_alive(record).await? {
-                        if tokio::time::Instant::now() >= gone {
-                            return Err(RuntimeError::Unkillable {
-                                host: t.host().to_owned(),
-                                pid: record.pid,
-                            });
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        let files = self.files(&self.slot(&record.env, &record.app, &record.slot));
+        let cmd = stop_script_cmd(&files, record, stop_timeout);
+        let out = run_ok(t, &cmd, with_grace(stop_timeout)).await?;
+        // It prints nothing else.
+        let (said, events) = parse_said(&out.stdout_text()).unwrap_or((Said::Stopped, vec![]));
+        self.tell(&events, &files.pid);
+        match said {
+            Said::Unkillable(pid) => Err(RuntimeError::Unkillable {
+                host: t.host().to_owned(),
+                pid,
+            }),
+            _ => Ok(()),
         }
-        let at = self.slot(&record.env, &record.app, &record.slot);
-        run_ok(t, &remove_cmd(&self.file(&at)), TIMEOUT).await?;
-        run_ok(t, &remove_cmd(&self.pid_file(&at)), TIMEOUT).await?;
-        Ok(())
     }
 
     async fn strangers_on_port(
@@ -649,6 +832,7 @@ mod tests {
     }
 
     /// A run killed right after the start script ran: a process, its pid file, no instance file.
+    /// The next start stops that orphan before it starts the instance.
     #[tokio::test]
     async fn an_orphan_of_a_killed_start_is_found_and_stopped() {
         let dir = tempfile::tempdir().unwrap();
@@ -670,18 +854,24 @@ mod tests {
         )
         .await
         .unwrap();
-        let pid: u32 = out.stdout_text().trim().parse().unwrap();
-        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
-        let grace = Duration::from_secs(5);
-        assert!(rt.stop_orphan(&slot("green"), grace).await.unwrap());
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            stat.is_empty() || parse_stat(&stat).is_some_and(|(s, _)| s == 'Z'),
-            "pid {pid} is gone: {stat}"
+        let orphan: u32 = out.stdout_text().trim().parse().unwrap();
+        assert!(std::path::Path::new(&format!("/proc/{orphan}")).exists());
+        let record = rt.start(&sleeper("green")).await.unwrap();
+        assert_ne!(record.pid, orphan);
+        assert!(gone(orphan), "the orphan {orphan} still runs");
+        assert!(rt.is_alive(&record).await.unwrap());
+        assert_eq!(
+            parse_pid_file(&std::fs::read_to_string(&pid_file).unwrap()),
+            Some((record.pid, record.start_ticks))
         );
+        rt.stop(&record, Duration::from_secs(5)).await.unwrap();
         assert!(!std::path::Path::new(&pid_file).exists());
-        // Nothing to do the second time, and none without a pid file.
-        assert!(!rt.stop_orphan(&slot("green"), grace).await.unwrap());
+    }
+
+    /// Whether `pid` has ended (gone, or a zombie not reaped yet).
+    fn gone(pid: u32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.is_empty() || parse_stat(&stat).is_some_and(|(s, _)| s == 'Z')
     }
 
     /// The local transport, counting the commands it runs.
@@ -776,6 +966,124 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(out.stdout_text(), "");
+    }
+
+    /// A start is one command, and so is a stop; a start over a live instance starts nothing and
+    /// says what runs there, in one command too.
+    #[tokio::test]
+    async fn a_start_and_a_stop_are_one_round_trip_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let counted = Arc::new(Counted(LocalTransport::new("here"), 0.into()));
+        let rt = ProcessRuntime::new(counted.clone(), dir.path().to_str().unwrap());
+        let runs = || counted.1.swap(0, std::sync::atomic::Ordering::SeqCst);
+        let Started::New(blue) = rt.start_unless_running(&sleeper("blue")).await.unwrap() else {
+            panic!("blue was not started");
+        };
+        assert_eq!(runs(), 1, "one command for the whole start");
+        assert_eq!(
+            rt.instance(&slot("blue")).await.unwrap(),
+            Some(blue.clone())
+        );
+        runs();
+        let mut again = sleeper("blue");
+        again.version = "2".into();
+        assert_eq!(
+            rt.start_unless_running(&again).await.unwrap(),
+            Started::Running(blue.clone())
+        );
+        assert_eq!(runs(), 1);
+        let err = rt.start(&again).await.unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::Occupied { pid, .. } if pid == blue.pid),
+            "{err}"
+        );
+        runs();
+        rt.stop(&blue, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(runs(), 1, "one command for the whole stop");
+        assert!(gone(blue.pid));
+        assert_eq!(rt.instance(&slot("blue")).await.unwrap(), None);
+    }
+
+    /// An instance that ignores SIGTERM gets SIGKILL after its grace, within the one command.
+    #[tokio::test]
+    async fn an_instance_that_ignores_sigterm_is_killed_after_its_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path().to_str().unwrap());
+        let mut stubborn = sleeper("blue");
+        stubborn.launch.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "trap '' TERM; exec sleep 30".into(),
+        ];
+        let record = rt.start(&stubborn).await.unwrap();
+        let grace = Duration::from_millis(400);
+        let began = std::time::Instant::now();
+        rt.stop(&record, grace).await.unwrap();
+        assert!(
+            began.elapsed() >= grace,
+            "stopped before its grace: {:?}",
+            began.elapsed()
+        );
+        assert!(gone(record.pid), "{} survived", record.pid);
+        let said = run_ok(
+            rt.t(),
+            &stop_script_cmd(&rt.files(&slot("blue")), &record, grace),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(said.stdout_text(), "", "nothing left to stop");
+    }
+
+    #[test]
+    fn what_the_scripts_say_is_read_line_by_line() {
+        assert_eq!(
+            parse_said("orphan 12\nkilled 12\nstarted 40 500\n"),
+            Some((
+                Said::Started {
+                    pid: 40,
+                    start_ticks: 500
+                },
+                vec![("orphan".into(), 12), ("killed".into(), 12)]
+            ))
+        );
+        assert_eq!(
+            parse_said("taken\npid 7\ninode 99\npid 8\n"),
+            Some((Said::Taken(vec![7, 8]), vec![]))
+        );
+        assert_eq!(
+            parse_said("exited\nboom\nbang\n"),
+            Some((Said::Exited("boom\nbang\n".into()), vec![]))
+        );
+        assert_eq!(
+            parse_said("running\n{\"env\":1}\n"),
+            Some((Said::Running("{\"env\":1}".into()), vec![]))
+        );
+        assert_eq!(parse_said(""), Some((Said::Stopped, vec![])));
+        assert_eq!(
+            parse_said("unkillable 9\n"),
+            Some((Said::Unkillable(9), vec![]))
+        );
+        assert_eq!(parse_said("started x 1\n"), None);
+        assert_eq!(parse_said("what\n"), None);
+        // The record is cut around the two values the script fills in, and put back whole.
+        let record = InstanceRecord {
+            pid: 0,
+            start_ticks: 0,
+            argv: vec![r#"{"pid":0,"start_ticks":0}"#.into()],
+            spec: Some(crate::desired::spec::Spec::example()),
+            ..crate::testing::record("prod", "api", "blue", "1.0.0", 8000)
+        };
+        let (before, after) = record_around(&record);
+        let whole = format!("{before}\"pid\":41,\"start_ticks\":77{after}");
+        assert_eq!(
+            parse_record(&whole).unwrap(),
+            InstanceRecord {
+                pid: 41,
+                start_ticks: 77,
+                ..record
+            }
+        );
     }
 
     #[test]

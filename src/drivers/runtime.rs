@@ -95,6 +95,16 @@ pub enum Found {
     },
 }
 
+/// What [`Runtime::start_unless_running`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// It started the instance: its record.
+    New(InstanceRecord),
+    /// A live instance was in the slot already (of whatever version): it started nothing, and
+    /// this is that instance's record.
+    Running(InstanceRecord),
+}
+
 /// What runs in a slot whose record cannot be read, as the host tells of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Running {
@@ -114,7 +124,7 @@ pub struct Running {
 /// - `start` stops what a killed run left in the slot without a record (it never got traffic),
 ///   starts the instance detached from the session, records it, and fails (with the end of its
 ///   log) when it exits at once; it never starts over a record of a live instance — callers check
-///   with `instance` and `is_alive` first;
+///   with `instance` and `is_alive` first, or call `start_unless_running`, which does;
 /// - `stop` ends the instance (graceful first, forced after `stop_timeout`) and removes its
 ///   record; stopping what does not run is not an error;
 /// - `is_alive` tells the recorded instance from a later one that reuses its id;
@@ -142,6 +152,19 @@ pub trait Runtime: Send + Sync {
 
     /// Starts an instance and records it.
     async fn start(&self, spec: &StartSpec) -> Result<InstanceRecord, RuntimeError>;
+
+    /// Starts the instance of `spec` unless the slot's record names a live instance: then it
+    /// starts nothing and returns that record, for the caller to tell whether it is the one
+    /// wanted (a resumed run) or another. This default asks [`Runtime::instance`] and
+    /// [`Runtime::is_alive`] first; a runtime may do all of it in one round trip.
+    async fn start_unless_running(&self, spec: &StartSpec) -> Result<Started, RuntimeError> {
+        if let Some(record) = self.instance(&spec.at).await? {
+            if self.is_alive(&record).await? {
+                return Ok(Started::Running(record));
+            }
+        }
+        self.start(spec).await.map(Started::New)
+    }
 
     /// Stops the instance of `record` and removes the record.
     async fn stop(
@@ -230,6 +253,22 @@ pub enum RuntimeError {
         host: String,
         command: String,
         output: String,
+    },
+    /// A start was asked of a slot whose record names a live instance (see
+    /// [`Runtime::start_unless_running`]).
+    #[error("host {host:?}: slot {slot} already runs an instance (pid {pid})")]
+    Occupied {
+        host: String,
+        slot: String,
+        pid: u32,
+    },
+    /// The slot's record names a live instance but cannot be read otherwise: nothing is started
+    /// over it.
+    #[error("host {host:?}: the record {path} of a live instance cannot be read: {error}")]
+    Unreadable {
+        host: String,
+        path: String,
+        error: String,
     },
     #[error("host {host:?}: pid {pid} survived SIGKILL")]
     Unkillable { host: String, pid: u32 },

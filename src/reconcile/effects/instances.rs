@@ -5,7 +5,7 @@
 use super::{Live, Trouble};
 use crate::desired::spec::placeholders;
 use crate::desired::{ContainerNetwork, DesiredState, EnvValue, PullPolicy, Runtime};
-use crate::drivers::runtime::{Container, Launch, StartSpec};
+use crate::drivers::runtime::{Container, Launch, StartSpec, Started};
 use crate::drivers::RuntimeError;
 use crate::execute::StepError;
 use crate::names::SlotRef;
@@ -93,27 +93,6 @@ impl Live {
     pub(super) async fn start(&self, at: &SlotRef, version: &str) -> Result<(), StepError> {
         let runtime = self.world.runtime(at)?;
         let wanted = self.world.desired.spec(at, version);
-        // Done already (a resumed run)? Never start over a live instance of another version, or
-        // of this version with another spec.
-        if let Some(record) = runtime.instance(at).await? {
-            if runtime.is_alive(&record).await? {
-                return if record.is(version, &wanted) {
-                    Ok(())
-                } else {
-                    Err(Trouble::SlotTaken {
-                        slot: at.slot.clone(),
-                        host: at.host.clone(),
-                        version: if record.version == version {
-                            format!("{version} with another spec")
-                        } else {
-                            record.version
-                        },
-                        pid: record.pid,
-                    }
-                    .into())
-                };
-            }
-        }
         let port = self.port(at);
         let spec = StartSpec {
             at: at.clone(),
@@ -121,10 +100,32 @@ impl Live {
             revision: self.world.revision.clone(),
             port,
             launch: launch(&self.world.desired, at, version, port)?,
-            spec: wanted,
+            spec: wanted.clone(),
             stop_timeout: self.app(at).stop_timeout,
         };
-        runtime.start(&spec).await?;
+        // Done already (a resumed run)? Never start over a live instance of another version, or
+        // of this version with another spec.
+        let record = match runtime.start_unless_running(&spec).await? {
+            Started::New(record) => record,
+            Started::Running(record) if record.is(version, &wanted) => record,
+            Started::Running(record) => {
+                return Err(Trouble::SlotTaken {
+                    slot: at.slot.clone(),
+                    host: at.host.clone(),
+                    version: if record.version == version {
+                        format!("{version} with another spec")
+                    } else {
+                        record.version
+                    },
+                    pid: record.pid,
+                }
+                .into())
+            }
+        };
+        self.started
+            .lock()
+            .expect("not poisoned")
+            .insert(at.clone(), record);
         Ok(())
     }
 
@@ -156,30 +157,41 @@ impl Live {
     pub(super) async fn probe(&self, at: &SlotRef) -> Result<(), StepError> {
         let probe = &self.app(at).probe;
         let runtime = self.world.runtime(at)?;
-        let record = runtime
-            .instance(at)
-            .await?
-            .ok_or_else(|| Trouble::NoRecord {
-                slot: at.slot.clone(),
-                host: at.host.clone(),
-            })?;
+        // The record this run's start wrote, or the slot's (a resumed run).
+        let started = self.started.lock().expect("not poisoned").get(at).cloned();
+        let record = match started {
+            Some(record) => record,
+            None => runtime
+                .instance(at)
+                .await?
+                .ok_or_else(|| Trouble::NoRecord {
+                    slot: at.slot.clone(),
+                    host: at.host.clone(),
+                })?,
+        };
+        let exited = || async {
+            let (log, tail) = runtime
+                .logs(at, 20)
+                .await
+                .unwrap_or_else(|e| ("its log".to_owned(), crate::error::chain(&e)));
+            StepError::from(Trouble::Exited { log, tail })
+        };
         let mut passes = 0;
         let mut last = None;
         let deadline = tokio::time::Instant::now() + probe.deadline;
         loop {
-            if !runtime.is_alive(&record).await? {
-                let (log, tail) = runtime
-                    .logs(at, 20)
-                    .await
-                    .unwrap_or_else(|e| ("its log".to_owned(), crate::error::chain(&e)));
-                return Err(Trouble::Exited { log, tail }.into());
-            }
+            // The host is asked only when a probe fails (has the instance exited?) and after the
+            // last pass: a probe that passes costs no round trip.
             match self.world.probe_once(&at.host, &at.app, record.port).await {
                 Ok(()) => {
                     passes += 1;
                     if passes >= probe.healthy_after {
-                        // The answers were the instance's own only if nothing else listens there.
+                        // The answers were the instance's own only if nothing else listens there
+                        // (and, when something does, it may be because the instance is gone).
                         if let Some(pids) = runtime.strangers_on_port(&record).await? {
+                            if !runtime.is_alive(&record).await? {
+                                return Err(exited().await);
+                            }
                             return Err(Trouble::PortShared {
                                 host: at.host.clone(),
                                 port: record.port,
@@ -193,6 +205,9 @@ impl Live {
                 Err(e) => {
                     passes = 0;
                     last = Some(e);
+                    if !runtime.is_alive(&record).await? {
+                        return Err(exited().await);
+                    }
                 }
             }
             if tokio::time::Instant::now() + probe.interval > deadline {
@@ -209,6 +224,7 @@ impl Live {
     /// Stops the slot's instance as the plan's snapshot saw it (its graceful stop bounded by the
     /// app's `stop_timeout`).
     pub(super) async fn stop(&self, at: &SlotRef) -> Result<(), StepError> {
+        self.started.lock().expect("not poisoned").remove(at);
         let Some(instance) = self.observed.instance(&at.host, &at.env, &at.app, &at.slot) else {
             return Ok(());
         };

@@ -18,6 +18,7 @@ use crate::execute::{Effects, Fault, StepError};
 use crate::names::{backend_name, SlotRef};
 use crate::observed::ObservedState;
 use crate::plan::Action;
+use crate::state::InstanceRecord;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub struct Live {
     max_wait: Option<Duration>,
     /// A cleanup runs to its end, also after a signal: it takes traffic off a failed version.
     cleaning_up: bool,
+    /// The records of the instances this run started, for their probes (a resumed run reads
+    /// them from their hosts).
+    started: std::sync::Mutex<std::collections::HashMap<SlotRef, InstanceRecord>>,
 }
 
 /// What stops a step, beyond a driver's own error.
@@ -212,6 +216,7 @@ impl Live {
             observed,
             max_wait,
             cleaning_up,
+            started: Default::default(),
         })
     }
 
