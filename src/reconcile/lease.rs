@@ -95,6 +95,9 @@ impl World {
             holder_host: me,
             pid: std::process::id(),
         };
+        if self.take_at_once(&op).await? {
+            return Ok(());
+        }
         // In one order for every run (by name), so that two runs never wait for each other.
         for (host, ledger) in &self.drivers.ledgers {
             let host = host.as_str();
@@ -150,6 +153,52 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Asks for the lease on every host at once (`--parallel` at a time): whether it was had on
+    /// all of them. When another run holds it somewhere, what was taken is given back, for the
+    /// lease to be taken host by host in the one order that never deadlocks; an error is
+    /// returned after giving it back too.
+    async fn take_at_once(&self, op: &LeaseOp) -> Result<bool, ReconcileError> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(self.parallel));
+        let asked: Vec<_> = self
+            .drivers
+            .ledgers
+            .iter()
+            .map(|(host, ledger)| {
+                let (host, ledger, op) = (host.clone(), ledger.clone(), op.clone());
+                super::world::spawn_gated(&gate, async move { (host, ledger.lease(&op).await) })
+            })
+            .collect();
+        let mut all = true;
+        let mut failed = None;
+        for asked in asked {
+            let (host, answer) = asked.await.expect("a lease request does not panic");
+            match answer {
+                Ok(Answer::Held { epoch, .. }) => {
+                    tracing::info!(%host, epoch, run = %self.run_id, "lease taken");
+                    if let Some(fence) = self.drivers.fences.get(&host) {
+                        fence.set(&self.run_id, epoch);
+                    }
+                    self.leases
+                        .lock()
+                        .expect("not poisoned")
+                        .push((host, epoch));
+                }
+                Ok(_) => all = false,
+                Err(e) => {
+                    all = false;
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if !all {
+            self.release_lease().await;
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(all),
+        }
     }
 
     /// Extends every lease this run holds by `ttl`; a lease that was lost is an error, and so is a
@@ -278,11 +327,20 @@ impl World {
         let op = LeaseOp::Release {
             run_id: self.run_id.clone(),
         };
-        for (host, _) in held {
-            if let Some(fence) = self.drivers.fences.get(&host) {
-                fence.clear();
-            }
-            if let Err(e) = self.drivers.ledgers[&host].lease(&op).await {
+        // Every host at once, `--parallel` at a time.
+        let gate = Arc::new(tokio::sync::Semaphore::new(self.parallel));
+        let given: Vec<_> = held
+            .into_iter()
+            .map(|(host, _)| {
+                if let Some(fence) = self.drivers.fences.get(&host) {
+                    fence.clear();
+                }
+                let (ledger, op) = (self.drivers.ledgers[&host].clone(), op.clone());
+                super::world::spawn_gated(&gate, async move { (host, ledger.lease(&op).await) })
+            })
+            .collect();
+        for given in given {
+            if let (host, Err(e)) = given.await.expect("a lease release does not panic") {
                 tracing::warn!(%host, error = %crate::error::chain(&e), "lease not released; it expires by itself");
             }
         }
