@@ -35,6 +35,10 @@ pub enum LeaseLoss {
 /// How long an app host has to answer a renewal before the heartbeat goes on without it.
 const APP_HOST_ANSWER: Duration = Duration::from_secs(3);
 
+/// How long a run that found the lease held somewhere while taking it on every host at once
+/// waits at least for a host held (by a run that may be giving back what it took).
+const CONTENDED: Duration = Duration::from_secs(1);
+
 /// The shortest `--lease-ttl`: renewals come every quarter of it, each a round trip to every
 /// host leased (over SSH), and a run stops when none succeeded for half of it.
 pub const MIN_TTL: Duration = Duration::from_secs(5);
@@ -87,7 +91,7 @@ impl World {
             .ok()
             .and_then(|h| h.split_whitespace().next().map(str::to_owned))
             .unwrap_or_else(|| "unknown".into());
-        let until = tokio::time::Instant::now() + wait;
+        let mut until = tokio::time::Instant::now() + wait;
         let mut renewed = tokio::time::Instant::now();
         let op = LeaseOp::Acquire {
             run_id: self.run_id.clone(),
@@ -98,6 +102,9 @@ impl World {
         if self.take_at_once(&op).await? {
             return Ok(());
         }
+        // Another run may have been taking it at once too, and be giving back what it took:
+        // a host it held is asked again for a moment, whatever `wait`.
+        until = until.max(tokio::time::Instant::now() + CONTENDED);
         // In one order for every run (by name), so that two runs never wait for each other.
         for (host, ledger) in &self.drivers.ledgers {
             let host = host.as_str();

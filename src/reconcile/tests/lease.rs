@@ -106,3 +106,34 @@ async fn the_leases_taken_are_renewed_while_the_next_one_is_waited_for() {
     assert_eq!(fleet.lease_on("lb-2").0.unwrap().2, world.run_id);
     world.release_lease().await;
 }
+
+/// Two runs that ask for the lease on every host at the same moment: each may take some hosts
+/// first, but they give those back and take them in order, so exactly one ends up holding them
+/// all and the other is told who holds them, holding none.
+#[tokio::test(start_paused = true)]
+async fn two_runs_taking_the_lease_at_once_end_with_one_holding_it_everywhere() {
+    let (fleet, world) = two_balancers();
+    let other = Arc::new(World::new(
+        world.desired.clone(),
+        "r".into(),
+        fleet.drivers(),
+    ));
+    assert_ne!(world.run_id, other.run_id);
+    let ttl = Duration::from_secs(8);
+    let (a, b) = tokio::join!(
+        world.acquire_lease(Duration::ZERO, ttl),
+        other.acquire_lease(Duration::ZERO, ttl)
+    );
+    let (winner, loser) = match (a, b) {
+        (Ok(()), Err(e)) => (&world, e),
+        (Err(e), Ok(())) => (&other, e),
+        (a, b) => panic!("not exactly one run took the lease: {a:?} {b:?}"),
+    };
+    assert!(matches!(loser, ReconcileError::Locked { .. }), "{loser:?}");
+    for host in ["lb-1", "lb-2"] {
+        assert_eq!(fleet.lease_on(host).0.unwrap().2, winner.run_id, "{host}");
+    }
+    winner.check_lease().await.unwrap();
+    winner.release_lease().await;
+    assert_eq!(fleet.lease_on("lb-1").0, None);
+}
