@@ -1,5 +1,5 @@
 //! Observation: the snapshot a plan is built from — every app host's instances (through its
-//! runtimes, each alive instance probed once), every balancer's config and servers, every rollout
+//! runtimes, each alive instance probed once, a host's all at once), every balancer's config and servers, every rollout
 //! record — read in parallel. An instance record that cannot be read is never trusted: the slot is
 //! rebuilt from what runs there, its version believed only when the process says it of itself, and
 //! `reconcile` writes the record again. Also: which balancer configs are stale, and which hosts of
@@ -25,7 +25,7 @@ impl World {
     /// parallel.
     pub async fn observe(self: &Arc<Self>) -> Result<ObservedState, ReconcileError> {
         // At most `--parallel` hosts at a time: each is one round trip (its instances), plus a
-        // probe of each live instance.
+        // probe of each live instance, all at once.
         let gate = Arc::new(tokio::sync::Semaphore::new(self.parallel));
         let mut hosts = Vec::new();
         for name in self.app_hosts() {
@@ -81,6 +81,8 @@ impl World {
 
     async fn observe_host(&self, name: &str) -> Result<HostState, ReconcileError> {
         let mut state = HostState::default();
+        // The records to probe, probed all at once below.
+        let mut records = Vec::new();
         for runtime in self.runtimes_on(name) {
             for found in runtime.instances().await? {
                 match found {
@@ -111,15 +113,17 @@ impl World {
                                 .insert(key, self.seen(name, record, true).await);
                         }
                     }
-                    Found::Record { record, alive } => {
-                        let key = (record.env.clone(), record.app.clone(), record.slot.clone());
-                        state
-                            .instances
-                            .insert(key, self.seen(name, record, alive).await);
-                    }
+                    Found::Record { record, alive } => records.push((record, alive)),
                 }
             }
         }
+        let seen = records.into_iter().map(|(record, alive)| async move {
+            let key = (record.env.clone(), record.app.clone(), record.slot.clone());
+            (key, self.seen(name, record, alive).await)
+        });
+        state
+            .instances
+            .extend(futures_util::future::join_all(seen).await);
         Ok(state)
     }
 

@@ -150,6 +150,10 @@ struct State {
     /// hosts were being read at once: now, and at most.
     observe_delay: Duration,
     observing: (usize, usize),
+    /// How long a probe takes ([`Fleet::slow_probes`]), and how many ran at once: now, and at
+    /// most.
+    probe_delay: Duration,
+    probing: (usize, usize),
     /// Fractions of requests not yet counted, per server.
     carry: BTreeMap<(String, ServerKey), f64>,
     last_traffic: Option<tokio::time::Instant>,
@@ -467,6 +471,17 @@ impl Fleet {
         self.lock().observing.1
     }
 
+    /// A probe takes `delay` from now on; [`Fleet::most_probed_at_once`] says how many ran at
+    /// once.
+    pub fn slow_probes(&self, delay: Duration) {
+        self.lock().probe_delay = delay;
+    }
+
+    /// The most probes that ran at once (while probes were slow).
+    pub fn most_probed_at_once(&self) -> usize {
+        self.lock().probing.1
+    }
+
     pub fn reset_most_observed(&self) {
         self.lock().observing.1 = 0;
     }
@@ -689,7 +704,15 @@ impl Prober for Fleet {
         _timeout: Duration,
     ) -> Result<(), ProbeError> {
         let url = format!("http://{address}:{port}{path}");
-        let s = self.lock();
+        let delay = {
+            let mut s = self.lock();
+            s.probing.0 += 1;
+            s.probing.1 = s.probing.1.max(s.probing.0);
+            s.probe_delay
+        };
+        tokio::time::sleep(delay).await;
+        let mut s = self.lock();
+        s.probing.0 -= 1;
         let host = self.hosts_by_address.get(address);
         let instance = s
             .instances

@@ -258,3 +258,25 @@ async fn hosts_are_observed_at_most_parallel_at_a_time() {
         assert_eq!(fleet.most_observed_at_once(), parallel.min(7));
     }
 }
+
+/// A host's live instances are probed all at once when it is observed, not one after another.
+#[tokio::test(start_paused = true)]
+async fn a_hosts_instances_are_probed_at_once() {
+    let (fleet, world) = serving_one("blue-green");
+    fleet.place(&at("web-1", "green"), "2.0", 0, Admin::Maint);
+    fleet.slow_probes(Duration::from_millis(100));
+    let mut world = World::new(world.desired.clone(), "r".into(), fleet.drivers());
+    // One host at a time: only the probes of a host can overlap.
+    world.parallel = 1;
+    let started = tokio::time::Instant::now();
+    let observed = Arc::new(world).observe().await.unwrap();
+    let took = started.elapsed();
+    let ready =
+        |host: &str, slot: &str| observed.instance(host, "prod", "api", slot).unwrap().ready;
+    assert_eq!(ready("web-1", "blue"), Some(true));
+    assert_eq!(ready("web-1", "green"), Some(true));
+    assert_eq!(ready("web-2", "blue"), Some(true));
+    assert_eq!(fleet.most_probed_at_once(), 2);
+    // web-1's two probes together, then web-2's one.
+    assert_eq!(took.as_millis() / 100, 2, "{took:?}");
+}
