@@ -1,9 +1,9 @@
 //! Observation: the snapshot a plan is built from — every app host's instances (through its
-//! runtimes, each alive instance probed once, a host's all at once), every balancer's config and servers, every rollout
-//! record — read in parallel. An instance record that cannot be read is never trusted: the slot is
-//! rebuilt from what runs there, its version believed only when the process says it of itself, and
-//! `reconcile` writes the record again. Also: which balancer configs are stale, and which hosts of
-//! an environment cannot be reached now.
+//! runtimes, each alive instance probed once, a host's all at once), every balancer's config and
+//! servers, every rollout record — read in parallel. An instance record that cannot be read is
+//! never trusted: the slot is rebuilt from what runs there, its version believed only when the
+//! process says it of itself, and `reconcile` writes the record again. Also: which balancer configs
+//! are stale, and which hosts of an environment cannot be reached now.
 
 use super::effects::launch;
 use super::world::spawn_gated;
