@@ -1,7 +1,9 @@
 //! The SSH transport: one multiplexed OpenSSH master connection per host (the `openssh` crate),
-//! reused for every command of a run, with kube-free's own client settings ([`client_config`], no
-//! `~/.ssh/config`), strict host-key checking against a known_hosts file, connect and command
-//! timeouts, and masters that exit on their own when idle ([`CONTROL_PERSIST`]). A Unix socket on the host (the HAProxy admin socket) is reached by
+//! reused for every command of a run (each sent over the master's control socket by openssh's
+//! native mux client: no `ssh` process per command), with kube-free's own client settings
+//! ([`client_config`], no `~/.ssh/config`), strict host-key checking against a known_hosts file,
+//! connect and command timeouts, and masters that exit on their own when idle
+//! ([`CONTROL_PERSIST`]). A Unix socket on the host (the HAProxy admin socket) is reached by
 //! forwarding it to a local socket through the same master.
 //!
 //! A master that has not carried a command for a second is checked before the next one is sent,
@@ -32,8 +34,8 @@ const RECONNECT_ATTEMPTS: u32 = 4;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 /// Times a read-only command is sent again after its connection was lost while it ran.
 const READ_RETRIES: u32 = 2;
-/// How long a master that just carried a command counts as alive without asking it (`ssh -O check`
-/// is a process of its own: not one per command).
+/// How long a master that just carried a command counts as alive without asking it (a check is a
+/// round trip of its own on the control socket: not one per command).
 const TRUST_FOR: Duration = Duration::from_secs(1);
 
 /// How to reach one host.
@@ -294,7 +296,7 @@ async fn open(target: &SshTarget, options: &SshOptions) -> Result<Session, Trans
         builder.keyfile(key);
     }
     builder
-        .connect(&target.address)
+        .connect_mux(&target.address)
         .await
         .map_err(|e| TransportError::Unreachable {
             host: target.host.clone(),
