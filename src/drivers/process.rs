@@ -214,11 +214,6 @@ pub fn start_cmd(dir: &str, log: &str, pid_file: &str, env: &str, argv: &[String
     Cmd::change(words).with_stdin(env.as_bytes())
 }
 
-pub fn stat_cmd(pid: u32) -> Cmd {
-    // `|| true`-free: a missing file is a normal answer (exit 1, empty output).
-    Cmd::read(["cat".to_owned(), format!("/proc/{pid}/stat")])
-}
-
 /// The processes of an instance: the live members of the session its leader `pid` started (by
 /// `setsid`, so `pid` is the session id), started no earlier than the leader (`start_ticks`),
 /// whether the leader still runs or not. A wrapper that did not `exec`, or children left by a
@@ -414,7 +409,6 @@ pub fn parse_pid_file(text: &str) -> Option<(u32, u64)> {
     Some((pid, ticks))
 }
 
-/// The process runtime of one host: its transport and its `state_dir`.
 /// Where a slot's files are on its host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotFiles {
@@ -426,6 +420,7 @@ pub struct SlotFiles {
     pub log: String,
 }
 
+/// The process runtime of one host: its transport and its `state_dir`.
 pub struct ProcessRuntime {
     transport: Arc<dyn Transport>,
     state_dir: String,
@@ -523,9 +518,7 @@ impl ProcessRuntime {
             }),
         )
     }
-}
 
-impl ProcessRuntime {
     /// Logs what a start or a stop script did on its way: an orphan stopped, SIGKILL sent.
     fn tell(&self, events: &[(String, u32)], pid_file: &str) {
         for (what, pid) in events {
@@ -788,8 +781,6 @@ mod tests {
         assert_eq!(parse_pid_file("4242 31337\n"), Some((4242, 31337)));
         assert_eq!(parse_pid_file("4242"), None);
         assert!(cmd.changes);
-        assert_eq!(stat_cmd(42).to_string(), "cat /proc/42/stat");
-        assert!(!stat_cmd(42).changes);
     }
 
     #[test]
@@ -877,6 +868,20 @@ mod tests {
     /// The local transport, counting the commands it runs.
     struct Counted(LocalTransport, std::sync::atomic::AtomicUsize);
 
+    impl Counted {
+        /// A process runtime in `state_dir` on a counting local transport, and that transport.
+        fn runtime(state_dir: &std::path::Path) -> (ProcessRuntime, Arc<Counted>) {
+            let counted = Arc::new(Counted(LocalTransport::new("here"), 0.into()));
+            let rt = ProcessRuntime::new(counted.clone(), state_dir.to_str().unwrap());
+            (rt, counted)
+        }
+
+        /// The commands run since the last time it was asked.
+        fn runs(&self) -> usize {
+            self.1.swap(0, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
     #[async_trait::async_trait]
     impl Transport for Counted {
         fn host(&self) -> &str {
@@ -919,9 +924,8 @@ mod tests {
     #[tokio::test]
     async fn instances_and_whether_they_run_are_read_in_one_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let counted = Arc::new(Counted(LocalTransport::new("here"), 0.into()));
-        let rt = ProcessRuntime::new(counted.clone(), dir.path().to_str().unwrap());
-        let runs = || counted.1.swap(0, std::sync::atomic::Ordering::SeqCst);
+        let (rt, counted) = Counted::runtime(dir.path());
+        let runs = || counted.runs();
         let blue = rt.start(&sleeper("blue")).await.unwrap();
         let green = rt.start(&sleeper("green")).await.unwrap();
         let alive = |found: Vec<Found>| -> Vec<(String, bool)> {
@@ -973,9 +977,8 @@ mod tests {
     #[tokio::test]
     async fn a_start_and_a_stop_are_one_round_trip_each() {
         let dir = tempfile::tempdir().unwrap();
-        let counted = Arc::new(Counted(LocalTransport::new("here"), 0.into()));
-        let rt = ProcessRuntime::new(counted.clone(), dir.path().to_str().unwrap());
-        let runs = || counted.1.swap(0, std::sync::atomic::Ordering::SeqCst);
+        let (rt, counted) = Counted::runtime(dir.path());
+        let runs = || counted.runs();
         let Started::New(blue) = rt.start_unless_running(&sleeper("blue")).await.unwrap() else {
             panic!("blue was not started");
         };
