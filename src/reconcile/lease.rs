@@ -10,6 +10,7 @@
 use super::{ReconcileError, World};
 use crate::drivers::lease::Answer;
 use crate::drivers::ledger::LeaseOp;
+use crate::drivers::LedgerError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,20 +168,10 @@ impl World {
     /// lease to be taken host by host in the one order that never deadlocks; an error is
     /// returned after giving it back too.
     async fn take_at_once(&self, op: &LeaseOp) -> Result<bool, ReconcileError> {
-        let gate = Arc::new(tokio::sync::Semaphore::new(self.parallel));
-        let asked: Vec<_> = self
-            .drivers
-            .ledgers
-            .iter()
-            .map(|(host, ledger)| {
-                let (host, ledger, op) = (host.clone(), ledger.clone(), op.clone());
-                super::world::spawn_gated(&gate, async move { (host, ledger.lease(&op).await) })
-            })
-            .collect();
         let mut all = true;
         let mut failed = None;
-        for asked in asked {
-            let (host, answer) = asked.await.expect("a lease request does not panic");
+        let hosts = self.drivers.ledgers.keys().cloned().collect();
+        for (host, answer) in self.ask_at_once(hosts, op).await {
             match answer {
                 Ok(Answer::Held { epoch, .. }) => {
                     tracing::info!(%host, epoch, run = %self.run_id, "lease taken");
@@ -334,22 +325,39 @@ impl World {
         let op = LeaseOp::Release {
             run_id: self.run_id.clone(),
         };
-        // Every host at once, `--parallel` at a time.
+        let mut hosts = Vec::new();
+        for (host, _) in held {
+            if let Some(fence) = self.drivers.fences.get(&host) {
+                fence.clear();
+            }
+            hosts.push(host);
+        }
+        for (host, given) in self.ask_at_once(hosts, &op).await {
+            if let Err(e) = given {
+                tracing::warn!(%host, error = %crate::error::chain(&e), "lease not released; it expires by itself");
+            }
+        }
+    }
+
+    /// `op` on the lease of every one of `hosts` at once, `--parallel` at a time: each host's
+    /// answer, in the order of `hosts`.
+    async fn ask_at_once(
+        &self,
+        hosts: Vec<String>,
+        op: &LeaseOp,
+    ) -> Vec<(String, Result<Answer, LedgerError>)> {
         let gate = Arc::new(tokio::sync::Semaphore::new(self.parallel));
-        let given: Vec<_> = held
+        let asked: Vec<_> = hosts
             .into_iter()
-            .map(|(host, _)| {
-                if let Some(fence) = self.drivers.fences.get(&host) {
-                    fence.clear();
-                }
+            .map(|host| {
                 let (ledger, op) = (self.drivers.ledgers[&host].clone(), op.clone());
                 super::world::spawn_gated(&gate, async move { (host, ledger.lease(&op).await) })
             })
             .collect();
-        for given in given {
-            if let (host, Err(e)) = given.await.expect("a lease release does not panic") {
-                tracing::warn!(%host, error = %crate::error::chain(&e), "lease not released; it expires by itself");
-            }
+        let mut answers = Vec::new();
+        for asked in asked {
+            answers.push(asked.await.expect("a lease request does not panic"));
         }
+        answers
     }
 }
